@@ -1,0 +1,91 @@
+"""Connecting to Ray, and refusing requests the cluster can never satisfy.
+
+Ray queues a request that does not fit and waits forever, silently. ``check_feasible`` turns that
+into an error in seconds that names what is missing.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+
+from raytrain.errors import ClusterError
+
+__all__ = ["ClusterInfo", "check_feasible", "connect"]
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    address: str
+    dashboard_url: str | None
+    started_here: bool
+
+
+def connect(
+    address: str | None = None, *, verbose: bool = False, env_vars: dict[str, str] | None = None
+) -> ClusterInfo:
+    """Join ``address`` (or ``$RAY_ADDRESS``), else start a private local Ray instance.
+
+    A process that is already connected (a test session, a Ray job's driver) keeps its connection.
+    """
+    if ray.is_initialized():
+        return ClusterInfo(ray.get_runtime_context().gcs_address, None, started_here=False)
+    target = address or os.environ.get("RAY_ADDRESS") or None
+    options: dict[str, Any] = {
+        "runtime_env": {"env_vars": dict(env_vars or {})},
+        "log_to_driver": verbose,
+        "logging_level": logging.INFO if verbose else logging.WARNING,
+    }
+    try:
+        if target:
+            ctx = ray.init(address=target, **options)
+        else:
+            # "local" starts a private instance even when `ray start --head` runs on this machine.
+            # The dashboard stays on: Train V2 needs its State API (FACTS.md).
+            ctx = ray.init(address="local", include_dashboard=True, **options)
+    except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
+        where = target or "a local instance"
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ClusterError(f"cannot connect to Ray at {where}: {first_line}") from None
+    dashboard = f"http://{ctx.dashboard_url}" if ctx.dashboard_url else None
+    return ClusterInfo(ctx.address_info["gcs_address"], dashboard, started_here=not target)
+
+
+def check_feasible(*, num_workers: int, per_worker: dict[str, float], what: str) -> None:
+    """Fail fast unless the alive nodes can place ``num_workers`` bundles of ``per_worker``."""
+    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    needed = {name: amount for name, amount in per_worker.items() if amount > 0}
+    fits = sum(_fits_on(node, needed) for node in nodes)
+    if fits >= num_workers:
+        return
+    totals = {name: sum(node.get(name, 0.0) for node in nodes) for name in needed}
+    absent = [name for name, total in totals.items() if total == 0]
+    have = ", ".join(f"{_fmt(totals[n])} {n}" for n in needed)
+    ask = ", ".join(f"{_fmt(v)} {n}" for n, v in needed.items())
+    message = (
+        f"{what} needs {num_workers} worker(s) x {{{ask}}}, but the cluster's {len(nodes)} "
+        f"node(s) have {have} in all and fit {fits} such worker(s)."
+    )
+    if absent:
+        message += f" No node has {', '.join(repr(a) for a in absent)}."
+    message += (
+        " Lower scaling.num_workers or scaling.resources_per_worker, or add nodes "
+        "(an autoscaling cluster must have them up before this run)."
+    )
+    raise ClusterError(message)
+
+
+def _fits_on(node: dict[str, float], needed: dict[str, float]) -> int:
+    if not needed:
+        return 0
+    return min(math.floor(node.get(name, 0.0) / amount + 1e-9) for name, amount in needed.items())
+
+
+def _fmt(value: float) -> str:
+    return f"{value:g}"
+

@@ -1,0 +1,233 @@
+"""The experiment schema: the contract between a user's YAML and every other module.
+
+Every field is typed, defaulted and described; unknown keys are rejected. Loading (with line
+numbers and ``--set`` overrides) lives in ``specfile.py`` and rules that span several fields in
+``checks.py``, so this file reads as the reference of what an experiment can say.
+"""
+
+from __future__ import annotations
+
+from typing import Any, Literal
+
+from pydantic import BaseModel, ConfigDict, Field
+
+__all__ = [
+    "BUILTIN_BUILDERS",
+    "CNNParams",
+    "CheckpointSpec",
+    "DataSpec",
+    "Experiment",
+    "FailureSpec",
+    "MLPParams",
+    "ModelSpec",
+    "OptimizerSpec",
+    "ScalingSpec",
+    "TrackingSpec",
+    "TrainSpec",
+]
+
+LOSSES = (
+    "sparse_categorical_crossentropy",
+    "categorical_crossentropy",
+    "binary_crossentropy",
+    "mean_squared_error",
+    "mean_absolute_error",
+    "huber",
+)
+METRICS = (
+    "accuracy",
+    "sparse_categorical_accuracy",
+    "sparse_top_k_categorical_accuracy",
+    "categorical_accuracy",
+    "binary_accuracy",
+    "mean_squared_error",
+    "mean_absolute_error",
+    "root_mean_squared_error",
+    "auc",
+    "precision",
+    "recall",
+)
+CLASSIFICATION_LOSSES = LOSSES[:3]
+
+
+class Section(BaseModel):
+    """Base of every section: unknown keys are errors, defaults are validated too."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+
+class DataSpec(Section):
+    source: str = Field(
+        "builtin:digits",
+        description="builtin:<name> (digits, wine, breast_cancer, iris, diabetes) or a local "
+        "file path or glob, relative to the experiment file.",
+    )
+    format: Literal["auto", "csv", "parquet", "npz"] = Field(
+        "auto", description="File format; auto infers it from the file extension."
+    )
+    label: str = Field("label", description="Label column (CSV/Parquet) or array name (NPZ).")
+    features: list[str] | None = Field(
+        None,
+        description="Feature columns (CSV/Parquet); all columns but the label when omitted. "
+        "NPZ files hold features in the array 'x'.",
+    )
+    shape: list[int] | None = Field(
+        None,
+        description="Reshape each example's features to this shape, e.g. [8, 8, 1] for a CNN.",
+    )
+    validation_split: float = Field(
+        0.2, gt=0.0, lt=1.0, description="Fraction of examples held out for validation."
+    )
+    seed: int = Field(0, description="Seed of the train/validation split (deterministic).")
+    normalize: Literal["none", "standard", "minmax"] = Field(
+        "standard",
+        description="Feature scaling fitted on the training split only (never on validation).",
+    )
+
+
+class MLPParams(Section):
+    hidden_units: list[int] = Field(
+        [128, 64], min_length=1, description="Width of each hidden Dense layer."
+    )
+    activation: str = Field("relu", description="Activation of the hidden layers.")
+    dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout after each hidden layer.")
+    batch_norm: bool = Field(False, description="Batch normalization after each hidden layer.")
+
+
+class CNNParams(Section):
+    filters: list[int] = Field(
+        [32, 64], min_length=1, description="Filters of each conv block (conv, conv, pool)."
+    )
+    kernel_size: int = Field(3, ge=1, le=11, description="Square kernel size of every conv.")
+    dense_units: int = Field(128, ge=1, description="Width of the Dense layer before the head.")
+    dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout before the head.")
+    activation: str = Field("relu", description="Activation of conv and dense layers.")
+
+
+BUILTIN_BUILDERS: dict[str, type[Section]] = {"mlp": MLPParams, "cnn": CNNParams}
+
+
+class ModelSpec(Section):
+    builder: str = Field(
+        "mlp",
+        description="Built-in builder (mlp, cnn) or a user function 'package.module:function' "
+        "importable from the experiment file's folder.",
+    )
+    params: dict[str, Any] = Field(
+        default_factory=dict,
+        description="Keyword arguments of the builder (checked against the built-in's params).",
+    )
+
+
+class OptimizerSpec(Section):
+    name: Literal["adam", "adamw", "sgd", "rmsprop", "adagrad"] = Field(
+        "adam", description="Optimizer."
+    )
+    learning_rate: float = Field(1e-3, gt=0.0, le=10.0, description="Learning rate.")
+    momentum: float = Field(0.0, ge=0.0, lt=1.0, description="Momentum (sgd, rmsprop).")
+    weight_decay: float = Field(0.0, ge=0.0, description="Decoupled weight decay (adamw, sgd).")
+    clipnorm: float | None = Field(None, gt=0.0, description="Clip each gradient to this norm.")
+
+
+class TrainSpec(Section):
+    epochs: int = Field(10, ge=1, le=100_000, description="Passes over the training split.")
+    batch_size: int = Field(
+        128, ge=1, description="Global batch size, split evenly across workers."
+    )
+    optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec, description="Optimizer.")
+    loss: Literal[LOSSES] = Field(  # type: ignore[valid-type]
+        "sparse_categorical_crossentropy",
+        description="Loss; it also sets the model head (softmax, sigmoid or linear).",
+    )
+    metrics: list[Literal[METRICS]] = Field(  # type: ignore[valid-type]
+        ["accuracy"], description="Metrics reported per epoch, each also as val_<name>."
+    )
+    mixed_precision: Literal["none", "mixed_float16", "mixed_bfloat16"] = Field(
+        "none", description="Keras mixed-precision policy (worth it on GPUs and TPUs)."
+    )
+    steps_per_execution: int = Field(
+        1, ge=1, description="Batches run per tf.function call; fewer host round trips."
+    )
+    seed: int = Field(0, description="Seed of weight init and per-epoch shuffling.")
+
+
+class ScalingSpec(Section):
+    num_workers: int = Field(2, ge=1, description="Data-parallel Ray Train workers.")
+    use_gpu: bool = Field(False, description="Give each worker one GPU.")
+    resources_per_worker: dict[str, float] = Field(
+        default_factory=lambda: {"CPU": 1.0},
+        description="Ray resources each worker holds, e.g. {CPU: 4} or a custom {onprem: 1}.",
+    )
+    communication: Literal["auto", "ring", "nccl"] = Field(
+        "auto", description="All-reduce implementation of MultiWorkerMirroredStrategy."
+    )
+
+
+class CheckpointSpec(Section):
+    keep: int | None = Field(2, ge=1, description="Best checkpoints kept; null keeps all.")
+    score: str = Field("val_loss", description="Reported metric that ranks checkpoints.")
+    mode: Literal["min", "max"] = Field("min", description="Whether a lower or higher score wins.")
+
+
+class FailureSpec(Section):
+    max_failures: int = Field(
+        0,
+        ge=-1,
+        description="Worker-group restarts from the latest checkpoint; -1 retries forever.",
+    )
+
+
+class TrackingSpec(Section):
+    enabled: bool = Field(True, description="Log the run to MLflow.")
+    uri: str = Field(
+        "sqlite:///mlflow.db",
+        description="MLflow tracking URI; a server (http://head:5000) on multi-node clusters.",
+    )
+    experiment: str | None = Field(None, description="MLflow experiment; the name by default.")
+    run_name: str | None = Field(None, description="MLflow run name; generated when omitted.")
+    register_as: str | None = Field(
+        None, description="Register the best model under this name in the model registry."
+    )
+    tags: dict[str, str] = Field(default_factory=dict, description="Extra MLflow run tags.")
+
+
+class Experiment(Section):
+    """One experiment: what to train, on what, where, and where its results go."""
+
+    name: str = Field(
+        "experiment",
+        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
+        description="Names the run's storage folder and, by default, its MLflow experiment.",
+    )
+    description: str = Field("", description="Free text, logged to MLflow.")
+    data: DataSpec = Field(default_factory=DataSpec, description="Where the examples come from.")
+    model: ModelSpec = Field(default_factory=ModelSpec, description="What is trained.")
+    train: TrainSpec = Field(default_factory=TrainSpec, description="How it is trained.")
+    scaling: ScalingSpec = Field(default_factory=ScalingSpec, description="On how many workers.")
+    checkpoint: CheckpointSpec = Field(
+        default_factory=CheckpointSpec, description="Which checkpoints are kept."
+    )
+    failure: FailureSpec = Field(
+        default_factory=FailureSpec, description="What happens when a worker dies."
+    )
+    storage: str = Field(
+        "./raytrain_results",
+        description="Checkpoints and run state: a local folder (relative to the working "
+        "directory) or gs://bucket/prefix.",
+    )
+    tracking: TrackingSpec = Field(default_factory=TrackingSpec, description="MLflow tracking.")
+
+    @property
+    def experiment_name(self) -> str:
+        return self.tracking.experiment or self.name
+
+    @property
+    def per_worker_batch_size(self) -> int:
+        return self.train.batch_size // self.scaling.num_workers
+
+    def worker_resources(self) -> dict[str, float]:
+        """Resources one worker holds, GPU included when ``use_gpu`` asks for it."""
+        resources = dict(self.scaling.resources_per_worker)
+        if self.scaling.use_gpu:
+            resources.setdefault("GPU", 1.0)
+        return resources

@@ -1,0 +1,245 @@
+"""Reading an experiment file into a validated ``Experiment``, with errors a user can act on.
+
+Every problem is reported as ``FILE:LINE: dotted.path: message`` (or ``--set key=value: ...``
+for command-line overrides), all of them at once, so one ``raytrain validate`` shows every
+mistake instead of the first.
+"""
+
+from __future__ import annotations
+
+import difflib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, ValidationError
+
+from raytrain.checks import Problem, check_rules
+from raytrain.errors import SpecError
+from raytrain.spec import Experiment
+
+__all__ = ["LoadedExperiment", "load_experiment", "parse_overrides"]
+
+Path_ = tuple[str | int, ...]
+
+
+@dataclass(frozen=True)
+class LoadedExperiment:
+    """A validated experiment and where it came from (its folder anchors relative data paths)."""
+
+    spec: Experiment
+    path: Path
+    overrides: tuple[str, ...] = ()
+    raw: dict[str, Any] = field(default_factory=dict)
+
+
+def load_experiment(
+    path: str | os.PathLike[str], overrides: list[str] | tuple[str, ...] = ()
+) -> LoadedExperiment:
+    """Load, override and validate an experiment; raise ``SpecError`` listing every problem."""
+    file = Path(path)
+    try:
+        text = file.read_text()
+    except OSError as exc:
+        raise SpecError([f"{file}: cannot read experiment file: {exc.strerror or exc}"]) from None
+    where: dict[Path_, str] = {}
+    raw = _parse_yaml(text, file, where)
+    problems: list[str] = []
+    source_overridden = False
+    for item, (key_path, value) in zip(
+        overrides, _parse_override_items(overrides, problems), strict=True
+    ):
+        if not key_path:
+            continue
+        _set_path(raw, key_path, value, problems, label=f"--set {item}")
+        for indexed in [p for p in where if p[: len(key_path)] == key_path]:
+            del where[indexed]
+        where[key_path] = f"--set {item}"
+        source_overridden |= ("data", "source")[: len(key_path)] == key_path[:2]
+    if problems:
+        raise SpecError(problems)
+    _anchor_data_paths(raw, file.parent, from_override=source_overridden)
+    try:
+        spec = Experiment.model_validate(raw)
+    except ValidationError as exc:
+        raise SpecError([_format(file, where, p) for p in _pydantic_problems(exc)]) from None
+    rule_problems = check_rules(spec, base_dir=file.parent)
+    if rule_problems:
+        raise SpecError([_format(file, where, p) for p in rule_problems])
+    return LoadedExperiment(spec=spec, path=file, overrides=tuple(overrides), raw=raw)
+
+
+def parse_overrides(items: list[str] | tuple[str, ...]) -> list[tuple[Path_, Any]]:
+    """``["train.epochs=3"]`` -> ``[(("train", "epochs"), 3)]``; values are parsed as YAML."""
+    problems: list[str] = []
+    parsed = _parse_override_items(items, problems)
+    if problems:
+        raise SpecError(problems)
+    return parsed
+
+
+def _parse_override_items(
+    items: list[str] | tuple[str, ...], problems: list[str]
+) -> list[tuple[Path_, Any]]:
+    parsed: list[tuple[Path_, Any]] = []
+    for item in items:
+        key, sep, text = item.partition("=")
+        key_path: Path_ = tuple(part for part in key.strip().split(".") if part)
+        if not sep or not key_path:
+            problems.append(f"--set {item}: expected KEY=VALUE, e.g. --set train.epochs=3")
+            parsed.append(((), None))
+            continue
+        try:
+            value = yaml.safe_load(text) if text.strip() else ""
+        except yaml.YAMLError as exc:
+            problems.append(f"--set {item}: value is not valid YAML: {exc}")
+            value = None
+        parsed.append((key_path, value))
+    return parsed
+
+
+def _parse_yaml(text: str, file: Path, where: dict[Path_, str]) -> dict[str, Any]:
+    """Parse YAML and record the line of every key and list item in ``where``."""
+    try:
+        node = yaml.compose(text, Loader=yaml.SafeLoader)
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        mark = getattr(exc, "problem_mark", None)
+        loc = f"{file}:{mark.line + 1}:{mark.column + 1}" if mark else str(file)
+        problem = getattr(exc, "problem", None) or str(exc)
+        raise SpecError([f"{loc}: YAML syntax error: {problem}"]) from None
+    if data is None:
+        return {}
+    if not isinstance(data, dict) or node is None:
+        raise SpecError(
+            [f"{file}:1: the experiment must be a mapping of sections (data:, model:, ...)"]
+        )
+    duplicates: list[str] = []
+    _index_lines(node, (), file, where, duplicates)
+    if duplicates:
+        raise SpecError(duplicates)
+    return data
+
+
+def _index_lines(
+    node: yaml.Node, path: Path_, file: Path, where: dict[Path_, str], duplicates: list[str]
+) -> None:
+    if isinstance(node, yaml.MappingNode):
+        seen: set[Any] = set()
+        for key_node, value_node in node.value:
+            key = (
+                yaml.safe_load(yaml.serialize(key_node))
+                if not isinstance(key_node, yaml.ScalarNode)
+                else key_node.value
+            )
+            child = (*path, key)
+            line = f"{file}:{key_node.start_mark.line + 1}"
+            if key in seen:
+                duplicates.append(
+                    f"{line}: {_dotted(child)}: duplicate key (a later value would silently win)"
+                )
+            seen.add(key)
+            where[child] = line
+            _index_lines(value_node, child, file, where, duplicates)
+    elif isinstance(node, yaml.SequenceNode):
+        for i, item in enumerate(node.value):
+            child = (*path, i)
+            where[child] = f"{file}:{item.start_mark.line + 1}"
+            _index_lines(item, child, file, where, duplicates)
+
+
+def _set_path(
+    raw: dict[str, Any], key_path: Path_, value: Any, problems: list[str], *, label: str
+) -> None:
+    node: Any = raw
+    for i, part in enumerate(key_path[:-1]):
+        nxt = node.get(part) if isinstance(node, dict) else None
+        if nxt is None:
+            nxt = node[part] = {}
+        if not isinstance(nxt, dict):
+            problems.append(f"{label}: {_dotted(key_path[: i + 1])} is not a section")
+            return
+        node = nxt
+    node[key_path[-1]] = value
+
+
+def _anchor_data_paths(raw: dict[str, Any], base: Path, *, from_override: bool) -> None:
+    """Relative data paths in a file are relative to that file; on ``--set``, to the cwd."""
+    data = raw.get("data")
+    if not isinstance(data, dict) or not isinstance(data.get("source"), str):
+        return
+    source = data["source"]
+    if source.startswith("builtin:") or "://" in source or os.path.isabs(source):
+        return
+    anchor = Path.cwd() if from_override else base
+    data["source"] = str((anchor / source).resolve())
+
+
+def _pydantic_problems(exc: ValidationError) -> list[Problem]:
+    problems = []
+    for err in exc.errors(include_url=False):
+        loc = tuple(err["loc"])
+        if err["type"] == "extra_forbidden":
+            problems.append(Problem(loc, _unknown_key_message(loc)))
+            continue
+        message = err["msg"]
+        if err["type"] not in ("missing",) and not isinstance(err.get("input"), (dict, list)):
+            message += f" (got {err.get('input')!r})"
+        problems.append(Problem(loc, message))
+    return problems
+
+
+def _unknown_key_message(loc: Path_) -> str:
+    key = str(loc[-1])
+    allowed = _fields_at(loc[:-1])
+    message = f"unknown key '{key}'"
+    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+    if close:
+        return f"{message}; did you mean '{close[0]}'?"
+    if allowed:
+        return f"{message}; expected one of: {', '.join(allowed)}"
+    return message
+
+
+def _fields_at(loc: Path_) -> list[str]:
+    """Field names of the schema section at ``loc`` (empty when it is not a section)."""
+    model: Any = Experiment
+    for part in loc:
+        info = model.model_fields.get(part) if isinstance(part, str) else None
+        if info is None:
+            return []
+        model = _section_type(info.annotation)
+        if model is None:
+            return []
+    return list(model.model_fields)
+
+
+def _section_type(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if get_origin(annotation) is not None:
+        for arg in get_args(annotation):
+            found = _section_type(arg)
+            if found is not None:
+                return found
+    return None
+
+
+def _format(file: Path, where: dict[Path_, str], problem: Problem) -> str:
+    loc = problem.loc
+    for end in range(len(loc), -1, -1):
+        if loc[:end] in where:
+            origin = where[loc[:end]]
+            break
+    else:
+        origin = f"{file}:1"
+    return f"{origin}: {_dotted(loc) or '(top level)'}: {problem.message}"
+
+
+def _dotted(loc: Path_) -> str:
+    out = ""
+    for part in loc:
+        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+    return out

@@ -1,0 +1,206 @@
+"""MLflow: one run per training run, metrics logged live by rank 0, the model as an artifact.
+
+The driver opens the run (params, tags, spec file) and closes it (model, registration, status);
+the rank-0 worker logs each epoch's metrics into it while training runs. A tracking failure in
+a worker is logged as a warning and never stops training: losing a chart is better than losing
+the run.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import subprocess
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+__all__ = [
+    "EpochLogger",
+    "TrackedRun",
+    "absolute_tracking_uri",
+    "end_run",
+    "flatten",
+    "log_model",
+    "start_run",
+    "ui_command",
+]
+
+log = logging.getLogger(__name__)
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # MLflow 3's UI opens training runs with this
+EXPERIMENT_KIND = "custom_model_development"
+
+
+@dataclass(frozen=True)
+class TrackedRun:
+    uri: str
+    experiment_name: str
+    experiment_id: str
+    run_id: str
+
+
+def absolute_tracking_uri(uri: str) -> str:
+    """Make a relative sqlite/file URI absolute: Ray workers run in another working directory."""
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + str(Path(uri.removeprefix("sqlite:///")).resolve())
+    if "://" not in uri:
+        return str(Path(uri).resolve())
+    return uri
+
+
+def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
+    """``{"train": {"epochs": 3}}`` -> ``{"train.epochs": "3"}`` (MLflow params are flat strings)."""
+    if isinstance(tree, dict):
+        out: dict[str, str] = {}
+        for key, value in tree.items():
+            out.update(flatten(value, f"{prefix}{key}."))
+        return out
+    return {prefix.rstrip("."): json.dumps(tree) if isinstance(tree, list) else str(tree)}
+
+
+def start_run(
+    *,
+    uri: str,
+    experiment: str,
+    run_name: str,
+    params: dict[str, str],
+    tags: dict[str, str],
+    spec_file: Path | None,
+    spec_text: str,
+) -> TrackedRun:
+    """Create the run (and its experiment) with params, tags and the spec as artifacts."""
+    import mlflow
+    from mlflow.entities import Param
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(experiment)
+    experiment_id = (
+        found.experiment_id
+        if found
+        else client.create_experiment(experiment, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+    )
+    spec_hash = hashlib.sha256(spec_text.encode()).hexdigest()[:12]
+    run = client.create_run(
+        experiment_id,
+        run_name=run_name,
+        tags={**_version_tags(spec_file), "raytrain.spec_hash": spec_hash, **tags},
+    )
+    run_id = run.info.run_id
+    items = [Param(k, v[:6000]) for k, v in params.items()]
+    for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
+        client.log_batch(run_id, params=items[start : start + 100])
+    client.log_text(run_id, spec_text, "spec/resolved.yaml")
+    if spec_file is not None and spec_file.is_file():
+        client.log_artifact(run_id, str(spec_file), "spec")
+    client.set_tag(run_id, "mlflow.note.content", tags.get("description", ""))
+    return TrackedRun(uri=uri, experiment_name=experiment, experiment_id=experiment_id, run_id=run_id)
+
+
+def end_run(run: TrackedRun, *, status: str, tags: dict[str, str] | None = None) -> None:
+    """Close the run as FINISHED, FAILED or KILLED."""
+    import mlflow
+    from mlflow.entities import RunTag
+
+    client = mlflow.MlflowClient(tracking_uri=run.uri)
+    if tags:
+        client.log_batch(run.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+    client.set_terminated(run.run_id, status=status)
+
+
+def log_model(
+    run: TrackedRun,
+    model: Any,
+    *,
+    example: Any,
+    metadata: dict[str, Any],
+    register_as: str | None,
+) -> str | None:
+    """Log a tf_keras model in MLflow's tensorflow flavor; return the registered version, if any."""
+    import mlflow
+    from mlflow.models import infer_signature
+
+    signature = infer_signature(example, model.predict(example, verbose=0))
+    mlflow.set_tracking_uri(run.uri)
+    with mlflow.start_run(run_id=run.run_id):
+        info = mlflow.tensorflow.log_model(
+            model,
+            name="model",
+            signature=signature,
+            metadata=metadata,
+            registered_model_name=register_as,
+        )
+    version = info.registered_model_version
+    return str(version) if version is not None else None
+
+
+class EpochLogger:
+    """Logs one epoch's metrics into an existing run; used by the rank-0 worker."""
+
+    def __init__(self, uri: str, run_id: str) -> None:
+        self.uri, self.run_id = uri, run_id
+        self._client: Any = None
+
+    def log(self, metrics: dict[str, float], *, step: int) -> None:
+        try:
+            from mlflow.entities import Metric
+
+            if self._client is None:
+                import mlflow
+
+                self._client = mlflow.MlflowClient(tracking_uri=self.uri)
+            now = int(time.time() * 1000)
+            batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+            self._client.log_batch(self.run_id, metrics=batch)
+        except Exception as exc:  # a lost chart must not cost the run
+            log.warning("MLflow logging failed at epoch %s (training goes on): %s", step, exc)
+
+    def tag(self, key: str, value: str) -> None:
+        try:
+            import mlflow
+
+            mlflow.MlflowClient(tracking_uri=self.uri).set_tag(self.run_id, key, value)
+        except Exception as exc:
+            log.warning("MLflow tag %s failed (training goes on): %s", key, exc)
+
+
+def ui_command(run: TrackedRun) -> str:
+    """The command (or URL) that shows this run in the MLflow UI."""
+    if run.uri.startswith(("http://", "https://")):
+        return f"{run.uri.rstrip('/')}/#/experiments/{run.experiment_id}/runs/{run.run_id}"
+    return f"mlflow ui --backend-store-uri {run.uri}"
+
+
+def _version_tags(spec_file: Path | None) -> dict[str, str]:
+    import ray
+
+    from raytrain import __version__
+
+    tags = {"raytrain.version": __version__, "ray.version": ray.__version__}
+    try:
+        from importlib.metadata import version
+
+        tags["tensorflow.version"] = version("tensorflow")
+        tags["tf_keras.version"] = version("tf-keras")
+    except Exception:
+        pass
+    commit = _git_commit(spec_file.parent if spec_file else Path.cwd())
+    if commit:
+        tags["mlflow.source.git.commit"] = commit
+    return tags
+
+
+def _git_commit(folder: Path) -> str | None:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(folder), "rev-parse", "HEAD"],
+            capture_output=True,
+            text=True,
+            timeout=5,
+            env={**os.environ, "GIT_OPTIONAL_LOCKS": "0"},
+        )
+    except (OSError, subprocess.SubprocessError):
+        return None
+    return out.stdout.strip() or None if out.returncode == 0 else None
