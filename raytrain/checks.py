@@ -167,15 +167,15 @@ def _check_train(spec: Experiment) -> list[Problem]:
                 f"multiple of {workers}",
             )
         )
-    if train.loss not in CLASSIFICATION_LOSSES:
-        problems += [
+    wrong = [m for m in train.metrics if m in ACCURACY_METRICS]
+    if train.loss not in CLASSIFICATION_LOSSES and wrong:
+        problems.append(
             Problem(
-                ("train", "metrics", i),
-                f"'{name}' needs a classification loss, but train.loss is '{train.loss}'",
+                ("train", "loss"),
+                f"'{train.loss}' is a regression loss, but train.metrics has classification "
+                f"metrics ({', '.join(wrong)}); set train.metrics, e.g. [mean_absolute_error]",
             )
-            for i, name in enumerate(train.metrics)
-            if name in ACCURACY_METRICS
-        ]
+        )
     reported = {"loss", *train.metrics}
     scores = sorted(reported | {f"val_{name}" for name in reported})
     if spec.checkpoint.score not in scores:

@@ -88,4 +88,3 @@ def _fits_on(node: dict[str, float], needed: dict[str, float]) -> int:
 
 def _fmt(value: float) -> str:
     return f"{value:g}"
-

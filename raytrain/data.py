@@ -137,8 +137,14 @@ def _read_npz(files: list[str], label: str) -> tuple[np.ndarray, np.ndarray, lis
                     f"'{f}' must hold arrays 'x' and '{label}' (data.label); it holds: "
                     f"{', '.join(arrays.files)}"
                 )
-            xs.append(arrays["x"])
-            ys.append(arrays[label])
+            try:
+                xs.append(arrays["x"])
+                ys.append(arrays[label])
+            except ValueError:  # object arrays: loading them would unpickle untrusted data
+                raise DataError(
+                    f"'{f}' holds Python object arrays, which raytrain does not unpickle; save "
+                    "numbers, and strings as fixed-width (array.astype(str))"
+                ) from None
     x = np.concatenate(xs)
     return x, np.concatenate(ys), [f"x{i}" for i in range(int(np.prod(x.shape[1:])))]
 
@@ -203,8 +209,10 @@ def _encode_labels(y: np.ndarray, *, classification: bool) -> tuple[np.ndarray, 
 def _reshape(x: np.ndarray, shape: list[int]) -> np.ndarray:
     size = int(np.prod(x.shape[1:]))
     if int(np.prod(shape)) != size:
-        raise DataError(f"data.shape {shape} holds {int(np.prod(shape))} values, but each example "
-                        f"has {size} features")
+        raise DataError(
+            f"data.shape {shape} holds {int(np.prod(shape))} values, but each example "
+            f"has {size} features"
+        )
     return x.reshape(len(x), *shape)
 
 

@@ -67,7 +67,10 @@ def run_experiment(
         per_worker=spec.worker_resources(),
         what=f"experiment '{spec.name}'",
     )
-    run_name = spec.tracking.run_name or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+    run_name = (
+        spec.tracking.run_name
+        or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+    )
     storage = _storage_root(spec.storage, spec.name)
     tracked = _start_tracking(loaded, run_name) if spec.tracking.enabled else None
     progress = ray.util.queue.Queue(actor_options={"num_cpus": 0}) if on_epoch else None
@@ -103,9 +106,13 @@ def run_experiment(
         raise
     if "error" in outcome:
         if tracked:
-            tracking.end_run(tracked, status="FAILED", tags={"raytrain.error": str(outcome["error"])[:5000]})
+            tracking.end_run(
+                tracked, status="FAILED", tags={"raytrain.error": str(outcome["error"])[:5000]}
+            )
         raise _user_error(outcome["error"]) from None
-    return _finish(loaded, outcome["result"], run_name, storage, tracked, data, epochs, cluster.dashboard_url)
+    return _finish(
+        loaded, outcome["result"], run_name, storage, tracked, data, epochs, cluster.dashboard_url
+    )
 
 
 def _next_event(progress: Any, worker: threading.Thread) -> dict[str, Any] | None:
@@ -134,7 +141,9 @@ def _finish(
     if tracked:
         version = _log_best_model(loaded, tracked, best_checkpoint, data)
         tags = {"raytrain.best_checkpoint": best_checkpoint or "", "raytrain.storage": result.path}
-        client_metrics = {f"best_{k}": v for k, v in best_metrics.items() if isinstance(v, (int, float))}
+        client_metrics = {
+            f"best_{k}": v for k, v in best_metrics.items() if isinstance(v, (int, float))
+        }
         _log_summary_metrics(tracked, client_metrics)
         tracking.end_run(tracked, status="FINISHED", tags=tags)
     return RunSummary(
@@ -184,7 +193,10 @@ def _log_best_model(
         "checkpoint": checkpoint_path,
     }
     return tracking.log_model(
-        tracked, model, example=data.x_val[:5], metadata=metadata,
+        tracked,
+        model,
+        example=data.x_val[:5],
+        metadata=metadata,
         register_as=loaded.spec.tracking.register_as,
     )
 
@@ -205,8 +217,11 @@ def _start_tracking(loaded: LoadedExperiment, run_name: str) -> tracking.Tracked
         experiment=spec.experiment_name,
         run_name=run_name,
         params=tracking.flatten(spec_dict),
-        tags={**spec.tracking.tags, "description": spec.description,
-              "raytrain.overrides": " ".join(loaded.overrides)},
+        tags={
+            **spec.tracking.tags,
+            "description": spec.description,
+            "raytrain.overrides": " ".join(loaded.overrides),
+        },
         spec_file=loaded.path,
         spec_text=yaml.safe_dump(spec_dict, sort_keys=False),
     )
@@ -230,5 +245,9 @@ def _user_error(exc: BaseException) -> BaseException:
         if isinstance(current, RaytrainError):
             return current
         stack += [current.__cause__, current.__context__, getattr(current, "cause", None)]
-        stack += [e for e in getattr(current, "worker_failures", {}).values() if isinstance(e, BaseException)]
+        stack += [
+            e
+            for e in getattr(current, "worker_failures", {}).values()
+            if isinstance(e, BaseException)
+        ]
     return TrainingError(f"training failed: {exc}")

@@ -96,7 +96,9 @@ def start_run(
     if spec_file is not None and spec_file.is_file():
         client.log_artifact(run_id, str(spec_file), "spec")
     client.set_tag(run_id, "mlflow.note.content", tags.get("description", ""))
-    return TrackedRun(uri=uri, experiment_name=experiment, experiment_id=experiment_id, run_id=run_id)
+    return TrackedRun(
+        uri=uri, experiment_name=experiment, experiment_id=experiment_id, run_id=run_id
+    )
 
 
 def end_run(run: TrackedRun, *, status: str, tags: dict[str, str] | None = None) -> None:

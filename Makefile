@@ -1,0 +1,39 @@
+# Quick start:  make run   (train the quickstart experiment)   make test   (the whole test suite)
+PYTHON ?= python3
+VENV   ?= .venv
+BIN    := $(VENV)/bin
+
+.PHONY: install run test lint format lock bench clean
+
+install: $(VENV)/.installed
+
+$(VENV)/.installed: pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
+	touch $@
+
+run: install
+	$(BIN)/raytrain run experiments/quickstart.yaml
+
+test: install
+	$(BIN)/python -m pytest -q
+
+lint: install
+	$(BIN)/ruff check raytrain tests benchmarks
+	$(BIN)/ruff format --check raytrain tests benchmarks
+
+format: install
+	$(BIN)/ruff format raytrain tests benchmarks
+	$(BIN)/ruff check --fix raytrain tests benchmarks
+
+lock: install
+	{ echo "# Exact versions CI and users install (pip install -c constraints.txt -e '.[dev]')."; \
+	  echo "# Regenerate after changing pyproject.toml: make lock"; \
+	  $(BIN)/python -m pip freeze --exclude-editable | grep -v '^raytrain'; } > constraints.txt
+
+bench: install
+	$(BIN)/python -m benchmarks
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache raytrain_results mlflow.db

@@ -1,0 +1,140 @@
+"""The experiment schema: every mistake is reported with its file, line and dotted path."""
+
+from __future__ import annotations
+
+import json
+import pickle
+from pathlib import Path
+
+import pytest
+
+from raytrain.errors import SpecError
+from raytrain.spec import Experiment
+from raytrain.specfile import load_experiment
+
+from .conftest import REPO, write_yaml
+
+BAD_FILES = [
+    # (yaml, overrides, expected message fragments: each must appear in one problem line)
+    ("data:\n  source: [a\n", [], ["exp.yaml:3:1: YAML syntax error"]),
+    ("data:\n  validaton_split: 0.3\n", [], [
+        "exp.yaml:2: data.validaton_split: unknown key 'validaton_split'; did you mean "
+        "'validation_split'?"]),
+    ("trian:\n  epochs: 3\n", [], ["exp.yaml:1: trian: unknown key 'trian'; did you mean 'train'?"]),
+    ("train:\n  epochs: 0\n", [], ["exp.yaml:2: train.epochs: Input should be greater than or equal to 1 (got 0)"]),
+    ("train:\n  epochs: three\n", [], ["exp.yaml:2: train.epochs: Input should be a valid integer"]),
+    ("train:\n  optimizer:\n    name: adma\n", [], ["exp.yaml:3: train.optimizer.name: Input should be 'adam'"]),
+    ("train:\n  optimizer: {learning_rate: -0.1}\n", [], ["exp.yaml:2: train.optimizer.learning_rate: Input should be greater than 0 (got -0.1)"]),
+    ("train:\n  metrics:\n    - accuracy\n    - acuracy\n", [], ["exp.yaml:4: train.metrics[1]: Input should be"]),
+    ("data:\n  validation_split: 1.5\n", [], ["exp.yaml:2: data.validation_split: Input should be less than 1 (got 1.5)"]),
+    ("data:\n  source: builtin:digitz\n", [], ["exp.yaml:2: data.source: unknown built-in dataset 'digitz'"]),
+    ("data:\n  source: missing/*.csv\n", [], ["exp.yaml:2: data.source: no file matches"]),
+    ("model:\n  builder: cnn\n  params:\n    filters: [8, 16]\n    dropot: 0.1\n", [],
+     ["exp.yaml:5: model.params.dropot: unknown parameter 'dropot' of this builder"]),
+    ("model:\n  builder: cnn\n  params: {kernel_size: 0}\n", [], ["exp.yaml:3: model.params.kernel_size: Input should be greater than or equal to 1"]),
+    ("model:\n  builder: nosuchpkg.models:build\n", [], ["exp.yaml:2: model.builder: cannot import 'nosuchpkg.models'"]),
+    ("model:\n  builder: transformer\n", [], ["exp.yaml:2: model.builder: 'transformer' is neither a built-in builder"]),
+    ("train:\n  batch_size: 65\nscaling:\n  num_workers: 2\n", [], ["exp.yaml:2: train.batch_size: the global batch size (65) must split evenly across scaling.num_workers (2)"]),
+    ("checkpoint:\n  score: val_acc\n", [], ["exp.yaml:2: checkpoint.score: 'val_acc' is not a reported metric; expected one of: accuracy, loss, val_accuracy, val_loss"]),
+    ("train:\n  loss: mean_squared_error\n", [], ["exp.yaml:2: train.loss: 'mean_squared_error' is a regression loss, but train.metrics has classification metrics (accuracy)"]),
+    ("scaling:\n  num_workers: -1\n", [], ["exp.yaml:2: scaling.num_workers: Input should be greater than or equal to 1 (got -1)"]),
+    ("scaling:\n  resources_per_worker: {CPU: -2}\n", [], ["exp.yaml:2: scaling.resources_per_worker.CPU: must be >= 0 (got -2.0)"]),
+    ("storage: s3://bucket/x\n", [], ["exp.yaml:1: storage: 's3://bucket/x': storage must be a local folder or gs://bucket/prefix"]),
+    ("name: my experiment!\n", [], ["exp.yaml:1: name: String should match pattern"]),
+    ("train:\n  epochs: 3\n  epochs: 4\n", [], ["exp.yaml:3: train.epochs: duplicate key"]),
+    ("- just\n- a list\n", [], ["exp.yaml:1: the experiment must be a mapping"]),
+    ("train:\n  epochs: 3\n", ["train.epochs=abc"], ["--set train.epochs=abc: train.epochs: Input should be a valid integer"]),
+    ("train:\n  epochs: 3\n", ["scaling.num_workerz=3"], ["--set scaling.num_workerz=3: scaling.num_workerz: unknown key 'num_workerz'; did you mean 'num_workers'?"]),
+    ("train:\n  epochs: 3\n", ["train.epochs"], ["--set train.epochs: expected KEY=VALUE"]),
+    ("train:\n  epochs: 3\n", ["train.epochs.x=1"], ["--set train.epochs.x=1: train.epochs is not a section"]),
+]
+
+
+@pytest.mark.parametrize(("text", "overrides", "expected"), BAD_FILES)
+def test_bad_file_reports_path_and_line(
+    tmp_path: Path, text: str, overrides: list[str], expected: list[str]
+) -> None:
+    path = write_yaml(tmp_path, text)
+    with pytest.raises(SpecError) as caught:
+        load_experiment(path, overrides)
+    problems = caught.value.problems
+    for fragment in expected:
+        hits = [p for p in problems if fragment.replace("exp.yaml", str(path)) in p]
+        assert hits, f"{fragment!r} not in {problems}"
+
+
+def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path, """
+        data:
+          validaton_split: 0.3
+        train:
+          epochs: 0
+          optimizer: {name: adma}
+        """)
+    with pytest.raises(SpecError) as caught:
+        load_experiment(path)
+    assert len(caught.value.problems) == 3
+
+
+def test_spec_error_survives_pickling() -> None:
+    error = SpecError(["a.yaml:3: train.epochs: bad"])
+    copy = pickle.loads(pickle.dumps(error))
+    assert copy.problems == error.problems
+    assert str(copy) == "a.yaml:3: train.epochs: bad"
+
+
+def test_missing_file_is_a_spec_error(tmp_path: Path) -> None:
+    with pytest.raises(SpecError, match="cannot read experiment file"):
+        load_experiment(tmp_path / "nope.yaml")
+
+
+def test_empty_file_gives_all_defaults(tmp_path: Path) -> None:
+    loaded = load_experiment(write_yaml(tmp_path, ""))
+    assert loaded.spec == Experiment()
+    assert loaded.spec.data.source == "builtin:digits"
+
+
+def test_overrides_are_parsed_as_yaml(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path, "train:\n  epochs: 3\n")
+    loaded = load_experiment(
+        path, ["train.epochs=5", "model.params={hidden_units: [8]}", "scaling.num_workers=1"]
+    )
+    assert loaded.spec.train.epochs == 5
+    assert loaded.spec.model.params == {"hidden_units": [8]}
+    assert loaded.spec.scaling.num_workers == 1
+
+
+def test_relative_data_path_is_relative_to_the_file(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "exp").mkdir()
+    (tmp_path / "exp" / "d.csv").write_text("a,label\n1,0\n")
+    path = write_yaml(tmp_path / "exp", "data:\n  source: d.csv\n")
+    monkeypatch.chdir(tmp_path)
+    assert load_experiment(path).spec.data.source == str(tmp_path / "exp" / "d.csv")
+    # on the command line, a relative path is relative to where the user stands
+    loaded = load_experiment(path, ["data.source=exp/d.csv"])
+    assert loaded.spec.data.source == str(tmp_path / "exp" / "d.csv")
+
+
+def test_user_builder_is_imported_from_the_experiment_folder(tmp_path: Path) -> None:
+    (tmp_path / "mymodels.py").write_text("def build(**kw):\n    return None\n")
+    path = write_yaml(tmp_path, "model:\n  builder: mymodels:build\n")
+    assert load_experiment(path).spec.model.builder == "mymodels:build"
+    bad = write_yaml(tmp_path, "model:\n  builder: mymodels:nothere\n", "bad.yaml")
+    with pytest.raises(SpecError, match="module 'mymodels' has no attribute 'nothere'"):
+        load_experiment(bad)
+
+
+@pytest.mark.parametrize("path", sorted((REPO / "experiments").glob("*.yaml")), ids=lambda p: p.name)
+def test_shipped_experiments_are_valid(path: Path) -> None:
+    assert load_experiment(path).spec.name
+
+
+def test_json_schema_describes_every_field() -> None:
+    schema = Experiment.model_json_schema()
+    json.dumps(schema)
+    assert schema["additionalProperties"] is False
+    for name, definition in schema["$defs"].items():
+        for field, prop in definition["properties"].items():
+            assert prop.get("description"), f"{name}.{field} has no description"
