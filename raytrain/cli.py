@@ -131,7 +131,7 @@ class _EpochProgress:
 
 
 def _print_summary(summary: RunSummary, loaded: LoadedExperiment) -> None:
-    table = Table(title=f"{summary.name}: best checkpoint by {loaded.spec.checkpoint.score}")
+    table = Table(title=f"best checkpoint by {loaded.spec.checkpoint.score}", title_justify="left")
     table.add_column("metric")
     table.add_column("best", justify="right")
     table.add_column("last epoch", justify="right")

@@ -9,6 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import os
+import socket
 from dataclasses import dataclass
 from typing import Any
 
@@ -41,6 +42,8 @@ def connect(
         "log_to_driver": verbose,
         "logging_level": logging.INFO if verbose else logging.WARNING,
     }
+    if target:
+        _probe(target)
     try:
         if target:
             ctx = ray.init(address=target, **options)
@@ -54,6 +57,22 @@ def connect(
         raise ClusterError(f"cannot connect to Ray at {where}: {first_line}") from None
     dashboard = f"http://{ctx.dashboard_url}" if ctx.dashboard_url else None
     return ClusterInfo(ctx.address_info["gcs_address"], dashboard, started_here=not target)
+
+
+def _probe(address: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds on an address nobody listens on (``ray.init`` retries for minutes)."""
+    if address == "auto" or ("://" in address and not address.startswith("ray://")):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ClusterError(f"cannot connect to Ray at {address}: expected HOST:PORT")
+    try:
+        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ClusterError(
+            f"cannot connect to Ray at {address}: {exc.strerror or exc} (is the head node up, "
+            "and is this its GCS port, 6379 by default?)"
+        ) from None
 
 
 def check_feasible(*, num_workers: int, per_worker: dict[str, float], what: str) -> None:

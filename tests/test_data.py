@@ -31,7 +31,9 @@ def test_file_formats_load_the_same_examples(tmp_path: Path, fmt: str) -> None:
     elif fmt == "parquet":
         frame.to_parquet(path)
     else:
-        np.savez(path, x=frame[["a", "b", "c"]].to_numpy(), label=frame["label"].to_numpy().astype(str))
+        np.savez(
+            path, x=frame[["a", "b", "c"]].to_numpy(), label=frame["label"].to_numpy().astype(str)
+        )
     ds = load_dataset(DataSpec(source=str(path)), loss=CE)
     assert ds.info.num_train + ds.info.num_val == 200
     assert ds.info.num_val == 40
@@ -92,7 +94,11 @@ def test_tf_dataset_batches_the_shard() -> None:
         (_table().assign(a="x"), {}, "non-numeric feature columns: a"),
         (_table().assign(b=np.nan), {}, r"features contain NaN or infinite values \(columns: b\)"),
         (_table(), {"features": ["a", "zz"]}, "feature columns not in .*: zz"),
-        (_table(), {"shape": [2, 2]}, r"data.shape \[2, 2\] holds 4 values, but each example has 3"),
+        (
+            _table(),
+            {"shape": [2, 2]},
+            r"data.shape \[2, 2\] holds 4 values, but each example has 3",
+        ),
     ],
 )
 def test_bad_data_is_a_clear_error(

@@ -17,36 +17,134 @@ from .conftest import REPO, write_yaml
 BAD_FILES = [
     # (yaml, overrides, expected message fragments: each must appear in one problem line)
     ("data:\n  source: [a\n", [], ["exp.yaml:3:1: YAML syntax error"]),
-    ("data:\n  validaton_split: 0.3\n", [], [
-        "exp.yaml:2: data.validaton_split: unknown key 'validaton_split'; did you mean "
-        "'validation_split'?"]),
-    ("trian:\n  epochs: 3\n", [], ["exp.yaml:1: trian: unknown key 'trian'; did you mean 'train'?"]),
-    ("train:\n  epochs: 0\n", [], ["exp.yaml:2: train.epochs: Input should be greater than or equal to 1 (got 0)"]),
-    ("train:\n  epochs: three\n", [], ["exp.yaml:2: train.epochs: Input should be a valid integer"]),
-    ("train:\n  optimizer:\n    name: adma\n", [], ["exp.yaml:3: train.optimizer.name: Input should be 'adam'"]),
-    ("train:\n  optimizer: {learning_rate: -0.1}\n", [], ["exp.yaml:2: train.optimizer.learning_rate: Input should be greater than 0 (got -0.1)"]),
-    ("train:\n  metrics:\n    - accuracy\n    - acuracy\n", [], ["exp.yaml:4: train.metrics[1]: Input should be"]),
-    ("data:\n  validation_split: 1.5\n", [], ["exp.yaml:2: data.validation_split: Input should be less than 1 (got 1.5)"]),
-    ("data:\n  source: builtin:digitz\n", [], ["exp.yaml:2: data.source: unknown built-in dataset 'digitz'"]),
+    (
+        "data:\n  validaton_split: 0.3\n",
+        [],
+        [
+            "exp.yaml:2: data.validaton_split: unknown key 'validaton_split'; did you mean "
+            "'validation_split'?"
+        ],
+    ),
+    (
+        "trian:\n  epochs: 3\n",
+        [],
+        ["exp.yaml:1: trian: unknown key 'trian'; did you mean 'train'?"],
+    ),
+    (
+        "train:\n  epochs: 0\n",
+        [],
+        ["exp.yaml:2: train.epochs: Input should be greater than or equal to 1 (got 0)"],
+    ),
+    (
+        "train:\n  epochs: three\n",
+        [],
+        ["exp.yaml:2: train.epochs: Input should be a valid integer"],
+    ),
+    (
+        "train:\n  optimizer:\n    name: adma\n",
+        [],
+        ["exp.yaml:3: train.optimizer.name: Input should be 'adam'"],
+    ),
+    (
+        "train:\n  optimizer: {learning_rate: -0.1}\n",
+        [],
+        ["exp.yaml:2: train.optimizer.learning_rate: Input should be greater than 0 (got -0.1)"],
+    ),
+    (
+        "train:\n  metrics:\n    - accuracy\n    - acuracy\n",
+        [],
+        ["exp.yaml:4: train.metrics[1]: Input should be"],
+    ),
+    (
+        "data:\n  validation_split: 1.5\n",
+        [],
+        ["exp.yaml:2: data.validation_split: Input should be less than 1 (got 1.5)"],
+    ),
+    (
+        "data:\n  source: builtin:digitz\n",
+        [],
+        ["exp.yaml:2: data.source: unknown built-in dataset 'digitz'"],
+    ),
     ("data:\n  source: missing/*.csv\n", [], ["exp.yaml:2: data.source: no file matches"]),
-    ("model:\n  builder: cnn\n  params:\n    filters: [8, 16]\n    dropot: 0.1\n", [],
-     ["exp.yaml:5: model.params.dropot: unknown parameter 'dropot' of this builder"]),
-    ("model:\n  builder: cnn\n  params: {kernel_size: 0}\n", [], ["exp.yaml:3: model.params.kernel_size: Input should be greater than or equal to 1"]),
-    ("model:\n  builder: nosuchpkg.models:build\n", [], ["exp.yaml:2: model.builder: cannot import 'nosuchpkg.models'"]),
-    ("model:\n  builder: transformer\n", [], ["exp.yaml:2: model.builder: 'transformer' is neither a built-in builder"]),
-    ("train:\n  batch_size: 65\nscaling:\n  num_workers: 2\n", [], ["exp.yaml:2: train.batch_size: the global batch size (65) must split evenly across scaling.num_workers (2)"]),
-    ("checkpoint:\n  score: val_acc\n", [], ["exp.yaml:2: checkpoint.score: 'val_acc' is not a reported metric; expected one of: accuracy, loss, val_accuracy, val_loss"]),
-    ("train:\n  loss: mean_squared_error\n", [], ["exp.yaml:2: train.loss: 'mean_squared_error' is a regression loss, but train.metrics has classification metrics (accuracy)"]),
-    ("scaling:\n  num_workers: -1\n", [], ["exp.yaml:2: scaling.num_workers: Input should be greater than or equal to 1 (got -1)"]),
-    ("scaling:\n  resources_per_worker: {CPU: -2}\n", [], ["exp.yaml:2: scaling.resources_per_worker.CPU: must be >= 0 (got -2.0)"]),
-    ("storage: s3://bucket/x\n", [], ["exp.yaml:1: storage: 's3://bucket/x': storage must be a local folder or gs://bucket/prefix"]),
+    (
+        "model:\n  builder: cnn\n  params:\n    filters: [8, 16]\n    dropot: 0.1\n",
+        [],
+        ["exp.yaml:5: model.params.dropot: unknown parameter 'dropot' of this builder"],
+    ),
+    (
+        "model:\n  builder: cnn\n  params: {kernel_size: 0}\n",
+        [],
+        ["exp.yaml:3: model.params.kernel_size: Input should be greater than or equal to 1"],
+    ),
+    (
+        "model:\n  builder: nosuchpkg.models:build\n",
+        [],
+        ["exp.yaml:2: model.builder: cannot import 'nosuchpkg.models'"],
+    ),
+    (
+        "model:\n  builder: transformer\n",
+        [],
+        ["exp.yaml:2: model.builder: 'transformer' is neither a built-in builder"],
+    ),
+    (
+        "train:\n  batch_size: 65\nscaling:\n  num_workers: 2\n",
+        [],
+        [
+            "exp.yaml:2: train.batch_size: the global batch size (65) must split evenly across scaling.num_workers (2)"
+        ],
+    ),
+    (
+        "checkpoint:\n  score: val_acc\n",
+        [],
+        [
+            "exp.yaml:2: checkpoint.score: 'val_acc' is not a reported metric; expected one of: accuracy, loss, val_accuracy, val_loss"
+        ],
+    ),
+    (
+        "train:\n  loss: mean_squared_error\n",
+        [],
+        [
+            "exp.yaml:2: train.loss: 'mean_squared_error' is a regression loss, but train.metrics has classification metrics (accuracy)"
+        ],
+    ),
+    (
+        "scaling:\n  num_workers: -1\n",
+        [],
+        ["exp.yaml:2: scaling.num_workers: Input should be greater than or equal to 1 (got -1)"],
+    ),
+    (
+        "scaling:\n  resources_per_worker: {CPU: -2}\n",
+        [],
+        ["exp.yaml:2: scaling.resources_per_worker.CPU: must be >= 0 (got -2.0)"],
+    ),
+    (
+        "storage: s3://bucket/x\n",
+        [],
+        [
+            "exp.yaml:1: storage: 's3://bucket/x': storage must be a local folder or gs://bucket/prefix"
+        ],
+    ),
     ("name: my experiment!\n", [], ["exp.yaml:1: name: String should match pattern"]),
     ("train:\n  epochs: 3\n  epochs: 4\n", [], ["exp.yaml:3: train.epochs: duplicate key"]),
     ("- just\n- a list\n", [], ["exp.yaml:1: the experiment must be a mapping"]),
-    ("train:\n  epochs: 3\n", ["train.epochs=abc"], ["--set train.epochs=abc: train.epochs: Input should be a valid integer"]),
-    ("train:\n  epochs: 3\n", ["scaling.num_workerz=3"], ["--set scaling.num_workerz=3: scaling.num_workerz: unknown key 'num_workerz'; did you mean 'num_workers'?"]),
+    (
+        "train:\n  epochs: 3\n",
+        ["train.epochs=abc"],
+        ["--set train.epochs=abc: train.epochs: Input should be a valid integer"],
+    ),
+    (
+        "train:\n  epochs: 3\n",
+        ["scaling.num_workerz=3"],
+        [
+            "--set scaling.num_workerz=3: scaling.num_workerz: unknown key 'num_workerz'; did you mean 'num_workers'?"
+        ],
+    ),
     ("train:\n  epochs: 3\n", ["train.epochs"], ["--set train.epochs: expected KEY=VALUE"]),
-    ("train:\n  epochs: 3\n", ["train.epochs.x=1"], ["--set train.epochs.x=1: train.epochs is not a section"]),
+    (
+        "train:\n  epochs: 3\n",
+        ["train.epochs.x=1"],
+        ["--set train.epochs.x=1: train.epochs is not a section"],
+    ),
 ]
 
 
@@ -64,13 +162,16 @@ def test_bad_file_reports_path_and_line(
 
 
 def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
-    path = write_yaml(tmp_path, """
+    path = write_yaml(
+        tmp_path,
+        """
         data:
           validaton_split: 0.3
         train:
           epochs: 0
           optimizer: {name: adma}
-        """)
+        """,
+    )
     with pytest.raises(SpecError) as caught:
         load_experiment(path)
     assert len(caught.value.problems) == 3
@@ -126,7 +227,9 @@ def test_user_builder_is_imported_from_the_experiment_folder(tmp_path: Path) -> 
         load_experiment(bad)
 
 
-@pytest.mark.parametrize("path", sorted((REPO / "experiments").glob("*.yaml")), ids=lambda p: p.name)
+@pytest.mark.parametrize(
+    "path", sorted((REPO / "experiments").glob("*.yaml")), ids=lambda p: p.name
+)
 def test_shipped_experiments_are_valid(path: Path) -> None:
     assert load_experiment(path).spec.name
 

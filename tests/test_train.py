@@ -59,9 +59,15 @@ def test_two_workers_converge_and_mlflow_has_everything(workdir: Path) -> None:
     x = np.random.default_rng(0).uniform(0, 16, size=(16, 8, 8, 1)).astype(np.float32)
     mlflow.set_tracking_uri(run.uri)
     logged = mlflow.tensorflow.load_model(f"models:/digits-cnn/{summary.registered_version}")
-    np.testing.assert_allclose(logged.predict(x, verbose=0), trained.predict(x, verbose=0), atol=1e-6)
+    np.testing.assert_allclose(
+        logged.predict(x, verbose=0), trained.predict(x, verbose=0), atol=1e-6
+    )
     # Checkpoints kept: checkpoint.keep best by val_accuracy.
-    kept = [p for p in Path(summary.storage_path).iterdir() if p.is_dir() and p.name.startswith("checkpoint_")]
+    kept = [
+        p
+        for p in Path(summary.storage_path).iterdir()
+        if p.is_dir() and p.name.startswith("checkpoint_")
+    ]
     assert len(kept) == loaded.spec.checkpoint.keep
 
 

@@ -1,0 +1,82 @@
+"""The CLI as a user runs it: a real subprocess, from validate to run to the printed summary."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+from typer.testing import CliRunner
+
+from raytrain.cli import app
+from raytrain.cluster import ClusterInfo
+
+from .conftest import REPO, write_yaml
+
+RAYTRAIN = [sys.executable, "-m", "raytrain"]
+
+
+def _cli(*args: str, cwd: Path) -> subprocess.CompletedProcess[str]:
+    env = {**os.environ, "COLUMNS": "200", "NO_COLOR": "1"}
+    return subprocess.run(
+        [*RAYTRAIN, *args], cwd=cwd, env=env, capture_output=True, text=True, timeout=600
+    )
+
+
+def test_validate_prints_a_summary() -> None:
+    result = CliRunner().invoke(app, ["validate", str(REPO / "experiments" / "quickstart.yaml")])
+    assert result.exit_code == 0, result.output
+    assert "experiment 'digits-cnn'" in result.output
+    assert "2 worker(s)" in result.output
+    assert "global batch 64 (32 per worker)" in result.output
+
+
+def test_validate_reports_problems_without_traceback(tmp_path: Path) -> None:
+    bad = write_yaml(tmp_path, "train:\n  epoch: 3\n  batch_size: -1\n")
+    result = _cli("validate", str(bad), "--set", "scaling.num_workers=zero", cwd=tmp_path)
+    assert result.returncode == 2
+    assert "Traceback" not in result.stderr + result.stdout
+    lines = result.stderr.splitlines()
+    assert f"{bad}:2: train.epoch: unknown key 'epoch'; did you mean 'epochs'?" in lines
+    assert any(line.startswith(f"{bad}:3: train.batch_size:") for line in lines)
+    assert any(
+        line.startswith("--set scaling.num_workers=zero: scaling.num_workers:") for line in lines
+    )
+    assert "3 problem(s) found" in result.stderr
+
+
+def test_schema_is_json_schema() -> None:
+    result = CliRunner().invoke(app, ["schema"])
+    assert result.exit_code == 0
+    schema = json.loads(result.output)
+    assert set(schema["properties"]) >= {"data", "model", "train", "scaling", "tracking"}
+
+
+def test_run_end_to_end(ray_cluster: ClusterInfo, tmp_path: Path) -> None:
+    quickstart = str(REPO / "experiments" / "quickstart.yaml")
+    assert _cli("validate", quickstart, cwd=tmp_path).returncode == 0
+    result = _cli(
+        "run", quickstart, "--set", "train.epochs=2", "--address", ray_cluster.address, cwd=tmp_path
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "Traceback" not in result.stderr
+    out = " ".join(result.stdout.split())
+    run_id = out.split("MLflow run id ")[1].split()[0]
+    assert "MLflow experiment digits" in out
+    assert "best checkpoint" in out and str(tmp_path / "raytrain_results" / "digits-cnn") in out
+    assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path / 'mlflow.db'}" in out
+    assert "registered model digits-cnn version 1" in out
+    run = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(run_id)
+    assert run.data.params["train.epochs"] == "2"
+    assert run.data.tags["raytrain.overrides"] == "train.epochs=2"
+
+
+def test_run_with_an_unreachable_address_is_one_line(tmp_path: Path) -> None:
+    quickstart = str(REPO / "experiments" / "quickstart.yaml")
+    result = _cli("run", quickstart, "--address", "127.0.0.1:1", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "error: cannot connect to Ray at 127.0.0.1:1" in result.stderr
