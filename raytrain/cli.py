@@ -41,7 +41,7 @@ def validate(file: FileArg, overrides: SetOpt = None) -> None:
     out.print(f"[green]OK[/green] {file}: experiment '{spec.name}'")
     out.print(
         f"  data      {spec.data.source} (validation {spec.data.validation_split:.0%})\n"
-        f"  model     {spec.model.builder} {json.dumps(spec.model.params) if spec.model.params else ''}\n"
+        f"  model     {spec.model.builder} {json.dumps(spec.model.params)}\n"
         f"  train     {spec.train.epochs} epochs, global batch {spec.train.batch_size} "
         f"({spec.per_worker_batch_size} per worker), {spec.train.optimizer.name} "
         f"lr={spec.train.optimizer.learning_rate:g}\n"

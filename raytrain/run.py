@@ -84,7 +84,7 @@ def run_experiment(
                 data_ref=ray.put(data),
                 run_name=run_name,
                 storage_path=storage,
-                tracking={"uri": tracked.uri, "run_id": tracked.run_id} if tracked else None,
+                tracking=tracked,
                 progress=progress,
                 base_dir=str(loaded.path.parent.resolve()),
             )
@@ -141,10 +141,8 @@ def _finish(
     if tracked:
         version = _log_best_model(loaded, tracked, best_checkpoint, data)
         tags = {"raytrain.best_checkpoint": best_checkpoint or "", "raytrain.storage": result.path}
-        client_metrics = {
-            f"best_{k}": v for k, v in best_metrics.items() if isinstance(v, (int, float))
-        }
-        _log_summary_metrics(tracked, client_metrics)
+        best = {f"best_{k}": v for k, v in best_metrics.items() if isinstance(v, int | float)}
+        tracking.log_metrics(tracked, best, step=int(best_metrics.get("epoch", 0)))
         tracking.end_run(tracked, status="FINISHED", tags=tags)
     return RunSummary(
         name=spec.name,
@@ -201,14 +199,6 @@ def _log_best_model(
     )
 
 
-def _log_summary_metrics(tracked: tracking.TrackedRun, metrics: dict[str, float]) -> None:
-    import mlflow
-
-    client = mlflow.MlflowClient(tracking_uri=tracked.uri)
-    for key, value in metrics.items():
-        client.log_metric(tracked.run_id, key, float(value))
-
-
 def _start_tracking(loaded: LoadedExperiment, run_name: str) -> tracking.TrackedRun:
     spec = loaded.spec
     spec_dict = spec.model_dump(mode="json")
@@ -217,11 +207,8 @@ def _start_tracking(loaded: LoadedExperiment, run_name: str) -> tracking.Tracked
         experiment=spec.experiment_name,
         run_name=run_name,
         params=tracking.flatten(spec_dict),
-        tags={
-            **spec.tracking.tags,
-            "description": spec.description,
-            "raytrain.overrides": " ".join(loaded.overrides),
-        },
+        tags={**spec.tracking.tags, "raytrain.overrides": " ".join(loaded.overrides)},
+        description=spec.description,
         spec_file=loaded.path,
         spec_text=yaml.safe_dump(spec_dict, sort_keys=False),
     )

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import difflib
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, get_args, get_origin
 
@@ -20,7 +20,7 @@ from raytrain.checks import Problem, check_rules
 from raytrain.errors import SpecError
 from raytrain.spec import Experiment
 
-__all__ = ["LoadedExperiment", "load_experiment", "parse_overrides"]
+__all__ = ["LoadedExperiment", "load_experiment"]
 
 Path_ = tuple[str | int, ...]
 
@@ -32,7 +32,6 @@ class LoadedExperiment:
     spec: Experiment
     path: Path
     overrides: tuple[str, ...] = ()
-    raw: dict[str, Any] = field(default_factory=dict)
 
 
 def load_experiment(
@@ -68,16 +67,7 @@ def load_experiment(
     rule_problems = check_rules(spec, base_dir=file.parent)
     if rule_problems:
         raise SpecError([_format(file, where, p) for p in rule_problems])
-    return LoadedExperiment(spec=spec, path=file, overrides=tuple(overrides), raw=raw)
-
-
-def parse_overrides(items: list[str] | tuple[str, ...]) -> list[tuple[Path_, Any]]:
-    """``["train.epochs=3"]`` -> ``[(("train", "epochs"), 3)]``; values are parsed as YAML."""
-    problems: list[str] = []
-    parsed = _parse_override_items(items, problems)
-    if problems:
-        raise SpecError(problems)
-    return parsed
+    return LoadedExperiment(spec=spec, path=file, overrides=tuple(overrides))
 
 
 def _parse_override_items(

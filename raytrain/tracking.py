@@ -24,6 +24,7 @@ __all__ = [
     "absolute_tracking_uri",
     "end_run",
     "flatten",
+    "log_metrics",
     "log_model",
     "start_run",
     "ui_command",
@@ -52,7 +53,7 @@ def absolute_tracking_uri(uri: str) -> str:
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
-    """``{"train": {"epochs": 3}}`` -> ``{"train.epochs": "3"}`` (MLflow params are flat strings)."""
+    """``{"train": {"epochs": 3}}`` -> ``{"train.epochs": "3"}``: MLflow params are flat."""
     if isinstance(tree, dict):
         out: dict[str, str] = {}
         for key, value in tree.items():
@@ -70,6 +71,7 @@ def start_run(
     tags: dict[str, str],
     spec_file: Path | None,
     spec_text: str,
+    description: str = "",
 ) -> TrackedRun:
     """Create the run (and its experiment) with params, tags and the spec as artifacts."""
     import mlflow
@@ -95,7 +97,8 @@ def start_run(
     client.log_text(run_id, spec_text, "spec/resolved.yaml")
     if spec_file is not None and spec_file.is_file():
         client.log_artifact(run_id, str(spec_file), "spec")
-    client.set_tag(run_id, "mlflow.note.content", tags.get("description", ""))
+    if description:
+        client.set_tag(run_id, "mlflow.note.content", description)  # the UI's run description
     return TrackedRun(
         uri=uri, experiment_name=experiment, experiment_id=experiment_id, run_id=run_id
     )
@@ -138,24 +141,25 @@ def log_model(
     return str(version) if version is not None else None
 
 
-class EpochLogger:
-    """Logs one epoch's metrics into an existing run; used by the rank-0 worker."""
+def log_metrics(run: TrackedRun, metrics: dict[str, float], *, step: int) -> None:
+    """Log several metrics at one step in one request."""
+    import mlflow
+    from mlflow.entities import Metric
 
-    def __init__(self, uri: str, run_id: str) -> None:
-        self.uri, self.run_id = uri, run_id
-        self._client: Any = None
+    now = int(time.time() * 1000)
+    batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+    mlflow.MlflowClient(tracking_uri=run.uri).log_batch(run.run_id, metrics=batch)
+
+
+class EpochLogger:
+    """Logs each epoch's metrics into the driver's run; used by the rank-0 worker."""
+
+    def __init__(self, run: TrackedRun) -> None:
+        self.run = run
 
     def log(self, metrics: dict[str, float], *, step: int) -> None:
         try:
-            from mlflow.entities import Metric
-
-            if self._client is None:
-                import mlflow
-
-                self._client = mlflow.MlflowClient(tracking_uri=self.uri)
-            now = int(time.time() * 1000)
-            batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
-            self._client.log_batch(self.run_id, metrics=batch)
+            log_metrics(self.run, metrics, step=step)
         except Exception as exc:  # a lost chart must not cost the run
             log.warning("MLflow logging failed at epoch %s (training goes on): %s", step, exc)
 
@@ -163,7 +167,7 @@ class EpochLogger:
         try:
             import mlflow
 
-            mlflow.MlflowClient(tracking_uri=self.uri).set_tag(self.run_id, key, value)
+            mlflow.MlflowClient(tracking_uri=self.run.uri).set_tag(self.run.run_id, key, value)
         except Exception as exc:
             log.warning("MLflow tag %s failed (training goes on): %s", key, exc)
 

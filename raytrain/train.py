@@ -26,11 +26,12 @@ from ray.train.tensorflow import TensorflowTrainer
 
 from raytrain.errors import TrainingError
 from raytrain.spec import Experiment
+from raytrain.tracking import EpochLogger, TrackedRun
 
-__all__ = ["WORKER_ENV", "fit", "train_loop"]
+__all__ = ["WORKER_ENV", "build_optimizer", "fit", "train_loop"]
 
 # Set in every worker before TensorFlow is imported there (see raytrain/__init__.py).
-WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
+WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
 STATE_FILE = "raytrain_state.json"
 WEIGHTS = "weights"
 MODEL_FILE = "model.keras"
@@ -42,7 +43,7 @@ def fit(
     data_ref: ray.ObjectRef,
     run_name: str,
     storage_path: str,
-    tracking: dict[str, str] | None,
+    tracking: TrackedRun | None,
     progress: Any | None,
     base_dir: str,
 ) -> ray.train.Result:
@@ -126,7 +127,7 @@ def train_loop(config: dict[str, Any]) -> None:
             spec.model, data.info, loss=spec.train.loss, base_dir=config["base_dir"]
         )
         model.compile(
-            optimizer=_optimizer(spec),
+            optimizer=build_optimizer(spec),
             loss=spec.train.loss,
             metrics=list(spec.train.metrics),
             steps_per_execution=spec.train.steps_per_execution,
@@ -136,7 +137,7 @@ def train_loop(config: dict[str, Any]) -> None:
     #    last reported checkpoint. Weights, optimizer state and the epoch counter come back from
     #    it; without it the loop would silently start over from epoch 0.
     start_epoch = _restore(model)
-    logger = _epoch_logger(config["tracking"]) if rank == 0 else None
+    logger = EpochLogger(config["tracking"]) if rank == 0 and config["tracking"] else None
     if logger and start_epoch:
         logger.tag("raytrain.resumed_from_epoch", str(start_epoch))
 
@@ -211,7 +212,8 @@ def _strategy(spec: Experiment, world: int) -> Any:
     return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
 
 
-def _optimizer(spec: Experiment) -> Any:
+def build_optimizer(spec: Experiment) -> Any:
+    """The optimizer the experiment names (also used by the benchmarks' plain-Keras baseline)."""
     opt = spec.train.optimizer
     common: dict[str, Any] = {"learning_rate": opt.learning_rate}
     if opt.clipnorm:
@@ -238,11 +240,3 @@ def _restore(model: Any) -> int:
         state = json.loads(Path(folder, STATE_FILE).read_text())
         model.load_weights(os.path.join(folder, WEIGHTS))
     return int(state["epoch"])
-
-
-def _epoch_logger(tracking: dict[str, str] | None) -> Any:
-    if not tracking:
-        return None
-    from raytrain.tracking import EpochLogger
-
-    return EpochLogger(tracking["uri"], tracking["run_id"])

@@ -66,7 +66,7 @@ def test_run_end_to_end(ray_cluster: ClusterInfo, tmp_path: Path) -> None:
     out = " ".join(result.stdout.split())
     run_id = out.split("MLflow run id ")[1].split()[0]
     assert "MLflow experiment digits" in out
-    assert "best checkpoint" in out and str(tmp_path / "raytrain_results" / "digits-cnn") in out
+    assert f"best checkpoint {tmp_path / 'raytrain_results' / 'digits-cnn'}" in out
     assert f"mlflow ui --backend-store-uri sqlite:///{tmp_path / 'mlflow.db'}" in out
     assert "registered model digits-cnn version 1" in out
     run = mlflow.MlflowClient(tracking_uri=f"sqlite:///{tmp_path / 'mlflow.db'}").get_run(run_id)

@@ -59,7 +59,7 @@ def test_cnn_refuses_flat_features() -> None:
 
 def test_user_builder_returning_something_else(tmp_path: Path, digits) -> None:
     (tmp_path / "weird.py").write_text("def build(**kwargs):\n    return 42\n")
-    with pytest.raises(ModelBuildError, match="returned int, not a tf.keras.Model"):
+    with pytest.raises(ModelBuildError, match=r"returned int, not a tf\.keras\.Model"):
         build_model(ModelSpec(builder="weird:build"), digits.info, loss=CE, base_dir=tmp_path)
 
 

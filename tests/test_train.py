@@ -12,11 +12,12 @@ import pytest
 import tensorflow as tf
 from ray.util.state import list_actors
 
+from raytrain.errors import ModelBuildError, TrainingError
 from raytrain.run import run_experiment
 from raytrain.specfile import load_experiment
 from raytrain.train import MODEL_FILE
 
-from .conftest import REPO
+from .conftest import REPO, write_yaml
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 QUICKSTART = REPO / "experiments" / "quickstart.yaml"
@@ -129,3 +130,47 @@ def test_killed_worker_resumes_from_last_checkpoint(workdir: Path) -> None:
     assert steps == set(range(1, 7))
     assert summary.final_metrics["epoch"] == 6
     assert summary.best_metrics["val_accuracy"] >= 0.9
+
+
+def _only_run(uri: str) -> mlflow.entities.Run:
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    (run,) = client.search_runs(
+        experiment_ids=[e.experiment_id for e in client.search_experiments()]
+    )
+    return run
+
+
+def test_a_builder_failing_in_the_worker_reaches_the_user_as_itself(workdir: Path) -> None:
+    (workdir / "late.py").write_text("def build(**kwargs):\n    raise ValueError('bad width')\n")
+    exp = write_yaml(
+        workdir,
+        """
+        model: {builder: "late:build"}
+        train: {epochs: 1}
+        scaling: {num_workers: 1}
+        """,
+    )
+    with pytest.raises(ModelBuildError, match="'late:build' failed: ValueError: bad width"):
+        run_experiment(load_experiment(exp))
+    run = _only_run(f"sqlite:///{workdir / 'mlflow.db'}")
+    assert run.info.status == "FAILED"
+    assert "bad width" in run.data.tags["raytrain.error"]
+
+
+def test_a_diverging_loss_stops_with_a_clear_error(workdir: Path) -> None:
+    rng = np.random.default_rng(0)
+    np.savez(
+        workdir / "huge.npz",
+        x=rng.uniform(1e29, 1e30, (64, 2)).astype(np.float32),
+        label=rng.normal(size=64).astype(np.float32),
+    )
+    exp = write_yaml(
+        workdir,
+        """
+        data: {source: huge.npz, normalize: none}
+        train: {epochs: 2, loss: mean_squared_error, metrics: [mean_absolute_error]}
+        scaling: {num_workers: 1}
+        """,
+    )
+    with pytest.raises(TrainingError, match=r"the loss became (nan|inf) at epoch 1; lower"):
+        run_experiment(load_experiment(exp))

@@ -1,0 +1,1 @@
+"""Benchmarks: each measures raytrain against a baseline in the same run and prints ratios."""

@@ -1,0 +1,57 @@
+"""Run benchmarks and print a table and JSON.
+
+    python -m benchmarks                     # all of them (about 10 minutes on 2 cores)
+    python -m benchmarks train_overhead      # one of them
+    python -m benchmarks --quick scaling     # smaller data, fewer epochs (a smoke run)
+
+Results also go to benchmarks/results/<name>.json.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import tempfile
+import time
+from pathlib import Path
+
+from rich.console import Console
+from rich.table import Table
+
+from benchmarks import scaling, train_overhead
+from raytrain.cluster import connect
+from raytrain.train import WORKER_ENV
+
+BENCHMARKS = {"train_overhead": train_overhead.run, "scaling": scaling.run}
+RESULTS = Path(__file__).resolve().parent / "results"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks")
+    parser.add_argument("names", nargs="*", help=f"any of: {', '.join(BENCHMARKS)} (default: all)")
+    parser.add_argument("--quick", action="store_true", help="small data, few epochs")
+    args = parser.parse_args()
+    unknown = sorted(set(args.names) - set(BENCHMARKS))
+    if unknown:
+        parser.error(
+            f"unknown benchmark(s) {', '.join(unknown)}; expected: {', '.join(BENCHMARKS)}"
+        )
+    connect(env_vars=WORKER_ENV)
+    console = Console(width=max(Console().width, 180))
+    RESULTS.mkdir(exist_ok=True)
+    for name in args.names or list(BENCHMARKS):
+        start = time.monotonic()
+        with tempfile.TemporaryDirectory(prefix=f"raytrain-bench-{name}-") as folder:
+            rows = BENCHMARKS[name](Path(folder), quick=args.quick)
+        table = Table(title=f"{name} ({time.monotonic() - start:.0f} s)")
+        for column in rows[0]:
+            table.add_column(column, justify="right")
+        for row in rows:
+            table.add_row(*(str(v) for v in row.values()))
+        console.print(table)
+        (RESULTS / f"{name}.json").write_text(json.dumps(rows, indent=2))
+        print(json.dumps(rows))
+
+
+if __name__ == "__main__":
+    main()

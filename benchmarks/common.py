@@ -1,0 +1,70 @@
+"""Shared pieces: a synthetic dataset with a known answer and the plain-Keras baseline."""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+REPO = Path(__file__).resolve().parent.parent
+MLP_LARGE = {"hidden_units": [1024, 1024]}  # with 256 inputs and 10 classes: 256-1024-1024-10
+
+
+def synthetic_npz(folder: Path, *, rows: int, features: int = 256, classes: int = 10) -> Path:
+    """Linearly separable-ish data from a random teacher: learnable, so accuracy means something."""
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(rows, features)).astype(np.float32)
+    teacher = rng.normal(size=(features, classes)).astype(np.float32)
+    label = (x @ teacher).argmax(axis=1).astype(np.int32)
+    path = folder / f"synthetic_{rows}x{features}.npz"
+    np.savez(path, x=x, label=label)
+    return path
+
+
+def experiment_file(folder: Path, *, data: Path, params: dict, epochs: int, batch: int) -> Path:
+    """An experiment YAML for the benchmark model; workers and levers come as overrides."""
+    spec = {
+        "name": "bench",
+        "data": {"source": str(data), "validation_split": 0.1, "normalize": "none"},
+        "model": {"builder": "mlp", "params": params},
+        "train": {"epochs": epochs, "batch_size": batch, "optimizer": {"learning_rate": 1e-3}},
+        "checkpoint": {"keep": 1},
+        "tracking": {"enabled": False},
+        "storage": str(folder / "results"),
+    }
+    path = folder / "bench.yaml"
+    path.write_text(json.dumps(spec))  # JSON is YAML
+    return path
+
+
+def steady_throughput(epochs: list[dict[str, Any]]) -> float:
+    """Median samples/s over epochs after the first (which pays for tracing and warm-up)."""
+    values = [e["samples_per_s"] for e in epochs[1:]] or [e["samples_per_s"] for e in epochs]
+    return float(statistics.median(values))
+
+
+def plain_keras(spec_file: Path, *, threads: int) -> dict[str, Any]:
+    """A plain tf_keras ``fit`` of the same model and data, in a fresh process with ``threads``."""
+    env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TF_CPP_MIN_LOG_LEVEL": "3"}
+    with tempfile.NamedTemporaryFile("r", suffix=".json") as out:
+        subprocess.run(
+            [
+                sys.executable,
+                "-m",
+                "benchmarks.plain_keras",
+                str(spec_file),
+                str(threads),
+                out.name,
+            ],
+            env=env,
+            cwd=REPO,
+            check=True,
+        )
+        return json.loads(Path(out.name).read_text())
