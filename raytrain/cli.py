@@ -74,6 +74,9 @@ def run(
     loaded = _load(file, overrides)
     if verbose:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+    else:
+        _import_tensorflow_quietly()
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
     from raytrain.run import run_experiment
 
     spec = loaded.spec
@@ -124,9 +127,9 @@ class _EpochProgress:
         self.progress.stop()
 
     def __call__(self, event: dict[str, float]) -> None:
-        shown = [k for k in ("loss", "val_loss", self.score) if k in event]
+        shown = [k for k in (self.score, "loss") if k in event]
         text = "  ".join(f"{k} {event[k]:.4f}" for k in dict.fromkeys(shown))
-        text += f"  {event.get('samples_per_s', 0):,.0f} samples/s"
+        text += f"  {event.get('samples_per_s', 0):,.0f}/s"
         self.progress.update(self.task, completed=int(event["epoch"]), description=text)
 
 
@@ -140,22 +143,35 @@ def _print_summary(summary: RunSummary, loaded: LoadedExperiment) -> None:
         last = summary.final_metrics.get(key)
         table.add_row(key, f"{best:.4g}", f"{last:.4g}" if isinstance(last, float | int) else "")
     out.print(table)
-    where = Table.grid(padding=(0, 2))
-    where.add_column(style="bold")
-    where.add_column()
+    where: list[tuple[str, str]] = []
     tracked = summary.tracking
     if tracked:
-        where.add_row(
-            "MLflow experiment", f"{tracked.experiment_name} (id {tracked.experiment_id})"
-        )
-        where.add_row("MLflow run id", tracked.run_id)
-    where.add_row("best checkpoint", summary.best_checkpoint or "(none)")
+        experiment = f"{tracked.experiment_name} (id {tracked.experiment_id})"
+        where += [("MLflow experiment", experiment), ("MLflow run id", tracked.run_id)]
+    where.append(("best checkpoint", summary.best_checkpoint or "(none)"))
     if summary.registered_version:
         name = loaded.spec.tracking.register_as
-        where.add_row("registered model", f"{name} version {summary.registered_version}")
+        where.append(("registered model", f"{name} version {summary.registered_version}"))
     if summary.ui_command:
-        where.add_row("open the MLflow UI", summary.ui_command)
-    out.print(where)
+        where.append(("open the MLflow UI", summary.ui_command))
+    for label, value in where:  # whole lines, never cut: paths and commands are copied from here
+        out.print(f"[bold]{label:<19}[/bold]{value}", soft_wrap=True, highlight=False)
+
+
+def _import_tensorflow_quietly() -> None:
+    """Import TensorFlow with file descriptor 2 muted.
+
+    Its native libraries log CUDA probes and CPU features while loading, before any log level
+    applies (TF_CPP_MIN_LOG_LEVEL does not stop them). An import error still raises as usual.
+    """
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
 
 
 def _load(file: Path, overrides: list[str] | None) -> LoadedExperiment:

@@ -40,7 +40,7 @@ def connect(
     options: dict[str, Any] = {
         "runtime_env": {"env_vars": dict(env_vars or {})},
         "log_to_driver": verbose,
-        "logging_level": logging.INFO if verbose else logging.WARNING,
+        "logging_level": logging.INFO if verbose else logging.ERROR,
     }
     if target:
         _probe(target)
