@@ -12,6 +12,7 @@ __all__ = [
     "ModelBuildError",
     "RaytrainError",
     "SpecError",
+    "TrackingError",
     "TrainingError",
 ]
 
@@ -45,3 +46,7 @@ class ClusterError(RaytrainError):
 
 class TrainingError(RaytrainError):
     """Training itself went wrong in a way the user must act on (e.g. the loss diverged)."""
+
+
+class TrackingError(RaytrainError):
+    """The MLflow tracking store cannot be reached or written."""

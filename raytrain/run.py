@@ -24,7 +24,7 @@ import yaml
 from raytrain import tracking
 from raytrain.cluster import check_feasible, connect
 from raytrain.data import load_dataset
-from raytrain.errors import RaytrainError, TrainingError
+from raytrain.errors import RaytrainError, TrackingError, TrainingError
 from raytrain.specfile import LoadedExperiment
 
 __all__ = ["RunSummary", "run_experiment"]
@@ -60,6 +60,8 @@ def run_experiment(
     from raytrain.train import WORKER_ENV, fit
 
     spec = loaded.spec
+    if spec.tracking.enabled:
+        tracking.check_reachable(tracking.absolute_tracking_uri(spec.tracking.uri))
     data = load_dataset(spec.data, loss=spec.train.loss)
     cluster = connect(address, verbose=verbose, env_vars=WORKER_ENV)
     check_feasible(
@@ -202,16 +204,22 @@ def _log_best_model(
 def _start_tracking(loaded: LoadedExperiment, run_name: str) -> tracking.TrackedRun:
     spec = loaded.spec
     spec_dict = spec.model_dump(mode="json")
-    return tracking.start_run(
-        uri=tracking.absolute_tracking_uri(spec.tracking.uri),
-        experiment=spec.experiment_name,
-        run_name=run_name,
-        params=tracking.flatten(spec_dict),
-        tags={**spec.tracking.tags, "raytrain.overrides": " ".join(loaded.overrides)},
-        description=spec.description,
-        spec_file=loaded.path,
-        spec_text=yaml.safe_dump(spec_dict, sort_keys=False),
-    )
+    try:
+        return tracking.start_run(
+            uri=tracking.absolute_tracking_uri(spec.tracking.uri),
+            experiment=spec.experiment_name,
+            run_name=run_name,
+            params=tracking.flatten(spec_dict),
+            tags={**spec.tracking.tags, "raytrain.overrides": " ".join(loaded.overrides)},
+            description=spec.description,
+            spec_file=loaded.path,
+            spec_text=yaml.safe_dump(spec_dict, sort_keys=False),
+        )
+    except TrackingError:
+        raise
+    except Exception as exc:  # MLflow raises many types; the user needs one line
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TrackingError(f"MLflow ({spec.tracking.uri}): {first}") from None
 
 
 def _storage_root(storage: str, name: str) -> str:

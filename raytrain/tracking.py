@@ -12,16 +12,21 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import subprocess
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from raytrain.errors import TrackingError
+
 __all__ = [
     "EpochLogger",
     "TrackedRun",
     "absolute_tracking_uri",
+    "check_reachable",
     "end_run",
     "flatten",
     "log_metrics",
@@ -50,6 +55,28 @@ def absolute_tracking_uri(uri: str) -> str:
     if "://" not in uri:
         return str(Path(uri).resolve())
     return uri
+
+
+def check_reachable(uri: str, *, timeout_s: float = 5.0) -> None:
+    """Fail in seconds, before any cluster time is spent, if the tracking store is unusable.
+
+    MLflow's own client retries an unreachable server for minutes before it gives up.
+    """
+    if uri.startswith(("http://", "https://")):
+        import requests
+
+        try:
+            requests.get(f"{uri.rstrip('/')}/health", timeout=timeout_s)
+        except requests.RequestException as exc:
+            reason = type(exc).__name__
+            raise TrackingError(
+                f"cannot reach the MLflow tracking server at {uri} ({reason}); start it, "
+                "fix tracking.uri, or set tracking.enabled: false"
+            ) from None
+    elif uri.startswith("sqlite:///"):
+        folder = Path(uri.removeprefix("sqlite:///")).parent
+        if not folder.is_dir() or not os.access(folder, os.W_OK):
+            raise TrackingError(f"cannot write the MLflow database in {folder} (tracking.uri)")
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
@@ -176,7 +203,11 @@ def ui_command(run: TrackedRun) -> str:
     """The command (or URL) that shows this run in the MLflow UI."""
     if run.uri.startswith(("http://", "https://")):
         return f"{run.uri.rstrip('/')}/#/experiments/{run.experiment_id}/runs/{run.run_id}"
-    return f"mlflow ui --backend-store-uri {run.uri}"
+    # Name the mlflow next to this Python when it is not on PATH (a venv that is not activated).
+    mlflow_bin = (
+        "mlflow" if shutil.which("mlflow") else str(Path(sys.executable).with_name("mlflow"))
+    )
+    return f"{mlflow_bin} ui --backend-store-uri {run.uri}"
 
 
 def _version_tags(spec_file: Path | None) -> dict[str, str]:

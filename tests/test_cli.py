@@ -80,3 +80,11 @@ def test_run_with_an_unreachable_address_is_one_line(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert "Traceback" not in result.stderr
     assert "error: cannot connect to Ray at 127.0.0.1:1" in result.stderr
+
+
+def test_unreachable_tracking_server_fails_before_training(tmp_path: Path) -> None:
+    wine = str(REPO / "experiments" / "wine.yaml")
+    result = _cli("run", wine, "--set", "tracking.uri=http://127.0.0.1:1", cwd=tmp_path)
+    assert result.returncode == 1
+    assert "Traceback" not in result.stderr
+    assert "error: cannot reach the MLflow tracking server at http://127.0.0.1:1" in result.stderr

@@ -174,3 +174,24 @@ def test_a_diverging_loss_stops_with_a_clear_error(workdir: Path) -> None:
     )
     with pytest.raises(TrainingError, match=r"the loss became (nan|inf) at epoch 1; lower"):
         run_experiment(load_experiment(exp))
+
+
+def test_mixed_precision_and_steps_per_execution(workdir: Path) -> None:
+    loaded = load_experiment(
+        REPO / "experiments" / "wine.yaml",
+        [
+            "train.mixed_precision=mixed_bfloat16",
+            "train.steps_per_execution=4",
+            "train.epochs=10",
+            "tracking.enabled=false",
+        ],
+    )
+    summary = run_experiment(loaded)
+    assert summary.best_metrics["val_accuracy"] >= 0.8
+    assert summary.best_checkpoint is not None
+    model = tf.keras.models.load_model(Path(summary.best_checkpoint, MODEL_FILE), compile=False)
+    body = model.layers[-1]
+    policies = {layer.dtype_policy.name for layer in body.layers}
+    assert "mixed_bfloat16" in policies
+    assert body.layers[-1].dtype_policy.name == "float32"  # the head stays in float32
+    assert model.predict(np.zeros((1, 13), np.float32), verbose=0).dtype == np.float32
