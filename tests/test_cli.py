@@ -9,6 +9,7 @@ import sys
 from pathlib import Path
 
 import mlflow
+import pytest
 from typer.testing import CliRunner
 
 from raytrain.cli import app
@@ -74,17 +75,22 @@ def test_run_end_to_end(ray_cluster: ClusterInfo, tmp_path: Path) -> None:
     assert run.data.tags["raytrain.overrides"] == "train.epochs=2"
 
 
-def test_run_with_an_unreachable_address_is_one_line(tmp_path: Path) -> None:
-    quickstart = str(REPO / "experiments" / "quickstart.yaml")
-    result = _cli("run", quickstart, "--address", "127.0.0.1:1", cwd=tmp_path)
-    assert result.returncode == 1
+@pytest.mark.parametrize(
+    ("args", "expected"),
+    [
+        (["--address", "127.0.0.1:1"], "error: cannot connect to Ray at 127.0.0.1:1"),
+        (
+            ["--set", "tracking.uri=http://127.0.0.1:1"],
+            "error: cannot reach the MLflow tracking server at http://127.0.0.1:1",
+        ),
+        (["--set", "data.source=nothere.csv"], "data.source: no file matches"),
+    ],
+    ids=["ray-address", "tracking-server", "data-file"],
+)
+def test_unreachable_things_fail_fast_in_one_line(
+    tmp_path: Path, args: list[str], expected: str
+) -> None:
+    result = _cli("run", str(REPO / "experiments" / "wine.yaml"), *args, cwd=tmp_path)
+    assert result.returncode in (1, 2)
     assert "Traceback" not in result.stderr
-    assert "error: cannot connect to Ray at 127.0.0.1:1" in result.stderr
-
-
-def test_unreachable_tracking_server_fails_before_training(tmp_path: Path) -> None:
-    wine = str(REPO / "experiments" / "wine.yaml")
-    result = _cli("run", wine, "--set", "tracking.uri=http://127.0.0.1:1", cwd=tmp_path)
-    assert result.returncode == 1
-    assert "Traceback" not in result.stderr
-    assert "error: cannot reach the MLflow tracking server at http://127.0.0.1:1" in result.stderr
+    assert expected in result.stderr
