@@ -9,19 +9,28 @@ import glob
 import importlib
 import sys
 from pathlib import Path
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
-from raytrain.spec import BUILTIN_BUILDERS, CLASSIFICATION_LOSSES, Experiment
+from raytrain.spec import (
+    BUILTIN_BUILDERS,
+    CLASSIFICATION_LOSSES,
+    SPACE_KINDS,
+    Experiment,
+    unknown_key_message,
+)
 
 __all__ = [
     "BUILTIN_DATASETS",
+    "EXTRA_METRICS",
     "FILE_FORMATS",
     "Problem",
     "check_rules",
     "infer_format",
     "load_builder",
+    "reported_metrics",
+    "sampled_values",
 ]
 
 BUILTIN_DATASETS = ("digits", "wine", "breast_cancer", "iris", "diabetes")
@@ -51,6 +60,7 @@ def check_rules(spec: Experiment, *, base_dir: Path) -> list[Problem]:
         *_check_train(spec),
         *_check_scaling(spec),
         *_check_locations(spec),
+        *_check_tune(spec, base_dir),
     ]
 
 
@@ -176,8 +186,7 @@ def _check_train(spec: Experiment) -> list[Problem]:
                 f"metrics ({', '.join(wrong)}); set train.metrics, e.g. [mean_absolute_error]",
             )
         )
-    reported = {"loss", *train.metrics}
-    scores = sorted(reported | {f"val_{name}" for name in reported})
+    scores = reported_metrics(spec)
     if spec.checkpoint.score not in scores:
         problems.append(
             Problem(
@@ -233,3 +242,146 @@ def _check_locations(spec: Experiment) -> list[Problem]:
             )
         )
     return problems
+
+
+# Reported besides the compiled metrics: see train._Reporter.
+EXTRA_METRICS = ("epoch", "epoch_time_s", "samples_per_s", "param_count", "model_bytes")
+FIXED_PATHS = ("name", "storage", "tracking", "tune", "description")
+
+
+def reported_metrics(spec: Experiment) -> list[str]:
+    """Every metric a training run reports per epoch, by name."""
+    compiled = {"loss", *spec.train.metrics}
+    return sorted(compiled | {f"val_{name}" for name in compiled})
+
+
+def sampled_values(kind: str, args: list[Any]) -> list[Any]:
+    """The values a space entry can take at its extremes (all of them for choice/grid)."""
+    if kind in ("choice", "grid"):
+        return list(args)
+    return [args[0], args[1]]
+
+
+def _check_tune(spec: Experiment, base_dir: Path) -> list[Problem]:
+    tune = spec.tune
+    if tune is None:
+        return []
+    problems = []
+    known = [*reported_metrics(spec), *EXTRA_METRICS]
+    for i, metric in enumerate(tune.metrics):
+        if metric not in known:
+            loc = ("tune", "metric", i) if isinstance(tune.metric, list) else ("tune", "metric")
+            problems.append(
+                Problem(
+                    loc, f"'{metric}' is not a reported metric; expected one of: {', '.join(known)}"
+                )
+            )
+    if len(tune.modes) != len(tune.metrics):
+        problems.append(
+            Problem(
+                ("tune", "mode"),
+                f"{len(tune.metrics)} metric(s) need as many modes, got {len(tune.modes)}",
+            )
+        )
+    if len(tune.metrics) > 1 and tune.search.algorithm != "optuna":
+        problems.append(
+            Problem(
+                ("tune", "search", "algorithm"),
+                "a multi-objective sweep (several tune.metric) needs algorithm: optuna",
+            )
+        )
+    if not tune.space:
+        problems.append(
+            Problem(
+                ("tune", "space"),
+                "the search space is empty; add e.g. "
+                "train.optimizer.learning_rate: {loguniform: [1.0e-4, 1.0e-2]}",
+            )
+        )
+    for key, entry in tune.space.items():
+        problems += _check_space_entry(spec, key, entry, base_dir)
+    return problems
+
+
+def _check_space_entry(spec: Experiment, key: str, entry: dict, base_dir: Path) -> list[Problem]:
+    loc = ("tune", "space", key)
+    if len(entry) != 1 or next(iter(entry)) not in SPACE_KINDS:
+        return [
+            Problem(
+                loc, f"expected one of {{{', '.join(SPACE_KINDS)}}}: [...], got {dict(entry)!r}"
+            )
+        ]
+    kind, args = next(iter(entry.items()))
+    loc = (*loc, kind)
+    path = tuple(key.split("."))
+    if path[0] in FIXED_PATHS:
+        return [Problem(loc, f"'{key}' cannot be swept (it names where and how the sweep runs)")]
+    algorithm = spec.tune.search.algorithm if spec.tune else "optuna"
+    if kind == "grid" and algorithm != "grid":
+        return [
+            Problem(
+                loc,
+                f"grid values need tune.search.algorithm: grid (it is {algorithm}); "
+                "use choice to let the search pick",
+            )
+        ]
+    if algorithm == "grid" and kind not in ("grid", "choice"):
+        return [
+            Problem(
+                loc,
+                f"tune.search.algorithm: grid enumerates lists; '{kind}' is a range "
+                "(use grid: [...] values)",
+            )
+        ]
+    shape_error = _space_args_error(kind, args)
+    if shape_error:
+        return [Problem(loc, shape_error)]
+    for value in sampled_values(kind, args):
+        error = _value_error(spec, path, value, base_dir)
+        if error:
+            return [Problem(loc, f"value {value!r} does not fit {key}: {error}")]
+    return []
+
+
+def _space_args_error(kind: str, args: Any) -> str | None:
+    if kind in ("choice", "grid"):
+        return None if isinstance(args, list) and args else f"{kind} needs a non-empty list"
+    size = 3 if kind.startswith("q") else 2
+    names = "[low, high, q]" if size == 3 else "[low, high]"
+    if not isinstance(args, list) or len(args) != size:
+        return f"{kind} needs {names}, got {args!r}"
+    if not all(isinstance(a, int | float) and not isinstance(a, bool) for a in args):
+        return f"{kind} needs numbers {names}, got {args!r}"
+    low, high = args[0], args[1]
+    if kind == "randint" and not all(isinstance(a, int) for a in args):
+        return f"randint needs integers [low, high], got {args!r}"
+    if not low < high:
+        return f"low < high must hold, but got (low={low}, high={high})"
+    if "log" in kind and low <= 0:
+        return f"{kind} needs low > 0, but got low={low}"
+    if size == 3 and args[2] <= 0:
+        return f"q must be > 0, but got q={args[2]}"
+    return None
+
+
+def _value_error(spec: Experiment, path: tuple[str, ...], value: Any, base_dir: Path) -> str | None:
+    """Why ``value`` at ``path`` makes the experiment invalid (None when it does not)."""
+    tree = spec.model_dump(mode="json")
+    node = tree
+    for part in path[:-1]:
+        if not isinstance(node, dict):
+            return f"'{part}' is not a section"
+        node = node.setdefault(part, {})
+    if not isinstance(node, dict):
+        return f"{'.'.join(path[:-1])} is not a section"
+    node[path[-1]] = value
+    try:
+        trial = Experiment.model_validate(tree)
+    except ValidationError as exc:
+        err = exc.errors(include_url=False)[0]
+        if err["type"] == "extra_forbidden":
+            return unknown_key_message(tuple(err["loc"]))
+        return err["msg"]
+    trial = trial.model_copy(update={"tune": None})
+    rules = check_rules(trial, base_dir=base_dir)
+    return rules[0].message if rules else None

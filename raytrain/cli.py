@@ -5,7 +5,7 @@ from __future__ import annotations
 import json
 import os
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, NoReturn
+from typing import TYPE_CHECKING, Annotated, Any, NoReturn
 
 import typer
 from rich.console import Console
@@ -80,6 +80,9 @@ def run(
     from raytrain.run import run_experiment
 
     spec = loaded.spec
+    if spec.tune is not None:
+        _sweep(loaded, address=address, verbose=verbose)
+        return
     out.print(
         f"[bold]{spec.name}[/bold]: {spec.model.builder} on {spec.data.source}, "
         f"{spec.scaling.num_workers} worker(s), {spec.train.epochs} epochs"
@@ -93,6 +96,121 @@ def run(
         err.print("[yellow]interrupted[/yellow]: the MLflow run is marked KILLED")
         raise typer.Exit(130) from None
     _print_summary(summary, loaded)
+
+
+@app.command()
+def resume(
+    sweep: Annotated[str, typer.Argument(help="The sweep's folder, or its name.")],
+    address: Annotated[str | None, typer.Option(help="Ray cluster to join.")] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray/TF logs.")] = False,
+) -> None:
+    """Continue an interrupted sweep: finished trials stay, unfinished ones resume."""
+    if not verbose:
+        _import_tensorflow_quietly()
+        os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    from raytrain.run import resume_sweep
+
+    _report_sweep(
+        lambda on_event: resume_sweep(sweep, address=address, verbose=verbose, on_event=on_event)
+    )
+
+
+def _sweep(loaded: LoadedExperiment, *, address: str | None, verbose: bool) -> None:
+    from raytrain.run import run_sweep
+
+    spec = loaded.spec
+    assert spec.tune is not None
+    out.print(
+        f"[bold]{spec.name}[/bold]: sweep of {len(spec.tune.space)} value(s), "
+        f"{spec.tune.search.algorithm} search, {spec.tune.scheduler.name} scheduler, "
+        f"{spec.tune.num_samples} trial(s) x {spec.scaling.num_workers} worker(s)"
+    )
+    _report_sweep(
+        lambda on_event: run_sweep(loaded, address=address, verbose=verbose, on_event=on_event)
+    )
+
+
+def _report_sweep(start: Any) -> None:
+    try:
+        with _SweepProgress() as progress:
+            summary = start(progress)
+    except RaytrainError as exc:
+        _fail(exc, status=1)
+    except KeyboardInterrupt:
+        err.print("[yellow]interrupted[/yellow]: continue with `raytrain resume SWEEP`")
+        raise typer.Exit(130) from None
+    _print_sweep(summary)
+
+
+class _SweepProgress:
+    """Trials running / finished / stopped early / failed, and the best value so far."""
+
+    def __init__(self) -> None:
+        from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+        self.progress = Progress(
+            SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn(), console=out
+        )
+        self.task = self.progress.add_task("starting trials...", total=None)
+
+    def __enter__(self) -> _SweepProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        best = f"{event['metric']} {event['best']:.4f}" if event.get("best") is not None else "-"
+        self.progress.update(
+            self.task,
+            description=f"running {event['running']}  finished {event['finished']}  "
+            f"stopped early {event['stopped_early']}  failed {event['failed']}  best {best}",
+        )
+
+
+def _print_sweep(summary: Any) -> None:
+    rows = summary.rows
+    table = Table(title=f"{len(rows)} trial(s)", title_justify="left")
+    hidden = ("error", "checkpoint")
+    columns = [c for c in dict.fromkeys(k for r in rows for k in r) if c not in hidden]
+    for column in columns:
+        table.add_column(column, overflow="fold")
+    for row in rows:
+        table.add_row(*(_cell(row.get(c)) for c in columns))
+    out.print(table)
+    for row in rows:
+        if row.get("error"):
+            out.print(f"trial {row['trial_id']} failed: {row['error']}", markup=False)
+    where: list[tuple[str, str]] = []
+    if summary.best:
+        where.append(("best trial", f"{summary.best['trial_id']}"))
+        where += [(f"  {k}", _cell(v)) for k, v in summary.best.items() if "." in k]
+        where.append(("  checkpoint", summary.best.get("checkpoint") or "(none)"))
+    if summary.pareto:
+        where.append(("Pareto front", ", ".join(str(r["trial_id"]) for r in summary.pareto)))
+    if summary.tracking:
+        where.append(("MLflow experiment", summary.tracking.experiment_name))
+        where.append(("MLflow sweep run", summary.tracking.run_id))
+    if summary.champion:
+        where.append(("model registry", summary.champion))
+    where.append(("sweep storage", summary.storage_path))
+    if summary.ui_command:
+        where.append(("open the MLflow UI", summary.ui_command))
+    _print_where(where)
+
+
+def _print_where(where: list[tuple[str, str]]) -> None:
+    """Label/value lines, never cut: paths and commands are copied from here."""
+    width = max(len(label) for label, _ in where) + 2
+    for label, value in where:
+        out.print(f"[bold]{label:<{width}}[/bold]{value}", soft_wrap=True, highlight=False)
+
+
+def _cell(value: Any) -> str:
+    if isinstance(value, float):
+        return f"{value:.4g}"
+    return "" if value is None else str(value)
 
 
 class _EpochProgress:
@@ -154,8 +272,7 @@ def _print_summary(summary: RunSummary, loaded: LoadedExperiment) -> None:
         where.append(("registered model", f"{name} version {summary.registered_version}"))
     if summary.ui_command:
         where.append(("open the MLflow UI", summary.ui_command))
-    for label, value in where:  # whole lines, never cut: paths and commands are copied from here
-        out.print(f"[bold]{label:<19}[/bold]{value}", soft_wrap=True, highlight=False)
+    _print_where(where)
 
 
 def _import_tensorflow_quietly() -> None:

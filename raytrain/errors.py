@@ -14,6 +14,7 @@ __all__ = [
     "SpecError",
     "TrackingError",
     "TrainingError",
+    "find_user_error",
 ]
 
 
@@ -50,3 +51,23 @@ class TrainingError(RaytrainError):
 
 class TrackingError(RaytrainError):
     """The MLflow tracking store cannot be reached or written."""
+
+
+def find_user_error(exc: BaseException) -> BaseException:
+    """The user's own error if one caused the failure (it may be wrapped by Ray several times)."""
+    seen: set[int] = set()
+    stack: list[BaseException | None] = [exc]
+    while stack:
+        current = stack.pop()
+        if current is None or id(current) in seen:
+            continue
+        seen.add(id(current))
+        if isinstance(current, RaytrainError):
+            return current
+        stack += [current.__cause__, current.__context__, getattr(current, "cause", None)]
+        stack += [
+            e
+            for e in getattr(current, "worker_failures", {}).values()
+            if isinstance(e, BaseException)
+        ]
+    return TrainingError(f"training failed: {exc}")

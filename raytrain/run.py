@@ -24,7 +24,7 @@ import yaml
 from raytrain import tracking
 from raytrain.cluster import check_feasible, connect
 from raytrain.data import load_dataset
-from raytrain.errors import RaytrainError, TrackingError, TrainingError
+from raytrain.errors import TrackingError, find_user_error
 from raytrain.specfile import LoadedExperiment
 
 __all__ = ["RunSummary", "run_experiment"]
@@ -69,10 +69,7 @@ def run_experiment(
         per_worker=spec.worker_resources(),
         what=f"experiment '{spec.name}'",
     )
-    run_name = (
-        spec.tracking.run_name
-        or f"{spec.name}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
-    )
+    run_name = spec.tracking.run_name or _unique_name(spec.name)
     storage = _storage_root(spec.storage, spec.name)
     tracked = _start_tracking(loaded, run_name) if spec.tracking.enabled else None
     progress = ray.util.queue.Queue(actor_options={"num_cpus": 0}) if on_epoch else None
@@ -111,7 +108,7 @@ def run_experiment(
             tracking.end_run(
                 tracked, status="FAILED", tags={"raytrain.error": str(outcome["error"])[:5000]}
             )
-        raise _user_error(outcome["error"]) from None
+        raise find_user_error(outcome["error"]) from None
     return _finish(
         loaded, outcome["result"], run_name, storage, tracked, data, epochs, cluster.dashboard_url
     )
@@ -141,7 +138,13 @@ def _finish(
     best_checkpoint, best_metrics = _best(result, spec.checkpoint.score, spec.checkpoint.mode)
     version = None
     if tracked:
-        version = _log_best_model(loaded, tracked, best_checkpoint, data)
+        version = tracking.log_checkpoint_model(
+            tracked,
+            best_checkpoint,
+            data=data,
+            loss=spec.train.loss,
+            register_as=spec.tracking.register_as,
+        )
         tags = {"raytrain.best_checkpoint": best_checkpoint or "", "raytrain.storage": result.path}
         best = {f"best_{k}": v for k, v in best_metrics.items() if isinstance(v, int | float)}
         tracking.log_metrics(tracked, best, step=int(best_metrics.get("epoch", 0)))
@@ -168,37 +171,6 @@ def _best(result: Any, score: str, mode: str) -> tuple[str | None, dict[str, flo
     pick = max if mode == "max" else min
     checkpoint, metrics = pick(ranked, key=lambda cm: cm[1][score])
     return checkpoint.path, dict(metrics)
-
-
-def _log_best_model(
-    loaded: LoadedExperiment, tracked: tracking.TrackedRun, checkpoint_path: str | None, data: Any
-) -> str | None:
-    """Log the best checkpoint's model (tf_keras) to the run and register it if asked."""
-    if checkpoint_path is None:
-        return None
-    import tensorflow as tf
-
-    from raytrain.train import MODEL_FILE
-
-    checkpoint = ray.train.Checkpoint(checkpoint_path)
-    with checkpoint.as_directory() as folder:
-        model = tf.keras.models.load_model(str(Path(folder, MODEL_FILE)), compile=False)
-    info = data.info
-    metadata = {
-        "input_shape": list(info.input_shape),
-        "num_classes": info.num_classes,
-        "label_names": info.label_names,
-        "feature_names": info.feature_names[:1000],
-        "loss": loaded.spec.train.loss,
-        "checkpoint": checkpoint_path,
-    }
-    return tracking.log_model(
-        tracked,
-        model,
-        example=data.x_val[:5],
-        metadata=metadata,
-        register_as=loaded.spec.tracking.register_as,
-    )
 
 
 def _start_tracking(loaded: LoadedExperiment, run_name: str) -> tracking.TrackedRun:
@@ -228,21 +200,166 @@ def _storage_root(storage: str, name: str) -> str:
     return str(Path(storage).expanduser().resolve() / name)
 
 
-def _user_error(exc: BaseException) -> BaseException:
-    """The user's own error if one caused the failure (it may be wrapped by Ray several times)."""
-    seen: set[int] = set()
-    stack: list[BaseException | None] = [exc]
-    while stack:
-        current = stack.pop()
-        if current is None or id(current) in seen:
-            continue
-        seen.add(id(current))
-        if isinstance(current, RaytrainError):
-            return current
-        stack += [current.__cause__, current.__context__, getattr(current, "cause", None)]
-        stack += [
-            e
-            for e in getattr(current, "worker_failures", {}).values()
-            if isinstance(e, BaseException)
-        ]
-    return TrainingError(f"training failed: {exc}")
+@dataclass(frozen=True)
+class SweepSummary:
+    """Where a finished sweep's results are."""
+
+    name: str
+    sweep_name: str
+    storage_path: str
+    rows: list[dict[str, Any]]
+    best: dict[str, Any] | None
+    pareto: list[dict[str, Any]]
+    concurrent: int
+    tracking: tracking.TrackedRun | None = None
+    registered_version: str | None = None
+    champion: str | None = None
+    ui_command: str | None = None
+
+
+def run_sweep(
+    loaded: LoadedExperiment,
+    *,
+    address: str | None = None,
+    verbose: bool = False,
+    on_event: ProgressFn | None = None,
+) -> SweepSummary:
+    """Sweep the experiment's ``tune.space``; every trial is a data-parallel training run."""
+    from raytrain.sweep import SweepSetup
+
+    spec = loaded.spec
+    if spec.tracking.enabled:
+        tracking.check_reachable(tracking.absolute_tracking_uri(spec.tracking.uri))
+    data = load_dataset(spec.data, loss=spec.train.loss)
+    connect(address, verbose=verbose, env_vars=_worker_env())
+    sweep_name = spec.tracking.run_name or _unique_name(f"{spec.name}-sweep")
+    tracked = _start_tracking(loaded, sweep_name) if spec.tracking.enabled else None
+    setup = SweepSetup(
+        spec=spec,
+        spec_file=str(loaded.path.resolve()),
+        base_dir=str(loaded.path.parent.resolve()),
+        storage_root=_storage_root(spec.storage, spec.name),
+        sweep_name=sweep_name,
+        tracked=tracked,
+    )
+    return _run_and_finish(setup, data, on_event=on_event, restore_path=None)
+
+
+def resume_sweep(
+    path: str,
+    *,
+    address: str | None = None,
+    verbose: bool = False,
+    on_event: ProgressFn | None = None,
+) -> SweepSummary:
+    """Continue an interrupted sweep from its storage folder: finished trials are not re-run."""
+    from raytrain.spec import Experiment
+    from raytrain.sweep import SWEEP_STATE, SweepSetup, load_state
+
+    folder = _find_sweep(path)
+    state = load_state(str(folder))
+    spec = Experiment.model_validate(state["spec"])
+    tracked = tracking.TrackedRun(**state["tracking"]) if state["tracking"] else None
+    if tracked:
+        tracking.check_reachable(tracked.uri)
+    data = load_dataset(spec.data, loss=spec.train.loss)
+    connect(address, verbose=verbose, env_vars=_worker_env())
+    setup = SweepSetup(
+        spec=spec,
+        spec_file=state["spec_file"],
+        base_dir=state["base_dir"],
+        storage_root=state["storage_root"],
+        sweep_name=state["sweep_name"],
+        tracked=tracked,
+    )
+    assert (folder / SWEEP_STATE).is_file()
+    return _run_and_finish(setup, data, on_event=on_event, restore_path=str(folder))
+
+
+def _run_and_finish(
+    setup: Any, data: Any, *, on_event: ProgressFn | None, restore_path: str | None
+) -> SweepSummary:
+    from raytrain.sweep import sweep
+    from raytrain.sweep_tracking import log_sweep_summary, pareto_front
+
+    spec = setup.spec
+    metrics, modes = spec.tune.metrics, spec.tune.modes
+    try:
+        outcome = sweep(
+            setup, data_ref=ray.put(data), data=data, on_event=on_event, restore_path=restore_path
+        )
+    except BaseException as exc:
+        if setup.tracked:
+            status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
+            tracking.end_run(setup.tracked, status=status, tags={"raytrain.error": str(exc)[:5000]})
+        raise
+    rows = outcome.rows
+    scored = [r for r in rows if isinstance(r.get(f"best_{metrics[0]}"), int | float)]
+    front = pareto_front(scored, [f"best_{m}" for m in metrics], modes) if len(metrics) > 1 else []
+    pick = max if modes[0] == "max" else min
+    candidates = front or scored
+    best = pick(candidates, key=lambda r: r[f"best_{metrics[0]}"]) if candidates else None
+    version = champion = None
+    if setup.tracked and best is not None:
+        child_id = outcome.children.get(best["trial_id"])
+        child = tracking.TrackedRun(
+            setup.tracked.uri,
+            setup.tracked.experiment_name,
+            setup.tracked.experiment_id,
+            child_id or setup.tracked.run_id,
+        )
+        version = tracking.log_checkpoint_model(
+            child,
+            best["checkpoint"],
+            data=data,
+            loss=spec.train.loss,
+            register_as=spec.tracking.register_as,
+        )
+        if version:
+            _, champion = tracking.promote_champion(
+                setup.tracked.uri,
+                spec.tracking.register_as,
+                version,
+                metric=metrics[0],
+                mode=modes[0],
+                value=best[f"best_{metrics[0]}"],
+            )
+        log_sweep_summary(setup.tracked, spec, rows, best, front)
+        tracking.end_run(setup.tracked, status="FINISHED")
+    return SweepSummary(
+        name=spec.name,
+        sweep_name=setup.sweep_name,
+        storage_path=str(Path(setup.storage_root, setup.sweep_name)),
+        rows=rows,
+        best=best,
+        pareto=front,
+        concurrent=outcome.concurrent,
+        tracking=setup.tracked,
+        registered_version=version,
+        champion=champion,
+        ui_command=tracking.ui_command(setup.tracked) if setup.tracked else None,
+    )
+
+
+def _find_sweep(path: str) -> Path:
+    from raytrain.errors import RaytrainError
+    from raytrain.sweep import SWEEP_STATE
+
+    candidates = [Path(path), *Path("raytrain_results").glob(f"*/{path}")]
+    for folder in candidates:
+        if (folder / SWEEP_STATE).is_file():
+            return folder.resolve()
+    raise RaytrainError(
+        f"no sweep at '{path}': give the sweep's folder (it holds {SWEEP_STATE}) or its name "
+        "under ./raytrain_results"
+    )
+
+
+def _unique_name(prefix: str) -> str:
+    return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
+
+
+def _worker_env() -> dict[str, str]:
+    from raytrain.train import WORKER_ENV
+
+    return WORKER_ENV

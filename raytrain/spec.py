@@ -7,9 +7,10 @@ numbers and ``--set`` overrides) lives in ``specfile.py`` and rules that span se
 
 from __future__ import annotations
 
-from typing import Any, Literal
+import difflib
+from typing import Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt
 
 __all__ = [
     "BUILTIN_BUILDERS",
@@ -22,8 +23,12 @@ __all__ = [
     "ModelSpec",
     "OptimizerSpec",
     "ScalingSpec",
+    "SchedulerSpec",
+    "SearchSpec",
     "TrackingSpec",
     "TrainSpec",
+    "TuneSpec",
+    "unknown_key_message",
 ]
 
 LOSSES = (
@@ -86,7 +91,7 @@ class DataSpec(Section):
 
 
 class MLPParams(Section):
-    hidden_units: list[int] = Field(
+    hidden_units: list[PositiveInt] = Field(
         [128, 64], min_length=1, description="Width of each hidden Dense layer."
     )
     activation: str = Field("relu", description="Activation of the hidden layers.")
@@ -95,7 +100,7 @@ class MLPParams(Section):
 
 
 class CNNParams(Section):
-    filters: list[int] = Field(
+    filters: list[PositiveInt] = Field(
         [32, 64], min_length=1, description="Filters of each conv block (conv, conv, pool)."
     )
     kernel_size: int = Field(3, ge=1, le=11, description="Square kernel size of every conv.")
@@ -191,6 +196,64 @@ class TrackingSpec(Section):
     tags: dict[str, str] = Field(default_factory=dict, description="Extra MLflow run tags.")
 
 
+SPACE_KINDS = ("uniform", "loguniform", "quniform", "qloguniform", "randint", "choice", "grid")
+
+
+class SearchSpec(Section):
+    algorithm: Literal["optuna", "random", "grid"] = Field(
+        "optuna", description="optuna (model-based), random, or grid (every combination)."
+    )
+    sampler: Literal["tpe", "cmaes", "random"] = Field(
+        "tpe", description="Optuna's sampler (algorithm: optuna only)."
+    )
+    seed: int | None = Field(0, description="Seed of the search: the same seed, the same trials.")
+
+
+class SchedulerSpec(Section):
+    name: Literal["asha", "median", "none"] = Field(
+        "asha", description="Early stopping of bad trials: asha, median stopping, or none."
+    )
+    grace_period: int = Field(1, ge=1, description="Epochs every trial runs before it can stop.")
+    reduction_factor: float = Field(3.0, gt=1.0, description="ASHA: keep 1/this per rung.")
+
+
+class TuneSpec(Section):
+    metric: str | list[str] = Field(
+        "val_loss", description="Metric to optimize; a list makes a multi-objective sweep."
+    )
+    mode: Literal["min", "max"] | list[Literal["min", "max"]] = Field(
+        "min", description="min or max, one per metric."
+    )
+    num_samples: int = Field(10, ge=1, description="Trials to run (per grid point for grid).")
+    time_budget_s: float | None = Field(None, gt=0, description="Stop starting trials after this.")
+    max_concurrent_trials: int | None = Field(
+        None, ge=1, description="Trials at once; default: as many as the cluster fits."
+    )
+    max_failed_trials: int | None = Field(
+        None, ge=0, description="End the sweep after this many failed trials; null: never."
+    )
+    target: float | None = Field(
+        None, description="End the sweep once a trial's metric reaches this value."
+    )
+    search: SearchSpec = Field(default_factory=SearchSpec, description="How configs are chosen.")
+    scheduler: SchedulerSpec = Field(
+        default_factory=SchedulerSpec, description="How bad trials are stopped early."
+    )
+    space: dict[str, dict[str, Any]] = Field(
+        default_factory=dict,
+        description="Dotted path -> {uniform|loguniform|randint: [low, high]}, "
+        "{quniform|qloguniform: [low, high, q]}, {choice|grid: [values]}.",
+    )
+
+    @property
+    def metrics(self) -> list[str]:
+        return self.metric if isinstance(self.metric, list) else [self.metric]
+
+    @property
+    def modes(self) -> list[str]:
+        return self.mode if isinstance(self.mode, list) else [self.mode]
+
+
 class Experiment(Section):
     """One experiment: what to train, on what, where, and where its results go."""
 
@@ -216,6 +279,9 @@ class Experiment(Section):
         "directory) or gs://bucket/prefix.",
     )
     tracking: TrackingSpec = Field(default_factory=TrackingSpec, description="MLflow tracking.")
+    tune: TuneSpec | None = Field(
+        None, description="Hyperparameter sweep; absent: a single training run."
+    )
 
     @property
     def experiment_name(self) -> str:
@@ -231,3 +297,40 @@ class Experiment(Section):
         if self.scaling.use_gpu:
             resources.setdefault("GPU", 1.0)
         return resources
+
+
+def unknown_key_message(loc: tuple[str | int, ...]) -> str:
+    """The unknown-key message, with a "did you mean" from the schema section at ``loc[:-1]``."""
+    key = str(loc[-1])
+    allowed = _fields_at(loc[:-1])
+    message = f"unknown key '{key}'"
+    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+    if close:
+        return f"{message}; did you mean '{close[0]}'?"
+    if allowed:
+        return f"{message}; expected one of: {', '.join(allowed)}"
+    return message
+
+
+def _fields_at(loc: tuple[str | int, ...]) -> list[str]:
+    """Field names of the schema section at ``loc`` (empty when it is not a section)."""
+    model: Any = Experiment
+    for part in loc:
+        info = model.model_fields.get(part) if isinstance(part, str) else None
+        if info is None:
+            return []
+        model = _section_type(info.annotation)
+        if model is None:
+            return []
+    return list(model.model_fields)
+
+
+def _section_type(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if get_origin(annotation) is not None:
+        for arg in get_args(annotation):
+            found = _section_type(arg)
+            if found is not None:
+                return found
+    return None

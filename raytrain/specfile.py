@@ -7,18 +7,17 @@ mistake instead of the first.
 
 from __future__ import annotations
 
-import difflib
 import os
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, get_args, get_origin
+from typing import Any
 
 import yaml
-from pydantic import BaseModel, ValidationError
+from pydantic import ValidationError
 
 from raytrain.checks import Problem, check_rules
 from raytrain.errors import SpecError
-from raytrain.spec import Experiment
+from raytrain.spec import Experiment, unknown_key_message
 
 __all__ = ["LoadedExperiment", "load_experiment"]
 
@@ -172,49 +171,13 @@ def _pydantic_problems(exc: ValidationError) -> list[Problem]:
     for err in exc.errors(include_url=False):
         loc = tuple(err["loc"])
         if err["type"] == "extra_forbidden":
-            problems.append(Problem(loc, _unknown_key_message(loc)))
+            problems.append(Problem(loc, unknown_key_message(loc)))
             continue
         message = err["msg"]
         if err["type"] not in ("missing",) and not isinstance(err.get("input"), (dict, list)):
             message += f" (got {err.get('input')!r})"
         problems.append(Problem(loc, message))
     return problems
-
-
-def _unknown_key_message(loc: Path_) -> str:
-    key = str(loc[-1])
-    allowed = _fields_at(loc[:-1])
-    message = f"unknown key '{key}'"
-    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
-    if close:
-        return f"{message}; did you mean '{close[0]}'?"
-    if allowed:
-        return f"{message}; expected one of: {', '.join(allowed)}"
-    return message
-
-
-def _fields_at(loc: Path_) -> list[str]:
-    """Field names of the schema section at ``loc`` (empty when it is not a section)."""
-    model: Any = Experiment
-    for part in loc:
-        info = model.model_fields.get(part) if isinstance(part, str) else None
-        if info is None:
-            return []
-        model = _section_type(info.annotation)
-        if model is None:
-            return []
-    return list(model.model_fields)
-
-
-def _section_type(annotation: Any) -> type[BaseModel] | None:
-    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
-        return annotation
-    if get_origin(annotation) is not None:
-        for arg in get_args(annotation):
-            found = _section_type(arg)
-            if found is not None:
-                return found
-    return None
 
 
 def _format(file: Path, where: dict[Path_, str], problem: Problem) -> str:
@@ -231,5 +194,8 @@ def _format(file: Path, where: dict[Path_, str], problem: Problem) -> str:
 def _dotted(loc: Path_) -> str:
     out = ""
     for part in loc:
-        out += f"[{part}]" if isinstance(part, int) else (f".{part}" if out else str(part))
+        if isinstance(part, int) or "." in str(part):  # list index, or a dotted key of tune.space
+            out += f"[{part!r}]"
+        else:
+            out += f".{part}" if out else str(part)
     return out

@@ -29,8 +29,10 @@ __all__ = [
     "check_reachable",
     "end_run",
     "flatten",
+    "log_checkpoint_model",
     "log_metrics",
     "log_model",
+    "promote_champion",
     "start_run",
     "ui_command",
 ]
@@ -38,6 +40,7 @@ __all__ = [
 log = logging.getLogger(__name__)
 EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # MLflow 3's UI opens training runs with this
 EXPERIMENT_KIND = "custom_model_development"
+CHAMPION = "champion"
 
 
 @dataclass(frozen=True)
@@ -176,6 +179,57 @@ def log_metrics(run: TrackedRun, metrics: dict[str, float], *, step: int) -> Non
     now = int(time.time() * 1000)
     batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
     mlflow.MlflowClient(tracking_uri=run.uri).log_batch(run.run_id, metrics=batch)
+
+
+def log_checkpoint_model(
+    run: TrackedRun, checkpoint_path: str | None, *, data: Any, loss: str, register_as: str | None
+) -> str | None:
+    """Log a raytrain checkpoint's model (tf_keras) to ``run``; register it if asked."""
+    if checkpoint_path is None:
+        return None
+    import ray.train
+    import tensorflow as tf
+
+    from raytrain.train import MODEL_FILE
+
+    with ray.train.Checkpoint(checkpoint_path).as_directory() as folder:
+        model = tf.keras.models.load_model(str(Path(folder, MODEL_FILE)), compile=False)
+    info = data.info
+    metadata = {
+        "input_shape": list(info.input_shape),
+        "num_classes": info.num_classes,
+        "label_names": info.label_names,
+        "feature_names": info.feature_names[:1000],
+        "loss": loss,
+        "checkpoint": checkpoint_path,
+    }
+    return log_model(run, model, example=data.x_val[:5], metadata=metadata, register_as=register_as)
+
+
+def promote_champion(
+    uri: str, name: str, version: str, *, metric: str, mode: str, value: float
+) -> tuple[bool, str]:
+    """Point the alias ``champion`` at ``version`` only if it beats the current champion."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    client.set_model_version_tag(name, version, f"raytrain.{metric}", str(value))
+    try:
+        current = client.get_model_version_by_alias(name, CHAMPION)
+    except mlflow.exceptions.MlflowException:
+        current = None
+    if current is not None and current.version != version:
+        held = current.tags.get(f"raytrain.{metric}")
+        if held is not None:
+            old = float(held)
+            better = value > old if mode == "max" else value < old
+            if not better:
+                return False, (
+                    f"{name} version {version} ({metric} {value:.4g}) does not beat the champion, "
+                    f"version {current.version} ({metric} {old:.4g}): champion unchanged"
+                )
+    client.set_registered_model_alias(name, CHAMPION, version)
+    return True, f"{name} version {version} ({metric} {value:.4g}) is now '{CHAMPION}'"
 
 
 class EpochLogger:

@@ -46,6 +46,7 @@ def fit(
     tracking: TrackedRun | None,
     progress: Any | None,
     base_dir: str,
+    callbacks: list[Any] | None = None,
 ) -> ray.train.Result:
     """Run the experiment's training on the connected Ray cluster and return Ray's result."""
     # Ray Train's controller collects each report when it polls the workers, every 2 s by
@@ -78,6 +79,7 @@ def fit(
             ),
             failure_config=FailureConfig(max_failures=spec.failure.max_failures),
             worker_runtime_env={"env_vars": WORKER_ENV},
+            callbacks=callbacks,
         ),
     )
     return trainer.fit()
@@ -186,6 +188,9 @@ class _Reporter(tf.keras.callbacks.Callback):
                 "train.optimizer.learning_rate or set train.optimizer.clipnorm"
             )
         metrics["epoch"] = done
+        # Model size, so that a sweep can trade it against accuracy (a multi-objective metric).
+        metrics["param_count"] = self.model.count_params()
+        metrics["model_bytes"] = sum(int(w.nbytes) for w in self.model.get_weights())
         metrics["epoch_time_s"] = time.perf_counter() - self._t0
         metrics["samples_per_s"] = self.samples / max(self._train_s, 1e-9)
         # 6. Every worker saves: under MWMS, saving reads mirrored variables through collective

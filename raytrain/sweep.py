@@ -1,0 +1,334 @@
+"""Hyperparameter sweeps: Ray Tune + Optuna + ASHA, every trial a data-parallel training run.
+
+Each trial is a Tune *function* trainable that runs ``train.fit`` (a TensorflowTrainer with
+``scaling.num_workers`` workers) and forwards every epoch to Tune with ``TuneReportCallback``, so
+the scheduler sees each epoch and can stop a trial mid-training. Everything MLflow sees goes
+through callbacks on this driver (``sweep_tracking.py``): workers never talk to MLflow in a sweep.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import ray
+from ray import tune
+
+from raytrain import tracking
+from raytrain.cluster import check_feasible
+from raytrain.errors import ClusterError, find_user_error
+from raytrain.spec import Experiment, TuneSpec
+from raytrain.sweep_tracking import EVENT_SINKS, SweepProgress, TrialTracker, trial_status
+
+__all__ = [
+    "SWEEP_STATE",
+    "SweepOutcome",
+    "SweepSetup",
+    "apply_config",
+    "fits_concurrently",
+    "load_state",
+    "search_space",
+    "sweep",
+    "trial_rows",
+]
+
+SWEEP_STATE = "raytrain_sweep.json"  # what `raytrain resume` needs, next to Tune's state
+TRIAL_RESOURCES = {"memory": 1024 * 1024}  # the trial function itself holds ~nothing (FACTS.md)
+
+
+@dataclass(frozen=True)
+class SweepSetup:
+    spec: Experiment
+    spec_file: str
+    base_dir: str
+    storage_root: str
+    sweep_name: str
+    tracked: tracking.TrackedRun | None
+
+
+def search_space(tune_spec: TuneSpec) -> dict[str, Any]:
+    """The spec's ``tune.space`` as Ray Tune domains, keyed by dotted path."""
+    domains = {
+        "uniform": lambda a: tune.uniform(a[0], a[1]),
+        "loguniform": lambda a: tune.loguniform(a[0], a[1]),
+        "quniform": lambda a: tune.quniform(a[0], a[1], a[2]),
+        "qloguniform": lambda a: tune.qloguniform(a[0], a[1], a[2]),
+        "randint": lambda a: tune.randint(a[0], a[1] + 1),  # inclusive, as the YAML reads
+        "choice": lambda a: tune.choice(a),
+        "grid": lambda a: tune.grid_search(a),
+    }
+    space = {}
+    for key, entry in tune_spec.space.items():
+        kind, args = next(iter(entry.items()))
+        if tune_spec.search.algorithm == "grid" and kind == "choice":
+            kind = "grid"  # a grid enumerates every listed value
+        space[key] = domains[kind](args)
+    return space
+
+
+def apply_config(spec: Experiment, config: dict[str, Any]) -> Experiment:
+    """The trial's experiment: sampled values set at their dotted paths, no tune section, and
+    checkpoints ranked by the sweep's (first) metric so that the best one is the one kept."""
+    tree = spec.model_dump(mode="json")
+    if spec.tune is not None:
+        tree["checkpoint"].update(score=spec.tune.metrics[0], mode=spec.tune.modes[0])
+    tree["tune"] = None
+    for key, value in config.items():
+        node = tree
+        *parents, leaf = key.split(".")
+        for part in parents:
+            node = node.setdefault(part, {})
+        node[leaf] = value.item() if hasattr(value, "item") else value  # numpy scalars
+    return Experiment.model_validate(tree)
+
+
+def fits_concurrently(spec: Experiment) -> int:
+    """How many trials of ``num_workers`` workers the alive nodes can run at once."""
+    per_worker = {k: v for k, v in spec.worker_resources().items() if v > 0}
+    workers = 0
+    for node in ray.nodes():
+        if node.get("Alive"):
+            res = node["Resources"]
+            workers += min(int(res.get(k, 0.0) / v + 1e-9) for k, v in per_worker.items())
+    return workers // spec.scaling.num_workers
+
+
+def sweep(
+    setup: SweepSetup,
+    *,
+    data_ref: ray.ObjectRef,
+    data: Any,
+    on_event: Any | None = None,
+    restore_path: str | None = None,
+) -> dict[str, Any]:
+    """Run (or resume) the sweep; return the trial table, the best trial and registration."""
+    spec, tune_spec = setup.spec, setup.spec.tune
+    assert tune_spec is not None
+    check_feasible(
+        num_workers=spec.scaling.num_workers,
+        per_worker=spec.worker_resources(),
+        what=f"each trial of sweep '{spec.name}'",
+    )
+    fits = fits_concurrently(spec)
+    concurrent = min(tune_spec.max_concurrent_trials or fits, fits)
+    if concurrent < 1:
+        raise ClusterError(f"no trial of sweep '{spec.name}' fits on the cluster")
+    tracker = TrialTracker(setup.tracked, spec=spec) if setup.tracked else None
+    progress = SweepProgress(spec, sweep_name=setup.sweep_name)
+    if on_event:
+        EVENT_SINKS[setup.sweep_name] = on_event
+    trainable = tune.with_resources(
+        tune.with_parameters(
+            _trial,
+            base=spec.model_dump(mode="json"),
+            data_ref=data_ref,
+            storage_root=setup.storage_root,
+            sweep_name=setup.sweep_name,
+            base_dir=setup.base_dir,
+        ),
+        TRIAL_RESOURCES,
+    )
+    callbacks = [c for c in (tracker, progress) if c is not None]
+    # Tune's own console output would print over our progress display; the old engine at
+    # verbose=0 prints nothing (the new one ignores verbose=0 for its header).
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    _quiet_optuna()
+    if restore_path:
+        # Tune restores its callbacks (and their trial -> child run map) from its own state.
+        tuner = tune.Tuner.restore(restore_path, trainable, resume_unfinished=True)
+    else:
+        tuner = tune.Tuner(
+            trainable,
+            param_space=search_space(tune_spec),
+            tune_config=_tune_config(tune_spec, spec.train.epochs, concurrent),
+            run_config=tune.RunConfig(
+                name=setup.sweep_name,
+                storage_path=setup.storage_root,
+                stop=progress,
+                callbacks=callbacks,
+                verbose=0,
+            ),
+        )
+        Path(setup.storage_root, setup.sweep_name).mkdir(parents=True, exist_ok=True)
+        _write_state(setup)
+    try:
+        results = tuner.fit()
+    finally:
+        EVENT_SINKS.pop(setup.sweep_name, None)
+    return SweepOutcome(
+        rows=trial_rows(results, spec),
+        results=results,
+        concurrent=concurrent,
+        children=dict(tracker.children) if tracker else {},
+    )
+
+
+@dataclass(frozen=True)
+class SweepOutcome:
+    rows: list[dict[str, Any]]
+    results: Any
+    concurrent: int
+    children: dict[str, str]
+
+
+def trial_rows(results: Any, spec: Experiment) -> list[dict[str, Any]]:
+    """One row per trial: id, status, epochs, sampled values, last and best metric values."""
+    tune_spec = spec.tune
+    assert tune_spec is not None
+    rows = []
+    for result in results:
+        metrics = result.metrics or {}
+        frame = result.metrics_dataframe
+        epoch = int(metrics.get("epoch", 0))
+        row: dict[str, Any] = {
+            "trial_id": metrics.get("trial_id") or Path(result.path).name,
+            "status": trial_status(epoch, spec.train.epochs, error=result.error is not None),
+            "epochs": epoch,
+            **{k: result.config.get(k) for k in tune_spec.space},
+        }
+        for metric, mode in zip(tune_spec.metrics, tune_spec.modes, strict=True):
+            series = frame[metric] if frame is not None and metric in frame else None
+            row[metric] = metrics.get(metric)
+            if series is not None and len(series):
+                row[f"best_{metric}"] = float(series.max() if mode == "max" else series.min())
+        if result.error is not None:
+            row["error"] = str(result.error).strip().splitlines()[-1][:300]
+        row["checkpoint"] = _best_checkpoint(frame, tune_spec.metrics[0], tune_spec.modes[0])
+        rows.append(row)
+    return rows
+
+
+def _best_checkpoint(frame: Any, metric: str, mode: str) -> str | None:
+    """The trial's best-scoring checkpoint that Ray Train still keeps."""
+    if frame is None or "checkpoint_path" not in frame or metric not in frame:
+        return None
+    ranked = frame.dropna(subset=["checkpoint_path"]).sort_values(metric, ascending=mode == "min")
+    for path in ranked["checkpoint_path"]:
+        if "://" in str(path) or Path(path).exists():
+            return str(path)
+    return None
+
+
+def _trial(
+    config: dict[str, Any],
+    *,
+    base: dict[str, Any],
+    data_ref: ray.ObjectRef,
+    storage_root: str,
+    sweep_name: str,
+    base_dir: str,
+) -> None:
+    """One trial: a full data-parallel training run with the sampled values."""
+    from ray.tune.integration.ray_train import TuneReportCallback
+
+    from raytrain.train import fit
+
+    spec = apply_config(Experiment.model_validate(base), config)
+    trial_id = tune.get_context().get_trial_id()
+    try:
+        # A deterministic Train run name: a resumed trial finds its own checkpoints again.
+        fit(
+            spec,
+            data_ref=data_ref,
+            run_name=f"trial-{trial_id}",
+            storage_path=f"{storage_root}/{sweep_name}-trials",
+            tracking=None,
+            progress=None,
+            base_dir=base_dir,
+            callbacks=[TuneReportCallback()],
+        )
+    except Exception as exc:
+        raise find_user_error(exc) from None
+
+
+def _tune_config(tune_spec: TuneSpec, epochs: int, concurrent: int) -> tune.TuneConfig:
+    # metric/mode stay on the searcher and scheduler: Tune refuses them in both places.
+    return tune.TuneConfig(
+        search_alg=_searcher(tune_spec),
+        scheduler=_scheduler(tune_spec, epochs),
+        num_samples=1 if tune_spec.search.algorithm == "grid" else tune_spec.num_samples,
+        max_concurrent_trials=concurrent,
+        time_budget_s=tune_spec.time_budget_s,
+    )
+
+
+def _searcher(tune_spec: TuneSpec) -> Any:
+    search = tune_spec.search
+    if search.algorithm != "optuna":
+        from ray.tune.search.basic_variant import BasicVariantGenerator
+
+        return BasicVariantGenerator(random_state=search.seed)
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    samplers = {
+        "tpe": lambda: optuna.samplers.TPESampler(seed=search.seed),
+        "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=search.seed),
+        "random": lambda: optuna.samplers.RandomSampler(seed=search.seed),
+    }
+    metrics, modes = tune_spec.metrics, tune_spec.modes
+    return OptunaSearch(
+        metric=metrics[0] if len(metrics) == 1 else metrics,
+        mode=modes[0] if len(modes) == 1 else modes,
+        sampler=samplers[search.sampler](),
+    )
+
+
+def _scheduler(tune_spec: TuneSpec, epochs: int) -> Any:
+    sched = tune_spec.scheduler
+    metric, mode = tune_spec.metrics[0], tune_spec.modes[0]  # multi-objective: the first
+    if sched.name == "asha":
+        from ray.tune.schedulers import ASHAScheduler
+
+        return ASHAScheduler(
+            time_attr="epoch",
+            metric=metric,
+            mode=mode,
+            max_t=epochs,
+            grace_period=min(sched.grace_period, epochs),
+            reduction_factor=sched.reduction_factor,
+        )
+    if sched.name == "median":
+        from ray.tune.schedulers import MedianStoppingRule
+
+        return MedianStoppingRule(
+            time_attr="epoch", metric=metric, mode=mode, grace_period=sched.grace_period
+        )
+    from ray.tune.schedulers import FIFOScheduler
+
+    return FIFOScheduler()
+
+
+def _write_state(setup: SweepSetup) -> None:
+    state = {
+        "spec": setup.spec.model_dump(mode="json"),
+        "spec_file": setup.spec_file,
+        "base_dir": setup.base_dir,
+        "storage_root": setup.storage_root,
+        "sweep_name": setup.sweep_name,
+        "tracking": setup.tracked.__dict__ if setup.tracked else None,
+        "created": time.time(),
+    }
+    path = Path(setup.storage_root, setup.sweep_name, SWEEP_STATE)
+    path.write_text(json.dumps(state, indent=2))
+
+
+def load_state(path: str) -> dict[str, Any]:
+    """The state ``sweep`` wrote next to Tune's, for ``raytrain resume``."""
+    return copy.deepcopy(json.loads(Path(path, SWEEP_STATE).read_text()))
+
+
+def _quiet_optuna() -> None:
+    """Optuna logs every trial at INFO and warns that list choices are not storage-friendly
+    (our studies live in memory; Tune stores its own state)."""
+    import warnings
+
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    warnings.filterwarnings("ignore", message="Choices for a categorical distribution")

@@ -1,0 +1,318 @@
+"""What a sweep tells MLflow and the user, from Tune callbacks on the driver.
+
+One parent run per sweep, one nested child run per trial (tag ``mlflow.parentRunId``) with the
+sampled values, per-epoch metrics and the final status: finished, stopped early by the scheduler,
+or failed with the reason. Child runs are keyed by Tune's trial id, so a resumed sweep finds them
+again instead of creating duplicates. Tune pickles callbacks with its state: they keep only
+plain data and look their MLflow client and event sink up again after a restore.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+from typing import Any
+
+from ray import tune
+
+from raytrain import tracking
+from raytrain.checks import EXTRA_METRICS, reported_metrics
+from raytrain.spec import Experiment
+
+__all__ = [
+    "EVENT_SINKS",
+    "SweepProgress",
+    "TrialTracker",
+    "log_sweep_summary",
+    "optuna_plots",
+    "pareto_front",
+    "trial_status",
+]
+
+# Where progress events go, by sweep name (a callable cannot survive Tune's pickling).
+EVENT_SINKS: dict[str, Callable[[dict[str, Any]], None]] = {}
+STATUS_TAG = "raytrain.trial_status"
+
+
+def trial_status(last_epoch: int, total_epochs: int, error: bool) -> str:
+    if error:
+        return "failed"
+    return "finished" if last_epoch >= total_epochs else "stopped_early"
+
+
+class TrialTracker(tune.Callback):
+    """Child MLflow runs, one per trial, under the sweep's parent run."""
+
+    def __init__(self, parent: tracking.TrackedRun, *, spec: Experiment) -> None:
+        self.parent = parent
+        self.total_epochs = spec.train.epochs
+        self.metric_names = {*reported_metrics(spec), *EXTRA_METRICS}
+        self.children: dict[str, str] = {}
+        self._client_obj: Any = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_client_obj": None}
+
+    @property
+    def _client(self) -> Any:
+        if self._client_obj is None:
+            import mlflow
+
+            self._client_obj = mlflow.MlflowClient(tracking_uri=self.parent.uri)
+        return self._client_obj
+
+    def child(self, trial_id: str, config: dict[str, Any] | None = None) -> str:
+        """The trial's child run id: found again when it exists, created otherwise."""
+        if trial_id in self.children:
+            return self.children[trial_id]
+        found = self._client.search_runs(
+            [self.parent.experiment_id],
+            filter_string=f"tags.`mlflow.parentRunId` = '{self.parent.run_id}' "
+            f"and tags.`raytrain.trial_id` = '{trial_id}'",
+        )
+        if found:
+            run_id = found[0].info.run_id
+        else:
+            run = self._client.create_run(
+                self.parent.experiment_id,
+                run_name=f"trial-{trial_id}",
+                tags={
+                    "mlflow.parentRunId": self.parent.run_id,
+                    "raytrain.trial_id": trial_id,
+                    STATUS_TAG: "running",
+                },
+            )
+            run_id = run.info.run_id
+            params = {k: str(v) for k, v in (config or {}).items()}
+            for key, value in params.items():
+                self._client.log_param(run_id, key, value[:6000])
+        self.children[trial_id] = run_id
+        return run_id
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.child(trial.trial_id, trial.config)
+
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
+        metrics = {
+            k: float(v)
+            for k, v in result.items()
+            if k in self.metric_names and isinstance(v, int | float) and math.isfinite(v)
+        }
+        if metrics:
+            run = self._child_run(trial)
+            tracking.log_metrics(run, metrics, step=int(result.get("epoch", 0)))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        epoch = int((trial.last_result or {}).get("epoch", 0))
+        self._end(trial, trial_status(epoch, self.total_epochs, error=False), reason=None)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        error = trial.get_error()
+        reason = str(error).strip().splitlines()[-1] if error else "unknown error"
+        self._end(trial, "failed", reason=reason)
+
+    def _child_run(self, trial: Any) -> tracking.TrackedRun:
+        run_id = self.child(trial.trial_id, trial.config)
+        return tracking.TrackedRun(
+            self.parent.uri, self.parent.experiment_name, self.parent.experiment_id, run_id
+        )
+
+    def _end(self, trial: Any, status: str, *, reason: str | None) -> None:
+        tags = {STATUS_TAG: status}
+        if reason:
+            tags["raytrain.error"] = reason[:5000]
+        mlflow_status = "FAILED" if status == "failed" else "FINISHED"
+        tracking.end_run(self._child_run(trial), status=mlflow_status, tags=tags)
+
+
+class SweepProgress(tune.Callback, tune.Stopper):
+    """Counts trials for the progress display; ends the sweep at the target or too many failures."""
+
+    def __init__(self, spec: Experiment, *, sweep_name: str) -> None:
+        assert spec.tune is not None
+        self.sweep_name = sweep_name
+        self.metric, self.mode = spec.tune.metrics[0], spec.tune.modes[0]
+        self.target, self.max_failed = spec.tune.target, spec.tune.max_failed_trials
+        self.total_epochs = spec.train.epochs
+        self.counts = {"running": 0, "finished": 0, "stopped_early": 0, "failed": 0}
+        self.best: float | None = None
+        self.reached_target = False
+
+    # Stopper: no per-trial decision (that is the scheduler's); a sweep-wide one.
+    def __call__(self, trial_id: str, result: dict) -> bool:
+        value = result.get(self.metric)
+        if self.target is not None and isinstance(value, int | float):
+            hit = value >= self.target if self.mode == "max" else value <= self.target
+            self.reached_target |= hit
+        return False
+
+    def stop_all(self) -> bool:
+        too_many_failed = self.max_failed is not None and self.counts["failed"] > self.max_failed
+        return self.reached_target or too_many_failed
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self.counts["running"] += 1
+        self._emit("start", trial)
+
+    def on_trial_result(
+        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+    ) -> None:
+        value = result.get(self.metric)
+        if isinstance(value, int | float) and math.isfinite(value):
+            better = self.best is None or (
+                value > self.best if self.mode == "max" else value < self.best
+            )
+            self.best = value if better else self.best
+        self._emit("result", trial, epoch=int(result.get("epoch", 0)))
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        epoch = int((trial.last_result or {}).get("epoch", 0))
+        self._finish(trial, trial_status(epoch, self.total_epochs, error=False))
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        self._finish(trial, "failed")
+
+    def _finish(self, trial: Any, status: str) -> None:
+        self.counts["running"] = max(0, self.counts["running"] - 1)
+        self.counts[status] += 1
+        self._emit(status, trial)
+
+    def _emit(self, kind: str, trial: Any, **extra: Any) -> None:
+        sink = EVENT_SINKS.get(self.sweep_name)
+        if sink:
+            sink(
+                {
+                    "kind": kind,
+                    "trial_id": trial.trial_id,
+                    **self.counts,
+                    "best": self.best,
+                    "metric": self.metric,
+                    **extra,
+                }
+            )
+
+
+def pareto_front(rows: list[dict[str, Any]], metrics: list[str], modes: list[str]) -> list[dict]:
+    """The rows no other row beats on every metric (multi-objective sweeps)."""
+
+    def key(row: dict[str, Any]) -> list[float]:
+        return [
+            row[m] if mode == "min" else -row[m] for m, mode in zip(metrics, modes, strict=True)
+        ]
+
+    usable = [r for r in rows if all(isinstance(r.get(m), int | float) for m in metrics)]
+    front = []
+    for row in usable:
+        mine = key(row)
+        dominated = any(
+            all(o <= s for o, s in zip(key(other), mine, strict=True)) and key(other) != mine
+            for other in usable
+        )
+        if not dominated:
+            front.append(row)
+    return front
+
+
+def log_sweep_summary(
+    parent: tracking.TrackedRun,
+    spec: Experiment,
+    rows: list[dict[str, Any]],
+    best: dict[str, Any] | None,
+    front: list[dict[str, Any]],
+) -> None:
+    """The parent run: best trial's values and metrics, the trials table, Optuna's plots."""
+    import csv
+    import io
+
+    import mlflow
+
+    assert spec.tune is not None
+    client = mlflow.MlflowClient(tracking_uri=parent.uri)
+    table = rows
+    columns = list(dict.fromkeys(k for r in table for k in r))
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(table)
+    client.log_text(parent.run_id, out.getvalue(), "trials.csv")
+    counts: dict[str, int] = {}
+    for row in table:
+        counts[row["status"]] = counts.get(row["status"], 0) + 1
+    tags = {f"raytrain.trials_{k}": str(v) for k, v in counts.items()}
+    tags["raytrain.kind"] = "sweep"
+    if best is not None:
+        tags["raytrain.best_trial"] = str(best["trial_id"])
+        for key in spec.tune.space:
+            client.log_param(parent.run_id, f"best.{key}", str(best.get(key))[:6000])
+        best_metrics = {k: v for k, v in best.items() if k.startswith("best_") and v is not None}
+        tracking.log_metrics(parent, best_metrics, step=int(best.get("epochs", 0)))
+    if front:
+        tags["raytrain.pareto_trials"] = ",".join(str(r["trial_id"]) for r in front)
+    client.log_batch(parent.run_id, tags=[mlflow.entities.RunTag(k, v) for k, v in tags.items()])
+    for name, html in optuna_plots(spec, table).items():
+        client.log_text(parent.run_id, html, f"plots/{name}.html")
+
+
+def optuna_plots(spec: Experiment, rows: list[dict[str, Any]]) -> dict[str, str]:
+    """Optuna's optimization history, parameter importances and parallel coordinates, as HTML.
+
+    The study is rebuilt from the trial table, so the plots exist whatever the search algorithm.
+    """
+    import optuna
+
+    assert spec.tune is not None
+    metric, mode = spec.tune.metrics[0], spec.tune.modes[0]
+    distributions = {k: _distribution(entry) for k, entry in spec.tune.space.items()}
+    study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
+    for row in rows:
+        value = row.get(f"best_{metric}")
+        if not isinstance(value, int | float) or not math.isfinite(value):
+            continue
+        params = {k: _param_value(row.get(k), distributions[k]) for k in distributions}
+        study.add_trial(
+            optuna.trial.create_trial(params=params, distributions=distributions, value=value)
+        )
+    if len(study.trials) < 2:
+        return {}
+    from optuna import visualization as vis
+
+    makers = {
+        "optimization_history": vis.plot_optimization_history,
+        "param_importances": vis.plot_param_importances,
+        "parallel_coordinate": vis.plot_parallel_coordinate,
+    }
+    plots = {}
+    for name, make in makers.items():
+        try:
+            plots[name] = make(study).to_html(include_plotlyjs="cdn")
+        except Exception as exc:  # e.g. importances need two distinct values of a param
+            plots[name] = f"<p>{name} is not available for this sweep: {exc}</p>"
+    return plots
+
+
+def _distribution(entry: dict[str, Any]) -> Any:
+    import optuna.distributions as d
+
+    kind, args = next(iter(entry.items()))
+    if kind in ("choice", "grid"):
+        return d.CategoricalDistribution([_categorical(v) for v in args])
+    if kind == "randint":
+        return d.IntDistribution(args[0], args[1])
+    log = "log" in kind
+    step = args[2] if kind.startswith("q") and not log else None
+    return d.FloatDistribution(args[0], args[1], log=log, step=step)
+
+
+def _categorical(value: Any) -> Any:
+    return value if value is None or isinstance(value, bool | int | float | str) else str(value)
+
+
+def _param_value(value: Any, distribution: Any) -> Any:
+    import optuna.distributions as d
+
+    if isinstance(distribution, d.CategoricalDistribution):
+        return _categorical(value)
+    low, high = distribution.low, distribution.high
+    return min(max(value, low), high)
