@@ -147,6 +147,75 @@ BAD_FILES = [
     ),
 ]
 
+# tune.space: every path exists, sampled values fit the field, ranges are well formed
+BAD_FILES += [
+    (
+        "tune:\n  space:\n    train.epochz: {choice: [1, 2]}\n",
+        [],
+        [
+            "exp.yaml:3: tune.space['train.epochz'].choice: value 1 does not fit train.epochz: unknown key 'epochz'; did you mean 'epochs'?"
+        ],
+    ),
+    (
+        "tune:\n  space:\n    train.optimizer.learning_rate: {uniform: [0.1, 0.01]}\n",
+        [],
+        [
+            "exp.yaml:3: tune.space['train.optimizer.learning_rate'].uniform: low < high must hold, but got (low=0.1, high=0.01)"
+        ],
+    ),
+    (
+        "tune:\n  space:\n    train.optimizer.learning_rate: {loguniform: [0, 0.1]}\n",
+        [],
+        [
+            "exp.yaml:3: tune.space['train.optimizer.learning_rate'].loguniform: loguniform needs low > 0, but got low=0"
+        ],
+    ),
+    (
+        "tune:\n  space:\n    train.batch_size: {choice: [32, big]}\n",
+        [],
+        [
+            "exp.yaml:3: tune.space['train.batch_size'].choice: value 'big' does not fit train.batch_size: Input should be a valid integer"
+        ],
+    ),
+    (
+        "tune:\n  space:\n    model.params.dropout: {uniform: [0.1, 1.5]}\n",
+        [],
+        [
+            "exp.yaml:3: tune.space['model.params.dropout'].uniform: value 1.5 does not fit model.params.dropout: Input should be less than 1"
+        ],
+    ),
+    (
+        "tune:\n  space:\n    train.epochs: {between: [1, 3]}\n",
+        [],
+        [
+            "exp.yaml:3: tune.space['train.epochs']: expected one of {uniform, loguniform, quniform, qloguniform, randint, choice, grid}"
+        ],
+    ),
+    (
+        "tune:\n  space:\n    train.epochs: {grid: [1, 2]}\n",
+        [],
+        [
+            "exp.yaml:3: tune.space['train.epochs'].grid: grid values need tune.search.algorithm: grid"
+        ],
+    ),
+    (
+        "tune:\n  metric: val_acc\n  space:\n    train.epochs: {choice: [1, 2]}\n",
+        [],
+        ["exp.yaml:2: tune.metric: 'val_acc' is not a reported metric"],
+    ),
+    (
+        "tune:\n  metric: [val_accuracy, param_count]\n  mode: max\n  space:\n    train.epochs: {choice: [1, 2]}\n",
+        [],
+        ["exp.yaml:3: tune.mode: 2 metric(s) need as many modes, got 1"],
+    ),
+    ("tune:\n  space: {}\n", [], ["exp.yaml:2: tune.space: the search space is empty"]),
+    (
+        "tune:\n  space:\n    storage: {choice: [a, b]}\n",
+        [],
+        ["exp.yaml:3: tune.space.storage.choice: 'storage' cannot be swept"],
+    ),
+]
+
 
 @pytest.mark.parametrize(("text", "overrides", "expected"), BAD_FILES)
 def test_bad_file_reports_path_and_line(

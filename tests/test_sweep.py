@@ -1,0 +1,183 @@
+"""Sweeps on a real local Ray instance with a real MLflow store."""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import mlflow
+import pytest
+
+from raytrain.cluster import ClusterInfo
+from raytrain.run import run_sweep
+from raytrain.specfile import load_experiment
+from raytrain.sweep import SWEEP_STATE
+
+from .conftest import REPO
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+SWEEP = REPO / "experiments" / "sweep.yaml"
+
+
+def _children(client: mlflow.MlflowClient, parent: mlflow.entities.Run) -> list:
+    return client.search_runs(
+        [parent.info.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent.info.run_id}'",
+    )
+
+
+def test_optuna_asha_sweep_tracks_trials_and_promotes_the_champion(workdir: Path) -> None:
+    summary = run_sweep(load_experiment(SWEEP))
+    rows = summary.rows
+    assert len(rows) == 6
+    statuses = {r["status"] for r in rows}
+    assert "stopped_early" in statuses, rows  # ASHA stopped at least one trial mid-training
+    assert statuses <= {"finished", "stopped_early"}
+    assert summary.best is not None
+    assert summary.best["best_val_accuracy"] >= 0.9
+
+    tracked = summary.tracking
+    assert tracked is not None
+    client = mlflow.MlflowClient(tracking_uri=tracked.uri)
+    parent = client.get_run(tracked.run_id)
+    assert parent.info.status == "FINISHED"
+    assert parent.data.tags["raytrain.kind"] == "sweep"
+    assert parent.data.params["best.train.optimizer.learning_rate"]
+    assert parent.data.metrics["best_val_accuracy"] == pytest.approx(
+        summary.best["best_val_accuracy"]
+    )
+    artifacts = {a.path for a in client.list_artifacts(tracked.run_id)}
+    assert "trials.csv" in artifacts
+    plots = {a.path for a in client.list_artifacts(tracked.run_id, "plots")}
+    assert "plots/optimization_history.html" in plots
+
+    children = _children(client, parent)
+    assert len(children) == 6
+    by_trial = {c.data.tags["raytrain.trial_id"]: c for c in children}
+    for row in rows:
+        child = by_trial[row["trial_id"]]
+        assert child.data.tags["raytrain.trial_status"] == row["status"]
+        assert child.info.status == "FINISHED"
+        history = client.get_metric_history(child.info.run_id, "val_accuracy")
+        assert sorted(m.step for m in history) == list(range(1, row["epochs"] + 1))
+        assert "train.optimizer.learning_rate" in child.data.params
+
+    champion = client.get_model_version_by_alias("digits-mlp", "champion")
+    assert champion.run_id == by_trial[summary.best["trial_id"]].info.run_id
+    assert "is now 'champion'" in (summary.champion or "")
+
+    # A worse sweep registers its best model but does not move the champion.
+    worse = load_experiment(
+        SWEEP,
+        [
+            "tune.num_samples=1",
+            "train.epochs=1",
+            "tune.space={train.optimizer.learning_rate: {choice: [1.0e-5]}}",
+        ],
+    )
+    second = run_sweep(worse)
+    assert second.registered_version == "2"
+    assert "champion unchanged" in (second.champion or "")
+    assert client.get_model_version_by_alias("digits-mlp", "champion").version == champion.version
+
+
+def test_grid_runs_exactly_the_grid(workdir: Path) -> None:
+    loaded = load_experiment(
+        SWEEP,
+        [
+            "scaling.num_workers=1",
+            "train.epochs=1",
+            "tracking.enabled=false",
+            "tune.search.algorithm=grid",
+            "tune.scheduler.name=none",
+            "tune.space={train.optimizer.learning_rate: {grid: [0.001, 0.01]}, "
+            "model.params.hidden_units: {choice: [[8], [16]]}}",
+        ],
+    )
+    summary = run_sweep(loaded)
+    combos = sorted(
+        (r["train.optimizer.learning_rate"], tuple(r["model.params.hidden_units"]))
+        for r in summary.rows
+    )
+    assert combos == [(0.001, (8,)), (0.001, (16,)), (0.01, (8,)), (0.01, (16,))]
+    assert all(r["status"] == "finished" for r in summary.rows)
+
+
+def test_the_same_seed_samples_the_same_configs(workdir: Path) -> None:
+    overrides = [
+        "scaling.num_workers=1",
+        "train.epochs=1",
+        "tracking.enabled=false",
+        "tune.num_samples=3",
+        "tune.scheduler.name=none",
+        "tune.search.algorithm=random",
+        "tune.search.seed=7",
+    ]
+    configs = []
+    for _ in range(2):
+        rows = run_sweep(load_experiment(SWEEP, overrides)).rows
+        configs.append(sorted(r["train.optimizer.learning_rate"] for r in rows))
+    assert configs[0] == configs[1]
+    assert len(set(configs[0])) == 3
+
+
+def test_a_killed_sweep_resumes_without_duplicates(ray_cluster: ClusterInfo, workdir: Path) -> None:
+    args = [
+        "--set", "scaling.num_workers=1",
+        "--set", "train.epochs=3",
+        "--set", "tune.num_samples=4",
+        "--set", "tune.scheduler.name=none",
+        "--set", "tune.max_concurrent_trials=1",
+        "--address", ray_cluster.address,
+    ]  # fmt: skip
+    raytrain = [sys.executable, "-m", "raytrain"]
+    proc = subprocess.Popen(
+        [*raytrain, "run", str(SWEEP), *args],
+        cwd=workdir,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:  # kill once a trial has finished and another runs
+        time.sleep(2)
+        if _finished_children(uri) >= 1:
+            break
+    time.sleep(8)
+    os.kill(proc.pid, signal.SIGKILL)
+    proc.wait()
+    assert _finished_children(uri) < 4, "the sweep ended before it could be killed"
+
+    (folder,) = [p.parent for p in workdir.glob(f"raytrain_results/*/*/{SWEEP_STATE}")]
+    result = subprocess.run(
+        [*raytrain, "resume", folder.name, "--address", ray_cluster.address],
+        cwd=workdir,
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "4 trial(s)" in result.stdout
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    (parent,) = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        filter_string="tags.`raytrain.kind` = 'sweep'",
+    )
+    children = _children(client, parent)
+    assert len(children) == 4
+    assert {c.data.tags["raytrain.trial_status"] for c in children} == {"finished"}
+
+
+def _finished_children(uri: str) -> int:
+    if not Path(uri.removeprefix("sqlite:///")).exists():
+        return 0
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    runs = client.search_runs(
+        [e.experiment_id for e in client.search_experiments()],
+        filter_string="tags.`raytrain.trial_status` = 'finished'",
+    )
+    return len(runs)
