@@ -23,7 +23,13 @@ from raytrain import tracking
 from raytrain.cluster import check_feasible
 from raytrain.errors import ClusterError, find_user_error
 from raytrain.spec import Experiment, TuneSpec
-from raytrain.sweep_tracking import EVENT_SINKS, SweepProgress, TrialTracker, trial_status
+from raytrain.sweep_tracking import (
+    EVENT_SINKS,
+    SweepProgress,
+    TrialTracker,
+    error_reason,
+    trial_status,
+)
 
 __all__ = [
     "SWEEP_STATE",
@@ -197,7 +203,7 @@ def trial_rows(results: Any, spec: Experiment) -> list[dict[str, Any]]:
             if series is not None and len(series):
                 row[f"best_{metric}"] = float(series.max() if mode == "max" else series.min())
         if result.error is not None:
-            row["error"] = str(result.error).strip().splitlines()[-1][:300]
+            row["error"] = error_reason(str(result.error))[:300]
         row["checkpoint"] = _best_checkpoint(frame, tune_spec.metrics[0], tune_spec.modes[0])
         rows.append(row)
     return rows

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
 from typing import Any
 
 from ray import tune
@@ -23,6 +24,7 @@ __all__ = [
     "EVENT_SINKS",
     "SweepProgress",
     "TrialTracker",
+    "error_reason",
     "log_sweep_summary",
     "optuna_plots",
     "pareto_front",
@@ -32,6 +34,16 @@ __all__ = [
 # Where progress events go, by sweep name (a callable cannot survive Tune's pickling).
 EVENT_SINKS: dict[str, Callable[[dict[str, Any]], None]] = {}
 STATUS_TAG = "raytrain.trial_status"
+
+
+def error_reason(text: str) -> str:
+    """The last line of an error trace, without its exception class: what the user must read."""
+    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
+    if not lines:
+        return "unknown error"
+    last = lines[-1]
+    head, sep, rest = last.partition(": ")
+    return rest if sep and head.replace(".", "").replace("_", "").isalnum() else last
 
 
 def trial_status(last_epoch: int, total_epochs: int, error: bool) -> str:
@@ -109,9 +121,10 @@ class TrialTracker(tune.Callback):
         self._end(trial, trial_status(epoch, self.total_epochs, error=False), reason=None)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
-        error = trial.get_error()
-        reason = str(error).strip().splitlines()[-1] if error else "unknown error"
-        self._end(trial, "failed", reason=reason)
+        # Tune writes the error to the trial's local folder at once, to storage later.
+        path = Path(trial.error_file) if trial.error_file else None
+        text = path.read_text() if path and path.is_file() else ""
+        self._end(trial, "failed", reason=error_reason(text))
 
     def _child_run(self, trial: Any) -> tracking.TrackedRun:
         run_id = self.child(trial.trial_id, trial.config)

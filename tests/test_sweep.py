@@ -181,3 +181,62 @@ def _finished_children(uri: str) -> int:
         filter_string="tags.`raytrain.trial_status` = 'finished'",
     )
     return len(runs)
+
+
+def test_a_diverging_trial_fails_with_its_reason_and_the_sweep_goes_on(workdir: Path) -> None:
+    # Linear regression by SGD diverges geometrically once the step is too large.
+    loaded = load_experiment(
+        SWEEP,
+        [
+            "data.source=builtin:diabetes",
+            "model.params={hidden_units: [4], activation: linear}",
+            "train={epochs: 3, batch_size: 8, loss: mean_squared_error, "
+            "metrics: [mean_absolute_error], optimizer: {name: sgd}}",
+            "checkpoint={score: val_loss, mode: min}",
+            "scaling.num_workers=1",
+            "tracking.register_as=null",
+            "tune={metric: val_loss, mode: min, search: {algorithm: grid}, scheduler: {name: none}, "
+            "space: {train.optimizer.learning_rate: {grid: [0.001, 5.0]}}}",
+        ],
+    )
+    summary = run_sweep(loaded)
+    by_lr = {r["train.optimizer.learning_rate"]: r for r in summary.rows}
+    assert by_lr[0.001]["status"] == "finished"
+    assert by_lr[5.0]["status"] == "failed"
+    assert "the loss became" in by_lr[5.0]["error"]
+    assert summary.tracking is not None
+    client = mlflow.MlflowClient(tracking_uri=summary.tracking.uri)
+    failed = client.search_runs(
+        [summary.tracking.experiment_id], filter_string="tags.`raytrain.trial_status` = 'failed'"
+    )
+    assert len(failed) == 1
+    assert failed[0].info.status == "FAILED"
+    assert "the loss became" in failed[0].data.tags["raytrain.error"]
+
+
+def test_multi_objective_sweep_reports_the_pareto_front(workdir: Path) -> None:
+    loaded = load_experiment(
+        SWEEP,
+        [
+            "scaling.num_workers=1",
+            "train.epochs=2",
+            "tracking.enabled=false",
+            "tune.num_samples=3",
+            "tune.metric=[val_accuracy, param_count]",
+            "tune.mode=[max, min]",
+            "tune.scheduler.name=none",
+            "tune.space={model.params.hidden_units: {choice: [[4], [32], [128]]}}",
+        ],
+    )
+    summary = run_sweep(loaded)
+    assert len(summary.rows) == 3
+    assert all(isinstance(r["best_param_count"], float) for r in summary.rows)
+    front = summary.pareto
+    assert front
+    for row in summary.rows:  # nothing outside the front beats a front member on both
+        for member in front:
+            assert not (
+                row["best_val_accuracy"] > member["best_val_accuracy"]
+                and row["best_param_count"] < member["best_param_count"]
+            )
+    assert summary.best in front
