@@ -195,7 +195,8 @@ def test_a_diverging_trial_fails_with_its_reason_and_the_sweep_goes_on(workdir: 
             "checkpoint={score: val_loss, mode: min}",
             "scaling.num_workers=1",
             "tracking.register_as=null",
-            "tune={metric: val_loss, mode: min, search: {algorithm: grid}, scheduler: {name: none}, "
+            "tune={metric: val_loss, mode: min, search: {algorithm: grid}, "
+            "scheduler: {name: none}, "
             "space: {train.optimizer.learning_rate: {grid: [0.001, 5.0]}}}",
         ],
     )
