@@ -18,11 +18,15 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks import scaling, train_overhead
+from benchmarks import scaling, sweep_efficiency, train_overhead
 from raytrain.cluster import connect
 from raytrain.train import WORKER_ENV
 
-BENCHMARKS = {"train_overhead": train_overhead.run, "scaling": scaling.run}
+BENCHMARKS = {
+    "train_overhead": train_overhead.run,
+    "scaling": scaling.run,
+    "sweep_efficiency": sweep_efficiency.run,
+}
 RESULTS = Path(__file__).resolve().parent / "results"
 
 

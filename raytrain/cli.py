@@ -213,6 +213,71 @@ def _cell(value: Any) -> str:
     return "" if value is None else str(value)
 
 
+TrackingOpt = Annotated[str, typer.Option(help="MLflow tracking URI.")]
+
+
+@app.command("list")
+def list_(
+    tracking_uri: TrackingOpt = "sqlite:///mlflow.db",
+    storage: Annotated[str, typer.Option(help="Storage folder.")] = "./raytrain_results",
+    limit: Annotated[int, typer.Option(help="At most this many runs.")] = 50,
+) -> None:
+    """Past runs and sweeps, newest first, with their best results."""
+    from raytrain.history import list_runs
+
+    records = list_runs(tracking_uri=tracking_uri, storage=storage, limit=limit)
+    if not records:
+        out.print(f"no runs in {tracking_uri} or {storage}")
+        return
+    table = Table()
+    for column in ("name", "kind", "status", "started", "best", "run id"):
+        table.add_column(column, overflow="fold")
+    for r in records:
+        best = "  ".join(
+            f"{k.removeprefix('best_')} {v:.4g}"
+            for k, v in sorted(r.best.items())
+            if k.removeprefix("best_").startswith("val_")
+        )
+        table.add_row(r.name, r.kind, r.status, r.started, best, r.run_id or "")
+    out.print(table)
+
+
+@app.command()
+def show(
+    name: Annotated[str, typer.Argument(help="Run or sweep name, or MLflow run id.")],
+    tracking_uri: TrackingOpt = "sqlite:///mlflow.db",
+) -> None:
+    """One run or sweep: its values, best metrics, trials and where its files are."""
+    from raytrain.history import show_run
+
+    try:
+        record = show_run(name, tracking_uri=tracking_uri)
+    except RaytrainError as exc:
+        _fail(exc, status=1)
+    where = [
+        ("name", record.name),
+        ("kind", record.kind),
+        ("status", record.status),
+        ("started", record.started),
+        ("MLflow run id", record.run_id or ""),
+    ]
+    where += [(k, f"{v:.4g}") for k, v in sorted(record.best.items())]
+    shown = [k for k in record.params if k.startswith("best.")] or [
+        k for k in record.params if k.startswith(("model.", "train.", "scaling.num_workers"))
+    ]
+    where += [(k, record.params[k]) for k in shown]
+    where += [(k, v) for k, v in sorted(record.tags.items())]
+    _print_where(where)
+    if record.trials:
+        table = Table(title=f"{len(record.trials)} trial(s)", title_justify="left")
+        columns = list(dict.fromkeys(k for t in record.trials for k in t))
+        for column in columns:
+            table.add_column(column, overflow="fold")
+        for trial in record.trials:
+            table.add_row(*(_cell(trial.get(c)) for c in columns))
+        out.print(table)
+
+
 class _EpochProgress:
     """A rich progress bar over epochs that shows the latest metrics."""
 

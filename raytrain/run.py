@@ -324,7 +324,8 @@ def _run_and_finish(
                 mode=modes[0],
                 value=best[f"best_{metrics[0]}"],
             )
-        log_sweep_summary(setup.tracked, spec, rows, best, front)
+        storage = str(Path(setup.storage_root, setup.sweep_name))
+        log_sweep_summary(setup.tracked, spec, rows, best, front, storage=storage)
         tracking.end_run(setup.tracked, status="FINISHED")
     return SweepSummary(
         name=spec.name,

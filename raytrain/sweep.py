@@ -22,6 +22,7 @@ from ray import tune
 from raytrain import tracking
 from raytrain.cluster import check_feasible
 from raytrain.errors import ClusterError, find_user_error
+from raytrain.history import SWEEP_STATE  # what `raytrain resume` needs, next to Tune's state
 from raytrain.spec import Experiment, TuneSpec
 from raytrain.sweep_tracking import (
     EVENT_SINKS,
@@ -43,7 +44,6 @@ __all__ = [
     "trial_rows",
 ]
 
-SWEEP_STATE = "raytrain_sweep.json"  # what `raytrain resume` needs, next to Tune's state
 TRIAL_RESOURCES = {"memory": 1024 * 1024}  # the trial function itself holds ~nothing (FACTS.md)
 
 
@@ -255,7 +255,7 @@ def _trial(
 def _tune_config(tune_spec: TuneSpec, epochs: int, concurrent: int) -> tune.TuneConfig:
     # metric/mode stay on the searcher and scheduler: Tune refuses them in both places.
     return tune.TuneConfig(
-        search_alg=_searcher(tune_spec),
+        search_alg=_searcher(tune_spec, concurrent),
         scheduler=_scheduler(tune_spec, epochs),
         num_samples=1 if tune_spec.search.algorithm == "grid" else tune_spec.num_samples,
         max_concurrent_trials=concurrent,
@@ -263,12 +263,14 @@ def _tune_config(tune_spec: TuneSpec, epochs: int, concurrent: int) -> tune.Tune
     )
 
 
-def _searcher(tune_spec: TuneSpec) -> Any:
+def _searcher(tune_spec: TuneSpec, concurrent: int) -> Any:
     search = tune_spec.search
     if search.algorithm != "optuna":
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
-        return BasicVariantGenerator(random_state=search.seed)
+        # Tune ignores TuneConfig.max_concurrent_trials for a generator passed in: say it here.
+        # Trials hold almost no resources themselves, so nothing else would hold them back.
+        return BasicVariantGenerator(random_state=search.seed, max_concurrent=concurrent)
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 

@@ -234,6 +234,7 @@ def log_sweep_summary(
     rows: list[dict[str, Any]],
     best: dict[str, Any] | None,
     front: list[dict[str, Any]],
+    storage: str | None = None,
 ) -> None:
     """The parent run: best trial's values and metrics, the trials table, Optuna's plots."""
     import csv
@@ -255,6 +256,8 @@ def log_sweep_summary(
         counts[row["status"]] = counts.get(row["status"], 0) + 1
     tags = {f"raytrain.trials_{k}": str(v) for k, v in counts.items()}
     tags["raytrain.kind"] = "sweep"
+    if storage:
+        tags["raytrain.storage"] = storage
     if best is not None:
         tags["raytrain.best_trial"] = str(best["trial_id"])
         for key in spec.tune.space:

@@ -13,6 +13,7 @@ import mlflow
 import pytest
 
 from raytrain.cluster import ClusterInfo
+from raytrain.history import list_runs, show_run
 from raytrain.run import run_sweep
 from raytrain.specfile import load_experiment
 from raytrain.sweep import SWEEP_STATE
@@ -66,6 +67,12 @@ def test_optuna_asha_sweep_tracks_trials_and_promotes_the_champion(workdir: Path
         assert sorted(m.step for m in history) == list(range(1, row["epochs"] + 1))
         assert "train.optimizer.learning_rate" in child.data.params
 
+    listed = list_runs(tracking_uri="sqlite:///mlflow.db", storage="raytrain_results")
+    assert [r.kind for r in listed if r.name == summary.sweep_name] == ["sweep"]
+    shown = show_run(summary.sweep_name, tracking_uri="sqlite:///mlflow.db")
+    assert len(shown.trials) == 6
+    assert shown.best["best_val_accuracy"] == pytest.approx(summary.best["best_val_accuracy"])
+
     champion = client.get_model_version_by_alias("digits-mlp", "champion")
     assert champion.run_id == by_trial[summary.best["trial_id"]].info.run_id
     assert "is now 'champion'" in (summary.champion or "")
@@ -98,7 +105,12 @@ def test_grid_runs_exactly_the_grid(workdir: Path) -> None:
             "model.params.hidden_units: {choice: [[8], [16]]}}",
         ],
     )
-    summary = run_sweep(loaded)
+    events: list[dict] = []
+    summary = run_sweep(loaded, on_event=events.append)
+    # 2 CPUs, 1 worker per trial: never more than 2 trials at once (trials hold ~no resources
+    # themselves, so only the computed limit keeps the rest waiting).
+    assert summary.concurrent == 2
+    assert max(e["running"] for e in events) == 2
     combos = sorted(
         (r["train.optimizer.learning_rate"], tuple(r["model.params.hidden_units"]))
         for r in summary.rows

@@ -1,0 +1,124 @@
+"""Past runs and sweeps: what ``raytrain list`` and ``raytrain show`` print.
+
+MLflow is the record (runs, sweeps, their best metrics); storage adds the sweeps that ran with
+tracking off, from the state file each sweep leaves next to Tune's.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from raytrain.errors import RaytrainError
+from raytrain.tracking import absolute_tracking_uri
+
+__all__ = ["RunRecord", "list_runs", "show_run"]
+
+SWEEP_STATE = "raytrain_sweep.json"  # written by sweep.py next to Tune's state
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    name: str
+    kind: str  # "run" or "sweep"
+    status: str
+    started: str
+    best: dict[str, float]
+    run_id: str | None = None
+    experiment: str | None = None
+    storage: str | None = None
+    params: dict[str, str] = field(default_factory=dict)
+    tags: dict[str, str] = field(default_factory=dict)
+    trials: list[dict[str, Any]] = field(default_factory=list)
+
+
+def list_runs(*, tracking_uri: str, storage: str, limit: int = 50) -> list[RunRecord]:
+    """Top-level MLflow runs (newest first), then untracked sweeps found in ``storage``."""
+    records = [_record(run) for run in _top_level_runs(tracking_uri, limit)]
+    known = {r.name for r in records}
+    for state_file in sorted(Path(storage).glob(f"*/*/{SWEEP_STATE}"), reverse=True):
+        state = json.loads(state_file.read_text())
+        if state["sweep_name"] not in known:
+            records.append(
+                RunRecord(
+                    name=state["sweep_name"],
+                    kind="sweep",
+                    status="untracked",
+                    started=_when(state.get("created", 0) * 1000),
+                    best={},
+                    storage=str(state_file.parent),
+                )
+            )
+    return records
+
+
+def show_run(name_or_id: str, *, tracking_uri: str) -> RunRecord:
+    """One run or sweep by run name or id, with its params, tags and (for a sweep) its trials."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=absolute_tracking_uri(tracking_uri))
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    try:
+        runs = [client.get_run(name_or_id)]
+    except mlflow.exceptions.MlflowException:
+        runs = client.search_runs(
+            experiments, filter_string=f"attributes.run_name = '{name_or_id}'", max_results=1
+        )
+    if not runs or not experiments:
+        raise RaytrainError(f"no run or sweep named '{name_or_id}' in {tracking_uri}")
+    run = runs[0]
+    trials = []
+    if run.data.tags.get("raytrain.kind") == "sweep":
+        children = client.search_runs(
+            [run.info.experiment_id],
+            filter_string=f"tags.`mlflow.parentRunId` = '{run.info.run_id}'",
+        )
+        for child in children:
+            trials.append(
+                {
+                    "trial": child.data.tags.get("raytrain.trial_id", child.info.run_name),
+                    "status": child.data.tags.get("raytrain.trial_status", child.info.status),
+                    **child.data.params,
+                    **{k: v for k, v in child.data.metrics.items() if k.startswith("val_")},
+                }
+            )
+    return _record(run, trials=trials)
+
+
+def _top_level_runs(tracking_uri: str, limit: int) -> list[Any]:
+    import mlflow
+
+    uri = absolute_tracking_uri(tracking_uri)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists():
+        return []
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiments = [e.experiment_id for e in client.search_experiments()]
+    if not experiments:
+        return []
+    runs = client.search_runs(experiments, order_by=["attributes.start_time DESC"], max_results=500)
+    return [r for r in runs if "mlflow.parentRunId" not in r.data.tags][:limit]
+
+
+def _record(run: Any, trials: list[dict[str, Any]] | None = None) -> RunRecord:
+    tags = run.data.tags
+    return RunRecord(
+        name=run.info.run_name,
+        kind="sweep" if tags.get("raytrain.kind") == "sweep" else "run",
+        status=run.info.status,
+        started=_when(run.info.start_time),
+        best={k: v for k, v in run.data.metrics.items() if k.startswith("best_")},
+        run_id=run.info.run_id,
+        experiment=run.info.experiment_id,
+        storage=tags.get("raytrain.storage"),
+        params=dict(run.data.params),
+        tags={k: v for k, v in tags.items() if k.startswith("raytrain.")},
+        trials=trials or [],
+    )
+
+
+def _when(millis: float | None) -> str:
+    import time
+
+    return time.strftime("%Y-%m-%d %H:%M", time.localtime((millis or 0) / 1000))
