@@ -17,7 +17,7 @@ import ray
 
 from raytrain.errors import ClusterError
 
-__all__ = ["ClusterInfo", "check_feasible", "connect"]
+__all__ = ["ClusterInfo", "check_feasible", "connect", "worker_slots"]
 
 
 @dataclass(frozen=True)
@@ -77,9 +77,9 @@ def _probe(address: str, timeout_s: float = 5.0) -> None:
 
 def check_feasible(*, num_workers: int, per_worker: dict[str, float], what: str) -> None:
     """Fail fast unless the alive nodes can place ``num_workers`` bundles of ``per_worker``."""
-    nodes = [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+    nodes = _alive_nodes()
     needed = {name: amount for name, amount in per_worker.items() if amount > 0}
-    fits = sum(_fits_on(node, needed) for node in nodes)
+    fits = worker_slots(per_worker)
     if fits >= num_workers:
         return
     totals = {name: sum(node.get(name, 0.0) for node in nodes) for name in needed}
@@ -97,6 +97,16 @@ def check_feasible(*, num_workers: int, per_worker: dict[str, float], what: str)
         "(an autoscaling cluster must have them up before this run)."
     )
     raise ClusterError(message)
+
+
+def worker_slots(per_worker: dict[str, float]) -> int:
+    """How many workers holding ``per_worker`` the alive nodes can place at once."""
+    needed = {name: amount for name, amount in per_worker.items() if amount > 0}
+    return sum(_fits_on(node, needed) for node in _alive_nodes())
+
+
+def _alive_nodes() -> list[dict[str, float]]:
+    return [node["Resources"] for node in ray.nodes() if node.get("Alive")]
 
 
 def _fits_on(node: dict[str, float], needed: dict[str, float]) -> int:

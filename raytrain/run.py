@@ -285,9 +285,7 @@ def _run_and_finish(
     spec = setup.spec
     metrics, modes = spec.tune.metrics, spec.tune.modes
     try:
-        outcome = sweep(
-            setup, data_ref=ray.put(data), data=data, on_event=on_event, restore_path=restore_path
-        )
+        outcome = sweep(setup, data_ref=ray.put(data), on_event=on_event, restore_path=restore_path)
     except BaseException as exc:
         if setup.tracked:
             status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"

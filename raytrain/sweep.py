@@ -8,7 +8,6 @@ through callbacks on this driver (``sweep_tracking.py``): workers never talk to 
 
 from __future__ import annotations
 
-import copy
 import json
 import os
 import time
@@ -20,7 +19,7 @@ import ray
 from ray import tune
 
 from raytrain import tracking
-from raytrain.cluster import check_feasible
+from raytrain.cluster import check_feasible, worker_slots
 from raytrain.errors import ClusterError, find_user_error
 from raytrain.history import SWEEP_STATE  # what `raytrain resume` needs, next to Tune's state
 from raytrain.spec import Experiment, TuneSpec
@@ -37,7 +36,6 @@ __all__ = [
     "SweepOutcome",
     "SweepSetup",
     "apply_config",
-    "fits_concurrently",
     "load_state",
     "search_space",
     "sweep",
@@ -93,22 +91,10 @@ def apply_config(spec: Experiment, config: dict[str, Any]) -> Experiment:
     return Experiment.model_validate(tree)
 
 
-def fits_concurrently(spec: Experiment) -> int:
-    """How many trials of ``num_workers`` workers the alive nodes can run at once."""
-    per_worker = {k: v for k, v in spec.worker_resources().items() if v > 0}
-    workers = 0
-    for node in ray.nodes():
-        if node.get("Alive"):
-            res = node["Resources"]
-            workers += min(int(res.get(k, 0.0) / v + 1e-9) for k, v in per_worker.items())
-    return workers // spec.scaling.num_workers
-
-
 def sweep(
     setup: SweepSetup,
     *,
     data_ref: ray.ObjectRef,
-    data: Any,
     on_event: Any | None = None,
     restore_path: str | None = None,
 ) -> dict[str, Any]:
@@ -120,7 +106,7 @@ def sweep(
         per_worker=spec.worker_resources(),
         what=f"each trial of sweep '{spec.name}'",
     )
-    fits = fits_concurrently(spec)
+    fits = worker_slots(spec.worker_resources()) // spec.scaling.num_workers
     concurrent = min(tune_spec.max_concurrent_trials or fits, fits)
     if concurrent < 1:
         raise ClusterError(f"no trial of sweep '{spec.name}' fits on the cluster")
@@ -328,7 +314,7 @@ def _write_state(setup: SweepSetup) -> None:
 
 def load_state(path: str) -> dict[str, Any]:
     """The state ``sweep`` wrote next to Tune's, for ``raytrain resume``."""
-    return copy.deepcopy(json.loads(Path(path, SWEEP_STATE).read_text()))
+    return json.loads(Path(path, SWEEP_STATE).read_text())
 
 
 def _quiet_optuna() -> None:
