@@ -253,3 +253,46 @@ def test_multi_objective_sweep_reports_the_pareto_front(workdir: Path) -> None:
                 and row["best_param_count"] < member["best_param_count"]
             )
     assert summary.best in front
+
+
+def test_reaching_the_target_ends_the_sweep(workdir: Path) -> None:
+    loaded = load_experiment(
+        SWEEP,
+        [
+            "scaling.num_workers=1",
+            "train.epochs=2",
+            "tracking.enabled=false",
+            "tune.num_samples=6",
+            "tune.max_concurrent_trials=1",
+            "tune.scheduler.name=none",
+            "tune.target=0.5",  # any trial with a sane learning rate reaches it at epoch 1
+            "tune.space={train.optimizer.learning_rate: {loguniform: [0.001, 0.01]}}",
+        ],
+    )
+    summary = run_sweep(loaded)
+    assert len(summary.rows) < 6
+    assert summary.best is not None
+    assert summary.best["best_val_accuracy"] >= 0.5
+
+
+def test_too_many_failed_trials_end_the_sweep(workdir: Path) -> None:
+    # Every trial diverges (see the diverging test): with max_failed_trials 0, the first ends it.
+    loaded = load_experiment(
+        SWEEP,
+        [
+            "data.source=builtin:diabetes",
+            "model.params={hidden_units: [4], activation: linear}",
+            "train={epochs: 2, batch_size: 8, loss: mean_squared_error, "
+            "metrics: [mean_absolute_error], optimizer: {name: sgd}}",
+            "checkpoint={score: val_loss, mode: min}",
+            "scaling.num_workers=1",
+            "tracking.enabled=false",
+            "tune={metric: val_loss, mode: min, num_samples: 5, max_concurrent_trials: 1, "
+            "max_failed_trials: 0, scheduler: {name: none}, "
+            "space: {train.optimizer.learning_rate: {uniform: [5.0, 6.0]}}}",
+        ],
+    )
+    summary = run_sweep(loaded)
+    assert {r["status"] for r in summary.rows} == {"failed"}
+    assert len(summary.rows) < 5
+    assert summary.best is None
