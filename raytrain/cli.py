@@ -50,6 +50,14 @@ def validate(file: FileArg, overrides: SetOpt = None) -> None:
         f"  tracking  {spec.tracking.uri if spec.tracking.enabled else 'off'}"
         f" (experiment '{spec.experiment_name}')"
     )
+    if spec.tune is not None:
+        tune = spec.tune
+        out.print(
+            f"  sweep     {tune.num_samples} trial(s), {tune.search.algorithm} search, "
+            f"{tune.scheduler.name} scheduler, {' '.join(tune.modes)} {', '.join(tune.metrics)} "
+            f"over {', '.join(tune.space)}",
+            soft_wrap=True,
+        )
 
 
 @app.command()
