@@ -169,6 +169,14 @@ class _SweepProgress:
         self.progress.stop()
 
     def __call__(self, event: dict[str, Any]) -> None:
+        if event["kind"] == "sweep_started":
+            self.progress.console.print(
+                f"sweep {event['sweep']} in {event['storage']}\n"
+                f"(if it is interrupted: raytrain resume {event['sweep']})",
+                soft_wrap=True,
+                highlight=False,
+            )
+            return
         best = f"{event['metric']} {event['best']:.4f}" if event.get("best") is not None else "-"
         self.progress.update(
             self.task,

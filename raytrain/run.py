@@ -284,6 +284,9 @@ def _run_and_finish(
 
     spec = setup.spec
     metrics, modes = spec.tune.metrics, spec.tune.modes
+    if on_event:  # say where the sweep lives first: it is what `raytrain resume` needs
+        folder = str(Path(setup.storage_root, setup.sweep_name))
+        on_event({"kind": "sweep_started", "sweep": setup.sweep_name, "storage": folder})
     try:
         outcome = sweep(setup, data_ref=ray.put(data), on_event=on_event, restore_path=restore_path)
     except BaseException as exc:

@@ -110,7 +110,8 @@ def test_grid_runs_exactly_the_grid(workdir: Path) -> None:
     # 2 CPUs, 1 worker per trial: never more than 2 trials at once (trials hold ~no resources
     # themselves, so only the computed limit keeps the rest waiting).
     assert summary.concurrent == 2
-    assert max(e["running"] for e in events) == 2
+    assert events[0]["kind"] == "sweep_started"
+    assert max(e["running"] for e in events[1:]) == 2
     combos = sorted(
         (r["train.optimizer.learning_rate"], tuple(r["model.params.hidden_units"]))
         for r in summary.rows
