@@ -57,13 +57,10 @@ def run_experiment(
     on_epoch: ProgressFn | None = None,
 ) -> RunSummary:
     """Train the experiment on Ray (a local instance unless ``address`` is given) and track it."""
-    from raytrain.train import WORKER_ENV, fit
+    from raytrain.train import fit
 
     spec = loaded.spec
-    if spec.tracking.enabled:
-        tracking.check_reachable(tracking.absolute_tracking_uri(spec.tracking.uri))
-    data = load_dataset(spec.data, loss=spec.train.loss)
-    cluster = connect(address, verbose=verbose, env_vars=WORKER_ENV)
+    data, cluster = _prepare(spec, _tracking_uri(spec), address=address, verbose=verbose)
     check_feasible(
         num_workers=spec.scaling.num_workers,
         per_worker=spec.worker_resources(),
@@ -228,10 +225,7 @@ def run_sweep(
     from raytrain.sweep import SweepSetup
 
     spec = loaded.spec
-    if spec.tracking.enabled:
-        tracking.check_reachable(tracking.absolute_tracking_uri(spec.tracking.uri))
-    data = load_dataset(spec.data, loss=spec.train.loss)
-    connect(address, verbose=verbose, env_vars=_worker_env())
+    data, _ = _prepare(spec, _tracking_uri(spec), address=address, verbose=verbose)
     sweep_name = spec.tracking.run_name or _unique_name(f"{spec.name}-sweep")
     tracked = _start_tracking(loaded, sweep_name) if spec.tracking.enabled else None
     setup = SweepSetup(
@@ -260,10 +254,7 @@ def resume_sweep(
     state = load_state(str(folder))
     spec = Experiment.model_validate(state["spec"])
     tracked = tracking.TrackedRun(**state["tracking"]) if state["tracking"] else None
-    if tracked:
-        tracking.check_reachable(tracked.uri)
-    data = load_dataset(spec.data, loss=spec.train.loss)
-    connect(address, verbose=verbose, env_vars=_worker_env())
+    data, _ = _prepare(spec, tracked.uri if tracked else None, address=address, verbose=verbose)
     setup = SweepSetup(
         spec=spec,
         spec_file=state["spec_file"],
@@ -361,7 +352,17 @@ def _unique_name(prefix: str) -> str:
     return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
 
 
-def _worker_env() -> dict[str, str]:
+def _tracking_uri(spec: Any) -> str | None:
+    return tracking.absolute_tracking_uri(spec.tracking.uri) if spec.tracking.enabled else None
+
+
+def _prepare(
+    spec: Any, tracking_uri: str | None, *, address: str | None, verbose: bool
+) -> tuple[Any, Any]:
+    """Everything that can fail fast, before any cluster time: tracking, data, then Ray."""
     from raytrain.train import WORKER_ENV
 
-    return WORKER_ENV
+    if tracking_uri:
+        tracking.check_reachable(tracking_uri)
+    data = load_dataset(spec.data, loss=spec.train.loss)
+    return data, connect(address, verbose=verbose, env_vars=WORKER_ENV)
