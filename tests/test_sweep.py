@@ -297,3 +297,22 @@ def test_too_many_failed_trials_end_the_sweep(workdir: Path) -> None:
     assert {r["status"] for r in summary.rows} == {"failed"}
     assert len(summary.rows) < 5
     assert summary.best is None
+
+
+def test_the_time_budget_ends_the_sweep(workdir: Path) -> None:
+    loaded = load_experiment(
+        SWEEP,
+        [
+            "scaling.num_workers=1",
+            "train.epochs=1",
+            "tracking.enabled=false",
+            "tune.num_samples=50",
+            "tune.max_concurrent_trials=1",
+            "tune.scheduler.name=none",
+            "tune.time_budget_s=20",
+        ],
+    )
+    start = time.monotonic()
+    summary = run_sweep(loaded)
+    assert 1 <= len(summary.rows) < 50
+    assert time.monotonic() - start < 120
