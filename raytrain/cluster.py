@@ -24,7 +24,6 @@ __all__ = ["ClusterInfo", "check_feasible", "connect", "worker_slots"]
 class ClusterInfo:
     address: str
     dashboard_url: str | None
-    started_here: bool
 
 
 def connect(
@@ -35,7 +34,7 @@ def connect(
     A process that is already connected (a test session, a Ray job's driver) keeps its connection.
     """
     if ray.is_initialized():
-        return ClusterInfo(ray.get_runtime_context().gcs_address, None, started_here=False)
+        return ClusterInfo(ray.get_runtime_context().gcs_address, None)
     target = address or os.environ.get("RAY_ADDRESS") or None
     options: dict[str, Any] = {
         "runtime_env": {"env_vars": dict(env_vars or {})},
@@ -56,7 +55,7 @@ def connect(
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ClusterError(f"cannot connect to Ray at {where}: {first_line}") from None
     dashboard = f"http://{ctx.dashboard_url}" if ctx.dashboard_url else None
-    return ClusterInfo(ctx.address_info["gcs_address"], dashboard, started_here=not target)
+    return ClusterInfo(ctx.address_info["gcs_address"], dashboard)
 
 
 def _probe(address: str, timeout_s: float = 5.0) -> None:

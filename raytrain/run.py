@@ -46,7 +46,6 @@ class RunSummary:
     tracking: tracking.TrackedRun | None = None
     registered_version: str | None = None
     ui_command: str | None = None
-    dashboard_url: str | None = None
 
 
 def run_experiment(
@@ -60,7 +59,7 @@ def run_experiment(
     from raytrain.train import fit
 
     spec = loaded.spec
-    data, cluster = _prepare(spec, _tracking_uri(spec), address=address, verbose=verbose)
+    data = _prepare(spec, _tracking_uri(spec), address=address, verbose=verbose)
     check_feasible(
         num_workers=spec.scaling.num_workers,
         per_worker=spec.worker_resources(),
@@ -106,9 +105,7 @@ def run_experiment(
                 tracked, status="FAILED", tags={"raytrain.error": str(outcome["error"])[:5000]}
             )
         raise find_user_error(outcome["error"]) from None
-    return _finish(
-        loaded, outcome["result"], run_name, storage, tracked, data, epochs, cluster.dashboard_url
-    )
+    return _finish(loaded, outcome["result"], run_name, storage, tracked, data, epochs)
 
 
 def _next_event(progress: Any, worker: threading.Thread) -> dict[str, Any] | None:
@@ -129,7 +126,6 @@ def _finish(
     tracked: tracking.TrackedRun | None,
     data: Any,
     epochs: list[dict[str, float]],
-    dashboard_url: str | None,
 ) -> RunSummary:
     spec = loaded.spec
     best_checkpoint, best_metrics = _best(result, spec.checkpoint.score, spec.checkpoint.mode)
@@ -157,7 +153,6 @@ def _finish(
         tracking=tracked,
         registered_version=version,
         ui_command=tracking.ui_command(tracked) if tracked else None,
-        dashboard_url=dashboard_url,
     )
 
 
@@ -225,7 +220,7 @@ def run_sweep(
     from raytrain.sweep import SweepSetup
 
     spec = loaded.spec
-    data, _ = _prepare(spec, _tracking_uri(spec), address=address, verbose=verbose)
+    data = _prepare(spec, _tracking_uri(spec), address=address, verbose=verbose)
     sweep_name = spec.tracking.run_name or _unique_name(f"{spec.name}-sweep")
     tracked = _start_tracking(loaded, sweep_name) if spec.tracking.enabled else None
     setup = SweepSetup(
@@ -254,7 +249,7 @@ def resume_sweep(
     state = load_state(str(folder))
     spec = Experiment.model_validate(state["spec"])
     tracked = tracking.TrackedRun(**state["tracking"]) if state["tracking"] else None
-    data, _ = _prepare(spec, tracked.uri if tracked else None, address=address, verbose=verbose)
+    data = _prepare(spec, tracked.uri if tracked else None, address=address, verbose=verbose)
     setup = SweepSetup(
         spec=spec,
         spec_file=state["spec_file"],
@@ -356,13 +351,12 @@ def _tracking_uri(spec: Any) -> str | None:
     return tracking.absolute_tracking_uri(spec.tracking.uri) if spec.tracking.enabled else None
 
 
-def _prepare(
-    spec: Any, tracking_uri: str | None, *, address: str | None, verbose: bool
-) -> tuple[Any, Any]:
+def _prepare(spec: Any, tracking_uri: str | None, *, address: str | None, verbose: bool) -> Any:
     """Everything that can fail fast, before any cluster time: tracking, data, then Ray."""
     from raytrain.train import WORKER_ENV
 
     if tracking_uri:
         tracking.check_reachable(tracking_uri)
     data = load_dataset(spec.data, loss=spec.train.loss)
-    return data, connect(address, verbose=verbose, env_vars=WORKER_ENV)
+    connect(address, verbose=verbose, env_vars=WORKER_ENV)
+    return data
