@@ -18,7 +18,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks import scaling, sweep_efficiency, train_overhead
+from benchmarks import export, scaling, sweep_efficiency, train_overhead
 from raytrain.cluster import connect
 from raytrain.train import WORKER_ENV
 
@@ -26,6 +26,7 @@ BENCHMARKS = {
     "train_overhead": train_overhead.run,
     "scaling": scaling.run,
     "sweep_efficiency": sweep_efficiency.run,
+    "export": export.run,
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 

@@ -18,6 +18,7 @@ from raytrain.spec import (
     CLASSIFICATION_LOSSES,
     SPACE_KINDS,
     Experiment,
+    ExportSpec,
     unknown_key_message,
 )
 
@@ -27,6 +28,7 @@ __all__ = [
     "FILE_FORMATS",
     "Problem",
     "check_rules",
+    "export_problems",
     "infer_format",
     "load_builder",
     "reported_metrics",
@@ -61,6 +63,7 @@ def check_rules(spec: Experiment, *, base_dir: Path) -> list[Problem]:
         *_check_scaling(spec),
         *_check_locations(spec),
         *_check_tune(spec, base_dir),
+        *_check_export(spec),
     ]
 
 
@@ -244,9 +247,38 @@ def _check_locations(spec: Experiment) -> list[Problem]:
     return problems
 
 
+def _check_export(spec: Experiment) -> list[Problem]:
+    export = spec.export
+    if export is None:
+        return []
+    problems = []
+    if not (spec.tracking.enabled and spec.tracking.register_as):
+        problems.append(
+            Problem(
+                ("export",),
+                "the export reads the model from the MLflow registry: set tracking.register_as "
+                "(with tracking.enabled: true), or drop export",
+            )
+        )
+    return problems + export_problems(export)
+
+
+def export_problems(export: ExportSpec) -> list[Problem]:
+    """Rules within the export settings; ``raytrain export`` checks its options with them too."""
+    if export.int8_io and "int8" not in export.quantize:
+        return [
+            Problem(
+                ("export", "int8_io"),
+                f"int8_io applies to the int8 mode, but export.quantize is "
+                f"{list(export.quantize)}; add int8 to export.quantize or drop int8_io",
+            )
+        ]
+    return []
+
+
 # Reported besides the compiled metrics: see train._Reporter.
 EXTRA_METRICS = ("epoch", "epoch_time_s", "samples_per_s", "param_count", "model_bytes")
-FIXED_PATHS = ("name", "storage", "tracking", "tune", "description")
+FIXED_PATHS = ("name", "storage", "tracking", "tune", "description", "export")
 
 
 def reported_metrics(spec: Experiment) -> list[str]:

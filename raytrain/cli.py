@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import logging
 import os
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, NoReturn
@@ -58,6 +59,8 @@ def validate(file: FileArg, overrides: SetOpt = None) -> None:
             f"over {', '.join(tune.space)}",
             soft_wrap=True,
         )
+    if spec.export is not None:
+        out.print(f"  export    {spec.export.format}: {', '.join(spec.export.quantize)}")
 
 
 @app.command()
@@ -109,17 +112,24 @@ def run(
 @app.command()
 def resume(
     sweep: Annotated[str, typer.Argument(help="The sweep's folder, or its name.")],
+    num_samples: Annotated[
+        int | None,
+        typer.Option(min=1, help="Grow the sweep to this many trials in all (same search)."),
+    ] = None,
     address: Annotated[str | None, typer.Option(help="Ray cluster to join.")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray/TF logs.")] = False,
 ) -> None:
-    """Continue an interrupted sweep: finished trials stay, unfinished ones resume."""
+    """Continue an interrupted sweep (finished trials stay, unfinished ones resume), or run
+    more trials of a finished one with --num-samples."""
     if not verbose:
         _import_tensorflow_quietly()
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     from raytrain.run import resume_sweep
 
     _report_sweep(
-        lambda on_event: resume_sweep(sweep, address=address, verbose=verbose, on_event=on_event)
+        lambda on_event: resume_sweep(
+            sweep, num_samples=num_samples, address=address, verbose=verbose, on_event=on_event
+        )
     )
 
 
@@ -214,6 +224,8 @@ def _print_sweep(summary: Any) -> None:
     if summary.ui_command:
         where.append(("open the MLflow UI", summary.ui_command))
     _print_where(where)
+    if summary.export:
+        _print_export(summary.export)
 
 
 def _print_where(where: list[tuple[str, str]]) -> None:
@@ -278,9 +290,7 @@ def show(
         ("MLflow run id", record.run_id or ""),
     ]
     where += [(k, f"{v:.4g}") for k, v in sorted(record.best.items())]
-    shown = [k for k in record.params if k.startswith("best.")] or [
-        k for k in record.params if k.startswith(("model.", "train.", "scaling.num_workers"))
-    ]
+    shown = [k for k in record.params if k.startswith(("model.", "train.", "scaling.num_workers"))]
     where += [(k, record.params[k]) for k in shown]
     where += [(k, v) for k, v in sorted(record.tags.items())]
     _print_where(where)
@@ -292,6 +302,90 @@ def show(
         for trial in record.trials:
             table.add_row(*(_cell(trial.get(c)) for c in columns))
         out.print(table)
+
+
+@app.command()
+def export(
+    model: Annotated[
+        str, typer.Argument(help="NAME (its champion alias), NAME@ALIAS or NAME/VERSION.")
+    ],
+    fmt: Annotated[str, typer.Option("--format", help="Export format.")] = "tflite",
+    quantize: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--quantize",
+            "-q",
+            help="none, float16, dynamic, int8 or all; repeat or comma-separate. "
+            "Default: the experiment's export.quantize, else all.",
+        ),
+    ] = None,
+    out_dir: Annotated[
+        Path | None,
+        typer.Option("--out", help="Folder for the files (default: under the storage folder)."),
+    ] = None,
+    int8_io: Annotated[
+        bool, typer.Option("--int8-io", help="int8 mode: int8 input and output tensors too.")
+    ] = False,
+    representative_examples: Annotated[
+        int | None, typer.Option(help="Training examples that calibrate int8.")
+    ] = None,
+    experiment: Annotated[
+        Path | None,
+        typer.Option(
+            help="Experiment file for the data and export: settings, instead of the one "
+            "recorded with the model's run."
+        ),
+    ] = None,
+    tracking_uri: Annotated[
+        str | None,
+        typer.Option(
+            help="MLflow tracking URI [default: the experiment's, else sqlite:///mlflow.db]."
+        ),
+    ] = None,
+) -> None:
+    """Export a registered model to TFLite and compare each quantization mode with the original."""
+    _import_tensorflow_quietly()
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+    from raytrain.export import export_model
+
+    spec = _load(experiment, None).spec if experiment else None
+    options = {
+        "format": fmt,
+        "quantize": quantize,
+        "out": str(out_dir) if out_dir else None,
+        "int8_io": int8_io or None,
+        "representative_examples": representative_examples,
+    }
+    uri = tracking_uri or (spec.tracking.uri if spec else "sqlite:///mlflow.db")
+    try:
+        report = export_model(model, tracking_uri=uri, experiment=spec, options=options)
+    except RaytrainError as exc:
+        _fail(exc, status=2 if isinstance(exc, SpecError) else 1)
+    _print_export(report)
+
+
+def _print_export(report: Any) -> None:
+    table = Table(title=f"{report.model} version {report.version} for edge", title_justify="left")
+    rows = report.table()
+    for column in rows[0]:
+        table.add_column(column, justify="left" if column == "model" else "right")
+    for row in rows:
+        table.add_row(*row.values())
+    out.print(table)
+    runs, threads = report.settings["latency_runs"], report.settings["num_threads"]
+    _print_where(
+        [
+            (
+                "metric",
+                f"{report.metric_name} on {report.validation_examples} validation "
+                "examples; delta: against the Keras model",
+            ),
+            ("latency", f"batch 1, median of {runs} runs, LiteRT with {threads} thread(s)"),
+            ("export folder", report.folder),
+            ("report", f"{report.folder}/report.md, also in MLflow run {report.run_id}"),
+        ]
+    )
 
 
 class _EpochProgress:
@@ -332,6 +426,149 @@ class _EpochProgress:
         self.progress.update(self.task, completed=int(event["epoch"]), description=text)
 
 
+@app.command()
+def serve(
+    model: Annotated[
+        str | None,
+        typer.Argument(help="NAME (its champion alias), NAME@ALIAS or NAME/VERSION."),
+    ] = None,
+    experiment: Annotated[
+        Path | None,
+        typer.Option(help="Serve this experiment's register_as, with its serve: settings."),
+    ] = None,
+    tracking_uri: Annotated[
+        str | None, typer.Option(help="MLflow tracking URI (default: the experiment's).")
+    ] = None,
+    canary: Annotated[
+        str | None, typer.Option(help="A second version taking --canary-percent of requests.")
+    ] = None,
+    canary_percent: Annotated[float, typer.Option(help="Share of requests for --canary.")] = 10.0,
+    num_replicas: Annotated[int | None, typer.Option(help="Fixed number of replicas.")] = None,
+    min_replicas: Annotated[int | None, typer.Option(help="Autoscaling: at least.")] = None,
+    max_replicas: Annotated[int | None, typer.Option(help="Autoscaling: at most.")] = None,
+    max_batch_size: Annotated[int | None, typer.Option(help="Requests per model call.")] = None,
+    batch_wait_timeout_s: Annotated[
+        float | None, typer.Option(help="How long a batch waits to fill.")
+    ] = None,
+    num_cpus: Annotated[float | None, typer.Option(help="CPUs per replica.")] = None,
+    num_gpus: Annotated[float | None, typer.Option(help="GPUs per replica.")] = None,
+    host: Annotated[str | None, typer.Option(help="HTTP host (0.0.0.0 exposes it).")] = None,
+    port: Annotated[int | None, typer.Option(help="HTTP port (default 8000).")] = None,
+    address: Annotated[str | None, typer.Option(help="Ray cluster to join.")] = None,
+    detach: Annotated[bool, typer.Option(help="Keep serving in the background.")] = False,
+    stop: Annotated[bool, typer.Option("--stop", help="End a --detach'ed server.")] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray/TF logs.")] = False,
+) -> None:
+    """Serve a registered model over HTTP with Ray Serve until Ctrl-C (or --detach)."""
+    from raytrain import daemon
+
+    if stop:
+        try:
+            out.print(daemon.stop_server(port or 8000), highlight=False)
+        except RaytrainError as exc:
+            _fail(exc, status=1)
+        return
+    flags = {
+        "num_replicas": num_replicas,
+        "max_batch_size": max_batch_size,
+        "batch_wait_timeout_s": batch_wait_timeout_s,
+        "num_cpus": num_cpus,
+        "num_gpus": num_gpus,
+        "host": host,
+        "port": port,
+    }
+    scaling = {"min_replicas": min_replicas, "max_replicas": max_replicas}
+    try:
+        reference, uri, spec = _serve_target(model, experiment, tracking_uri, flags, scaling)
+        if detach:
+            deployed = daemon.start_server(spec.port, spec.host, _without_detach())
+            out.print(deployed, highlight=False, soft_wrap=True)
+            return
+        if not verbose:
+            _import_tensorflow_quietly()
+            os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+            logging.getLogger("ray.serve").setLevel(logging.WARNING)
+        from raytrain.serving import METRICS_PORT, serve_model
+        from raytrain.serving import stop as stop_app
+
+        with out.status(f"deploying {reference} on Ray Serve..."):
+            deployment = serve_model(
+                reference,
+                tracking_uri=uri,
+                spec=spec,
+                canary=canary,
+                canary_percent=canary_percent,
+                address=address,
+                verbose=verbose,
+            )
+    except RaytrainError as exc:
+        _fail(exc, status=1)
+    where = [("serving", f"{deployment.primary} (run {deployment.primary.run_id})")]
+    if deployment.canary:
+        where.append(
+            ("canary", f"{deployment.canary} ({deployment.canary_percent:g}% of requests)")
+        )
+    where += [
+        ("predict", f"POST {deployment.predict_url}"),
+        ("model info", f"GET {deployment.url}/v1/models/{deployment.primary.name}"),
+        ("API docs", deployment.docs_url),
+        ("metrics", f"http://127.0.0.1:{METRICS_PORT}/metrics (when raytrain started Ray)"),
+    ]
+    _print_where(where)
+    out.print("Ctrl-C stops the server.")
+    try:
+        daemon.wait_for_signal()
+    finally:
+        stop_app()
+        out.print("stopped")
+
+
+def _serve_target(
+    model: str | None,
+    experiment: Path | None,
+    tracking_uri: str | None,
+    flags: dict[str, Any],
+    scaling: dict[str, int | None],
+) -> tuple[str, str, Any]:
+    """The model reference, tracking URI and serve settings from the arguments."""
+    from pydantic import ValidationError
+
+    from raytrain.spec import ServeSpec
+
+    base = ServeSpec()
+    reference, uri = model, tracking_uri
+    if experiment is not None:
+        spec = _load(experiment, None).spec
+        base, uri = spec.serve, tracking_uri or spec.tracking.uri
+        reference = model or spec.tracking.register_as
+        if reference is None:
+            raise RaytrainError(f"{experiment} registers no model (tracking.register_as)")
+    if reference is None:
+        raise RaytrainError("name a model (NAME, NAME@ALIAS or NAME/VERSION) or --experiment FILE")
+    settings = base.model_dump()
+    settings.update({k: v for k, v in flags.items() if v is not None})
+    if any(v is not None for v in scaling.values()):
+        settings["autoscaling"] = {
+            **(settings.get("autoscaling") or {}),
+            **{k: v for k, v in scaling.items() if v is not None},
+        }
+    try:
+        serve_spec = ServeSpec.model_validate(settings)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise RaytrainError(f"serve.{where}: {first['msg']}") from None
+    return reference, uri or "sqlite:///mlflow.db", serve_spec
+
+
+def _without_detach() -> list[str]:
+    """This command's own arguments, for the background copy of it."""
+    import sys
+
+    args = sys.argv[1:]
+    return [a for a in args[args.index("serve") + 1 :] if a != "--detach"]
+
+
 def _print_summary(summary: RunSummary, loaded: LoadedExperiment) -> None:
     table = Table(title=f"best checkpoint by {loaded.spec.checkpoint.score}", title_justify="left")
     table.add_column("metric")
@@ -354,6 +591,8 @@ def _print_summary(summary: RunSummary, loaded: LoadedExperiment) -> None:
     if summary.ui_command:
         where.append(("open the MLflow UI", summary.ui_command))
     _print_where(where)
+    if summary.export:
+        _print_export(summary.export)
 
 
 def _import_tensorflow_quietly() -> None:

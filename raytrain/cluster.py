@@ -27,9 +27,14 @@ class ClusterInfo:
 
 
 def connect(
-    address: str | None = None, *, verbose: bool = False, env_vars: dict[str, str] | None = None
+    address: str | None = None,
+    *,
+    verbose: bool = False,
+    env_vars: dict[str, str] | None = None,
+    metrics_port: int | None = None,
 ) -> ClusterInfo:
-    """Join ``address`` (or ``$RAY_ADDRESS``), else start a private local Ray instance.
+    """Join ``address`` (or ``$RAY_ADDRESS``), else start a private local Ray instance (with
+    Prometheus metrics on ``metrics_port``, if given).
 
     A process that is already connected (a test session, a Ray job's driver) keeps its connection.
     """
@@ -49,6 +54,8 @@ def connect(
         else:
             # "local" starts a private instance even when `ray start --head` runs on this machine.
             # The dashboard stays on: Train V2 needs its State API (FACTS.md).
+            if metrics_port:
+                options["_metrics_export_port"] = metrics_port
             ctx = ray.init(address="local", include_dashboard=True, **options)
     except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
         where = target or "a local instance"

@@ -7,13 +7,18 @@ keeps its state in ``args`` and survives pickling unchanged.
 from __future__ import annotations
 
 __all__ = [
+    "AliasNotFoundError",
     "ClusterError",
     "DataError",
+    "ExportError",
     "ModelBuildError",
+    "ModelNotFoundError",
     "RaytrainError",
+    "RegistryError",
     "SpecError",
     "TrackingError",
     "TrainingError",
+    "VersionNotFoundError",
     "find_user_error",
 ]
 
@@ -51,6 +56,26 @@ class TrainingError(RaytrainError):
 
 class TrackingError(RaytrainError):
     """The MLflow tracking store cannot be reached or written."""
+
+
+class RegistryError(RaytrainError):
+    """A model reference (``name``, ``name@alias``, ``name/version``) that does not resolve."""
+
+
+class ModelNotFoundError(RegistryError):
+    """No registered model has that name."""
+
+
+class AliasNotFoundError(RegistryError):
+    """The registered model has no such alias (``name`` alone means its ``champion``)."""
+
+
+class VersionNotFoundError(RegistryError):
+    """The registered model has no such version."""
+
+
+class ExportError(RaytrainError):
+    """A model cannot be exported, e.g. the TFLite converter does not support one of its ops."""
 
 
 def find_user_error(exc: BaseException) -> BaseException:

@@ -113,7 +113,7 @@ def _record(run: Any, trials: list[dict[str, Any]] | None = None) -> RunRecord:
         experiment=run.info.experiment_id,
         storage=tags.get("raytrain.storage"),
         params=dict(run.data.params),
-        tags={k: v for k, v in tags.items() if k.startswith("raytrain.")},
+        tags={k: v for k, v in tags.items() if k.startswith(("raytrain.", "best."))},
         trials=trials or [],
     )
 

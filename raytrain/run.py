@@ -46,6 +46,7 @@ class RunSummary:
     tracking: tracking.TrackedRun | None = None
     registered_version: str | None = None
     ui_command: str | None = None
+    export: Any = None  # export.ExportReport, with an ``export:`` section
 
 
 def run_experiment(
@@ -153,6 +154,7 @@ def _finish(
         tracking=tracked,
         registered_version=version,
         ui_command=tracking.ui_command(tracked) if tracked else None,
+        export=_export(spec, tracked, version, data),
     )
 
 
@@ -207,6 +209,7 @@ class SweepSummary:
     registered_version: str | None = None
     champion: str | None = None
     ui_command: str | None = None
+    export: Any = None  # export.ExportReport, with an ``export:`` section
 
 
 def run_sweep(
@@ -231,25 +234,31 @@ def run_sweep(
         sweep_name=sweep_name,
         tracked=tracked,
     )
-    return _run_and_finish(setup, data, on_event=on_event, restore_path=None)
+    return _run_and_finish(setup, data, on_event=on_event, rounds=[sweep_name])
 
 
 def resume_sweep(
     path: str,
     *,
+    num_samples: int | None = None,
     address: str | None = None,
     verbose: bool = False,
     on_event: ProgressFn | None = None,
 ) -> SweepSummary:
-    """Continue an interrupted sweep from its storage folder: finished trials are not re-run."""
+    """Continue an interrupted sweep from its storage folder: finished trials are not re-run.
+
+    With ``num_samples``, a sweep grows to that many trials in all: the trials it lacks run as
+    one more Tune experiment whose search is warm-started with every trial so far.
+    """
+    from raytrain.errors import RaytrainError
     from raytrain.spec import Experiment
-    from raytrain.sweep import SWEEP_STATE, SweepSetup, load_state
+    from raytrain.sweep import SweepSetup, load_state, past_rows
 
     folder = _find_sweep(path)
     state = load_state(str(folder))
     spec = Experiment.model_validate(state["spec"])
+    assert spec.tune is not None
     tracked = tracking.TrackedRun(**state["tracking"]) if state["tracking"] else None
-    data = _prepare(spec, tracked.uri if tracked else None, address=address, verbose=verbose)
     setup = SweepSetup(
         spec=spec,
         spec_file=state["spec_file"],
@@ -258,50 +267,107 @@ def resume_sweep(
         sweep_name=state["sweep_name"],
         tracked=tracked,
     )
-    assert (folder / SWEEP_STATE).is_file()
-    return _run_and_finish(setup, data, on_event=on_event, restore_path=str(folder))
+    rounds = [setup.sweep_name, *state.get("extensions", [])]
+    interrupted = rounds[-1] not in state.get("finished", [])
+    done = 0 if interrupted else len(past_rows(setup, rounds))  # an interrupted one: counted later
+    if num_samples is not None and spec.tune.search.algorithm == "grid":
+        raise RaytrainError(
+            f"sweep '{setup.sweep_name}' is a grid search: it ran its whole grid; "
+            "--num-samples extends random and Optuna searches"
+        )
+    if not interrupted and (num_samples is None or num_samples <= done):
+        raise RaytrainError(
+            f"sweep '{setup.sweep_name}' finished with {done} trial(s): nothing to resume; "
+            f"`raytrain resume {setup.sweep_name} --num-samples N` (N > {done}) runs more"
+        )
+    data = _prepare(spec, tracked.uri if tracked else None, address=address, verbose=verbose)
+    summary = None
+    if interrupted:
+        summary = _run_and_finish(setup, data, on_event=on_event, rounds=rounds, restore=True)
+        done = len(summary.rows)
+    if num_samples is not None and num_samples > done:
+        summary = _extend(setup, data, rounds=rounds, add=num_samples - done, on_event=on_event)
+    assert summary is not None
+    return summary
+
+
+def _extend(
+    setup: Any, data: Any, *, rounds: list[str], add: int, on_event: ProgressFn | None
+) -> SweepSummary:
+    from raytrain.sweep import Extension, past_rows, update_state
+
+    extension = Extension(
+        name=f"{setup.sweep_name}-more-{len(rounds)}",
+        num_samples=add,
+        round=len(rounds),
+        earlier=past_rows(setup, rounds),
+    )
+    update_state(
+        str(Path(setup.storage_root, setup.sweep_name)), extensions=[*rounds[1:], extension.name]
+    )
+    return _run_and_finish(
+        setup, data, on_event=on_event, rounds=[*rounds, extension.name], extension=extension
+    )
 
 
 def _run_and_finish(
-    setup: Any, data: Any, *, on_event: ProgressFn | None, restore_path: str | None
+    setup: Any,
+    data: Any,
+    *,
+    on_event: ProgressFn | None,
+    rounds: list[str],
+    restore: bool = False,
+    extension: Any = None,
 ) -> SweepSummary:
-    from raytrain.sweep import sweep
-    from raytrain.sweep_tracking import log_sweep_summary, pareto_front
+    """Run the last of ``rounds`` (Tune experiments of one sweep), then rank every round's
+    trials together: best trial, champion, the parent run's summary."""
+    from raytrain.sweep import load_state, past_rows, sweep, update_state
+    from raytrain.sweep_tracking import find_child, log_sweep_summary, pareto_front
 
     spec = setup.spec
     metrics, modes = spec.tune.metrics, spec.tune.modes
+    folder = str(Path(setup.storage_root, setup.sweep_name))
     if on_event:  # say where the sweep lives first: it is what `raytrain resume` needs
-        folder = str(Path(setup.storage_root, setup.sweep_name))
         on_event({"kind": "sweep_started", "sweep": setup.sweep_name, "storage": folder})
+    if setup.tracked and len(rounds) + restore > 1:
+        tracking.reopen_run(setup.tracked)
     try:
-        outcome = sweep(setup, data_ref=ray.put(data), on_event=on_event, restore_path=restore_path)
+        outcome = sweep(
+            setup,
+            data_ref=ray.put(data),
+            on_event=on_event,
+            restore_path=str(Path(setup.storage_root, rounds[-1])) if restore else None,
+            extension=extension,
+        )
     except BaseException as exc:
         if setup.tracked:
             status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
             tracking.end_run(setup.tracked, status=status, tags={"raytrain.error": str(exc)[:5000]})
         raise
-    rows = outcome.rows
+    rows = past_rows(setup, rounds[:-1]) + outcome.rows
     scored = [r for r in rows if isinstance(r.get(f"best_{metrics[0]}"), int | float)]
     front = pareto_front(scored, [f"best_{m}" for m in metrics], modes) if len(metrics) > 1 else []
     pick = max if modes[0] == "max" else min
     candidates = front or scored
     best = pick(candidates, key=lambda r: r[f"best_{metrics[0]}"]) if candidates else None
-    version = champion = None
+    state = load_state(folder)
+    version = state.get("registered", {}).get(best["trial_id"]) if best else None
+    champion = None
     if setup.tracked and best is not None:
-        child_id = outcome.children.get(best["trial_id"])
-        child = tracking.TrackedRun(
-            setup.tracked.uri,
-            setup.tracked.experiment_name,
-            setup.tracked.experiment_id,
-            child_id or setup.tracked.run_id,
-        )
-        version = tracking.log_checkpoint_model(
-            child,
-            best["checkpoint"],
-            data=data,
-            loss=spec.train.loss,
-            register_as=spec.tracking.register_as,
-        )
+        if version is None:  # an extension that found no better trial registers nothing new
+            child = tracking.TrackedRun(
+                setup.tracked.uri,
+                setup.tracked.experiment_name,
+                setup.tracked.experiment_id,
+                find_child(setup.tracked, best["trial_id"]) or setup.tracked.run_id,
+            )
+            version = tracking.log_checkpoint_model(
+                child,
+                best["checkpoint"],
+                data=data,
+                loss=spec.train.loss,
+                register_as=spec.tracking.register_as,
+            )
         if version:
             _, champion = tracking.promote_champion(
                 setup.tracked.uri,
@@ -311,13 +377,16 @@ def _run_and_finish(
                 mode=modes[0],
                 value=best[f"best_{metrics[0]}"],
             )
-        storage = str(Path(setup.storage_root, setup.sweep_name))
-        log_sweep_summary(setup.tracked, spec, rows, best, front, storage=storage)
+        log_sweep_summary(setup.tracked, spec, rows, best, front, storage=folder)
         tracking.end_run(setup.tracked, status="FINISHED")
+    registered = state.get("registered", {})
+    if version and best is not None:
+        registered[best["trial_id"]] = version
+    update_state(folder, finished=[*state.get("finished", []), rounds[-1]], registered=registered)
     return SweepSummary(
         name=spec.name,
         sweep_name=setup.sweep_name,
-        storage_path=str(Path(setup.storage_root, setup.sweep_name)),
+        storage_path=folder,
         rows=rows,
         best=best,
         pareto=front,
@@ -326,6 +395,7 @@ def _run_and_finish(
         registered_version=version,
         champion=champion,
         ui_command=tracking.ui_command(setup.tracked) if setup.tracked else None,
+        export=_export(spec, setup.tracked, version, data),
     )
 
 
@@ -341,6 +411,15 @@ def _find_sweep(path: str) -> Path:
         f"no sweep at '{path}': give the sweep's folder (it holds {SWEEP_STATE}) or its name "
         "under ./raytrain_results"
     )
+
+
+def _export(spec: Any, tracked: tracking.TrackedRun | None, version: str | None, data: Any) -> Any:
+    """The ``export:`` section's edge export, once a model version is registered."""
+    if spec.export is None or tracked is None or not version:
+        return None
+    from raytrain.export import export_after_training
+
+    return export_after_training(spec, tracking_uri=tracked.uri, version=version, data=data)
 
 
 def _unique_name(prefix: str) -> str:

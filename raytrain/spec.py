@@ -10,7 +10,7 @@ from __future__ import annotations
 import difflib
 from typing import Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
 __all__ = [
     "BUILTIN_BUILDERS",
@@ -18,6 +18,7 @@ __all__ = [
     "CheckpointSpec",
     "DataSpec",
     "Experiment",
+    "ExportSpec",
     "FailureSpec",
     "MLPParams",
     "ModelSpec",
@@ -196,6 +197,39 @@ class TrackingSpec(Section):
     tags: dict[str, str] = Field(default_factory=dict, description="Extra MLflow run tags.")
 
 
+EXPORT_MODES = ("none", "float16", "dynamic", "int8")
+
+
+class ExportSpec(Section):
+    format: Literal["tflite"] = Field(
+        "tflite", description="Export format: TFLite (LiteRT), for mobile and edge devices."
+    )
+    quantize: list[Literal[EXPORT_MODES]] = Field(  # type: ignore[valid-type]
+        list(EXPORT_MODES),
+        min_length=1,
+        description="Modes exported and compared: none (float32, always exported: the reference "
+        "of every ratio), float16 (float16 weights), dynamic (int8 weights), int8 (full integer, "
+        "calibrated on training examples).",
+    )
+    representative_examples: int = Field(
+        200, ge=1, description="Training examples that calibrate the int8 activation ranges."
+    )
+    int8_io: bool = Field(
+        False,
+        description="int8 mode only: int8 input and output tensors too (integer-only hardware); "
+        "callers quantize inputs with the input's scale and zero point.",
+    )
+    num_threads: int = Field(1, ge=1, description="LiteRT interpreter threads when measuring.")
+    latency_runs: int = Field(
+        200, ge=10, description="Timed batch-1 inferences per model (median reported)."
+    )
+    out: str | None = Field(
+        None,
+        description="Folder for the SavedModel, .tflite files and report; default "
+        "<storage>/<name>/export/<model>-v<version> (relative to the working directory).",
+    )
+
+
 SPACE_KINDS = ("uniform", "loguniform", "quniform", "qloguniform", "randint", "choice", "grid")
 
 
@@ -254,6 +288,46 @@ class TuneSpec(Section):
         return self.mode if isinstance(self.mode, list) else [self.mode]
 
 
+class AutoscalingSpec(Section):
+    min_replicas: int = Field(1, ge=0, description="Replicas kept even when idle.")
+    max_replicas: int = Field(2, ge=1, description="Replicas at most, under load.")
+    target_ongoing_requests: float = Field(
+        8.0, gt=0, description="Requests in flight per replica that Serve scales towards."
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> AutoscalingSpec:
+        if self.min_replicas > self.max_replicas:
+            raise ValueError("min_replicas must not exceed max_replicas")
+        return self
+
+
+class ServeSpec(Section):
+    num_replicas: int = Field(1, ge=1, description="Replicas when autoscaling is off.")
+    autoscaling: AutoscalingSpec | None = Field(
+        None, description="Scale replicas with load instead of num_replicas."
+    )
+    max_batch_size: int = Field(
+        32, ge=1, description="Requests one model call may batch together (@serve.batch)."
+    )
+    batch_wait_timeout_s: float = Field(
+        0.005, ge=0, description="How long a batch waits for more requests before it runs."
+    )
+    max_ongoing_requests: int = Field(
+        128, ge=1, description="Requests one replica accepts at once; above max_batch_size."
+    )
+    num_cpus: float = Field(1.0, gt=0, description="CPUs per replica (= its TF threads).")
+    num_gpus: float = Field(0.0, ge=0, description="GPUs per replica.")
+    max_instances_per_request: int = Field(
+        1024, ge=1, description="More instances in one request get a 413."
+    )
+    max_body_mb: float = Field(16.0, gt=0, description="Larger request bodies get a 413.")
+    host: str = Field(
+        "127.0.0.1", description="Where HTTP listens; 0.0.0.0 exposes it to the network."
+    )
+    port: int = Field(8000, ge=1, le=65535, description="HTTP port.")
+
+
 class Experiment(Section):
     """One experiment: what to train, on what, where, and where its results go."""
 
@@ -279,8 +353,16 @@ class Experiment(Section):
         "directory) or gs://bucket/prefix.",
     )
     tracking: TrackingSpec = Field(default_factory=TrackingSpec, description="MLflow tracking.")
+    export: ExportSpec | None = Field(
+        None,
+        description="Export the registered model to TFLite after training or a sweep; "
+        "absent: no export (raytrain export does it later).",
+    )
     tune: TuneSpec | None = Field(
         None, description="Hyperparameter sweep; absent: a single training run."
+    )
+    serve: ServeSpec = Field(
+        default_factory=ServeSpec, description="How `raytrain serve` hosts the model."
     )
 
     @property

@@ -9,6 +9,7 @@ through callbacks on this driver (``sweep_tracking.py``): workers never talk to 
 from __future__ import annotations
 
 import json
+import math
 import os
 import time
 from dataclasses import dataclass
@@ -33,16 +34,20 @@ from raytrain.sweep_tracking import (
 
 __all__ = [
     "SWEEP_STATE",
+    "Extension",
     "SweepOutcome",
     "SweepSetup",
     "apply_config",
     "load_state",
+    "past_rows",
     "search_space",
     "sweep",
     "trial_rows",
+    "update_state",
 ]
 
 TRIAL_RESOURCES = {"memory": 1024 * 1024}  # the trial function itself holds ~nothing (FACTS.md)
+WARM_STUDY = "raytrain"  # the Optuna study an extension's search loads its earlier trials from
 
 
 @dataclass(frozen=True)
@@ -53,6 +58,20 @@ class SweepSetup:
     storage_root: str
     sweep_name: str
     tracked: tracking.TrackedRun | None
+
+
+@dataclass(frozen=True)
+class Extension:
+    """More trials for a finished sweep, run as one more Tune experiment beside the first.
+
+    Tune keeps ``num_samples`` inside its pickled searcher, so a finished experiment cannot be
+    told to run more; a new one, warm-started with every trial so far, continues the search.
+    """
+
+    name: str  # the new Tune experiment's folder, beside the sweep's
+    num_samples: int  # trials to add
+    round: int  # 1, 2, ...: shifts the seed so that random draws do not repeat the first round's
+    earlier: list[dict[str, Any]]  # trial rows so far: what the search is warm-started with
 
 
 def search_space(tune_spec: TuneSpec) -> dict[str, Any]:
@@ -97,8 +116,9 @@ def sweep(
     data_ref: ray.ObjectRef,
     on_event: Any | None = None,
     restore_path: str | None = None,
-) -> dict[str, Any]:
-    """Run (or resume) the sweep; return the trial table, the best trial and registration."""
+    extension: Extension | None = None,
+) -> SweepOutcome:
+    """Run, resume or extend the sweep; return this Tune experiment's trials."""
     spec, tune_spec = setup.spec, setup.spec.tune
     assert tune_spec is not None
     check_feasible(
@@ -137,27 +157,23 @@ def sweep(
         tuner = tune.Tuner(
             trainable,
             param_space=search_space(tune_spec),
-            tune_config=_tune_config(tune_spec, spec.train.epochs, concurrent),
+            tune_config=_tune_config(tune_spec, spec.train.epochs, concurrent, extension),
             run_config=tune.RunConfig(
-                name=setup.sweep_name,
+                name=extension.name if extension else setup.sweep_name,
                 storage_path=setup.storage_root,
                 stop=progress,
                 callbacks=callbacks,
                 verbose=0,
             ),
         )
-        Path(setup.storage_root, setup.sweep_name).mkdir(parents=True, exist_ok=True)
-        _write_state(setup)
+        if extension is None:
+            Path(setup.storage_root, setup.sweep_name).mkdir(parents=True, exist_ok=True)
+            _write_state(setup)
     try:
         results = tuner.fit()
     finally:
         EVENT_SINKS.pop(setup.sweep_name, None)
-    return SweepOutcome(
-        rows=trial_rows(results, spec),
-        results=results,
-        concurrent=concurrent,
-        children=dict(tracker.children) if tracker else {},
-    )
+    return SweepOutcome(rows=trial_rows(results, spec), results=results, concurrent=concurrent)
 
 
 @dataclass(frozen=True)
@@ -165,7 +181,6 @@ class SweepOutcome:
     rows: list[dict[str, Any]]
     results: Any
     concurrent: int
-    children: dict[str, str]
 
 
 def trial_rows(results: Any, spec: Experiment) -> list[dict[str, Any]]:
@@ -192,6 +207,17 @@ def trial_rows(results: Any, spec: Experiment) -> list[dict[str, Any]]:
             row["error"] = error_reason(str(result.error))[:300]
         row["checkpoint"] = _best_checkpoint(frame, tune_spec.metrics[0], tune_spec.modes[0])
         rows.append(row)
+    return rows
+
+
+def past_rows(setup: SweepSetup, names: list[str]) -> list[dict[str, Any]]:
+    """The trial rows of Tune experiments that already ran, read back from their storage."""
+    from ray.tune import ExperimentAnalysis, ResultGrid
+
+    rows = []
+    for name in names:
+        analysis = ExperimentAnalysis(str(Path(setup.storage_root, name)))
+        rows += trial_rows(ResultGrid(analysis), setup.spec)
     return rows
 
 
@@ -238,39 +264,78 @@ def _trial(
         raise find_user_error(exc) from None
 
 
-def _tune_config(tune_spec: TuneSpec, epochs: int, concurrent: int) -> tune.TuneConfig:
+def _tune_config(
+    tune_spec: TuneSpec, epochs: int, concurrent: int, extension: Extension | None
+) -> tune.TuneConfig:
     # metric/mode stay on the searcher and scheduler: Tune refuses them in both places.
+    if extension:
+        num_samples = extension.num_samples
+    else:
+        num_samples = 1 if tune_spec.search.algorithm == "grid" else tune_spec.num_samples
     return tune.TuneConfig(
-        search_alg=_searcher(tune_spec, concurrent),
+        search_alg=_searcher(tune_spec, concurrent, extension),
         scheduler=_scheduler(tune_spec, epochs),
-        num_samples=1 if tune_spec.search.algorithm == "grid" else tune_spec.num_samples,
+        num_samples=num_samples,
         max_concurrent_trials=concurrent,
         time_budget_s=tune_spec.time_budget_s,
     )
 
 
-def _searcher(tune_spec: TuneSpec, concurrent: int) -> Any:
+def _searcher(tune_spec: TuneSpec, concurrent: int, extension: Extension | None) -> Any:
     search = tune_spec.search
+    seed = search.seed
+    if seed is not None and extension:
+        seed += extension.round
     if search.algorithm != "optuna":
         from ray.tune.search.basic_variant import BasicVariantGenerator
 
         # Tune ignores TuneConfig.max_concurrent_trials for a generator passed in: say it here.
         # Trials hold almost no resources themselves, so nothing else would hold them back.
-        return BasicVariantGenerator(random_state=search.seed, max_concurrent=concurrent)
+        return BasicVariantGenerator(random_state=seed, max_concurrent=concurrent)
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
     samplers = {
-        "tpe": lambda: optuna.samplers.TPESampler(seed=search.seed),
-        "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=search.seed),
-        "random": lambda: optuna.samplers.RandomSampler(seed=search.seed),
+        "tpe": lambda: optuna.samplers.TPESampler(seed=seed),
+        "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=seed),
+        "random": lambda: optuna.samplers.RandomSampler(seed=seed),
     }
     metrics, modes = tune_spec.metrics, tune_spec.modes
+    warm = _warm_study(tune_spec, extension.earlier) if extension else None
     return OptunaSearch(
         metric=metrics[0] if len(metrics) == 1 else metrics,
         mode=modes[0] if len(modes) == 1 else modes,
         sampler=samplers[search.sampler](),
+        storage=warm,
+        study_name=WARM_STUDY if warm else None,
     )
+
+
+def _warm_study(tune_spec: TuneSpec, rows: list[dict[str, Any]]) -> Any:
+    """An Optuna study that already holds the earlier trials, for OptunaSearch to load.
+
+    OptunaSearch's own ``evaluated_rewards`` takes one value per point; a study in storage
+    carries multi-objective values too. Trials stopped early count with their best value.
+    """
+    import optuna
+    from ray.tune.search.optuna import OptunaSearch
+
+    distributions = OptunaSearch.convert_search_space(search_space(tune_spec))
+    storage = optuna.storages.InMemoryStorage()
+    study = optuna.create_study(
+        storage=storage,
+        study_name=WARM_STUDY,
+        directions=["maximize" if m == "max" else "minimize" for m in tune_spec.modes],
+    )
+    for row in rows:
+        values = [row.get(f"best_{m}") for m in tune_spec.metrics]
+        if not all(isinstance(v, int | float) and math.isfinite(v) for v in values):
+            continue  # failed trials tell the sampler nothing about the metric
+        params = {k: row[k] for k in distributions}
+        study.add_trial(
+            optuna.trial.create_trial(params=params, distributions=distributions, values=values)
+        )
+    return storage
 
 
 def _scheduler(tune_spec: TuneSpec, epochs: int) -> Any:
@@ -315,6 +380,13 @@ def _write_state(setup: SweepSetup) -> None:
 def load_state(path: str) -> dict[str, Any]:
     """The state ``sweep`` wrote next to Tune's, for ``raytrain resume``."""
     return json.loads(Path(path, SWEEP_STATE).read_text())
+
+
+def update_state(path: str, **changes: Any) -> dict[str, Any]:
+    """Record what a resume must know: extension experiments, which ones finished."""
+    state = {**load_state(path), **changes}
+    Path(path, SWEEP_STATE).write_text(json.dumps(state, indent=2))
+    return state
 
 
 def _quiet_optuna() -> None:

@@ -25,6 +25,7 @@ __all__ = [
     "SweepProgress",
     "TrialTracker",
     "error_reason",
+    "find_child",
     "log_sweep_summary",
     "optuna_plots",
     "pareto_front",
@@ -52,6 +53,19 @@ def trial_status(last_epoch: int, total_epochs: int, error: bool) -> str:
     return "finished" if last_epoch >= total_epochs else "stopped_early"
 
 
+def find_child(parent: tracking.TrackedRun, trial_id: str, *, client: Any = None) -> str | None:
+    """The id of the trial's child run under the sweep's parent run, if it has one."""
+    import mlflow
+
+    client = client or mlflow.MlflowClient(tracking_uri=parent.uri)
+    found = client.search_runs(
+        [parent.experiment_id],
+        filter_string=f"tags.`mlflow.parentRunId` = '{parent.run_id}' "
+        f"and tags.`raytrain.trial_id` = '{trial_id}'",
+    )
+    return found[0].info.run_id if found else None
+
+
 class TrialTracker(tune.Callback):
     """Child MLflow runs, one per trial, under the sweep's parent run."""
 
@@ -77,13 +91,9 @@ class TrialTracker(tune.Callback):
         """The trial's child run id: found again when it exists, created otherwise."""
         if trial_id in self.children:
             return self.children[trial_id]
-        found = self._client.search_runs(
-            [self.parent.experiment_id],
-            filter_string=f"tags.`mlflow.parentRunId` = '{self.parent.run_id}' "
-            f"and tags.`raytrain.trial_id` = '{trial_id}'",
-        )
+        found = find_child(self.parent, trial_id, client=self._client)
         if found:
-            run_id = found[0].info.run_id
+            run_id = found
         else:
             run = self._client.create_run(
                 self.parent.experiment_id,
@@ -260,8 +270,8 @@ def log_sweep_summary(
         tags["raytrain.storage"] = storage
     if best is not None:
         tags["raytrain.best_trial"] = str(best["trial_id"])
-        for key in spec.tune.space:
-            client.log_param(parent.run_id, f"best.{key}", str(best.get(key))[:6000])
+        # Tags, not params: a sweep extended later may find a new best, and params are final.
+        tags.update({f"best.{key}": str(best.get(key))[:5000] for key in spec.tune.space})
         best_metrics = {k: v for k, v in best.items() if k.startswith("best_") and v is not None}
         tracking.log_metrics(parent, best_metrics, step=int(best.get("epochs", 0)))
     if front:

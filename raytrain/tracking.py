@@ -145,6 +145,13 @@ def end_run(run: TrackedRun, *, status: str, tags: dict[str, str] | None = None)
     client.set_terminated(run.run_id, status=status)
 
 
+def reopen_run(run: TrackedRun) -> None:
+    """Mark a run RUNNING again: a sweep that is resumed or extended keeps its parent run."""
+    import mlflow
+
+    mlflow.MlflowClient(tracking_uri=run.uri).update_run(run.run_id, status="RUNNING")
+
+
 def log_model(
     run: TrackedRun,
     model: Any,
@@ -218,7 +225,9 @@ def promote_champion(
         current = client.get_model_version_by_alias(name, CHAMPION)
     except mlflow.exceptions.MlflowException:
         current = None
-    if current is not None and current.version != version:
+    if current is not None and str(current.version) == version:
+        return False, f"{name} version {version} ({metric} {value:.4g}) stays '{CHAMPION}'"
+    if current is not None:
         held = current.tags.get(f"raytrain.{metric}")
         if held is not None:
             old = float(held)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
@@ -11,10 +12,12 @@ from pathlib import Path
 
 import mlflow
 import pytest
+from ray.tune.search.optuna import OptunaSearch
 
 from raytrain.cluster import ClusterInfo
+from raytrain.errors import RaytrainError
 from raytrain.history import list_runs, show_run
-from raytrain.run import run_sweep
+from raytrain.run import resume_sweep, run_sweep
 from raytrain.specfile import load_experiment
 from raytrain.sweep import SWEEP_STATE
 
@@ -47,7 +50,7 @@ def test_optuna_asha_sweep_tracks_trials_and_promotes_the_champion(workdir: Path
     parent = client.get_run(tracked.run_id)
     assert parent.info.status == "FINISHED"
     assert parent.data.tags["raytrain.kind"] == "sweep"
-    assert parent.data.params["best.train.optimizer.learning_rate"]
+    assert float(parent.data.tags["best.train.optimizer.learning_rate"]) > 0
     assert parent.data.metrics["best_val_accuracy"] == pytest.approx(
         summary.best["best_val_accuracy"]
     )
@@ -118,6 +121,8 @@ def test_grid_runs_exactly_the_grid(workdir: Path) -> None:
     )
     assert combos == [(0.001, (8,)), (0.001, (16,)), (0.01, (8,)), (0.01, (16,))]
     assert all(r["status"] == "finished" for r in summary.rows)
+    with pytest.raises(RaytrainError, match="grid search"):
+        resume_sweep(summary.sweep_name, num_samples=6)  # a grid has nothing more to try
 
 
 def test_the_same_seed_samples_the_same_configs(workdir: Path) -> None:
@@ -183,6 +188,42 @@ def test_a_killed_sweep_resumes_without_duplicates(ray_cluster: ClusterInfo, wor
     children = _children(client, parent)
     assert len(children) == 4
     assert {c.data.tags["raytrain.trial_status"] for c in children} == {"finished"}
+
+
+def test_num_samples_extends_a_finished_sweep_with_a_warm_started_search(workdir: Path) -> None:
+    overrides = [
+        "scaling.num_workers=1",
+        "train.epochs=1",
+        "tune.num_samples=2",
+        "tune.scheduler.name=none",
+    ]
+    first = run_sweep(load_experiment(SWEEP, overrides))
+    with pytest.raises(RaytrainError, match="finished with 2 trial"):
+        resume_sweep(first.sweep_name)
+
+    more = resume_sweep(first.sweep_name, num_samples=4)
+    assert len(more.rows) == 4
+    assert {r["trial_id"] for r in first.rows} < {r["trial_id"] for r in more.rows}
+    assert more.best is not None
+    assert more.best["best_val_accuracy"] >= first.best["best_val_accuracy"]
+    # The new round's Optuna study started from the first round's trials.
+    state = json.loads((Path(more.storage_path) / SWEEP_STATE).read_text())
+    (extension,) = state["extensions"]
+    searcher = OptunaSearch()
+    searcher.restore_from_dir(str(Path(more.storage_path).parent / extension))
+    assert len(searcher._ot_study.trials) == 4
+
+    assert more.tracking is not None
+    assert more.tracking.run_id == first.tracking.run_id
+    client = mlflow.MlflowClient(tracking_uri=more.tracking.uri)
+    parent = client.get_run(more.tracking.run_id)
+    assert parent.info.status == "FINISHED"
+    assert len(_children(client, parent)) == 4
+    assert parent.data.metrics["best_val_accuracy"] == pytest.approx(more.best["best_val_accuracy"])
+    versions = client.search_model_versions("name = 'digits-mlp'")
+    assert len(versions) == (1 if more.best["trial_id"] == first.best["trial_id"] else 2)
+    with pytest.raises(RaytrainError, match="finished with 4 trial"):
+        resume_sweep(first.sweep_name, num_samples=3)
 
 
 def _finished_children(uri: str) -> int:

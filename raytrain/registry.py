@@ -1,0 +1,200 @@
+"""The model registry: what ``name``, ``name@alias`` and ``name/version`` point at, and loading it.
+
+Export (and serving) take a model the way MLflow's registry names it. A bare name means its
+``champion`` alias, the version a sweep moves only when a trial beats it, so "the best model so
+far" never changes under a user by accident. Every failure says what the registry holds instead.
+
+Load models only in a process that imported ``raytrain`` first: ``tf.keras`` must be tf_keras.
+"""
+
+from __future__ import annotations
+
+import difflib
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from raytrain.errors import (
+    AliasNotFoundError,
+    ModelNotFoundError,
+    RegistryError,
+    TrackingError,
+    VersionNotFoundError,
+)
+from raytrain.spec import Experiment
+from raytrain.tracking import CHAMPION, absolute_tracking_uri, check_reachable
+
+__all__ = [
+    "RegisteredModel",
+    "download",
+    "load_keras",
+    "parse_reference",
+    "recorded_experiment",
+    "resolve",
+]
+
+SPEC_ARTIFACT = "spec/resolved.yaml"  # logged by tracking.start_run on every run and sweep
+PARENT_TAG = "mlflow.parentRunId"  # a sweep's best model lives on a trial's child run
+
+
+@dataclass(frozen=True)
+class RegisteredModel:
+    """One version of a registered model: the run that trained it and where its files are."""
+
+    name: str
+    version: str
+    run_id: str
+    source: str  # the logged model's artifact URI, e.g. models:/m-<id>
+    tracking_uri: str
+    alias: str | None = None
+
+    def __str__(self) -> str:
+        return f"{self.name} version {self.version}"
+
+
+def parse_reference(reference: str) -> tuple[str, str | None, str | None]:
+    """``name`` -> (name, "champion", None); ``name@alias`` -> (name, alias, None);
+    ``name/version`` -> (name, None, version)."""
+    name, at, alias = reference.rpartition("@")
+    if at:
+        if name and alias:
+            return name, alias, None
+    else:
+        name, slash, version = reference.rpartition("/")
+        if not slash and version:
+            return version, CHAMPION, None
+        if name and version.isdigit():
+            return name, None, version
+    raise RegistryError(
+        f"'{reference}' is not a model reference; expected NAME (its '{CHAMPION}' alias), "
+        "NAME@ALIAS or NAME/VERSION"
+    )
+
+
+def resolve(reference: str, *, tracking_uri: str) -> RegisteredModel:
+    """The registered version ``reference`` points at, in the registry of ``tracking_uri``."""
+    from mlflow.exceptions import MlflowException
+
+    name, alias, version = parse_reference(reference)
+    uri = _open_store(tracking_uri)
+    client = _client(uri)
+    try:
+        registered = client.get_registered_model(name)
+    except MlflowException as exc:
+        _raise_unless_missing(exc, uri)
+        raise ModelNotFoundError(_no_model(client, name, uri)) from None
+    if alias is not None:
+        version = registered.aliases.get(alias)
+        if version is None:
+            raise AliasNotFoundError(_no_alias(client, registered, alias))
+    try:
+        found = client.get_model_version(name, str(version))
+    except MlflowException as exc:
+        _raise_unless_missing(exc, uri)
+        versions = ", ".join(_versions(client, name)) or "none"
+        message = f"{name} has no version {version}; versions: {versions}"
+        raise VersionNotFoundError(message) from None
+    return RegisteredModel(
+        name=name,
+        version=str(found.version),
+        run_id=found.run_id,
+        source=found.source,
+        tracking_uri=uri,
+        alias=alias,
+    )
+
+
+def download(model: RegisteredModel) -> str:
+    """A local copy of the version's files (MLmodel, the tf_keras model), from wherever its
+    artifacts live. The location is asked of this registry: MLflow would resolve a
+    ``models:/`` URI against the process's global tracking URI, which a Serve replica lacks."""
+    import mlflow
+
+    location = _client(model.tracking_uri).get_model_version_download_uri(model.name, model.version)
+    return mlflow.artifacts.download_artifacts(artifact_uri=location)
+
+
+def load_keras(model: RegisteredModel) -> Any:
+    """The version's tf_keras model for inference (not compiled: no optimizer or metrics)."""
+    import mlflow
+
+    return mlflow.tensorflow.load_model(download(model), keras_model_kwargs={"compile": False})
+
+
+def recorded_experiment(model: RegisteredModel) -> Experiment:
+    """The experiment that trained ``model``: the resolved spec logged on its run, or for a sweep's
+    trial on the sweep's parent run (all trials share the parent's data)."""
+    from pydantic import ValidationError
+
+    client = _client(model.tracking_uri)
+    run = client.get_run(model.run_id)
+    for run_id in (model.run_id, run.data.tags.get(PARENT_TAG)):
+        if run_id and any(a.path == SPEC_ARTIFACT for a in client.list_artifacts(run_id, "spec")):
+            with tempfile.TemporaryDirectory() as folder:
+                text = Path(client.download_artifacts(run_id, SPEC_ARTIFACT, folder)).read_text()
+            try:
+                return Experiment.model_validate(yaml.safe_load(text))
+            except ValidationError as exc:
+                first = exc.errors(include_url=False)[0]
+                where = ".".join(str(p) for p in first["loc"])
+                raise RegistryError(
+                    f"the experiment recorded with {model} no longer validates ({where}: "
+                    f"{first['msg']}); pass --experiment FILE"
+                ) from None
+    raise RegistryError(
+        f"{model} (run {model.run_id}) has no recorded experiment ({SPEC_ARTIFACT}); "
+        "pass --experiment FILE"
+    )
+
+
+def _open_store(tracking_uri: str) -> str:
+    """The absolute URI of an existing store: MLflow would create an empty sqlite file."""
+    uri = absolute_tracking_uri(tracking_uri)
+    if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
+        raise ModelNotFoundError(
+            f"no MLflow database at {uri.removeprefix('sqlite:///')}; run where the experiment "
+            "ran, or pass --tracking-uri"
+        )
+    check_reachable(uri)
+    return uri
+
+
+def _client(uri: str) -> Any:
+    import mlflow
+
+    return mlflow.MlflowClient(tracking_uri=uri, registry_uri=uri)
+
+
+def _raise_unless_missing(exc: Exception, uri: str) -> None:
+    """A store that fails for another reason than "not found" is a tracking problem."""
+    if getattr(exc, "error_code", None) != "RESOURCE_DOES_NOT_EXIST":
+        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise TrackingError(f"MLflow ({uri}): {first}") from None
+
+
+def _no_model(client: Any, name: str, uri: str) -> str:
+    names = sorted(m.name for m in client.search_registered_models())
+    if not names:
+        return f"no registered model '{name}': the registry of {uri} is empty"
+    close = difflib.get_close_matches(name, names, n=1, cutoff=0.6)
+    hint = f"did you mean '{close[0]}'? " if close else ""
+    return f"no registered model '{name}' in {uri}; {hint}registered: {', '.join(names)}"
+
+
+def _no_alias(client: Any, registered: Any, alias: str) -> str:
+    name = registered.name
+    aliases = ", ".join(f"{a} -> {v}" for a, v in sorted(registered.aliases.items())) or "none"
+    versions = _versions(client, name)
+    message = f"{name} has no alias '{alias}' (aliases: {aliases}; versions: "
+    message += f"{', '.join(versions) or 'none'})"
+    if alias == CHAMPION and versions:
+        message += f"; a sweep sets '{CHAMPION}', or name a version: {name}/{versions[-1]}"
+    return message
+
+
+def _versions(client: Any, name: str) -> list[str]:
+    found = client.search_model_versions(f"name = '{name}'")
+    return [str(v) for v in sorted(int(m.version) for m in found)]

@@ -1,0 +1,209 @@
+"""The model API on a real Ray Serve app over real HTTP, models from a real MLflow registry."""
+
+from __future__ import annotations
+
+import json
+import socket
+import threading
+from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+import pytest
+import requests
+
+from raytrain.registry import load_keras
+from raytrain.run import run_experiment
+from raytrain.serving import Deployment, ServedModel, deploy, describe, stop
+from raytrain.spec import ServeSpec
+from raytrain.specfile import load_experiment
+
+from .conftest import write_yaml
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+NAME = "digits-serve"
+
+
+@pytest.fixture(scope="module")
+def registry(tmp_path_factory: pytest.TempPathFactory) -> str:
+    """Two versions of a small digits MLP, trained by raytrain and registered in MLflow."""
+    folder = tmp_path_factory.mktemp("serve")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    path = write_yaml(
+        folder,
+        f"""
+        name: {NAME}
+        data: {{source: "builtin:digits"}}
+        model: {{builder: mlp, params: {{hidden_units: [32]}}}}
+        train: {{epochs: 2, batch_size: 64}}
+        scaling: {{num_workers: 1}}
+        storage: {folder / "results"}
+        tracking: {{uri: "{uri}", register_as: {NAME}}}
+        """,
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)  # MLflow's artifacts go to ./mlruns
+        for seed in (1, 2):
+            run_experiment(load_experiment(path, [f"train.seed={seed}"]))
+    return uri
+
+
+@pytest.fixture(scope="module")
+def limits() -> ServeSpec:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    return ServeSpec(
+        port=port, max_batch_size=16, batch_wait_timeout_s=0.02, max_instances_per_request=8,
+        max_body_mb=0.05,
+    )  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def versions(registry: str) -> dict[str, ServedModel]:
+    return {v: describe(f"{NAME}/{v}", tracking_uri=registry) for v in ("1", "2")}
+
+
+@pytest.fixture(scope="module")
+def server(versions: dict[str, ServedModel], limits: ServeSpec) -> Iterator[Deployment]:
+    deployment = deploy(versions["1"], spec=limits)
+    yield deployment
+    stop()
+
+
+def _digits(n: int) -> np.ndarray:
+    return np.random.default_rng(n).uniform(0, 16, size=(n, 64)).astype(np.float32)
+
+
+def test_predictions_over_http_equal_the_model_in_process(
+    server: Deployment, versions: dict[str, ServedModel]
+) -> None:
+    x = _digits(5).reshape(5, 8, 8, 1)  # digits images; flat rows of 64 are accepted too
+    model = load_keras(versions["1"].registered())
+    expected = model.predict(x, verbose=0)
+    for instances in (x, x.reshape(5, 64)):
+        response = requests.post(server.predict_url, json={"instances": instances.tolist()})
+        assert response.status_code == 200, response.text
+        body = response.json()
+        assert body["model_version"] == "1"
+        np.testing.assert_allclose(np.array(body["predictions"]), expected, atol=1e-5)
+        assert body["labels"] == [str(i) for i in expected.argmax(axis=1)]
+
+    info = requests.get(f"{server.url}/v1/models/{NAME}", timeout=30).json()
+    assert info["model_version"] == "1"
+    assert info["input"] == {"shape": [None, 8, 8, 1], "dtype": "float32"}
+    (served,) = info["versions"]
+    assert served["run_id"] == versions["1"].run_id
+    assert served["label_names"] == [str(i) for i in range(10)]
+    assert served["metrics"]["best_val_accuracy"] > 0.5
+    assert requests.get(f"{server.url}/healthz", timeout=30).json() == {"status": "ok"}
+    assert "/v1/models/{name}:predict" in requests.get(f"{server.url}/openapi.json").text
+
+
+ROW = json.dumps([1.0] * 64)
+BAD_REQUESTS = [
+    ("invalid JSON", b'{"instances": [', 400, "not valid JSON"),
+    ("missing instances", b'{"inputs": [[1]]}', 422, "missing 'instances'"),
+    ("not a list", b'{"instances": 3}', 422, "non-empty list"),
+    ("empty list", b'{"instances": []}', 422, "non-empty list"),
+    ("wrong shape", b'{"instances": [[1.0, 2.0]]}', 422, "shape [2]; expected"),
+    ("ragged", f'{{"instances": [{ROW}, [1.0]]}}'.encode(), 422, "all of one shape"),
+    ("strings", b'{"instances": [["a"]]}', 422, "must be numbers"),
+    ("NaN", f'{{"instances": [{ROW.replace("1.0", "NaN", 1)}]}}'.encode(), 422, "NaN"),
+    ("too many", f'{{"instances": [{",".join([ROW] * 9)}]}}'.encode(), 413, "at most 8"),
+    ("too big", b'{"instances": [' + b" " * 60_000 + b"]}", 413, "over 52428 bytes"),
+]
+
+
+@pytest.mark.parametrize(
+    ("body", "status", "message"),
+    [case[1:] for case in BAD_REQUESTS],
+    ids=[case[0] for case in BAD_REQUESTS],
+)
+def test_bad_requests_get_a_4xx_that_says_what_was_expected(
+    server: Deployment, body: bytes, status: int, message: str
+) -> None:
+    response = requests.post(
+        server.predict_url, data=body, headers={"content-type": "application/json"}, timeout=30
+    )
+    assert response.status_code == status, response.text
+    assert message in response.json()["error"]
+
+
+def test_an_unknown_model_is_a_404(server: Deployment) -> None:
+    response = requests.post(
+        f"{server.url}/v1/models/other:predict", json={"instances": [[0.0] * 64]}, timeout=30
+    )
+    assert response.status_code == 404
+    assert NAME in response.json()["error"]
+
+
+def test_concurrent_requests_are_batched(server: Deployment) -> None:
+    def call(i: int) -> int:
+        x = _digits(1 + i % 3).tolist()
+        return requests.post(server.predict_url, json={"instances": x}, timeout=60).status_code
+
+    with ThreadPoolExecutor(50) as pool:
+        codes = list(pool.map(call, range(50)))
+    assert codes == [200] * 50
+    info = requests.get(f"{server.url}/v1/models/{NAME}", timeout=30).json()
+    assert info["versions"][0]["replica_stats"]["largest_batch"] > 1
+
+
+def test_canary_split_and_a_rolling_update_without_failed_requests(
+    server: Deployment, versions: dict[str, ServedModel], limits: ServeSpec
+) -> None:
+    def answered_by(n: int) -> set[str]:
+        x = {"instances": _digits(1).tolist()}
+        return {requests.post(server.predict_url, json=x, timeout=30).json()["model_version"]
+                for _ in range(n)}  # fmt: skip
+
+    deploy(versions["1"], spec=limits, canary=versions["2"], canary_percent=100)
+    assert answered_by(20) == {"2"}
+    info = requests.get(f"{server.url}/v1/models/{NAME}", timeout=30).json()
+    split = {v["version"]: v["traffic_percent"] for v in info["versions"]}
+    assert split == {"1": 0.0, "2": 100.0}
+    deploy(versions["1"], spec=limits, canary=versions["2"], canary_percent=0)
+    assert answered_by(20) == {"1"}
+
+    # Roll from version 1 to 2 while a client keeps sending requests.
+    failures: list[str] = []
+    seen: list[str] = []
+    done = threading.Event()
+
+    def load() -> None:
+        with requests.Session() as session:
+            while not done.is_set():
+                try:
+                    r = session.post(
+                        server.predict_url, json={"instances": [[0.0] * 64]}, timeout=60
+                    )
+                    if r.status_code == 200:
+                        seen.append(r.json()["model_version"])
+                    else:
+                        failures.append(f"{r.status_code}: {r.text[:200]}")
+                except requests.RequestException as exc:
+                    failures.append(repr(exc))
+
+    client = threading.Thread(target=load)
+    client.start()
+    try:
+        deploy(versions["2"], spec=limits)
+        for _ in range(20):  # a few more requests once the update is done
+            if seen[-10:] == ["2"] * 10:
+                break
+            threading.Event().wait(0.5)
+    finally:
+        done.set()
+        client.join()
+    assert failures == []
+    assert seen[0] == "1"
+    assert seen[-1] == "2"
+
+
+def test_describe_refuses_a_model_that_is_not_registered(registry: str, tmp_path: Path) -> None:
+    from raytrain.errors import RaytrainError
+
+    with pytest.raises(RaytrainError, match="did you mean 'digits-serve'"):
+        describe("digits-serv", tracking_uri=registry)
