@@ -18,7 +18,7 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks import export, scaling, sweep_efficiency, train_overhead
+from benchmarks import export, scaling, serve, sweep_efficiency, train_overhead
 from raytrain.cluster import connect
 from raytrain.train import WORKER_ENV
 
@@ -27,6 +27,7 @@ BENCHMARKS = {
     "scaling": scaling.run,
     "sweep_efficiency": sweep_efficiency.run,
     "export": export.run,
+    "serve": serve.run,
 }
 RESULTS = Path(__file__).resolve().parent / "results"
 

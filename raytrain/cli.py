@@ -480,10 +480,13 @@ def serve(
     scaling = {"min_replicas": min_replicas, "max_replicas": max_replicas}
     try:
         reference, uri, spec = _serve_target(model, experiment, tracking_uri, flags, scaling)
-        if detach:
+        current = daemon.running(spec.port)
+        if detach and current is None:
             deployed = daemon.start_server(spec.port, spec.host, _without_detach())
             out.print(deployed, highlight=False, soft_wrap=True)
             return
+        if current is not None and address is None:
+            address = current["ray_address"]  # update that server in place
         if not verbose:
             _import_tensorflow_quietly()
             os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
@@ -515,11 +518,16 @@ def serve(
         ("metrics", f"http://127.0.0.1:{METRICS_PORT}/metrics (when raytrain started Ray)"),
     ]
     _print_where(where)
+    if current is not None:
+        out.print(f"updated the server on port {spec.port} (pid {current['pid']}) in place")
+        return
+    daemon.record(spec.port, deployment.url, deployment.ray_address)
     out.print("Ctrl-C stops the server.")
     try:
         daemon.wait_for_signal()
     finally:
         stop_app()
+        daemon.forget(spec.port)
         out.print("stopped")
 
 

@@ -1,8 +1,10 @@
-"""``raytrain serve --detach`` / ``--stop``: the server as a background process, found by pid.
+"""Which ``raytrain serve`` process serves on a port: detach, stop, update in place.
 
-The detached server is the same ``raytrain serve`` command in a new session, its output in a log
-file; a state file per port records its pid, so ``--stop`` signals exactly that process and it
-shuts Serve (and a Ray instance it started) down cleanly, as Ctrl-C would.
+A serving process records its pid and Ray address in a state file per port. ``--detach`` runs
+the same command in a new session (output in a log file) and returns once it serves; ``--stop``
+signals exactly that pid, which shuts Serve (and a Ray instance it started) down as Ctrl-C
+would; a second ``raytrain serve`` on the same port joins that Ray instance and updates the
+application in place instead of starting another.
 """
 
 from __future__ import annotations
@@ -19,7 +21,16 @@ from pathlib import Path
 
 from raytrain.errors import RaytrainError
 
-__all__ = ["client_url", "start_server", "state_dir", "stop_server", "wait_for_signal"]
+__all__ = [
+    "client_url",
+    "forget",
+    "record",
+    "running",
+    "start_server",
+    "state_dir",
+    "stop_server",
+    "wait_for_signal",
+]
 
 START_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 60.0
@@ -30,13 +41,12 @@ def state_dir() -> Path:
 
 
 def start_server(port: int, host: str, args: list[str]) -> str:
-    """Start ``raytrain serve ARGS`` in the background; return once it answers /healthz."""
-    state = _state_file(port)
-    if state.is_file() and _alive(json.loads(state.read_text())["pid"]):
+    """Start ``raytrain serve ARGS`` in the background; return what it printed once it serves."""
+    if running(port):
         raise RaytrainError(
-            f"a detached server already runs on port {port}: `raytrain serve "
-            f"--stop --port {port}` ends it"
+            f"a server already runs on port {port}: `raytrain serve --stop --port {port}` ends it"
         )
+    state = _state_file(port)
     state.parent.mkdir(parents=True, exist_ok=True)
     log = state.with_suffix(".log")
     with log.open("w") as sink:
@@ -53,8 +63,7 @@ def start_server(port: int, host: str, args: list[str]) -> str:
         if proc.poll() is not None:
             tail = log.read_text().strip().splitlines()[-5:]
             raise RaytrainError("the server did not start: " + " | ".join(tail))
-        if _healthy(url) and "Ctrl-C stops" in log.read_text():
-            state.write_text(json.dumps({"pid": proc.pid, "url": url, "log": str(log)}))
+        if (running(port) or {}).get("pid") == proc.pid and _healthy(url):
             printed = log.read_text().split("Ctrl-C stops")[0]
             return (
                 printed[printed.find("serving ") :].rstrip()
@@ -71,6 +80,29 @@ def start_server(port: int, host: str, args: list[str]) -> str:
     )
 
 
+def running(port: int) -> dict | None:
+    """The live raytrain server on ``port`` (pid, url, Ray address), if there is one."""
+    state = _state_file(port)
+    if not state.is_file():
+        return None
+    found = json.loads(state.read_text())
+    return found if _alive(found["pid"]) else None
+
+
+def record(port: int, url: str, ray_address: str) -> None:
+    """Say that this process serves on ``port``: a later `raytrain serve` updates it in place."""
+    state = _state_file(port)
+    state.parent.mkdir(parents=True, exist_ok=True)
+    state.write_text(json.dumps({"pid": os.getpid(), "url": url, "ray_address": ray_address}))
+
+
+def forget(port: int) -> None:
+    """Remove this process's record for ``port`` (another process's stays)."""
+    state = _state_file(port)
+    if state.is_file() and json.loads(state.read_text())["pid"] == os.getpid():
+        state.unlink()
+
+
 def client_url(host: str, port: int) -> str:
     """Where a client on this machine reaches a server listening on ``host``."""
     return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
@@ -80,7 +112,7 @@ def stop_server(port: int) -> str:
     """Signal the detached server on ``port`` to shut down, and wait until it has."""
     state = _state_file(port)
     if not state.is_file():
-        raise RaytrainError(f"no detached server on port {port} (no {state})")
+        raise RaytrainError(f"no raytrain server on port {port} (no {state})")
     pid = json.loads(state.read_text())["pid"]
     if _alive(pid):
         os.kill(pid, signal.SIGINT)
@@ -89,7 +121,7 @@ def stop_server(port: int) -> str:
             time.sleep(0.5)
         if _alive(pid):
             os.kill(pid, signal.SIGKILL)
-    state.unlink()
+    state.unlink(missing_ok=True)
     return f"stopped the server on port {port} (pid {pid})"
 
 

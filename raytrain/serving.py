@@ -14,6 +14,7 @@ from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
+import ray
 from fastapi import FastAPI, Request
 from fastapi.responses import JSONResponse
 from ray import serve
@@ -68,6 +69,7 @@ class Deployment:
     primary: ServedModel
     canary: ServedModel | None
     canary_percent: float
+    ray_address: str
 
 
 def describe(reference: str, *, tracking_uri: str) -> ServedModel:
@@ -144,6 +146,7 @@ def deploy(
         primary=primary,
         canary=canary,
         canary_percent=canary_percent,
+        ray_address=ray.get_runtime_context().gcs_address,
     )
 
 

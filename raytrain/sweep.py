@@ -189,6 +189,8 @@ def trial_rows(results: Any, spec: Experiment) -> list[dict[str, Any]]:
     assert tune_spec is not None
     rows = []
     for result in results:
+        if result.config is None:
+            continue  # a trial the time budget (or an interruption) stopped before it started
         metrics = result.metrics or {}
         frame = result.metrics_dataframe
         epoch = int(metrics.get("epoch", 0))

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import socket
+import subprocess
+import sys
 import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -49,15 +52,21 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> str:
     return uri
 
 
-@pytest.fixture(scope="module")
-def limits() -> ServeSpec:
+def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def limits() -> ServeSpec:
     return ServeSpec(
-        port=port, max_batch_size=16, batch_wait_timeout_s=0.02, max_instances_per_request=8,
+        port=_free_port(),
+        max_batch_size=16,
+        batch_wait_timeout_s=0.02,
+        max_instances_per_request=8,
         max_body_mb=0.05,
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture(scope="module")
@@ -207,3 +216,41 @@ def test_describe_refuses_a_model_that_is_not_registered(registry: str, tmp_path
 
     with pytest.raises(RaytrainError, match="did you mean 'digits-serve'"):
         describe("digits-serv", tracking_uri=registry)
+
+
+def test_cli_serves_in_the_background_until_stopped(registry: str, tmp_path: Path) -> None:
+    port = _free_port()
+    env = {**os.environ, "RAYTRAIN_HOME": str(tmp_path)}
+    raytrain = [sys.executable, "-m", "raytrain", "serve"]
+    started = subprocess.run(
+        [*raytrain, f"{NAME}/2", "--tracking-uri", registry, "--port", str(port), "--detach"],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert started.returncode == 0, started.stdout + started.stderr
+    predict = f"http://127.0.0.1:{port}/v1/models/{NAME}:predict"
+    assert f"POST {predict}" in started.stdout
+    response = requests.post(predict, json={"instances": _digits(2).tolist()}, timeout=30)
+    assert response.json()["model_version"] == "2"
+
+    # Serving another version on the same port updates that server in place.
+    updated = subprocess.run(
+        [*raytrain, f"{NAME}/1", "--tracking-uri", registry, "--port", str(port)],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert updated.returncode == 0, updated.stdout + updated.stderr
+    assert "updated the server" in updated.stdout
+    response = requests.post(predict, json={"instances": _digits(2).tolist()}, timeout=30)
+    assert response.json()["model_version"] == "1"
+
+    stopped = subprocess.run(
+        [*raytrain, "--stop", "--port", str(port)], env=env, capture_output=True, text=True
+    )
+    assert stopped.returncode == 0, stopped.stderr
+    with pytest.raises(requests.ConnectionError):
+        requests.get(f"http://127.0.0.1:{port}/healthz", timeout=5)
+    again = subprocess.run(
+        [*raytrain, "--stop", "--port", str(port)], env=env, capture_output=True, text=True
+    )
+    assert again.returncode == 1
+    assert "no raytrain server" in again.stderr
+    assert "Traceback" not in again.stderr
