@@ -45,8 +45,14 @@ def run(folder: Path, *, quick: bool) -> list[dict[str, Any]]:
     many = json.dumps({"instances": _rows(64).tolist()}).encode()
     rows = []
 
+    predict = f"{url}/v1/models/{NAME}:predict"
     deploy(served, spec=ServeSpec(port=port))
-    rows += _levels("raytrain serve", f"{url}/v1/models/{NAME}:predict", one, many, duration)
+    rows += _levels("raytrain serve", predict, one, many, duration)
+    # Levers: Serve's default max_ongoing_requests (5) caps batches; no batching at all.
+    deploy(served, spec=ServeSpec(port=port, max_ongoing_requests=5))
+    rows.append(_row("raytrain, max_ongoing_requests=5", 1, 16, _load_sync(predict, one, duration)))
+    deploy(served, spec=ServeSpec(port=port, max_batch_size=1))
+    rows.append(_row("raytrain, max_batch_size=1", 1, 16, _load_sync(predict, one, duration)))
     stop()
     serve.run(_Handwritten.bind(served.__dict__), name="a", route_prefix="/a")
     rows += _levels("(a) hand-written @serve.batch", f"{url}/a", one, many, duration)
@@ -56,7 +62,7 @@ def run(folder: Path, *, quick: bool) -> list[dict[str, Any]]:
     serve.delete("b")
     with _uvicorn(folder, uri) as plain_url:
         rows += _levels("(c) FastAPI + model.predict", plain_url, one, many, duration)
-    rows.append(_in_process(served, duration))
+    rows += _in_process(uri, duration)
     serve.shutdown()
     return rows
 
@@ -85,6 +91,10 @@ def _row(target: str, instances: int, concurrency: int, stats: dict[str, float])
         "p99 ms": round(stats["p99"] * 1000, 1),
         "errors": int(stats["errors"]),
     }
+
+
+def _load_sync(url: str, body: bytes, duration: float) -> dict[str, float]:
+    return asyncio.run(_load(url, body, 16, duration))
 
 
 async def _load(url: str, body: bytes, concurrency: int, duration: float) -> dict[str, float]:
@@ -120,30 +130,52 @@ async def _load(url: str, body: bytes, concurrency: int, duration: float) -> dic
     }
 
 
-def _in_process(served: Any, duration: float) -> dict[str, Any]:
-    """The limit: the same compiled model call on 64-instance batches, no HTTP, one thread."""
-    import tensorflow as tf
-
-    tf.config.threading.set_intra_op_parallelism_threads(1)
-    model = load_keras(served.registered())
-    call = tf.function(lambda x: model(x, training=False))
-    x = _rows(64).reshape(64, *served.input_shape)
-    call(x)
+IN_PROCESS = """
+import raytrain, json, sys, time, numpy as np, tensorflow as tf
+tf.config.threading.set_intra_op_parallelism_threads(1)
+tf.config.threading.set_inter_op_parallelism_threads(1)
+from raytrain.registry import resolve, load_keras
+model = load_keras(resolve("{ref}", tracking_uri="{uri}"))
+call = tf.function(lambda x: model(x, training=False))
+x = np.random.default_rng(0).uniform(0, 16, size=(64, *model.input_shape[1:])).astype("float32")
+call(x)
+model.predict(x, verbose=0)
+per_call = []
+for run in (lambda: call(x).numpy(), lambda: model.predict(x, verbose=0)):
     count, start = 0, time.perf_counter()
-    while time.perf_counter() - start < duration:
-        call(x).numpy()
+    while time.perf_counter() - start < {duration}:
+        run()
         count += 1
-    per_call = (time.perf_counter() - start) / count
-    return {
-        "target": "in-process model call (limit)",
-        "instances/request": 64,
-        "concurrency": 1,
-        "requests/s": round(1 / per_call, 1),
-        "instances/s": round(64 / per_call),
-        "p50 ms": round(per_call * 1000, 2),
-        "p99 ms": "",
-        "errors": 0,
-    }
+    per_call.append((time.perf_counter() - start) / count)
+print(json.dumps(per_call))
+"""
+
+
+def _in_process(uri: str, duration: float) -> list[dict[str, Any]]:
+    """The limit: 64-instance batches through the compiled model call (what a replica runs) and
+    through ``model.predict``, no HTTP, one thread (a fresh process: this one's TensorFlow
+    already runs with its default threads)."""
+    script = IN_PROCESS.format(ref=f"{NAME}/1", uri=uri, duration=duration)
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True
+    )
+    compiled, predict = json.loads(done.stdout.strip().splitlines()[-1])
+    return [
+        {
+            "target": target,
+            "instances/request": 64,
+            "concurrency": 1,
+            "requests/s": round(1 / per_call, 1),
+            "instances/s": round(64 / per_call),
+            "p50 ms": round(per_call * 1000, 2),
+            "p99 ms": "",
+            "errors": 0,
+        }
+        for target, per_call in (
+            ("in-process compiled call (limit)", compiled),
+            ("in-process model.predict", predict),
+        )
+    ]
 
 
 @serve.deployment(max_ongoing_requests=128)
@@ -179,7 +211,9 @@ class _uvicorn:
     """A plain FastAPI app in its own process: ``model.predict`` per request, one thread."""
 
     SCRIPT = """
-import raytrain, numpy as np
+import raytrain, numpy as np, tensorflow as tf
+tf.config.threading.set_intra_op_parallelism_threads(1)
+tf.config.threading.set_inter_op_parallelism_threads(1)
 from fastapi import FastAPI
 from raytrain.registry import resolve, load_keras
 model = load_keras(resolve("{ref}", tracking_uri="{uri}"))

@@ -177,6 +177,17 @@ async def _bad_request(request: Request, exc: BadRequest) -> JSONResponse:
     return JSONResponse({"error": str(exc)}, status_code=exc.status)
 
 
+def _use_threads(cpus: float) -> None:
+    """As many TF threads as the replica holds CPUs: TF would take every core of the node."""
+    import tensorflow as tf
+
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(max(1, int(cpus)))
+        tf.config.threading.set_inter_op_parallelism_threads(max(1, int(cpus)))
+    except RuntimeError:  # TF already started in this process (e.g. local testing mode)
+        pass
+
+
 class _Version:
     """One served version: its model, a batch queue of its own, and what it has done."""
 
@@ -218,6 +229,7 @@ class ModelServer:
         import raytrain  # noqa: F401  (tf.keras must be tf_keras before TF loads a model)
 
         self.limits = ServeSpec(**limits)
+        _use_threads(self.limits.num_cpus)
         self.primary = _Version(primary, self.limits)
         self.canary = _Version(canary, self.limits) if canary else None
         self.canary_percent = canary_percent
