@@ -461,6 +461,7 @@ def serve(
 ) -> None:
     """Serve a registered model over HTTP with Ray Serve until Ctrl-C (or --detach)."""
     from raytrain import daemon
+    from raytrain.serving import serve_settings
 
     if stop:
         try:
@@ -479,7 +480,13 @@ def serve(
     }
     scaling = {"min_replicas": min_replicas, "max_replicas": max_replicas}
     try:
-        reference, uri, spec = _serve_target(model, experiment, tracking_uri, flags, scaling)
+        reference, uri, spec = serve_settings(
+            model,
+            experiment=_load(experiment, None).spec if experiment else None,
+            tracking_uri=tracking_uri,
+            flags=flags,
+            autoscaling=scaling,
+        )
         current = daemon.running(spec.port)
         if detach and current is None:
             deployed = daemon.start_server(spec.port, spec.host, _without_detach())
@@ -529,44 +536,6 @@ def serve(
         stop_app()
         daemon.forget(spec.port)
         out.print("stopped")
-
-
-def _serve_target(
-    model: str | None,
-    experiment: Path | None,
-    tracking_uri: str | None,
-    flags: dict[str, Any],
-    scaling: dict[str, int | None],
-) -> tuple[str, str, Any]:
-    """The model reference, tracking URI and serve settings from the arguments."""
-    from pydantic import ValidationError
-
-    from raytrain.spec import ServeSpec
-
-    base = ServeSpec()
-    reference, uri = model, tracking_uri
-    if experiment is not None:
-        spec = _load(experiment, None).spec
-        base, uri = spec.serve, tracking_uri or spec.tracking.uri
-        reference = model or spec.tracking.register_as
-        if reference is None:
-            raise RaytrainError(f"{experiment} registers no model (tracking.register_as)")
-    if reference is None:
-        raise RaytrainError("name a model (NAME, NAME@ALIAS or NAME/VERSION) or --experiment FILE")
-    settings = base.model_dump()
-    settings.update({k: v for k, v in flags.items() if v is not None})
-    if any(v is not None for v in scaling.values()):
-        settings["autoscaling"] = {
-            **(settings.get("autoscaling") or {}),
-            **{k: v for k, v in scaling.items() if v is not None},
-        }
-    try:
-        serve_spec = ServeSpec.model_validate(settings)
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise RaytrainError(f"serve.{where}: {first['msg']}") from None
-    return reference, uri or "sqlite:///mlflow.db", serve_spec
 
 
 def _without_detach() -> list[str]:

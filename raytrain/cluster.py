@@ -17,7 +17,14 @@ import ray
 
 from raytrain.errors import ClusterError
 
-__all__ = ["ClusterInfo", "check_feasible", "connect", "worker_slots"]
+__all__ = [
+    "ClusterInfo",
+    "check_feasible",
+    "connect",
+    "live_placement_groups",
+    "release_placement_groups",
+    "worker_slots",
+]
 
 
 @dataclass(frozen=True)
@@ -123,3 +130,23 @@ def _fits_on(node: dict[str, float], needed: dict[str, float]) -> int:
 
 def _fmt(value: float) -> str:
     return f"{value:g}"
+
+
+def live_placement_groups() -> set[str]:
+    """Ids of this job's placement groups that hold (or wait for) resources."""
+    from ray.util.state import list_placement_groups
+
+    job = ray.get_runtime_context().get_job_id()
+    found = list_placement_groups(filters=[("creator_job_id", "=", job)], limit=10_000)
+    return {pg.placement_group_id for pg in found if pg.state != "REMOVED"}
+
+
+def release_placement_groups(ids: set[str]) -> None:
+    """Remove placement groups nobody will remove: Ray Train's cleaner leaves a trial's worker
+    group holding its CPUs when Tune stops the trial (seen with a sweep's time budget), and every
+    later run on the cluster then waits for them forever."""
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    for pg_id in ids:
+        remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(pg_id))))

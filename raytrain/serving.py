@@ -22,7 +22,7 @@ from ray import serve
 from raytrain.daemon import client_url
 from raytrain.errors import RaytrainError
 from raytrain.registry import RegisteredModel, download, load_keras, resolve
-from raytrain.spec import ServeSpec
+from raytrain.spec import Experiment, ServeSpec
 
 __all__ = [
     "APP_NAME",
@@ -32,6 +32,7 @@ __all__ = [
     "deploy",
     "describe",
     "serve_model",
+    "serve_settings",
     "stop",
 ]
 
@@ -339,6 +340,43 @@ class ModelServer:
     def _percent(self, version: _Version) -> float:
         canary = self.canary_percent if self.canary else 0.0
         return canary if version is self.canary else 100.0 - canary
+
+
+def serve_settings(
+    model: str | None,
+    *,
+    experiment: Experiment | None = None,
+    tracking_uri: str | None = None,
+    flags: dict[str, Any] | None = None,
+    autoscaling: dict[str, Any] | None = None,
+) -> tuple[str, str, ServeSpec]:
+    """What to serve, from where, how: the model reference (default: the experiment's
+    ``register_as``), the tracking URI and the experiment's ``serve:`` section with ``flags``
+    (and ``autoscaling`` keys) over it; ``None`` values leave a setting as it is."""
+    from pydantic import ValidationError
+
+    base, reference, uri = ServeSpec(), model, tracking_uri
+    if experiment is not None:
+        base, uri = experiment.serve, tracking_uri or experiment.tracking.uri
+        reference = model or experiment.tracking.register_as
+        if reference is None:
+            raise RaytrainError(
+                f"experiment '{experiment.name}' registers no model (tracking.register_as)"
+            )
+    if reference is None:
+        raise RaytrainError("name a model (NAME, NAME@ALIAS or NAME/VERSION) or --experiment FILE")
+    settings = base.model_dump()
+    settings.update({k: v for k, v in (flags or {}).items() if v is not None})
+    scaling = {k: v for k, v in (autoscaling or {}).items() if v is not None}
+    if scaling:
+        settings["autoscaling"] = {**(settings.get("autoscaling") or {}), **scaling}
+    try:
+        spec = ServeSpec.model_validate(settings)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise RaytrainError(f"serve.{where}: {first['msg']}") from None
+    return reference, uri or "sqlite:///mlflow.db", spec
 
 
 def serve_model(

@@ -20,7 +20,12 @@ import ray
 from ray import tune
 
 from raytrain import tracking
-from raytrain.cluster import check_feasible, worker_slots
+from raytrain.cluster import (
+    check_feasible,
+    live_placement_groups,
+    release_placement_groups,
+    worker_slots,
+)
 from raytrain.errors import ClusterError, find_user_error
 from raytrain.history import SWEEP_STATE  # what `raytrain resume` needs, next to Tune's state
 from raytrain.spec import Experiment, TuneSpec
@@ -169,10 +174,12 @@ def sweep(
         if extension is None:
             Path(setup.storage_root, setup.sweep_name).mkdir(parents=True, exist_ok=True)
             _write_state(setup)
+    before = live_placement_groups()
     try:
         results = tuner.fit()
     finally:
         EVENT_SINKS.pop(setup.sweep_name, None)
+        release_placement_groups(live_placement_groups() - before)  # trials stopped mid-run
     return SweepOutcome(rows=trial_rows(results, spec), results=results, concurrent=concurrent)
 
 

@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import requests
+from ray import serve
 
 from raytrain.registry import load_keras
 from raytrain.run import run_experiment
@@ -79,6 +80,7 @@ def server(versions: dict[str, ServedModel], limits: ServeSpec) -> Iterator[Depl
     deployment = deploy(versions["1"], spec=limits)
     yield deployment
     stop()
+    serve.shutdown()  # the Ray instance is shared: leave no Serve actors to later tests
 
 
 def _digits(n: int) -> np.ndarray:

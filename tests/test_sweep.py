@@ -12,6 +12,7 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import ray
 from ray.tune.search.optuna import OptunaSearch
 
 from raytrain.cluster import ClusterInfo
@@ -360,3 +361,9 @@ def test_the_time_budget_ends_the_sweep(workdir: Path) -> None:
     summary = run_sweep(loaded)
     assert 1 <= len(summary.rows) < 50
     assert time.monotonic() - start < 120
+    # The trial the budget stopped mid-run gave its worker's CPU back (Ray Train left it held,
+    # and every later run on the cluster waited for it forever).
+    deadline = time.monotonic() + 20
+    while ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"]:
+        assert time.monotonic() < deadline, ray.util.placement_group_table()
+        time.sleep(0.5)
