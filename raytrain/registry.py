@@ -107,13 +107,15 @@ def resolve(reference: str, *, tracking_uri: str) -> RegisteredModel:
     )
 
 
-def download(model: RegisteredModel) -> str:
+def download(model: RegisteredModel, path: str = "") -> str:
     """A local copy of the version's files (MLmodel, the tf_keras model), from wherever its
     artifacts live. The location is asked of this registry: MLflow would resolve a
     ``models:/`` URI against the process's global tracking URI, which a Serve replica lacks."""
     import mlflow
 
     location = _client(model.tracking_uri).get_model_version_download_uri(model.name, model.version)
+    if path:  # one file of the model, e.g. its MLmodel, not the whole model
+        location = f"{location.rstrip('/')}/{path}"
     return mlflow.artifacts.download_artifacts(artifact_uri=location)
 
 

@@ -16,7 +16,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 import yaml
@@ -26,6 +26,9 @@ from raytrain.cluster import check_feasible, connect
 from raytrain.data import load_dataset
 from raytrain.errors import TrackingError, find_user_error
 from raytrain.specfile import LoadedExperiment
+
+if TYPE_CHECKING:
+    from raytrain.sweep import Extension
 
 __all__ = ["RunSummary", "run_experiment"]
 
@@ -234,7 +237,7 @@ def run_sweep(
         sweep_name=sweep_name,
         tracked=tracked,
     )
-    return _run_and_finish(setup, data, on_event=on_event, rounds=[sweep_name])
+    return _run_and_finish(setup, data, on_event=on_event, rounds=[sweep_name], earlier=[])
 
 
 def resume_sweep(
@@ -269,44 +272,59 @@ def resume_sweep(
     )
     rounds = [setup.sweep_name, *state.get("extensions", [])]
     interrupted = rounds[-1] not in state.get("finished", [])
-    done = 0 if interrupted else len(past_rows(setup, rounds))  # an interrupted one: counted later
+    # Trials of the rounds that finished; an interrupted last round is counted once it is done.
+    rows = past_rows(setup, rounds[:-1] if interrupted else rounds)
     if num_samples is not None and spec.tune.search.algorithm == "grid":
         raise RaytrainError(
             f"sweep '{setup.sweep_name}' is a grid search: it ran its whole grid; "
             "--num-samples extends random and Optuna searches"
         )
-    if not interrupted and (num_samples is None or num_samples <= done):
+    if not interrupted and (num_samples is None or num_samples <= len(rows)):
         raise RaytrainError(
-            f"sweep '{setup.sweep_name}' finished with {done} trial(s): nothing to resume; "
-            f"`raytrain resume {setup.sweep_name} --num-samples N` (N > {done}) runs more"
+            f"sweep '{setup.sweep_name}' finished with {len(rows)} trial(s): nothing to resume; "
+            f"`raytrain resume {setup.sweep_name} --num-samples N` (N > {len(rows)}) runs more"
         )
     data = _prepare(spec, tracked.uri if tracked else None, address=address, verbose=verbose)
     summary = None
     if interrupted:
-        summary = _run_and_finish(setup, data, on_event=on_event, rounds=rounds, restore=True)
-        done = len(summary.rows)
-    if num_samples is not None and num_samples > done:
-        summary = _extend(setup, data, rounds=rounds, add=num_samples - done, on_event=on_event)
+        summary = _run_and_finish(
+            setup, data, on_event=on_event, rounds=rounds, earlier=rows, restore=True
+        )
+        rows = summary.rows
+    if num_samples is not None and num_samples > len(rows):
+        add = num_samples - len(rows)
+        summary = _extend(setup, data, rounds=rounds, earlier=rows, add=add, on_event=on_event)
     assert summary is not None
     return summary
 
 
 def _extend(
-    setup: Any, data: Any, *, rounds: list[str], add: int, on_event: ProgressFn | None
+    setup: Any,
+    data: Any,
+    *,
+    rounds: list[str],
+    earlier: list[dict[str, Any]],
+    add: int,
+    on_event: ProgressFn | None,
 ) -> SweepSummary:
-    from raytrain.sweep import Extension, past_rows, update_state
+    from raytrain.sweep import Extension, update_state
 
     extension = Extension(
         name=f"{setup.sweep_name}-more-{len(rounds)}",
         num_samples=add,
         round=len(rounds),
-        earlier=past_rows(setup, rounds),
+        earlier=earlier,
     )
     update_state(
         str(Path(setup.storage_root, setup.sweep_name)), extensions=[*rounds[1:], extension.name]
     )
     return _run_and_finish(
-        setup, data, on_event=on_event, rounds=[*rounds, extension.name], extension=extension
+        setup,
+        data,
+        on_event=on_event,
+        rounds=[*rounds, extension.name],
+        earlier=earlier,
+        extension=extension,
     )
 
 
@@ -316,12 +334,13 @@ def _run_and_finish(
     *,
     on_event: ProgressFn | None,
     rounds: list[str],
+    earlier: list[dict[str, Any]],
     restore: bool = False,
-    extension: Any = None,
+    extension: Extension | None = None,
 ) -> SweepSummary:
-    """Run the last of ``rounds`` (Tune experiments of one sweep), then rank every round's
-    trials together: best trial, champion, the parent run's summary."""
-    from raytrain.sweep import load_state, past_rows, sweep, update_state
+    """Run the last of ``rounds`` (Tune experiments of one sweep), then rank its trials with
+    ``earlier`` (the other rounds'): best trial, champion, the parent run's summary."""
+    from raytrain.sweep import load_state, sweep, update_state
     from raytrain.sweep_tracking import find_child, log_sweep_summary, pareto_front
 
     spec = setup.spec
@@ -344,7 +363,7 @@ def _run_and_finish(
             status = "KILLED" if isinstance(exc, KeyboardInterrupt) else "FAILED"
             tracking.end_run(setup.tracked, status=status, tags={"raytrain.error": str(exc)[:5000]})
         raise
-    rows = past_rows(setup, rounds[:-1]) + outcome.rows
+    rows = earlier + outcome.rows
     scored = [r for r in rows if isinstance(r.get(f"best_{metrics[0]}"), int | float)]
     front = pareto_front(scored, [f"best_{m}" for m in metrics], modes) if len(metrics) > 1 else []
     pick = max if modes[0] == "max" else min

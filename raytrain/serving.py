@@ -79,7 +79,7 @@ def describe(reference: str, *, tracking_uri: str) -> ServedModel:
 
     model = resolve(reference, tracking_uri=tracking_uri)
     client = mlflow.MlflowClient(tracking_uri=model.tracking_uri)
-    info = mlflow.models.Model.load(download(model))
+    info = mlflow.models.Model.load(download(model, "MLmodel"))
     meta = info.metadata or {}
     if "input_shape" not in meta:
         raise RaytrainError(f"{model} was not logged by raytrain: its input shape is unknown")
@@ -331,11 +331,8 @@ class ModelServer:
 
     def _check_name(self, name: str) -> None:
         if name != self.primary.info.name:
-            raise BadRequest(404, f"no model '{name}' here; this server serves '{self._name}'")
-
-    @property
-    def _name(self) -> str:
-        return self.primary.info.name
+            served = self.primary.info.name
+            raise BadRequest(404, f"no model '{name}' here; this server serves '{served}'")
 
     def _percent(self, version: _Version) -> float:
         canary = self.canary_percent if self.canary else 0.0
