@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import socket
+import time
 from dataclasses import dataclass
 from typing import Any
 
@@ -141,12 +142,28 @@ def live_placement_groups() -> set[str]:
     return {pg.placement_group_id for pg in found if pg.state != "REMOVED"}
 
 
-def release_placement_groups(ids: set[str]) -> None:
-    """Remove placement groups nobody will remove: Ray Train's cleaner leaves a trial's worker
-    group holding its CPUs when Tune stops the trial (seen with a sweep's time budget), and every
-    later run on the cluster then waits for them forever."""
+def release_placement_groups(before: set[str], *, timeout_s: float = 30.0) -> None:
+    """Remove the placement groups this job created since ``before`` once Ray Train's
+    controllers have exited.
+
+    When Tune stops a trial mid-run (a sweep's time budget), the trial's Train controller dies
+    asynchronously, sometimes after creating its worker group's placement group and before
+    registering it with Ray Train's cleaner; that group then holds its CPUs until the driver
+    exits, and every later run on the cluster waits for them forever.
+    """
     from ray._raylet import PlacementGroupID
     from ray.util.placement_group import PlacementGroup, remove_placement_group
+    from ray.util.state import list_actors
 
-    for pg_id in ids:
+    job = ray.get_runtime_context().get_job_id()
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        controllers = list_actors(
+            filters=[("class_name", "=", "TrainController"), ("job_id", "=", job)],
+            limit=10_000,
+        )
+        if all(actor.state == "DEAD" for actor in controllers):
+            break
+        time.sleep(0.5)
+    for pg_id in live_placement_groups() - before:
         remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(pg_id))))

@@ -179,7 +179,7 @@ def sweep(
         results = tuner.fit()
     finally:
         EVENT_SINKS.pop(setup.sweep_name, None)
-        release_placement_groups(live_placement_groups() - before)  # trials stopped mid-run
+        release_placement_groups(before)  # trials stopped mid-run
     return SweepOutcome(rows=trial_rows(results, spec), results=results, concurrent=concurrent)
 
 
