@@ -1,0 +1,553 @@
+"""cluster_configs/ checked offline: Ray's own cluster-config schema, then our rules.
+
+Every rule is a function from a file's text to the problems it finds (none: the file keeps the
+rule). The positive tests run each rule on each file, so a new file is covered by being there;
+the negative tests feed each rule a file broken on purpose, so a rule that stopped looking fails.
+Nothing here brings up a cluster or calls a cloud API: `ray up` on GCP and `kubectl apply` were
+not run. One test runs the head's MLflow start command on this machine, because that command is
+shell that only running it can check.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+import tomllib
+import urllib.request
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = ROOT / "cluster_configs"
+RAY_UP_FILES = sorted(CONFIGS.glob("*.yaml"))
+KUBE_FILES = sorted((CONFIGS / "kuberay").glob("*.yaml"))
+DOCKERFILE = CONFIGS / "kuberay" / "Dockerfile"
+PINS = {
+    name.strip().lower(): version.strip()
+    for name, _, version in (
+        line.partition("==") for line in (ROOT / "constraints.txt").read_text().splitlines()
+    )
+    if version and not name.startswith("#")
+}
+RAY_VERSION = PINS["ray"]
+RAYTRAIN_VERSION = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["version"]
+LOCALITY = {"gcp", "onprem"}  # the custom resources that data.locality names
+# `ray start --head` binds the dashboard to get_localhost_ip() unless told otherwise
+# (ray/scripts/scripts.py, the --dashboard-host option): 127.0.0.1, or ::1 on IPv6-only hosts.
+LOCAL_HOSTS = {"127.0.0.1", "localhost", "::1"}
+ALL_INTERFACES = {"0.0.0.0", "::", "[::]", "*"}
+
+Rule = Callable[[str], list[str]]
+
+
+# ---- reading the files --------------------------------------------------------------------------
+
+
+def prepared(text: str) -> dict[str, Any]:
+    """The config as `ray up` sees it: Ray's defaults merged in (a private Ray API)."""
+    from ray.autoscaler._private.util import prepare_config
+
+    return prepare_config(copy.deepcopy(yaml.safe_load(text)))
+
+
+def docs(text: str) -> list[dict[str, Any]]:
+    return [d for d in yaml.safe_load_all(text) if d]
+
+
+def node_setups(config: dict[str, Any]) -> dict[str, list[str]]:
+    """Each node type's setup commands; a type's own worker_setup_commands replace the global."""
+    setups = {}
+    for name, node_type in config["available_node_types"].items():
+        if name == config["head_node_type"]:
+            setups[name] = config["head_setup_commands"]
+        else:
+            setups[name] = node_type.get("worker_setup_commands", config["worker_setup_commands"])
+    return setups
+
+
+def all_commands(config: dict[str, Any]) -> list[str]:
+    cmds = [*config["head_start_ray_commands"], *config["worker_start_ray_commands"]]
+    cmds += config.get("initialization_commands", [])
+    for node_type in config["available_node_types"].values():
+        cmds += node_type.get("initialization_commands", [])
+    return cmds + [c for setup in node_setups(config).values() for c in setup]
+
+
+def ray_starts(config: dict[str, Any]) -> list[str]:
+    starts = config["head_start_ray_commands"] + config["worker_start_ray_commands"]
+    return [c for c in starts if "ray start" in c]
+
+
+def ray_resources(kind_docs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(name, RayCluster spec) of every RayCluster and RayJob."""
+    for d in kind_docs:
+        if d.get("kind") == "RayCluster":
+            yield d["metadata"]["name"], d.get("spec", {})
+        elif d.get("kind") == "RayJob":
+            yield d["metadata"]["name"], d.get("spec", {}).get("rayClusterSpec", {})
+
+
+def ray_groups(spec: dict[str, Any]) -> list[dict[str, Any]]:
+    return [spec.get("headGroupSpec", {}), *spec.get("workerGroupSpecs", [])]
+
+
+def containers(kind_docs: list[dict[str, Any]]) -> Iterator[dict[str, Any]]:
+    for _, spec in ray_resources(kind_docs):
+        for group in ray_groups(spec):
+            yield from group.get("template", {}).get("spec", {}).get("containers", [])
+    for d in kind_docs:
+        if d.get("kind") == "Deployment":
+            yield from d["spec"]["template"]["spec"]["containers"]
+
+
+# ---- rules for `ray up` configs -----------------------------------------------------------------
+
+
+def ray_schema(text: str) -> list[str]:
+    """Ray's own validation, offline: prepare_config first, or it misses its defaults."""
+    from ray.autoscaler._private.util import validate_config
+
+    try:
+        validate_config(prepared(text))
+    except Exception as exc:
+        return [f"Ray rejects the config: {type(exc).__name__}: {str(exc).splitlines()[0]}"]
+    return []
+
+
+def dashboard_local_only(text: str) -> list[str]:
+    problems = []
+    for cmd in ray_starts(prepared(text)):
+        for host in re.findall(r"--dashboard-host[= ]+['\"]?([^\s'\"]+)", cmd):
+            if host not in LOCAL_HOSTS:
+                problems.append(f"dashboard bound to {host}, not localhost: {cmd!r}")
+    return problems
+
+
+def token_auth(text: str) -> list[str]:
+    config = prepared(text)
+    problems = [
+        f"no RAY_AUTH_MODE=token: {c!r}"
+        for c in ray_starts(config)
+        if "RAY_AUTH_MODE=token" not in c
+    ]
+    if "~/.ray/auth_token" not in config["file_mounts"]:
+        problems.append("file_mounts does not copy ~/.ray/auth_token to the nodes")
+    return problems
+
+
+SECRET_PATTERNS = {
+    "a private key": r"-----BEGIN [A-Z ]*PRIVATE KEY-----",
+    "GOOGLE_APPLICATION_CREDENTIALS": r"GOOGLE_APPLICATION_CREDENTIALS",
+    "inline GCP credentials": r"\bgcp_credentials\b",
+    "a JSON key file": r"[\w~./-]+\.json\b",
+    "an inline secret": r"(?i)\b(RAY_AUTH_TOKEN|password|passwd|api_?key|secret_?key)\s*[=:]\s*"
+    r"[\"']?(?![$\"'])[^\s\"']{6,}",
+    "a Kubernetes Secret": r"(?m)^kind:\s*Secret\b",
+}
+
+
+def no_credentials(text: str) -> list[str]:
+    return [
+        f"{what}: {m.group(0)!r}"
+        for what, pattern in SECRET_PATTERNS.items()
+        for m in re.finditer(pattern, text)
+    ]
+
+
+def pinned_install(text: str) -> list[str]:
+    config = prepared(text)
+    problems = [
+        f"pip install without -c constraints.txt: {c!r}"
+        for c in all_commands(config)
+        if "pip install" in c and "-c constraints.txt" not in c
+    ]
+    for name, setup in node_setups(config).items():
+        installs = [c for c in setup if re.search(r"pip install\b.*\s-e\s+['\"]?\.", c)]
+        if not installs:
+            problems.append(f"node type {name}: raytrain is never installed")
+        gpus = config["available_node_types"][name]["resources"].get("GPU", 0)
+        if gpus and not any("[gpu]" in c for c in installs):
+            problems.append(f"node type {name} has GPUs but not the `gpu` extra")
+    return problems
+
+
+def mlflow_on_head(text: str) -> list[str]:
+    config = prepared(text)
+    servers = [c for c in config["head_start_ray_commands"] if "mlflow server" in c]
+    problems = (
+        [f"{len(servers)} MLflow servers started on the head, not 1"] if len(servers) != 1 else []
+    )
+    for cmd in servers:
+        host = re.search(r"--host[= ]+['\"]?([^\s'\"]+)", cmd)
+        if host and host.group(1) in ALL_INTERFACES:
+            problems.append(f"MLflow bound to all interfaces ({host.group(1)})")
+        if "--backend-store-uri" not in cmd or "--artifacts-destination" not in cmd:
+            problems.append("MLflow without --backend-store-uri or --artifacts-destination")
+    problems += [
+        f"MLflow started on workers: {c!r}"
+        for c in all_commands(config)
+        if "mlflow server" in c and c not in servers
+    ]
+    return problems
+
+
+def gpu_terminate_on_maintenance(text: str) -> list[str]:
+    problems = []
+    for name, node_type in prepared(text)["available_node_types"].items():
+        node = node_type["node_config"]
+        if node.get("guestAccelerators") or node_type["resources"].get("GPU"):
+            entries = node.get("scheduling", [])
+            entries = entries if isinstance(entries, list) else [entries]
+            if not any(e.get("onHostMaintenance") == "TERMINATE" for e in entries):
+                problems.append(
+                    f"GPU node type {name} lacks scheduling onHostMaintenance TERMINATE"
+                )
+    return problems
+
+
+def tpu_node_types(text: str) -> list[str]:
+    """Our reading of TPU node types, and Ray's GCP launcher's (offline; the `gcp` extra)."""
+    from ray._private.accelerators.tpu import TPUAcceleratorManager
+    from ray.autoscaler._private.gcp.config import GCPNodeType, get_node_type
+
+    config = prepared(text)
+    if config["provider"]["type"] != "gcp":
+        return []
+    problems = []
+    for name, node_type in config["available_node_types"].items():
+        node = node_type["node_config"]
+        if not (
+            {"acceleratorType", "acceleratorConfig"} & node.keys()
+            or "TPU" in node_type["resources"]
+        ):
+            continue
+        kind = node.get("acceleratorType", "")
+        if not TPUAcceleratorManager.is_valid_tpu_accelerator_type(kind):
+            problems.append(f"TPU node type {name}: acceleratorType {kind!r} is not a TPU type")
+        if "runtimeVersion" not in node or "machineType" in node:
+            problems.append(f"TPU node type {name}: needs runtimeVersion and no machineType")
+        if not node_type["resources"].get("TPU"):
+            problems.append(f"TPU node type {name} does not declare the TPU resource")
+        if name == config["head_node_type"]:
+            problems.append(f"TPU node type {name} is the head; TPUs cannot be")
+        if get_node_type(node) != GCPNodeType.TPU:
+            problems.append(f"Ray's GCP launcher would not create node type {name} as a TPU VM")
+    return problems
+
+
+def locality_everywhere(text: str) -> list[str]:
+    config = prepared(text)
+    if config["provider"]["type"] == "local":  # no node types: resources go on `ray start`
+        problems = []
+        for cmd in ray_starts(config):
+            found = re.search(r"--resources[= ]+'([^']*)'", cmd)
+            if not found or not LOCALITY & json.loads(found.group(1)).keys():
+                problems.append(
+                    f"ray start without a locality resource {sorted(LOCALITY)}: {cmd!r}"
+                )
+        return problems
+    return [
+        f"node type {name} carries none of the locality resources {sorted(LOCALITY)}"
+        for name, node_type in config["available_node_types"].items()
+        if not LOCALITY & node_type["resources"].keys()
+    ]
+
+
+def header_block(text: str) -> list[str]:
+    header = "\n".join(re.match(r"(?:#.*\n|\s*\n)*", text).group(0).splitlines()).upper()
+    wanted = ("FILL IN", "COST", "TEAR DOWN")
+    return [f"the top comment block does not say {w!r}" for w in wanted if w not in header]
+
+
+RAY_UP_RULES: list[Rule] = [
+    ray_schema, dashboard_local_only, token_auth, no_credentials, pinned_install, mlflow_on_head,
+    gpu_terminate_on_maintenance, tpu_node_types, locality_everywhere, header_block,
+]  # fmt: skip
+
+
+# ---- rules for Kubernetes manifests -------------------------------------------------------------
+
+KINDS = {"RayCluster", "RayJob", "Deployment", "Service", "PersistentVolumeClaim"}
+
+
+def kube_kinds(text: str) -> list[str]:
+    problems = []
+    for d in docs(text):
+        if d.get("kind") not in KINDS:
+            problems.append(f"unexpected kind {d.get('kind')!r} (allowed: {sorted(KINDS)})")
+        elif d["kind"] in ("RayCluster", "RayJob") and d.get("apiVersion") != "ray.io/v1":
+            problems.append(f"{d['kind']} with apiVersion {d.get('apiVersion')!r}, not ray.io/v1")
+    for name, spec in ray_resources(docs(text)):
+        head = spec.get("headGroupSpec", {}).get("template", {}).get("spec", {})
+        if not head.get("containers") or not spec.get("workerGroupSpecs"):
+            problems.append(f"{name}: needs headGroupSpec with a container and workerGroupSpecs")
+    return problems
+
+
+def kube_ray_version(text: str) -> list[str]:
+    return [
+        f"{name}: rayVersion {spec.get('rayVersion')!r}, but constraints.txt pins ray {RAY_VERSION}"
+        for name, spec in ray_resources(docs(text))
+        if spec.get("rayVersion") != RAY_VERSION
+    ]
+
+
+def kube_images_pinned(text: str) -> list[str]:
+    problems = []
+    for container in containers(docs(text)):
+        image = container.get("image", "")
+        name, _, tag = image.rpartition("/")[2].partition(":")
+        if not tag or tag == "latest":
+            problems.append(f"image {image!r} is not pinned to a tag")
+        elif name.startswith("raytrain") and tag != RAYTRAIN_VERSION:
+            problems.append(f"image {image!r}: tag is not raytrain's version {RAYTRAIN_VERSION}")
+    return problems
+
+
+def kube_services_internal(text: str) -> list[str]:
+    problems = [
+        f"Service {d['metadata']['name']} is {d['spec']['type']}, not ClusterIP"
+        for d in docs(text)
+        if d.get("kind") == "Service" and d["spec"].get("type", "ClusterIP") != "ClusterIP"
+    ]
+    for name, spec in ray_resources(docs(text)):
+        head = spec.get("headGroupSpec", {})
+        if head.get("serviceType", "ClusterIP") != "ClusterIP" or head.get("enableIngress"):
+            problems.append(
+                f"{name}: head service {head.get('serviceType')} / ingress, not ClusterIP"
+            )
+    return problems
+
+
+def kube_token_auth(text: str) -> list[str]:
+    problems = [
+        f"{name}: authOptions.mode is not token"
+        for name, spec in ray_resources(docs(text))
+        if spec.get("authOptions", {}).get("mode") != "token"
+    ]
+    for container in containers(docs(text)):
+        for env in container.get("env", []):
+            if env["name"] == "RAY_AUTH_MODE" and env.get("value") != "token":
+                problems.append(f"container {container['name']}: RAY_AUTH_MODE={env.get('value')}")
+    return problems
+
+
+def kube_locality(text: str) -> list[str]:
+    problems = []
+    for name, spec in ray_resources(docs(text)):
+        for group in ray_groups(spec):
+            raw = group.get("rayStartParams", {}).get("resources", '""')
+            if not LOCALITY & json.loads(json.loads(raw) or "{}").keys():
+                problems.append(f"{name}/{group.get('groupName', 'head')}: no locality resource")
+    return problems
+
+
+def rayjob_entrypoint(text: str) -> list[str]:
+    problems = []
+    for d in docs(text):
+        if d.get("kind") == "RayJob":
+            found = re.match(r"raytrain run (\S+)", d["spec"].get("entrypoint", ""))
+            # /app is the Dockerfile's WORKDIR, where it copies experiments/.
+            if not found or not (ROOT / found.group(1).removeprefix("/app/")).is_file():
+                entrypoint = d["spec"].get("entrypoint")
+                problems.append(f"RayJob entrypoint does not run a repo experiment: {entrypoint!r}")
+    return problems
+
+
+KUBE_RULES: list[Rule] = [
+    kube_kinds, kube_ray_version, kube_images_pinned, kube_services_internal, kube_token_auth,
+    kube_locality, rayjob_entrypoint, no_credentials, header_block,
+]  # fmt: skip
+
+
+def dockerfile_pinned(text: str) -> list[str]:
+    problems = [
+        f"base image not pinned: {line!r}"
+        for line in re.findall(r"(?m)^FROM\s+(\S+)", text)
+        if ":" not in line.rpartition("/")[2] or line.endswith(":latest")
+    ]
+    return problems + [
+        f"pip install without -c constraints.txt: {line!r}"
+        for line in re.findall(r"(?m)^.*pip install.*$", text)
+        if "-c constraints.txt" not in line
+    ]
+
+
+# ---- tests --------------------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("path", RAY_UP_FILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("rule", RAY_UP_RULES, ids=lambda r: r.__name__)
+def test_ray_up_config_keeps_rule(rule: Rule, path: Path) -> None:
+    assert rule(path.read_text()) == []
+
+
+@pytest.mark.parametrize("path", KUBE_FILES, ids=lambda p: p.name)
+@pytest.mark.parametrize("rule", KUBE_RULES, ids=lambda r: r.__name__)
+def test_kubernetes_manifest_keeps_rule(rule: Rule, path: Path) -> None:
+    assert rule(path.read_text()) == []
+
+
+@pytest.mark.parametrize("rule", [dockerfile_pinned, no_credentials], ids=lambda r: r.__name__)
+def test_dockerfile_keeps_rule(rule: Rule) -> None:
+    assert rule(DOCKERFILE.read_text()) == []
+
+
+def test_the_expected_files_are_there() -> None:
+    assert {p.name for p in RAY_UP_FILES} >= {"gcp.yaml", "gcp-tpu.yaml", "onprem.yaml"}
+    kinds = {d["kind"] for p in KUBE_FILES for d in docs(p.read_text())}
+    assert kinds >= {"RayCluster", "RayJob"}
+
+
+# (rule, file, text to replace, its replacement, words the problem must contain)
+# fmt: off
+BROKEN = [
+    (ray_schema, "gcp.yaml", "max_workers: 8", "max_worker: 8", "Ray rejects"),
+    (dashboard_local_only, "gcp.yaml", "--dashboard-host=127.0.0.1", "--dashboard-host=0.0.0.0",
+     "bound to 0.0.0.0"),
+    (token_auth, "onprem.yaml", "RAY_AUTH_MODE=token ray start --address", "ray start --address",
+     "no RAY_AUTH_MODE=token"),
+    (token_auth, "gcp.yaml", '"~/.ray/auth_token": "~/.ray/auth_token"', "", "auth_token"),
+    (no_credentials, "gcp.yaml", "chmod 600 ~/.ray/auth_token",
+     "echo '-----BEGIN OPENSSH PRIVATE KEY-----'", "a private key"),
+    (no_credentials, "gcp.yaml", "chmod 600 ~/.ray/auth_token",
+     "export GOOGLE_APPLICATION_CREDENTIALS=~/sa-key.json", "GOOGLE_APPLICATION_CREDENTIALS"),
+    (no_credentials, "onprem.yaml", "RAY_AUTH_MODE=token ray start --head",
+     "RAY_AUTH_TOKEN=3f9a1c77e0b24d5e RAY_AUTH_MODE=token ray start --head", "inline secret"),
+    (no_credentials, "kuberay/raycluster.yaml", "apiVersion: ray.io/v1",
+     "apiVersion: v1\nkind: Secret\nstringData: {auth_token: x}\n---\napiVersion: ray.io/v1",
+     "Kubernetes Secret"),
+    (pinned_install, "gcp.yaml", "pip install -q -c constraints.txt -e '.[gcp]'",
+     "pip install -q -e '.[gcp]'", "without -c constraints.txt"),
+    (pinned_install, "gcp.yaml", "-e '.[gpu]'", "-e .", "not the `gpu` extra"),
+    (mlflow_on_head, "gcp.yaml", '--host "$MLFLOW_HOST"', "--host 0.0.0.0", "all interfaces"),
+    (mlflow_on_head, "onprem.yaml", "setsid nohup mlflow server", "setsid nohup true", "0 MLflow"),
+    (gpu_terminate_on_maintenance, "gcp.yaml", "onHostMaintenance: TERMINATE",
+     "onHostMaintenance: MIGRATE", "onHostMaintenance TERMINATE"),
+    (tpu_node_types, "gcp-tpu.yaml", "      acceleratorType: v4-8",
+     "      machineType: n1-standard-8\n      acceleratorType: v4-8", "no machineType"),
+    (tpu_node_types, "gcp-tpu.yaml", "runtimeVersion: tpu-ubuntu2204-base", "", "runtimeVersion"),
+    (tpu_node_types, "gcp-tpu.yaml", "head_node_type: head", "head_node_type: tpu_worker",
+     "is the head"),
+    (locality_everywhere, "gcp.yaml", 'resources: {"CPU": 8, "gcp": 1}', 'resources: {"CPU": 8}',
+     "node type cpu_worker"),
+    (locality_everywhere, "onprem.yaml", "6379 --resources='{\"onprem\": 1}'", "6379",
+     "without a locality resource"),
+    (header_block, "gcp.yaml", "# TEAR DOWN", "# AFTERWARDS", "'TEAR DOWN'"),
+    (kube_kinds, "kuberay/rayjob.yaml", "apiVersion: ray.io/v1", "apiVersion: ray.io/v1alpha1",
+     "not ray.io/v1"),
+    (kube_kinds, "kuberay/raycluster.yaml", "  workerGroupSpecs:", "  otherGroupSpecs:",
+     "workerGroupSpecs"),
+    (kube_ray_version, "kuberay/raycluster.yaml", f'rayVersion: "{RAY_VERSION}"',
+     'rayVersion: "2.0.0"', "constraints.txt pins"),
+    (kube_images_pinned, "kuberay/rayjob.yaml", f"raytrain:{RAYTRAIN_VERSION}", "raytrain:latest",
+     "not pinned"),
+    (kube_images_pinned, "kuberay/mlflow.yaml", f"raytrain:{RAYTRAIN_VERSION}", "raytrain:9.9.9",
+     "raytrain's version"),
+    (kube_services_internal, "kuberay/mlflow.yaml", "type: ClusterIP", "type: LoadBalancer",
+     "not ClusterIP"),
+    (kube_services_internal, "kuberay/raycluster.yaml", "serviceType: ClusterIP",
+     "serviceType: NodePort", "not ClusterIP"),
+    (kube_token_auth, "kuberay/rayjob.yaml", "mode: token", "mode: disabled", "not token"),
+    (kube_locality, "kuberay/raycluster.yaml", "resources: '\"{\\\"onprem\\\": 1}\"'", "{}",
+     "no locality resource"),
+    (rayjob_entrypoint, "kuberay/rayjob.yaml", "experiments/quickstart.yaml",
+     "experiments/missing.yaml", "does not run a repo experiment"),
+    (dockerfile_pinned, "kuberay/Dockerfile", "\nFROM python:3.11-slim-bookworm\n",
+     "\nFROM python:latest\n", "not pinned"),
+    (dockerfile_pinned, "kuberay/Dockerfile", "pip install --no-cache-dir -c constraints.txt",
+     "pip install --no-cache-dir", "without -c constraints.txt"),
+]
+# fmt: on
+
+
+@pytest.mark.parametrize(
+    ("rule", "name", "old", "new", "words"),
+    BROKEN,
+    ids=[f"{b[0].__name__}-{i}" for i, b in enumerate(BROKEN)],
+)
+def test_rule_rejects_a_broken_file(rule: Rule, name: str, old: str, new: str, words: str) -> None:
+    text = (CONFIGS / name).read_text()
+    assert old in text, f"the breakage no longer applies to {name}: {old!r} is gone"
+    problems = rule(text.replace(old, new, 1))
+    assert any(words in p for p in problems), problems
+
+
+# ---- the head's MLflow command, run ------------------------------------------------------------
+
+
+def mlflow_command(path: Path) -> str:
+    return next(
+        c for c in prepared(path.read_text())["head_start_ray_commands"] if "mlflow server" in c
+    )
+
+
+def test_every_config_starts_mlflow_the_same_way() -> None:
+    """One command, so that test_head_mlflow_command_runs covers every file."""
+    dest = re.compile(r"--artifacts-destination \S+")
+    commands = {dest.sub("DEST", mlflow_command(p)) for p in RAY_UP_FILES}
+    assert len(commands) == 1, commands
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def test_head_mlflow_command_runs(tmp_path: Path) -> None:
+    """gcp.yaml's command, on this machine: it returns at once (an SSH session would otherwise
+    hang), the server tracks a run with an artifact, and a second `ray up` starts no second one."""
+    home, artifacts, port = tmp_path / "home", tmp_path / "artifacts", _free_port()
+    home.mkdir()
+    (home / "raytrain-venv").symlink_to(sys.prefix)  # the venv the command activates
+    command = mlflow_command(CONFIGS / "gcp.yaml").replace(":5000", f":{port}")
+    command = command.replace("--port 5000", f"--port {port}")
+    command = re.sub(
+        r"--artifacts-destination \S+", f"--artifacts-destination {artifacts}", command
+    )
+    env = {**os.environ, "HOME": str(home)}
+    pid_file = home / "mlflow" / "server.pid"
+    try:
+        start = time.monotonic()
+        # Pipes, as over SSH: a server that kept them open would make this wait for it.
+        subprocess.run(
+            ["bash", "-c", command], env=env, check=True, timeout=30, capture_output=True
+        )
+        assert time.monotonic() - start < 10
+        uri = (home / "mlflow" / "tracking_uri").read_text().strip()
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                urllib.request.urlopen(f"{uri}/health", timeout=2)
+                break
+            except OSError:
+                assert time.monotonic() < deadline, (home / "mlflow" / "server.log").read_text()
+                time.sleep(0.5)
+        import mlflow
+
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        run = client.create_run(client.create_experiment("cluster-config-check"))
+        (tmp_path / "note.txt").write_text("hello")
+        client.log_artifact(run.info.run_id, str(tmp_path / "note.txt"))
+        assert list(artifacts.rglob("note.txt"))
+        first_pid = pid_file.read_text()
+        subprocess.run(
+            ["bash", "-c", command], env=env, check=True, timeout=30, capture_output=True
+        )
+        assert pid_file.read_text() == first_pid
+        os.kill(int(first_pid), 0)  # still the same server
+    finally:
+        if pid_file.exists():
+            os.killpg(int(pid_file.read_text()), signal.SIGTERM)  # setsid made it a group leader
