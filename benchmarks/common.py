@@ -39,7 +39,7 @@ def experiment_file(folder: Path, *, data: Path, params: dict, epochs: int, batc
         "tracking": {"enabled": False},
         "storage": str(folder / "results"),
     }
-    path = folder / "bench.yaml"
+    path = folder / f"bench-{batch}.yaml"
     path.write_text(json.dumps(spec))  # JSON is YAML
     return path
 
@@ -50,21 +50,20 @@ def steady_throughput(epochs: list[dict[str, Any]]) -> float:
     return float(statistics.median(values))
 
 
-def plain_keras(spec_file: Path, *, threads: int) -> dict[str, Any]:
-    """A plain tf_keras ``fit`` of the same model and data, in a fresh process with ``threads``."""
+def plain_keras(spec_file: Path, *, threads: int, processes: int = 1) -> list[dict[str, Any]]:
+    """Plain tf_keras ``fit`` of the same model and data in ``processes`` fresh processes at once,
+    each with ``threads``; one result (its per-epoch logs) per process."""
     env = {**os.environ, "OMP_NUM_THREADS": str(threads), "TF_CPP_MIN_LOG_LEVEL": "3"}
-    with tempfile.NamedTemporaryFile("r", suffix=".json") as out:
-        subprocess.run(
-            [
-                sys.executable,
-                "-m",
-                "benchmarks.plain_keras",
-                str(spec_file),
-                str(threads),
-                out.name,
-            ],
-            env=env,
-            cwd=REPO,
-            check=True,
-        )
-        return json.loads(Path(out.name).read_text())
+    with tempfile.TemporaryDirectory() as folder:
+        outs = [Path(folder, f"{i}.json") for i in range(processes)]
+        running = [
+            subprocess.Popen(
+                [sys.executable, "-m", "benchmarks.plain_keras", str(spec_file), str(threads), out],
+                env=env,
+                cwd=REPO,
+            )
+            for out in outs
+        ]
+        if any(proc.wait() for proc in running):
+            raise RuntimeError(f"plain tf_keras baseline failed for {spec_file}")
+        return [json.loads(out.read_text()) for out in outs]

@@ -38,7 +38,7 @@ class _Timer(tf.keras.callbacks.Callback):
 def main(spec_file: str, threads: int, out: str) -> None:
     spec = load_experiment(spec_file).spec
     tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(max(2, threads))
+    tf.config.threading.set_inter_op_parallelism_threads(threads)  # "1 thread" means one core
     tf.keras.utils.set_random_seed(spec.train.seed)
     data = load_dataset(spec.data, loss=spec.train.loss)
     batch = spec.train.batch_size

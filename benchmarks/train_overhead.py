@@ -28,7 +28,7 @@ def run(folder: Path, *, quick: bool) -> list[dict[str, Any]]:
             folder, data=data, params=MLP_LARGE, epochs=3 if quick else 5, batch=batch
         )
         overrides = ["scaling.num_workers=1", f"train.steps_per_execution={spe}"]
-        baseline = plain_keras(_with(spec_file, overrides), threads=1)
+        baseline = plain_keras(_with(spec_file, overrides), threads=1)[0]
         summary = run_experiment(load_experiment(spec_file, overrides), on_epoch=lambda e: None)
         plain = steady_throughput(baseline["epochs"])
         ours = steady_throughput(summary.epochs)

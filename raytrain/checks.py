@@ -96,15 +96,20 @@ def _check_data(spec: Experiment) -> list[Problem]:
                 )
             ]
         return []
-    if "://" in data.source:
+    if "://" in data.source and not data.source.startswith("gs://"):
         return [
             Problem(
                 loc,
-                f"'{data.source}': only builtin:<name> and local files are supported "
-                "as data sources in this version",
+                f"'{data.source}': a data source is builtin:<name>, a local file or glob, "
+                "or gs://BUCKET/PATH (a glob too)",
             )
         ]
-    matches = sorted(glob.glob(data.source))
+    # A gs:// source is listed when the run starts (that takes credentials); here, its format.
+    matches = [data.source] if data.source.startswith("gs://") else sorted(glob.glob(data.source))
+    if not matches and data.locality:
+        # The data may live only on the nodes with that resource, and is checked there again:
+        # a submitted job re-validates the experiment on the node that reads it.
+        matches = [data.source]
     if not matches:
         return [
             Problem(
@@ -221,6 +226,15 @@ def _check_scaling(spec: Experiment) -> list[Problem]:
             Problem(
                 ("scaling", "resources_per_worker"),
                 "each worker must hold some resource, e.g. {CPU: 1}",
+            )
+        )
+    explicit = spec.scaling.allreduce_dtype not in ("auto", "float32")
+    if explicit and spec.train.mixed_precision == "mixed_float16":
+        problems.append(
+            Problem(
+                ("scaling", "allreduce_dtype"),
+                "mixed_float16 scales the loss and sums gradients itself; use float32 here, or "
+                "train.mixed_precision: mixed_bfloat16",
             )
         )
     return problems

@@ -41,7 +41,8 @@ def validate(file: FileArg, overrides: SetOpt = None) -> None:
     spec = loaded.spec
     out.print(f"[green]OK[/green] {file}: experiment '{spec.name}'")
     out.print(
-        f"  data      {spec.data.source} (validation {spec.data.validation_split:.0%})\n"
+        f"  data      {spec.data.source} (validation {spec.data.validation_split:.0%})"
+        f"{f', read only on nodes with {spec.data.locality!r}' if spec.data.locality else ''}\n"
         f"  model     {spec.model.builder} {json.dumps(spec.model.params)}\n"
         f"  train     {spec.train.epochs} epochs, global batch {spec.train.batch_size} "
         f"({spec.per_worker_batch_size} per worker), {spec.train.optimizer.name} "
@@ -111,13 +112,18 @@ def run(
 
 @app.command()
 def resume(
-    sweep: Annotated[str, typer.Argument(help="The sweep's folder, or its name.")],
+    sweep: Annotated[
+        str, typer.Argument(help="The sweep's folder (local or gs://), or its name in --storage.")
+    ],
     num_samples: Annotated[
         int | None,
         typer.Option(min=1, help="Grow the sweep to this many trials in all (same search)."),
     ] = None,
     address: Annotated[str | None, typer.Option(help="Ray cluster to join.")] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray/TF logs.")] = False,
+    storage: Annotated[
+        str, typer.Option(help="Where a sweep given by name is: a folder or gs://bucket/prefix.")
+    ] = "./raytrain_results",
 ) -> None:
     """Continue an interrupted sweep (finished trials stay, unfinished ones resume), or run
     more trials of a finished one with --num-samples."""
@@ -128,7 +134,12 @@ def resume(
 
     _report_sweep(
         lambda on_event: resume_sweep(
-            sweep, num_samples=num_samples, address=address, verbose=verbose, on_event=on_event
+            sweep,
+            num_samples=num_samples,
+            address=address,
+            verbose=verbose,
+            on_event=on_event,
+            storage=storage,
         )
     )
 
@@ -247,13 +258,18 @@ TrackingOpt = Annotated[str, typer.Option(help="MLflow tracking URI.")]
 @app.command("list")
 def list_(
     tracking_uri: TrackingOpt = "sqlite:///mlflow.db",
-    storage: Annotated[str, typer.Option(help="Storage folder.")] = "./raytrain_results",
+    storage: Annotated[
+        str, typer.Option(help="Storage folder or gs://bucket/prefix.")
+    ] = "./raytrain_results",
     limit: Annotated[int, typer.Option(help="At most this many runs.")] = 50,
 ) -> None:
     """Past runs and sweeps, newest first, with their best results."""
     from raytrain.history import list_runs
 
-    records = list_runs(tracking_uri=tracking_uri, storage=storage, limit=limit)
+    try:
+        records = list_runs(tracking_uri=tracking_uri, storage=storage, limit=limit)
+    except RaytrainError as exc:
+        _fail(exc, status=1)
     if not records:
         out.print(f"no runs in {tracking_uri} or {storage}")
         return
@@ -320,8 +336,10 @@ def export(
         ),
     ] = None,
     out_dir: Annotated[
-        Path | None,
-        typer.Option("--out", help="Folder for the files (default: under the storage folder)."),
+        str | None,
+        typer.Option(
+            "--out", help="Folder or gs://bucket/prefix for the files (default: under storage)."
+        ),
     ] = None,
     int8_io: Annotated[
         bool, typer.Option("--int8-io", help="int8 mode: int8 input and output tensors too.")
@@ -353,7 +371,7 @@ def export(
     options = {
         "format": fmt,
         "quantize": quantize,
-        "out": str(out_dir) if out_dir else None,
+        "out": out_dir,
         "int8_io": int8_io or None,
         "representative_examples": representative_examples,
     }
@@ -544,6 +562,163 @@ def _without_detach() -> list[str]:
 
     args = sys.argv[1:]
     return [a for a in args[args.index("serve") + 1 :] if a != "--detach"]
+
+
+AddressOpt = Annotated[
+    str | None,
+    typer.Option(help="The head node's dashboard URL, http://HEAD:8265 (default: $RAY_ADDRESS)."),
+]
+JobArg = Annotated[str, typer.Argument(help="Job id, as `raytrain submit` printed it.")]
+
+
+@app.command()
+def submit(
+    file: FileArg,
+    overrides: SetOpt = None,
+    address: AddressOpt = None,
+    no_wait: Annotated[
+        bool, typer.Option("--no-wait", help="Return once the cluster has accepted the job.")
+    ] = False,
+) -> None:
+    """Run an experiment on a remote Ray cluster through its Jobs API, streaming its logs.
+
+    The experiment's folder (the YAML and the model code beside it, without raytrain_results/,
+    mlruns/, mlflow.db, .git, .venv) is uploaded and the job runs `python -m raytrain run FILE
+    --set ...` with the nodes' own Python: every node needs raytrain installed (the cluster
+    configs install it). Ray's auth token is read from $RAY_AUTH_TOKEN, the file
+    $RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token. Exit status 0 only if the job succeeded;
+    Ctrl-C stops following, not the job.
+    """
+    from raytrain.jobs import submit as submit_job
+
+    loaded = _load(file, overrides)
+    _quiet_job_client()
+    try:
+        job = submit_job(loaded, address=address)
+    except RaytrainError as exc:
+        _fail(exc, status=1)
+    for warning in job.warnings:
+        err.print(f"warning: {warning}", style="yellow", markup=False, soft_wrap=True)
+    out.print(f"submitted job {job.job_id} to {job.address}", highlight=False, soft_wrap=True)
+    out.print(
+        f"  {job.entrypoint}\n  in {loaded.path.parent.resolve()} "
+        f"({job.upload_bytes / 2**20:.1f} MiB uploaded)",
+        markup=False,
+        highlight=False,
+        soft_wrap=True,
+    )
+    if no_wait:
+        out.print(
+            f"follow it: raytrain logs {job.job_id} --follow --address {job.address}",
+            highlight=False,
+            soft_wrap=True,
+        )
+        return
+    _follow_job(job.job_id, job.address)
+
+
+@app.command()
+def jobs(address: AddressOpt = None) -> None:
+    """Jobs submitted to the cluster, newest first."""
+    import time
+
+    from raytrain.jobs import list_jobs
+
+    try:
+        records = list_jobs(address=address)
+    except RaytrainError as exc:
+        _fail(exc, status=1)
+    if not records:
+        out.print("no jobs")
+        return
+    table = Table()
+    for column in ("job id", "status", "experiment", "started", "duration"):
+        table.add_column(column, no_wrap=column != "experiment", overflow="fold")
+    for r in records:
+        started = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(r.start_time or 0))
+        minutes, seconds = divmod(int(r.duration_s or 0), 60)
+        duration = f"{minutes}m {seconds:02d}s" if minutes else f"{seconds}s"
+        table.add_row(r.job_id, r.status, r.experiment or r.entrypoint, started, duration)
+    out.print(table)
+
+
+@app.command()
+def logs(
+    job_id: JobArg,
+    address: AddressOpt = None,
+    follow: Annotated[
+        bool, typer.Option("--follow", "-f", help="Keep streaming until the job ends.")
+    ] = False,
+) -> None:
+    """A job's output: what `raytrain run` printed on the cluster."""
+    import sys
+
+    from raytrain.jobs import job_logs
+
+    if follow:
+        _follow_job(job_id, address)
+        return
+    try:
+        text = job_logs(job_id, address=address)
+    except RaytrainError as exc:
+        _fail(exc, status=1)
+    sys.stdout.write(text)
+
+
+@app.command("stop")
+def stop_(job_id: JobArg, address: AddressOpt = None) -> None:
+    """Stop a submitted job (Ray sends it SIGTERM, then SIGKILL) and wait until it has ended."""
+    from raytrain.jobs import stop_job
+
+    try:
+        status = stop_job(job_id, address=address)
+    except RaytrainError as exc:
+        _fail(exc, status=1)
+    out.print(f"job {job_id} {status}", highlight=False)
+
+
+def _quiet_job_client() -> None:
+    """Ray's job client logs each upload and closed log stream at INFO, on loggers whose level
+    it sets when imported: lower them after that."""
+    import ray.job_submission  # noqa: F401
+
+    for name in (
+        "ray.dashboard.modules.dashboard_sdk",
+        "ray.dashboard.modules.job.sdk",
+        "ray._private.runtime_env.packaging",
+    ):
+        logging.getLogger(name).setLevel(logging.WARNING)
+
+
+def _follow_job(job_id: str, address: str | None) -> None:
+    """Stream the job's logs; exit 0 if it succeeded, 1 if not, 130 on Ctrl-C (it goes on)."""
+    import sys
+
+    from raytrain.jobs import follow
+
+    _quiet_job_client()
+
+    def write(chunk: str) -> None:
+        sys.stdout.write(chunk)
+        sys.stdout.flush()
+
+    try:
+        status = follow(job_id, address=address, write=write)
+    except RaytrainError as exc:
+        _fail(exc, status=1)
+    except KeyboardInterrupt:
+        where = f" --address {address}" if address else ""
+        err.print(
+            f"detached: job {job_id} keeps running on the cluster; `raytrain logs {job_id} "
+            f"--follow{where}` follows it again, `raytrain stop {job_id}{where}` stops it",
+            markup=False,
+            highlight=False,
+            soft_wrap=True,
+        )
+        raise typer.Exit(130) from None
+    out.print(f"job {job_id} {status}", style="green" if status == "SUCCEEDED" else "red")
+    if status != "SUCCEEDED":
+        raise typer.Exit(1)
 
 
 def _print_summary(summary: RunSummary, loaded: LoadedExperiment) -> None:

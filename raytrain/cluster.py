@@ -13,6 +13,7 @@ import socket
 import time
 from dataclasses import dataclass
 from typing import Any
+from urllib.parse import urlsplit
 
 import ray
 
@@ -21,11 +22,17 @@ from raytrain.errors import ClusterError
 __all__ = [
     "ClusterInfo",
     "check_feasible",
+    "check_locality",
     "connect",
     "live_placement_groups",
+    "locality_problem",
+    "probe_dashboard",
     "release_placement_groups",
+    "worker_nodes",
     "worker_slots",
 ]
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -80,12 +87,32 @@ def _probe(address: str, timeout_s: float = 5.0) -> None:
     host, _, port = address.removeprefix("ray://").rpartition(":")
     if not host or not port.isdigit():
         raise ClusterError(f"cannot connect to Ray at {address}: expected HOST:PORT")
+    _listening(host, int(port), address, "its GCS port, 6379 by default", timeout_s)
+
+
+def probe_dashboard(url: str, *, timeout_s: float = 5.0) -> None:
+    """Fail in seconds unless something listens at the Jobs API URL (HTTP clients wait for the
+    operating system's connect timeout, minutes, on an address that drops packets)."""
+    parts = urlsplit(url)
     try:
-        socket.create_connection((host, int(port)), timeout=timeout_s).close()
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        port = 0
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port:
+        raise ClusterError(
+            f"cannot connect to Ray at {url}: expected the head node's dashboard URL, "
+            "http://HEAD:8265"
+        )
+    _listening(parts.hostname, port, url, "its dashboard port, 8265 by default", timeout_s)
+
+
+def _listening(host: str, port: int, address: str, port_hint: str, timeout_s: float) -> None:
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
     except OSError as exc:
         raise ClusterError(
             f"cannot connect to Ray at {address}: {exc.strerror or exc} (is the head node up, "
-            "and is this its GCS port, 6379 by default?)"
+            f"and is this {port_hint}?)"
         ) from None
 
 
@@ -111,6 +138,56 @@ def check_feasible(*, num_workers: int, per_worker: dict[str, float], what: str)
         "(an autoscaling cluster must have them up before this run)."
     )
     raise ClusterError(message)
+
+
+def check_locality(resource: str | None) -> None:
+    """Fail fast unless some alive node carries the ``data.locality`` resource: work that asks
+    for it would otherwise wait in Ray's queue forever."""
+    problem = locality_problem(resource, _alive_nodes()) if resource else None
+    if problem:
+        raise ClusterError(problem)
+
+
+def locality_problem(resource: str, nodes: list[dict[str, float]]) -> str | None:
+    """Why no node of ``nodes`` (their resources) can hold ``data.locality``'s work, or None."""
+    if any(node.get(resource, 0.0) > 0 for node in nodes):
+        return None
+    internal = ("node:", "accelerator_type:", "object_store_memory")
+    have = sorted({name for node in nodes for name in node if not name.startswith(internal)})
+    return (
+        f"data.locality: no node in the cluster has resource '{resource}' (nodes have: "
+        f"{', '.join(have) or 'nothing'}); start the nodes that hold the data with "
+        f"`ray start ... --resources '{{\"{resource}\": 1}}'` (or resources: in the cluster "
+        "config), or fix data.locality"
+    )
+
+
+def worker_nodes(world_size: int, *, timeout_s: float = 10.0) -> list[str]:
+    """Where this Ray Train worker group runs: ``IP (node ID)`` of each worker, sorted.
+
+    Called from a worker: its peers are the actors in its placement group (the State API lists
+    them, a moment late under load; Ray Train does not tell a worker where the others are).
+    """
+    from ray.util.state import list_actors
+
+    ctx = ray.get_runtime_context()
+    group = ctx.get_placement_group_id()
+    nodes = [ctx.get_node_id()]
+    deadline = time.monotonic() + timeout_s
+    while group is not None and len(nodes) < world_size:
+        try:
+            actors = list_actors(
+                filters=[("placement_group_id", "=", group), ("state", "!=", "DEAD")]
+            )
+        except Exception as exc:  # informational: never worth a training run
+            log.warning("cannot list this run's workers, naming this one's node only: %s", exc)
+            break
+        if len(actors) >= world_size or time.monotonic() > deadline:
+            nodes = [actor.node_id for actor in actors] or nodes
+            break
+        time.sleep(0.5)
+    ips = {node["NodeID"]: node["NodeManagerAddress"] for node in ray.nodes()}
+    return sorted(f"{ips.get(node, '?')} ({node})" for node in nodes)
 
 
 def worker_slots(per_worker: dict[str, float]) -> int:

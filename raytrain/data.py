@@ -5,20 +5,21 @@ puts the arrays in Ray's object store, and each worker takes rows ``rank::world_
 training split. Shards are cut to equal length, so every worker runs the same number of steps per
 epoch, which MultiWorkerMirroredStrategy requires (a worker with one batch more waits forever in
 the all-reduce). The input pipeline is then a plain ``from_tensor_slices`` with no per-batch Python
-in the loop, the fastest input TF has for data that fits in memory.
+in the loop, the fastest input TF has for data that fits in memory. Files are local or in GCS
+(``gs://bucket/path/*.parquet``); both are read through storage.py's pyarrow filesystem.
 """
 
 from __future__ import annotations
 
-import glob
 from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 
 from raytrain.checks import infer_format
-from raytrain.errors import DataError
+from raytrain.errors import DataError, StorageError
 from raytrain.spec import CLASSIFICATION_LOSSES, DataSpec
+from raytrain.storage import check_location, glob, open_input
 
 __all__ = ["DataInfo", "Dataset", "load_dataset", "make_tf_dataset", "shard"]
 
@@ -103,9 +104,7 @@ def make_tf_dataset(
 def _read(spec: DataSpec) -> tuple[np.ndarray, np.ndarray, list[str]]:
     if spec.source.startswith("builtin:"):
         return _builtin(spec.source.removeprefix("builtin:"))
-    files = sorted(glob.glob(spec.source))
-    if not files:
-        raise DataError(f"no file matches '{spec.source}'")
+    files = _match(spec.source)
     fmt = infer_format(files[0], spec.format)
     if fmt == "npz":
         return _read_npz(files, spec.label)
@@ -113,7 +112,11 @@ def _read(spec: DataSpec) -> tuple[np.ndarray, np.ndarray, list[str]]:
 
     try:
         reader = pd.read_csv if fmt == "csv" else pd.read_parquet
-        frame = pd.concat([reader(f) for f in files], ignore_index=True)
+        frames = []
+        for f in files:
+            with open_input(f) as stream:
+                frames.append(reader(stream))
+        frame = pd.concat(frames, ignore_index=True)
     except Exception as exc:
         raise DataError(f"cannot read {fmt} data from '{spec.source}': {exc}") from None
     if spec.label not in frame.columns:
@@ -128,10 +131,24 @@ def _read(spec: DataSpec) -> tuple[np.ndarray, np.ndarray, list[str]]:
     return frame[features].to_numpy(), frame[spec.label].to_numpy(), features
 
 
+def _match(source: str) -> list[str]:
+    """The files a path or glob names, local or ``gs://`` (read through pyarrow, whole)."""
+    try:
+        check_location(source, what="data.source")
+        files = glob(source)
+    except StorageError as exc:
+        raise DataError(str(exc)) from None
+    except OSError as exc:  # e.g. no permission to list the bucket
+        raise DataError(f"cannot list '{source}': {exc}") from None
+    if not files:
+        raise DataError(f"no file matches '{source}'")
+    return files
+
+
 def _read_npz(files: list[str], label: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
     xs, ys = [], []
     for f in files:
-        with np.load(f, allow_pickle=False) as arrays:
+        with open_input(f) as stream, np.load(stream, allow_pickle=False) as arrays:
             if "x" not in arrays or label not in arrays:
                 raise DataError(
                     f"'{f}' must hold arrays 'x' and '{label}' (data.label); it holds: "

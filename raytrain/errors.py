@@ -16,6 +16,7 @@ __all__ = [
     "RaytrainError",
     "RegistryError",
     "SpecError",
+    "StorageError",
     "TrackingError",
     "TrainingError",
     "VersionNotFoundError",
@@ -44,6 +45,11 @@ class DataError(RaytrainError):
 
 class ModelBuildError(RaytrainError):
     """The model builder could not be imported or did not return a Keras model."""
+
+
+class StorageError(RaytrainError):
+    """A storage location (a folder, ``gs://bucket/prefix``) that does not exist or cannot be
+    reached."""
 
 
 class ClusterError(RaytrainError):

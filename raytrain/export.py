@@ -15,7 +15,9 @@ import json
 import os
 import platform
 import re
+import shutil
 import statistics
+import tempfile
 import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -30,6 +32,7 @@ from raytrain.checks import export_problems
 from raytrain.data import Dataset, load_dataset
 from raytrain.errors import DataError, ExportError, RaytrainError, SpecError, TrackingError
 from raytrain.spec import CLASSIFICATION_LOSSES, EXPORT_MODES, Experiment, ExportSpec
+from raytrain.storage import is_gcs, join, upload_folder
 
 __all__ = [
     "ExportReport",
@@ -160,7 +163,8 @@ def export_model(
             f"{spec.data.source} has {data.info.input_shape}; pass --experiment with the "
             "experiment it was trained on"
         )
-    folder = _folder(settings, spec, model)
+    destination = _destination(settings, spec, model)
+    folder = _folder(destination)
     saved_model = folder / "saved_model"
     keras_model.save(str(saved_model), save_format="tf")
     metric = evaluation_metric(spec.train.loss, spec.train.metrics)
@@ -182,7 +186,7 @@ def export_model(
         model=model.name,
         version=model.version,
         run_id=model.run_id,
-        folder=str(folder),
+        folder=destination,
         metric_name=metric,
         validation_examples=len(data.x_val),
         keras_metric=keras_value,
@@ -195,6 +199,8 @@ def export_model(
     (folder / "report.json").write_text(json.dumps(report.to_json(), indent=2))
     (folder / "report.md").write_text(report.to_markdown())
     _log_to_run(model, folder)
+    if is_gcs(destination):
+        _upload(folder, destination)
     return report
 
 
@@ -301,13 +307,20 @@ def _load_data(spec: Experiment, model: registry.RegisteredModel) -> Dataset:
         ) from None
 
 
-def _folder(settings: ExportSpec, spec: Experiment, model: registry.RegisteredModel) -> Path:
-    if settings.out:
-        folder = Path(settings.out)
-    else:  # files stay local with gs:// storage: MLflow holds the durable copy
-        storage = "raytrain_results" if spec.storage.startswith("gs://") else spec.storage
-        folder = Path(storage, spec.name, "export", f"{model.name}-v{model.version}")
-    folder = folder.expanduser().resolve()
+def _destination(settings: ExportSpec, spec: Experiment, model: registry.RegisteredModel) -> str:
+    """Where the files end up: ``out``, else under the experiment's storage (gs:// too)."""
+    where = settings.out or join(
+        spec.storage, spec.name, "export", f"{model.name}-v{model.version}"
+    )
+    return where if is_gcs(where) else str(Path(where).expanduser().resolve())
+
+
+def _folder(destination: str) -> Path:
+    """The local folder the files are written to: TensorFlow's savers and the TFLite converter
+    want local paths, so a gs:// destination gets a temporary one, uploaded at the end."""
+    if is_gcs(destination):
+        return Path(tempfile.mkdtemp(prefix="raytrain-export-"))
+    folder = Path(destination)
     folder.mkdir(parents=True, exist_ok=True)
     for name in FILE_NAMES.values():  # a file left by an earlier export is not this one's
         (folder / name).unlink(missing_ok=True)
@@ -404,6 +417,17 @@ def _converter_message(exc: Exception, mode: str) -> str:
             f"the model from ops LiteRT supports ({OPS_HELP})"
         )
     return f"the TFLite converter failed (mode {mode}): {_first_line(exc)}"
+
+
+def _upload(folder: Path, destination: str) -> None:
+    try:
+        upload_folder(folder, destination)
+    except OSError as exc:  # the files are written: say where, in one line
+        raise ExportError(
+            f"the export is in {folder}, but uploading it to {destination} failed: "
+            f"{_first_line(exc)}"
+        ) from None
+    shutil.rmtree(folder)
 
 
 def _log_to_run(model: registry.RegisteredModel, folder: Path) -> None:

@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from raytrain.errors import RaytrainError
+from raytrain.storage import check_location, glob, join, parent, read_text
 from raytrain.tracking import absolute_tracking_uri
 
 __all__ = ["RunRecord", "list_runs", "show_run"]
@@ -35,11 +36,13 @@ class RunRecord:
 
 
 def list_runs(*, tracking_uri: str, storage: str, limit: int = 50) -> list[RunRecord]:
-    """Top-level MLflow runs (newest first), then untracked sweeps found in ``storage``."""
+    """Top-level MLflow runs (newest first), then untracked sweeps found in ``storage`` (a
+    folder or gs://bucket/prefix)."""
+    check_location(storage, what="--storage")
     records = [_record(run) for run in _top_level_runs(tracking_uri, limit)]
     known = {r.name for r in records}
-    for state_file in sorted(Path(storage).glob(f"*/*/{SWEEP_STATE}"), reverse=True):
-        state = json.loads(state_file.read_text())
+    for state_file in sorted(glob(join(storage, "*", "*", SWEEP_STATE)), reverse=True):
+        state = json.loads(read_text(state_file))
         if state["sweep_name"] not in known:
             records.append(
                 RunRecord(
@@ -48,7 +51,7 @@ def list_runs(*, tracking_uri: str, storage: str, limit: int = 50) -> list[RunRe
                     status="untracked",
                     started=_when(state.get("created", 0) * 1000),
                     best={},
-                    storage=str(state_file.parent),
+                    storage=parent(state_file),
                 )
             )
     return records

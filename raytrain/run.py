@@ -22,10 +22,11 @@ import ray
 import yaml
 
 from raytrain import tracking
-from raytrain.cluster import check_feasible, connect
+from raytrain.cluster import check_feasible, check_locality, connect
 from raytrain.data import load_dataset
 from raytrain.errors import TrackingError, find_user_error
 from raytrain.specfile import LoadedExperiment
+from raytrain.storage import check_location, exists, forwarded_env, glob, is_gcs, join, to_uri
 
 if TYPE_CHECKING:
     from raytrain.sweep import Extension
@@ -132,6 +133,7 @@ def _finish(
     epochs: list[dict[str, float]],
 ) -> RunSummary:
     spec = loaded.spec
+    folder = to_uri(result.path, result.filesystem)
     best_checkpoint, best_metrics = _best(result, spec.checkpoint.score, spec.checkpoint.mode)
     version = None
     if tracked:
@@ -142,14 +144,14 @@ def _finish(
             loss=spec.train.loss,
             register_as=spec.tracking.register_as,
         )
-        tags = {"raytrain.best_checkpoint": best_checkpoint or "", "raytrain.storage": result.path}
+        tags = {"raytrain.best_checkpoint": best_checkpoint or "", "raytrain.storage": folder}
         best = {f"best_{k}": v for k, v in best_metrics.items() if isinstance(v, int | float)}
         tracking.log_metrics(tracked, best, step=int(best_metrics.get("epoch", 0)))
         tracking.end_run(tracked, status="FINISHED", tags=tags)
     return RunSummary(
         name=spec.name,
         run_name=run_name,
-        storage_path=result.path,
+        storage_path=folder,
         best_checkpoint=best_checkpoint,
         best_metrics=best_metrics,
         final_metrics=dict(result.metrics or {}),
@@ -167,7 +169,7 @@ def _best(result: Any, score: str, mode: str) -> tuple[str | None, dict[str, flo
         return None, dict(result.metrics or {})
     pick = max if mode == "max" else min
     checkpoint, metrics = pick(ranked, key=lambda cm: cm[1][score])
-    return checkpoint.path, dict(metrics)
+    return to_uri(checkpoint.path, checkpoint.filesystem), dict(metrics)
 
 
 def _start_tracking(loaded: LoadedExperiment, run_name: str) -> tracking.TrackedRun:
@@ -183,12 +185,24 @@ def _start_tracking(loaded: LoadedExperiment, run_name: str) -> tracking.Tracked
             description=spec.description,
             spec_file=loaded.path,
             spec_text=yaml.safe_dump(spec_dict, sort_keys=False),
+            artifact_location=_artifact_location(spec),
         )
     except TrackingError:
         raise
     except Exception as exc:  # MLflow raises many types; the user needs one line
         first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise TrackingError(f"MLflow ({spec.tracking.uri}): {first}") from None
+
+
+def _artifact_location(spec: Any) -> str | None:
+    """With gs:// storage and a tracking store on this machine (sqlite, a folder), a new MLflow
+    experiment keeps its artifacts (models, spec files) in the bucket beside the checkpoints.
+    A tracking server keeps them where the server is configured to."""
+    uri = spec.tracking.uri
+    scheme = uri.partition("://")[0] if "://" in uri else ""
+    if not is_gcs(spec.storage) or scheme not in ("", "sqlite", "file"):
+        return None
+    return join(spec.storage, "mlflow", spec.experiment_name)
 
 
 def _storage_root(storage: str, name: str) -> str:
@@ -247,18 +261,19 @@ def resume_sweep(
     address: str | None = None,
     verbose: bool = False,
     on_event: ProgressFn | None = None,
+    storage: str = "raytrain_results",
 ) -> SweepSummary:
     """Continue an interrupted sweep from its storage folder: finished trials are not re-run.
 
-    With ``num_samples``, a sweep grows to that many trials in all: the trials it lacks run as
-    one more Tune experiment whose search is warm-started with every trial so far.
+    ``path`` is the sweep's folder (local or gs://) or its name under ``storage``. With
+    ``num_samples``, a sweep grows to that many trials in all: the trials it lacks run as one
+    more Tune experiment whose search is warm-started with every trial so far.
     """
     from raytrain.errors import RaytrainError
     from raytrain.spec import Experiment
     from raytrain.sweep import SweepSetup, load_state, past_rows
 
-    folder = _find_sweep(path)
-    state = load_state(str(folder))
+    state = load_state(_find_sweep(path, storage))
     spec = Experiment.model_validate(state["spec"])
     assert spec.tune is not None
     tracked = tracking.TrackedRun(**state["tracking"]) if state["tracking"] else None
@@ -316,7 +331,7 @@ def _extend(
         earlier=earlier,
     )
     update_state(
-        str(Path(setup.storage_root, setup.sweep_name)), extensions=[*rounds[1:], extension.name]
+        join(setup.storage_root, setup.sweep_name), extensions=[*rounds[1:], extension.name]
     )
     return _run_and_finish(
         setup,
@@ -345,7 +360,7 @@ def _run_and_finish(
 
     spec = setup.spec
     metrics, modes = spec.tune.metrics, spec.tune.modes
-    folder = str(Path(setup.storage_root, setup.sweep_name))
+    folder = join(setup.storage_root, setup.sweep_name)
     if on_event:  # say where the sweep lives first: it is what `raytrain resume` needs
         on_event({"kind": "sweep_started", "sweep": setup.sweep_name, "storage": folder})
     if setup.tracked and len(rounds) + restore > 1:
@@ -355,7 +370,7 @@ def _run_and_finish(
             setup,
             data_ref=ray.put(data),
             on_event=on_event,
-            restore_path=str(Path(setup.storage_root, rounds[-1])) if restore else None,
+            restore_path=join(setup.storage_root, rounds[-1]) if restore else None,
             extension=extension,
         )
     except BaseException as exc:
@@ -418,17 +433,23 @@ def _run_and_finish(
     )
 
 
-def _find_sweep(path: str) -> Path:
+def _find_sweep(path: str, storage: str) -> str:
+    """The folder of the sweep ``path`` names: the folder itself, or a sweep of that name in
+    ``storage`` (``<storage>/<experiment>/<sweep>``)."""
     from raytrain.errors import RaytrainError
     from raytrain.sweep import SWEEP_STATE
 
-    candidates = [Path(path), *Path("raytrain_results").glob(f"*/{path}")]
-    for folder in candidates:
-        if (folder / SWEEP_STATE).is_file():
-            return folder.resolve()
+    check_location(path if is_gcs(path) else storage, what="the sweep's storage")
+    candidates = [join(path, SWEEP_STATE)]
+    if "/" not in path:  # a name
+        candidates += glob(join(storage, "*", path, SWEEP_STATE))
+    for state_file in candidates:
+        if exists(state_file):
+            folder = state_file.removesuffix(SWEEP_STATE).rstrip("/")
+            return folder if is_gcs(folder) else str(Path(folder).resolve())
     raise RaytrainError(
         f"no sweep at '{path}': give the sweep's folder (it holds {SWEEP_STATE}) or its name "
-        "under ./raytrain_results"
+        f"under {storage} (--storage)"
     )
 
 
@@ -453,8 +474,11 @@ def _prepare(spec: Any, tracking_uri: str | None, *, address: str | None, verbos
     """Everything that can fail fast, before any cluster time: tracking, data, then Ray."""
     from raytrain.train import WORKER_ENV
 
+    check_location(spec.storage, what="storage")
     if tracking_uri:
         tracking.check_reachable(tracking_uri)
     data = load_dataset(spec.data, loss=spec.train.loss)
-    connect(address, verbose=verbose, env_vars=WORKER_ENV)
+    # Workers reach the same storage as this process (an emulator's address, when one is set).
+    connect(address, verbose=verbose, env_vars={**WORKER_ENV, **forwarded_env()})
+    check_locality(spec.data.locality)
     return data

@@ -389,8 +389,9 @@ def serve_model(
 ) -> Deployment:
     """Everything ``raytrain serve`` does before it waits: resolve, connect, deploy."""
     from raytrain.cluster import connect
+    from raytrain.storage import forwarded_env
 
     primary = describe(reference, tracking_uri=tracking_uri)
     challenger = describe(canary, tracking_uri=tracking_uri) if canary else None
-    connect(address, verbose=verbose, metrics_port=metrics_port)
+    connect(address, verbose=verbose, metrics_port=metrics_port, env_vars=forwarded_env())
     return deploy(primary, spec=spec, canary=challenger, canary_percent=canary_percent)

@@ -54,6 +54,7 @@ METRICS = (
     "recall",
 )
 CLASSIFICATION_LOSSES = LOSSES[:3]
+LOCALITY_SHARE = 0.001  # of a data.locality resource, per worker, trial or job driver
 
 
 class Section(BaseModel):
@@ -65,8 +66,9 @@ class Section(BaseModel):
 class DataSpec(Section):
     source: str = Field(
         "builtin:digits",
-        description="builtin:<name> (digits, wine, breast_cancer, iris, diabetes) or a local "
-        "file path or glob, relative to the experiment file.",
+        description="builtin:<name> (digits, wine, breast_cancer, iris, diabetes), a local "
+        "file path or glob (relative to the experiment file), or gs://BUCKET/PATH (a glob too, "
+        "e.g. gs://bucket/data/*.parquet).",
     )
     format: Literal["auto", "csv", "parquet", "npz"] = Field(
         "auto", description="File format; auto infers it from the file extension."
@@ -88,6 +90,12 @@ class DataSpec(Section):
     normalize: Literal["none", "standard", "minmax"] = Field(
         "standard",
         description="Feature scaling fitted on the training split only (never on validation).",
+    )
+    locality: str | None = Field(
+        None,
+        pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$",
+        description="Custom Ray resource (e.g. onprem) of the nodes that may read the data: "
+        "workers, sweep trials and the submitted job's driver run only there; null: any node.",
     )
 
 
@@ -152,7 +160,10 @@ class TrainSpec(Section):
         "none", description="Keras mixed-precision policy (worth it on GPUs and TPUs)."
     )
     steps_per_execution: int = Field(
-        1, ge=1, description="Batches run per tf.function call; fewer host round trips."
+        8,
+        ge=1,
+        description="Batches run per tf.function call: fewer host round trips and, with 2+ "
+        "workers, fewer metric all-reduces (benchmarks/README.md).",
     )
     seed: int = Field(0, description="Seed of weight init and per-epoch shuffling.")
 
@@ -166,6 +177,22 @@ class ScalingSpec(Section):
     )
     communication: Literal["auto", "ring", "nccl"] = Field(
         "auto", description="All-reduce implementation of MultiWorkerMirroredStrategy."
+    )
+    inter_op_threads: int | None = Field(
+        None,
+        ge=1,
+        description="TensorFlow inter-op threads per worker; null: the worker's CPUs, so that "
+        "workers never use more cores than they hold.",
+    )
+    allreduce_dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto",
+        description="Precision of the gradient all-reduce with 2+ workers; auto: bfloat16 (half "
+        "the bytes, same accuracy in benchmarks/README.md), float32 under mixed_float16.",
+    )
+    bytes_per_pack: int = Field(
+        0,
+        ge=0,
+        description="Gradient all-reduce pack size in bytes; 0: one pack for all gradients.",
     )
 
 
@@ -225,8 +252,9 @@ class ExportSpec(Section):
     )
     out: str | None = Field(
         None,
-        description="Folder for the SavedModel, .tflite files and report; default "
-        "<storage>/<name>/export/<model>-v<version> (relative to the working directory).",
+        description="Folder or gs://bucket/prefix for the SavedModel, .tflite files and report; "
+        "default <storage>/<name>/export/<model>-v<version> (a folder is relative to the working "
+        "directory).",
     )
 
 
@@ -374,11 +402,17 @@ class Experiment(Section):
         return self.train.batch_size // self.scaling.num_workers
 
     def worker_resources(self) -> dict[str, float]:
-        """Resources one worker holds, GPU included when ``use_gpu`` asks for it."""
-        resources = dict(self.scaling.resources_per_worker)
+        """Resources one worker holds, GPU included when ``use_gpu`` asks for it, and a sliver
+        of the ``data.locality`` resource, which keeps it on the nodes that may read the data."""
+        resources = {**self.locality_resources(), **self.scaling.resources_per_worker}
         if self.scaling.use_gpu:
             resources.setdefault("GPU", 1.0)
         return resources
+
+    def locality_resources(self) -> dict[str, float]:
+        """What pins a process to the data's nodes: a sliver of ``data.locality`` (placement,
+        not capacity: a node with ``{onprem: 1}`` still takes any number of them)."""
+        return {self.data.locality: LOCALITY_SHARE} if self.data.locality else {}
 
 
 def unknown_key_message(loc: tuple[str | int, ...]) -> str:

@@ -29,6 +29,15 @@ from raytrain.cluster import (
 from raytrain.errors import ClusterError, find_user_error
 from raytrain.history import SWEEP_STATE  # what `raytrain resume` needs, next to Tune's state
 from raytrain.spec import Experiment, TuneSpec
+from raytrain.storage import (
+    exists,
+    forwarded_env,
+    join,
+    ray_storage,
+    read_text,
+    to_uri,
+    write_text,
+)
 from raytrain.sweep_tracking import (
     EVENT_SINKS,
     SweepProgress,
@@ -147,17 +156,24 @@ def sweep(
             storage_root=setup.storage_root,
             sweep_name=setup.sweep_name,
             base_dir=setup.base_dir,
+            env=forwarded_env(),
         ),
-        TRIAL_RESOURCES,
+        {**TRIAL_RESOURCES, **spec.locality_resources()},
     )
     callbacks = [c for c in (tracker, progress) if c is not None]
     # Tune's own console output would print over our progress display; the old engine at
     # verbose=0 prints nothing (the new one ignores verbose=0 for its header).
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
     _quiet_optuna()
+    storage_path, filesystem = ray_storage(setup.storage_root)
     if restore_path:
         # Tune restores its callbacks (and their trial -> child run map) from its own state.
-        tuner = tune.Tuner.restore(restore_path, trainable, resume_unfinished=True)
+        tuner = tune.Tuner.restore(
+            ray_storage(restore_path)[0],
+            trainable,
+            resume_unfinished=True,
+            storage_filesystem=filesystem,
+        )
     else:
         tuner = tune.Tuner(
             trainable,
@@ -165,14 +181,14 @@ def sweep(
             tune_config=_tune_config(tune_spec, spec.train.epochs, concurrent, extension),
             run_config=tune.RunConfig(
                 name=extension.name if extension else setup.sweep_name,
-                storage_path=setup.storage_root,
+                storage_path=storage_path,
+                storage_filesystem=filesystem,
                 stop=progress,
                 callbacks=callbacks,
                 verbose=0,
             ),
         )
         if extension is None:
-            Path(setup.storage_root, setup.sweep_name).mkdir(parents=True, exist_ok=True)
             _write_state(setup)
     before = live_placement_groups()
     try:
@@ -214,7 +230,9 @@ def trial_rows(results: Any, spec: Experiment) -> list[dict[str, Any]]:
                 row[f"best_{metric}"] = float(series.max() if mode == "max" else series.min())
         if result.error is not None:
             row["error"] = error_reason(str(result.error))[:300]
-        row["checkpoint"] = _best_checkpoint(frame, tune_spec.metrics[0], tune_spec.modes[0])
+        row["checkpoint"] = _best_checkpoint(
+            frame, tune_spec.metrics[0], tune_spec.modes[0], result.filesystem
+        )
         rows.append(row)
     return rows
 
@@ -225,19 +243,22 @@ def past_rows(setup: SweepSetup, names: list[str]) -> list[dict[str, Any]]:
 
     rows = []
     for name in names:
-        analysis = ExperimentAnalysis(str(Path(setup.storage_root, name)))
+        path, filesystem = ray_storage(join(setup.storage_root, name))
+        analysis = ExperimentAnalysis(path, storage_filesystem=filesystem)
         rows += trial_rows(ResultGrid(analysis), setup.spec)
     return rows
 
 
-def _best_checkpoint(frame: Any, metric: str, mode: str) -> str | None:
-    """The trial's best-scoring checkpoint that Ray Train still keeps."""
+def _best_checkpoint(frame: Any, metric: str, mode: str, filesystem: Any) -> str | None:
+    """The trial's best-scoring checkpoint that Ray Train still keeps (a local path or a
+    gs:// URI: Tune records paths on ``filesystem`` without their scheme)."""
     if frame is None or "checkpoint_path" not in frame or metric not in frame:
         return None
     ranked = frame.dropna(subset=["checkpoint_path"]).sort_values(metric, ascending=mode == "min")
     for path in ranked["checkpoint_path"]:
-        if "://" in str(path) or Path(path).exists():
-            return str(path)
+        location = to_uri(str(path), filesystem)
+        if exists(location):
+            return location
     return None
 
 
@@ -249,12 +270,16 @@ def _trial(
     storage_root: str,
     sweep_name: str,
     base_dir: str,
+    env: dict[str, str],
 ) -> None:
     """One trial: a full data-parallel training run with the sampled values."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from raytrain.train import fit
 
+    # The driver's storage settings (an emulator's address), for this trial's Train run: a
+    # cluster that was started without them does not give them to trial processes.
+    os.environ.update(env)
     spec = apply_config(Experiment.model_validate(base), config)
     trial_id = tune.get_context().get_trial_id()
     try:
@@ -382,19 +407,18 @@ def _write_state(setup: SweepSetup) -> None:
         "tracking": setup.tracked.__dict__ if setup.tracked else None,
         "created": time.time(),
     }
-    path = Path(setup.storage_root, setup.sweep_name, SWEEP_STATE)
-    path.write_text(json.dumps(state, indent=2))
+    write_text(join(setup.storage_root, setup.sweep_name, SWEEP_STATE), json.dumps(state, indent=2))
 
 
 def load_state(path: str) -> dict[str, Any]:
     """The state ``sweep`` wrote next to Tune's, for ``raytrain resume``."""
-    return json.loads(Path(path, SWEEP_STATE).read_text())
+    return json.loads(read_text(join(path, SWEEP_STATE)))
 
 
 def update_state(path: str, **changes: Any) -> dict[str, Any]:
     """Record what a resume must know: extension experiments, which ones finished."""
     state = {**load_state(path), **changes}
-    Path(path, SWEEP_STATE).write_text(json.dumps(state, indent=2))
+    write_text(join(path, SWEEP_STATE), json.dumps(state, indent=2))
     return state
 
 

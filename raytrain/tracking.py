@@ -102,8 +102,13 @@ def start_run(
     spec_file: Path | None,
     spec_text: str,
     description: str = "",
+    artifact_location: str | None = None,
 ) -> TrackedRun:
-    """Create the run (and its experiment) with params, tags and the spec as artifacts."""
+    """Create the run (and its experiment) with params, tags and the spec as artifacts.
+
+    ``artifact_location`` applies only when the experiment is new: MLflow fixes an
+    experiment's artifact root when it creates it.
+    """
     import mlflow
     from mlflow.entities import Param
 
@@ -112,7 +117,11 @@ def start_run(
     experiment_id = (
         found.experiment_id
         if found
-        else client.create_experiment(experiment, tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND})
+        else client.create_experiment(
+            experiment,
+            artifact_location=artifact_location,
+            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+        )
     )
     spec_hash = hashlib.sha256(spec_text.encode()).hexdigest()[:12]
     run = client.create_run(
@@ -197,9 +206,11 @@ def log_checkpoint_model(
     import ray.train
     import tensorflow as tf
 
+    from raytrain.storage import resolve
     from raytrain.train import MODEL_FILE
 
-    with ray.train.Checkpoint(checkpoint_path).as_directory() as folder:
+    filesystem, path = resolve(checkpoint_path)
+    with ray.train.Checkpoint(path, filesystem=filesystem).as_directory() as folder:
         model = tf.keras.models.load_model(str(Path(folder, MODEL_FILE)), compile=False)
     info = data.info
     metadata = {

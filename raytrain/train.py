@@ -15,6 +15,7 @@ import math
 import os
 import tempfile
 import time
+import types
 from pathlib import Path
 from typing import Any
 
@@ -24,6 +25,8 @@ import tensorflow as tf
 from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
 from ray.train.tensorflow import TensorflowTrainer
 
+from raytrain import storage
+from raytrain.cluster import worker_nodes
 from raytrain.errors import TrainingError
 from raytrain.spec import Experiment
 from raytrain.tracking import EpochLogger, TrackedRun
@@ -61,6 +64,7 @@ def fit(
         "progress": progress,
         "base_dir": base_dir,
     }
+    path, filesystem = storage.ray_storage(storage_path)
     trainer = TensorflowTrainer(
         train_loop,
         train_loop_config=config,
@@ -71,14 +75,15 @@ def fit(
         ),
         run_config=RunConfig(
             name=run_name,
-            storage_path=storage_path,
+            storage_path=path,
+            storage_filesystem=filesystem,
             checkpoint_config=CheckpointConfig(
                 num_to_keep=spec.checkpoint.keep,
                 checkpoint_score_attribute=spec.checkpoint.score,
                 checkpoint_score_order=spec.checkpoint.mode,
             ),
             failure_config=FailureConfig(max_failures=spec.failure.max_failures),
-            worker_runtime_env={"env_vars": WORKER_ENV},
+            worker_runtime_env={"env_vars": {**WORKER_ENV, **storage.forwarded_env()}},
             callbacks=callbacks,
         ),
     )
@@ -94,11 +99,12 @@ def train_loop(config: dict[str, Any]) -> None:
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
 
-    # 1. Threads: Ray gives each worker OMP_NUM_THREADS = its CPUs; TF's pools follow the same
-    #    budget so that N workers on one machine do not fight over its cores.
+    # 1. Threads: Ray gives each worker OMP_NUM_THREADS = its CPUs; both of TF's pools follow the
+    #    same budget. Two inter-op threads on a 1-CPU worker run the backward matmuls side by side
+    #    on a second core: N such workers on N cores fight over them (benchmarks/README.md).
     cpus = max(1, int(spec.scaling.resources_per_worker.get("CPU", 1)))
     tf.config.threading.set_intra_op_parallelism_threads(cpus)
-    tf.config.threading.set_inter_op_parallelism_threads(max(2, cpus))
+    tf.config.threading.set_inter_op_parallelism_threads(spec.scaling.inter_op_threads or cpus)
     if spec.train.mixed_precision != "none":
         tf.keras.mixed_precision.set_global_policy(spec.train.mixed_precision)
     tf.keras.utils.set_random_seed(spec.train.seed)
@@ -134,6 +140,9 @@ def train_loop(config: dict[str, Any]) -> None:
             metrics=list(spec.train.metrics),
             steps_per_execution=spec.train.steps_per_execution,
         )
+    allreduce_dtype = _allreduce_dtype(spec)
+    if world > 1 and (allreduce_dtype != "float32" or spec.scaling.bytes_per_pack):
+        _all_reduce_gradients_as(allreduce_dtype, spec.scaling.bytes_per_pack, model.optimizer)
 
     # 5. Resume: after a worker failure Ray restarts the whole group and hands every worker the
     #    last reported checkpoint. Weights, optimizer state and the epoch counter come back from
@@ -142,6 +151,8 @@ def train_loop(config: dict[str, Any]) -> None:
     logger = EpochLogger(config["tracking"]) if rank == 0 and config["tracking"] else None
     if logger and start_epoch:
         logger.tag("raytrain.resumed_from_epoch", str(start_epoch))
+    if logger:  # where the workers run: what data.locality promises, checked after the fact
+        logger.tag("raytrain.nodes", ", ".join(worker_nodes(world)))
 
     reporter = _Reporter(
         rank=rank,
@@ -215,6 +226,32 @@ def _strategy(spec: Experiment, world: int) -> Any:
     chosen = {"auto": impl.AUTO, "ring": impl.RING, "nccl": impl.NCCL}[spec.scaling.communication]
     options = tf.distribute.experimental.CommunicationOptions(implementation=chosen)
     return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+
+
+def _allreduce_dtype(spec: Experiment) -> str:
+    if spec.scaling.allreduce_dtype != "auto":
+        return spec.scaling.allreduce_dtype
+    # mixed_float16's LossScaleOptimizer sums the (scaled) gradients itself.
+    return "float32" if spec.train.mixed_precision == "mixed_float16" else "bfloat16"
+
+
+def _all_reduce_gradients_as(dtype_name: str, bytes_per_pack: int, optimizer: Any) -> None:
+    """Sum gradients across workers in ``dtype_name``, in packs of ``bytes_per_pack``.
+
+    tf_keras documents ``aggregate_gradients`` as the method to override for custom aggregation;
+    it is replaced on this instance only, so saved models keep the plain optimizer class.
+    """
+    dtype = tf.as_dtype(dtype_name)
+    options = tf.distribute.experimental.CommunicationOptions(bytes_per_pack=bytes_per_pack)
+
+    def aggregate_gradients(self: Any, grads_and_vars: list) -> list:
+        present = [(g, v) for g, v in grads_and_vars if g is not None]
+        summed = tf.distribute.get_replica_context().all_reduce(
+            tf.distribute.ReduceOp.SUM, [tf.cast(g, dtype) for g, _ in present], options=options
+        )
+        return [(tf.cast(g, v.dtype), v) for g, (_, v) in zip(summed, present, strict=True)]
+
+    optimizer.aggregate_gradients = types.MethodType(aggregate_gradients, optimizer)
 
 
 def build_optimizer(spec: Experiment) -> Any:

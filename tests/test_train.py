@@ -195,3 +195,45 @@ def test_mixed_precision_and_steps_per_execution(workdir: Path) -> None:
     assert "mixed_bfloat16" in policies
     assert body.layers[-1].dtype_policy.name == "float32"  # the head stays in float32
     assert model.predict(np.zeros((1, 13), np.float32), verbose=0).dtype == np.float32
+
+
+def test_two_workers_learn_from_both_data_shards(workdir: Path) -> None:
+    """Correctness guard for data parallelism: classes 5-9 exist only in the second worker's
+    shard, so a run that stops training on both shards cannot classify half the validation set."""
+    from raytrain.data import load_dataset, shard
+
+    rows, rng = 1200, np.random.default_rng(0)
+    spec_text = """
+        name: shards
+        data: {source: data.npz, normalize: none, validation_split: 0.2}
+        model: {builder: mlp, params: {hidden_units: [32]}}
+        scaling: {num_workers: 2}
+        train: {epochs: 4, batch_size: 64, optimizer: {learning_rate: 0.01}}
+        tracking: {enabled: false}
+    """
+    # Where each row lands (train split, which shard) comes from raytrain's own split and shard.
+    np.savez(
+        workdir / "data.npz", x=np.arange(rows, dtype=np.float32)[:, None], label=np.zeros(rows)
+    )
+    probe = load_experiment(write_yaml(workdir, spec_text)).spec
+    split = load_dataset(probe.data, loss=probe.train.loss)
+    second = shard(split.x_train, split.y_train, index=1, count=2)[0][:, 0].astype(int)
+    train = split.x_train[:, 0].astype(int)
+
+    label = rng.integers(0, 5, rows)  # shard 0 (and validation): classes 0-4 ...
+    label[second] += 5  # ... shard 1: classes 5-9
+    val = np.setdiff1d(np.arange(rows), train)
+    label[val] = rng.integers(0, 10, len(val))
+    x = 3 * np.eye(10, dtype=np.float32)[label] + rng.normal(0, 0.5, (rows, 10)).astype(np.float32)
+    np.savez(workdir / "data.npz", x=x, label=label)
+
+    summary = run_experiment(load_experiment(workdir / "exp.yaml"), on_epoch=lambda e: None)
+    assert summary.best_metrics["val_accuracy"] > 0.9
+    # The control: the first shard alone cannot get past about half of the validation set.
+    first = np.setdiff1d(train, second)
+    alone = tf.keras.Sequential([tf.keras.Input((10,)), tf.keras.layers.Dense(10)])
+    alone.compile(
+        "adam", tf.keras.losses.SparseCategoricalCrossentropy(from_logits=True), ["accuracy"]
+    )
+    alone.fit(x[first], label[first], epochs=20, verbose=0)
+    assert alone.evaluate(x[val], label[val], verbose=0)[1] < 0.6

@@ -1,0 +1,210 @@
+"""Storage locations, a local folder or ``gs://bucket/prefix``, in the form each consumer needs.
+
+Ray Train and Tune persist checkpoints and state through a pyarrow filesystem; raytrain reads and
+writes its own files (sweep state, data sources, exports) through the same filesystem, so a
+location works the same everywhere. MLflow writes ``gs://`` artifacts with google-cloud-storage.
+
+Credentials come from Application Default Credentials only (``gcloud auth application-default
+login`` on a laptop, the service account of a VM on GCP), never from the experiment file. With
+``STORAGE_EMULATOR_HOST`` set (the variable google-cloud-storage and MLflow read), the filesystem
+talks to that emulator anonymously instead, and ``forwarded_env`` passes it on to Ray workers.
+"""
+
+from __future__ import annotations
+
+import functools
+import glob as local_glob
+import os
+import posixpath
+import re
+from collections.abc import Iterator
+from contextlib import contextmanager
+from datetime import timedelta
+from fnmatch import fnmatchcase
+from pathlib import Path
+from typing import IO
+
+from pyarrow import fs as pafs
+
+from raytrain.errors import StorageError
+
+__all__ = [
+    "EMULATOR_ENV",
+    "check_location",
+    "exists",
+    "forwarded_env",
+    "glob",
+    "is_gcs",
+    "join",
+    "open_input",
+    "parent",
+    "ray_storage",
+    "read_text",
+    "resolve",
+    "to_uri",
+    "upload_folder",
+    "write_text",
+]
+
+EMULATOR_ENV = "STORAGE_EMULATOR_HOST"
+GCS = "gs://"
+GLOB_CHARS = re.compile(r"[*?[]")
+# A missing credential is retried for many minutes by default; the early check gives up sooner.
+CHECK_RETRY = timedelta(seconds=15)
+ADC_HELP = (
+    "credentials come from Application Default Credentials: run `gcloud auth "
+    "application-default login`, or use a VM whose service account can use the bucket"
+)
+
+
+def is_gcs(location: str) -> bool:
+    return location.startswith(GCS)
+
+
+def resolve(location: str) -> tuple[pafs.FileSystem, str]:
+    """The pyarrow filesystem of ``location`` and the path on it (``bucket/prefix`` for GCS)."""
+    if is_gcs(location):
+        return _gcs(os.environ.get(EMULATOR_ENV) or None), location.removeprefix(GCS).rstrip("/")
+    return pafs.LocalFileSystem(), os.path.abspath(os.path.expanduser(location))
+
+
+def ray_storage(location: str) -> tuple[str, pafs.FileSystem | None]:
+    """``storage_path`` and ``storage_filesystem`` for a Ray RunConfig: Ray wants the scheme
+    stripped when it is given a filesystem, and resolves local folders by itself."""
+    if not is_gcs(location):
+        return resolve(location)[1], None
+    filesystem, path = resolve(location)
+    return path, filesystem
+
+
+def to_uri(path: str, filesystem: pafs.FileSystem | None) -> str:
+    """A location again, from a path Ray hands back with its filesystem (a checkpoint's, a
+    result's)."""
+    if filesystem is not None and filesystem.type_name == "gcs" and not is_gcs(path):
+        return GCS + path
+    return path
+
+
+def join(location: str, *parts: str) -> str:
+    if is_gcs(location):
+        return posixpath.join(location.rstrip("/"), *parts)
+    return os.path.join(location, *parts)
+
+
+def parent(location: str) -> str:
+    return (
+        posixpath.dirname(location.rstrip("/")) if is_gcs(location) else os.path.dirname(location)
+    )
+
+
+def check_location(location: str, *, what: str) -> None:
+    """Fail in seconds, before any cluster time is spent, if a ``gs://`` location's bucket does
+    not exist or cannot be reached. ``what`` names the setting, e.g. ``storage``."""
+    if not is_gcs(location):
+        return
+    bucket = location.removeprefix(GCS).split("/", 1)[0]
+    if not bucket:
+        raise StorageError(f"{what} '{location}': expected gs://BUCKET/PREFIX")
+    try:
+        found = _gcs(os.environ.get(EMULATOR_ENV) or None, CHECK_RETRY).get_file_info(bucket)
+    except OSError as exc:
+        raise StorageError(
+            f"{what} '{location}': cannot reach bucket '{bucket}' ({_reason(exc)}); {ADC_HELP}"
+        ) from None
+    if found.type == pafs.FileType.NotFound:
+        raise StorageError(
+            f"{what} '{location}': bucket '{bucket}' does not exist (create it with "
+            f"`gcloud storage buckets create gs://{bucket}`, or fix the name)"
+        )
+
+
+def glob(pattern: str) -> list[str]:
+    """Files matching ``pattern``, sorted. On GCS, ``*``, ``?`` and ``[...]`` match within one
+    path segment, as a local glob does."""
+    if not is_gcs(pattern):
+        return sorted(local_glob.glob(os.path.expanduser(pattern)))
+    filesystem, path = resolve(pattern)
+    segments = path.split("/")
+    fixed = next((i for i, s in enumerate(segments) if GLOB_CHARS.search(s)), len(segments))
+    if fixed == len(segments):
+        found = [filesystem.get_file_info(path)]
+    else:
+        # One recursive listing below the pattern's fixed prefix: a non-recursive GCS listing
+        # in pyarrow omits "folders" that are only prefixes of object names.
+        base = "/".join(segments[:fixed])
+        found = filesystem.get_file_info(
+            pafs.FileSelector(base, recursive=True, allow_not_found=True)
+        )
+    return sorted(
+        GCS + info.path
+        for info in found
+        if info.type == pafs.FileType.File and _matches(info.path.split("/"), segments)
+    )
+
+
+@contextmanager
+def open_input(location: str) -> Iterator[IO[bytes]]:
+    """A seekable binary file (readers such as ``np.load`` of an ``.npz`` need to seek)."""
+    filesystem, path = resolve(location)
+    with filesystem.open_input_file(path) as stream:
+        yield stream
+
+
+def read_text(location: str) -> str:
+    with open_input(location) as stream:
+        return stream.read().decode()
+
+
+def write_text(location: str, text: str) -> None:
+    filesystem, path = resolve(location)
+    filesystem.create_dir(posixpath.dirname(path), recursive=True)
+    with filesystem.open_output_stream(path) as stream:
+        stream.write(text.encode())
+
+
+def exists(location: str) -> bool:
+    filesystem, path = resolve(location)
+    return filesystem.get_file_info(path).type != pafs.FileType.NotFound
+
+
+def upload_folder(folder: Path, location: str) -> None:
+    """Put a local folder's files at ``location`` in place of what it held (files written
+    locally first: TensorFlow's savers and converters want local paths)."""
+    filesystem, path = resolve(location)
+    filesystem.delete_dir_contents(path, missing_dir_ok=True)
+    pafs.copy_files(
+        str(folder),
+        path,
+        source_filesystem=pafs.LocalFileSystem(),
+        destination_filesystem=filesystem,
+    )
+
+
+def forwarded_env() -> dict[str, str]:
+    """Environment variables Ray workers need to reach the same storage as this process."""
+    host = os.environ.get(EMULATOR_ENV)
+    return {EMULATOR_ENV: host} if host else {}
+
+
+@functools.lru_cache(maxsize=8)
+def _gcs(emulator: str | None, retry: timedelta | None = None) -> pafs.GcsFileSystem:
+    if emulator is None:
+        return pafs.GcsFileSystem(retry_time_limit=retry)  # Application Default Credentials
+    scheme, _, host = emulator.rpartition("://")
+    return pafs.GcsFileSystem(
+        anonymous=True,
+        scheme=scheme or "http",
+        endpoint_override=host.rstrip("/"),
+        retry_time_limit=retry,
+    )
+
+
+def _matches(parts: list[str], patterns: list[str]) -> bool:
+    return len(parts) == len(patterns) and all(map(fnmatchcase, parts, patterns))
+
+
+def _reason(exc: BaseException) -> str:
+    """The informative part of a google-cloud-cpp status, which spans many lines."""
+    text = str(exc)
+    found = re.search(r"last message of (.+?)(?: error_info=|\. |$)", text)
+    return (found.group(1) if found else text.strip().splitlines()[0])[:300]
