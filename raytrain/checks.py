@@ -228,6 +228,8 @@ def _check_scaling(spec: Experiment) -> list[Problem]:
                 "each worker must hold some resource, e.g. {CPU: 1}",
             )
         )
+    if spec.scaling.accelerator == "tpu":
+        problems += _tpu_problems(spec)
     explicit = spec.scaling.allreduce_dtype not in ("auto", "float32")
     if explicit and spec.train.mixed_precision == "mixed_float16":
         problems.append(
@@ -235,6 +237,29 @@ def _check_scaling(spec: Experiment) -> list[Problem]:
                 ("scaling", "allreduce_dtype"),
                 "mixed_float16 scales the loss and sums gradients itself; use float32 here, or "
                 "train.mixed_precision: mixed_bfloat16",
+            )
+        )
+    return problems
+
+
+def _tpu_problems(spec: Experiment) -> list[Problem]:
+    """TensorFlow on Ray trains on one TPU host: Ray has no multi-host TPUStrategy (FACTS.md)."""
+    problems = []
+    if spec.scaling.num_workers != 1:
+        problems.append(
+            Problem(
+                ("scaling", "num_workers"),
+                "accelerator: tpu trains on one TPU VM host; set num_workers: 1 (Ray cannot "
+                "span a TPU pod with TensorFlow)",
+            )
+        )
+    if spec.scaling.use_gpu:
+        problems.append(Problem(("scaling", "use_gpu"), "accelerator: tpu takes no GPU"))
+    if "TPU" not in spec.scaling.resources_per_worker:
+        problems.append(
+            Problem(
+                ("scaling", "resources_per_worker"),
+                "accelerator: tpu needs the host's TPU chips, e.g. {CPU: 8, TPU: 4} on a v4-8",
             )
         )
     return problems

@@ -171,6 +171,11 @@ class TrainSpec(Section):
 class ScalingSpec(Section):
     num_workers: int = Field(2, ge=1, description="Data-parallel Ray Train workers.")
     use_gpu: bool = Field(False, description="Give each worker one GPU.")
+    accelerator: Literal["auto", "tpu"] = Field(
+        "auto",
+        description="auto: CPUs, or GPUs with use_gpu; tpu: one worker on a TPU VM host, "
+        "training with TPUStrategy (not verified on TPU hardware).",
+    )
     resources_per_worker: dict[str, float] = Field(
         default_factory=lambda: {"CPU": 1.0},
         description="Ray resources each worker holds, e.g. {CPU: 4} or a custom {onprem: 1}.",

@@ -220,6 +220,12 @@ class _Reporter(tf.keras.callbacks.Callback):
 
 
 def _strategy(spec: Experiment, world: int) -> Any:
+    if spec.scaling.accelerator == "tpu":
+        # This worker holds the whole TPU VM host; its chips are local to it.
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu="local")
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
     if world == 1:
         return tf.distribute.get_strategy()
     impl = tf.distribute.experimental.CommunicationImplementation

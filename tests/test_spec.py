@@ -210,6 +210,19 @@ BAD_FILES += [
     ),
     ("tune:\n  space: {}\n", [], ["exp.yaml:2: tune.space: the search space is empty"]),
     (
+        "scaling:\n  allreduce_dtype: bfloat16\ntrain:\n  mixed_precision: mixed_float16\n",
+        [],
+        ["exp.yaml:2: scaling.allreduce_dtype: mixed_float16 scales the loss"],
+    ),
+    (
+        "scaling:\n  accelerator: tpu\n  num_workers: 2\n",
+        [],
+        [
+            "exp.yaml:3: scaling.num_workers: accelerator: tpu trains on one TPU VM host",
+            "scaling.resources_per_worker: accelerator: tpu needs the host's TPU chips",
+        ],
+    ),
+    (
         "tune:\n  space:\n    storage: {choice: [a, b]}\n",
         [],
         ["exp.yaml:3: tune.space.storage.choice: 'storage' cannot be swept"],
