@@ -11,6 +11,7 @@ import math
 import os
 import socket
 import time
+from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -27,6 +28,7 @@ __all__ = [
     "live_placement_groups",
     "locality_problem",
     "probe_dashboard",
+    "release_orphaned_placement_groups",
     "release_placement_groups",
     "worker_nodes",
     "worker_slots",
@@ -140,6 +142,32 @@ def check_feasible(*, num_workers: int, per_worker: dict[str, float], what: str)
     raise ClusterError(message)
 
 
+def release_orphaned_placement_groups() -> int:
+    """Remove placement groups whose creating driver has exited; return how many.
+
+    Ray should drop them with the driver, but a sweep driver killed mid-trial (SIGKILL, a lost
+    head process) left its trial's worker group holding its CPUs (seen with Ray 2.60), and every
+    later run on the cluster waited for them forever. Detached groups, and groups of a job that
+    still has a live actor (a detached Serve controller creates groups in its job's name), are
+    someone's on purpose.
+    """
+    from ray.util.state import list_actors, list_jobs, list_placement_groups
+
+    address = _state_address()
+    jobs = list_jobs(address=address, limit=10_000)
+    live = {job.job_id for job in jobs if job.status in ("PENDING", "RUNNING")}
+    live.add(ray.get_runtime_context().get_job_id())
+    actors = list_actors(address=address, filters=[("state", "=", "ALIVE")], limit=10_000)
+    live.update(actor.job_id for actor in actors)
+    orphans = [
+        pg.placement_group_id
+        for pg in list_placement_groups(address=address, limit=10_000, detail=True)
+        if pg.state != "REMOVED" and not pg.is_detached and pg.creator_job_id not in live
+    ]
+    _remove_placement_groups(orphans)
+    return len(orphans)
+
+
 def check_locality(resource: str | None) -> None:
     """Fail fast unless some alive node carries the ``data.locality`` resource: work that asks
     for it would otherwise wait in Ray's queue forever."""
@@ -177,7 +205,8 @@ def worker_nodes(world_size: int, *, timeout_s: float = 10.0) -> list[str]:
     while group is not None and len(nodes) < world_size:
         try:
             actors = list_actors(
-                filters=[("placement_group_id", "=", group), ("state", "!=", "DEAD")]
+                address=_state_address(),
+                filters=[("placement_group_id", "=", group), ("state", "!=", "DEAD")],
             )
         except Exception as exc:  # informational: never worth a training run
             log.warning("cannot list this run's workers, naming this one's node only: %s", exc)
@@ -215,32 +244,51 @@ def live_placement_groups() -> set[str]:
     from ray.util.state import list_placement_groups
 
     job = ray.get_runtime_context().get_job_id()
-    found = list_placement_groups(filters=[("creator_job_id", "=", job)], limit=10_000)
+    found = list_placement_groups(
+        address=_state_address(), filters=[("creator_job_id", "=", job)], limit=10_000
+    )
     return {pg.placement_group_id for pg in found if pg.state != "REMOVED"}
 
 
 def release_placement_groups(before: set[str], *, timeout_s: float = 30.0) -> None:
-    """Remove the placement groups this job created since ``before`` once Ray Train's
-    controllers have exited.
+    """Remove the placement groups this job created since ``before`` once the actors that could
+    still create one (Tune's trial actors, Ray Train's controllers) have exited.
 
-    When Tune stops a trial mid-run (a sweep's time budget), the trial's Train controller dies
-    asynchronously, sometimes after creating its worker group's placement group and before
-    registering it with Ray Train's cleaner; that group then holds its CPUs until the driver
-    exits, and every later run on the cluster waits for them forever.
+    When Tune stops a trial mid-run (a sweep's time budget), the trial actor and its Train
+    controller die asynchronously, after ``Tuner.fit`` returned, sometimes after creating the
+    worker group's placement group and before registering it with Ray Train's cleaner; that group
+    then holds its CPUs until the driver exits, and every later run on the cluster waits for them
+    forever.
     """
-    from ray._raylet import PlacementGroupID
-    from ray.util.placement_group import PlacementGroup, remove_placement_group
     from ray.util.state import list_actors
 
     job = ray.get_runtime_context().get_job_id()
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        controllers = list_actors(
-            filters=[("class_name", "=", "TrainController"), ("job_id", "=", job)],
+        alive = list_actors(
+            address=_state_address(),
+            filters=[("job_id", "=", job), ("state", "!=", "DEAD")],
             limit=10_000,
         )
-        if all(actor.state == "DEAD" for actor in controllers):
+        if not any(
+            actor.class_name == "TrainController"
+            or (actor.placement_group_id and actor.placement_group_id not in before)
+            for actor in alive
+        ):
             break
         time.sleep(0.5)
-    for pg_id in live_placement_groups() - before:
+    _remove_placement_groups(live_placement_groups() - before)
+
+
+def _remove_placement_groups(ids: Iterable[str]) -> None:
+    from ray._raylet import PlacementGroupID
+    from ray.util.placement_group import PlacementGroup, remove_placement_group
+
+    for pg_id in ids:
         remove_placement_group(PlacementGroup(PlacementGroupID(bytes.fromhex(pg_id))))
+
+
+def _state_address() -> str:
+    """The connected cluster's address for State API calls: given none, Ray looks for the
+    machine's most recently started cluster, which is another one where several share a host."""
+    return ray.get_runtime_context().gcs_address

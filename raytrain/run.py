@@ -22,7 +22,12 @@ import ray
 import yaml
 
 from raytrain import tracking
-from raytrain.cluster import check_feasible, check_locality, connect
+from raytrain.cluster import (
+    check_feasible,
+    check_locality,
+    connect,
+    release_orphaned_placement_groups,
+)
 from raytrain.data import load_dataset
 from raytrain.errors import TrackingError, find_user_error
 from raytrain.specfile import LoadedExperiment
@@ -480,5 +485,6 @@ def _prepare(spec: Any, tracking_uri: str | None, *, address: str | None, verbos
     data = load_dataset(spec.data, loss=spec.train.loss)
     # Workers reach the same storage as this process (an emulator's address, when one is set).
     connect(address, verbose=verbose, env_vars={**WORKER_ENV, **forwarded_env()})
+    release_orphaned_placement_groups()  # a killed driver's leftovers would block this run
     check_locality(spec.data.locality)
     return data

@@ -147,7 +147,12 @@ def train_loop(config: dict[str, Any]) -> None:
     # 5. Resume: after a worker failure Ray restarts the whole group and hands every worker the
     #    last reported checkpoint. Weights, optimizer state and the epoch counter come back from
     #    it; without it the loop would silently start over from epoch 0.
-    start_epoch = _restore(model)
+    start_epoch, last_metrics = _restore(model)
+    if start_epoch >= spec.train.epochs:
+        # Killed after its last checkpoint but before it was marked done: nothing is left to
+        # train, but a sweep must still hear the final metrics (Tune rejects a metric-less end).
+        ray.train.report(last_metrics)
+        return
     logger = EpochLogger(config["tracking"]) if rank == 0 and config["tracking"] else None
     if logger and start_epoch:
         logger.tag("raytrain.resumed_from_epoch", str(start_epoch))
@@ -279,12 +284,13 @@ def build_optimizer(spec: Experiment) -> Any:
     return tf.keras.optimizers.Adagrad(**common)
 
 
-def _restore(model: Any) -> int:
-    """Load the last reported checkpoint, if any; return the number of epochs it completed."""
+def _restore(model: Any) -> tuple[int, dict[str, float]]:
+    """Load the last reported checkpoint, if any; return the epochs it completed and the
+    metrics it reported."""
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
-        return 0
+        return 0, {}
     with checkpoint.as_directory() as folder:
         state = json.loads(Path(folder, STATE_FILE).read_text())
         model.load_weights(os.path.join(folder, WEIGHTS))
-    return int(state["epoch"])
+    return int(state["epoch"]), state["metrics"]

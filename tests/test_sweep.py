@@ -13,14 +13,19 @@ from pathlib import Path
 import mlflow
 import pytest
 import ray
+from ray import tune
+from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.search.optuna import OptunaSearch
+from ray.util.state import list_placement_groups
 
 from raytrain.cluster import ClusterInfo
+from raytrain.data import load_dataset
 from raytrain.errors import RaytrainError
 from raytrain.history import list_runs, show_run
 from raytrain.run import resume_sweep, run_sweep
 from raytrain.specfile import load_experiment
-from raytrain.sweep import SWEEP_STATE
+from raytrain.sweep import SWEEP_STATE, TRIAL_RESOURCES
+from raytrain.train import fit
 
 from .conftest import REPO
 
@@ -189,6 +194,9 @@ def test_a_killed_sweep_resumes_without_duplicates(ray_cluster: ClusterInfo, wor
     children = _children(client, parent)
     assert len(children) == 4
     assert {c.data.tags["raytrain.trial_status"] for c in children} == {"finished"}
+    # The killed driver's trial held a worker group's CPU after the driver died; the resume
+    # released it (otherwise every later run on this cluster waits for it forever).
+    _assert_all_cpus_return()
 
 
 def test_num_samples_extends_a_finished_sweep_with_a_warm_started_search(workdir: Path) -> None:
@@ -363,7 +371,53 @@ def test_the_time_budget_ends_the_sweep(workdir: Path) -> None:
     assert time.monotonic() - start < 120
     # The trial the budget stopped mid-run gave its worker's CPU back (Ray Train left it held,
     # and every later run on the cluster waited for it forever).
+    _assert_all_cpus_return()
+
+
+def _held_placement_groups() -> list[tuple]:
+    groups = list_placement_groups(detail=True, limit=10_000)
+    return [
+        (g.placement_group_id, g.creator_job_id, g.state, g.bundles)
+        for g in groups
+        if g.state != "REMOVED"
+    ] + [("this job", ray.get_runtime_context().get_job_id())]
+
+
+def _assert_all_cpus_return() -> None:
     deadline = time.monotonic() + 20
     while ray.available_resources().get("CPU", 0) < ray.cluster_resources()["CPU"]:
-        assert time.monotonic() < deadline, ray.util.placement_group_table()
+        assert time.monotonic() < deadline, _held_placement_groups()
         time.sleep(0.5)
+
+
+def test_a_trial_restarted_after_its_last_checkpoint_reports_its_final_metrics(
+    workdir: Path,
+) -> None:
+    # A sweep killed after a trial's last checkpoint, before Tune marked it done: on resume the
+    # trial's Train run has nothing left to train, and Tune still needs the trial's metrics.
+    spec = load_experiment(SWEEP, ["train.epochs=2", "scaling.num_workers=1"]).spec
+    data_ref = ray.put(load_dataset(spec.data, loss=spec.train.loss))
+
+    def trial(config: dict) -> None:
+        fit(
+            spec,
+            data_ref=data_ref,
+            run_name="killed-trial",
+            storage_path=str(workdir / "trials"),
+            tracking=None,
+            progress=None,
+            base_dir=str(workdir),
+            callbacks=[TuneReportCallback()],
+        )
+
+    def sweep() -> dict:
+        tuner = tune.Tuner(
+            tune.with_resources(trial, TRIAL_RESOURCES),
+            run_config=tune.RunConfig(storage_path=str(workdir / "sweeps"), verbose=0),
+        )
+        (result,) = tuner.fit()
+        return result.metrics
+
+    first, again = sweep(), sweep()
+    assert first["epoch"] == again["epoch"] == 2
+    assert again["val_accuracy"] == pytest.approx(first["val_accuracy"])
