@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import glob
 import importlib
+import math
 import sys
 from pathlib import Path
 from typing import Any, NamedTuple
@@ -318,6 +319,7 @@ def export_problems(export: ExportSpec) -> list[Problem]:
 # Reported besides the compiled metrics: see train._Reporter.
 EXTRA_METRICS = ("epoch", "epoch_time_s", "samples_per_s", "param_count", "model_bytes")
 FIXED_PATHS = ("name", "storage", "tracking", "tune", "description", "export")
+PROBES = 32  # values of one search-space range that validation tries
 
 
 def reported_metrics(spec: Experiment) -> list[str]:
@@ -327,10 +329,28 @@ def reported_metrics(spec: Experiment) -> list[str]:
 
 
 def sampled_values(kind: str, args: list[Any]) -> list[Any]:
-    """The values a space entry can take at its extremes (all of them for choice/grid)."""
+    """The values of a space entry that validation tries: every choice; a discrete range's
+    values (up to PROBES of them, evenly spread, ends included); a continuous range's ends and a
+    fraction between them, since a rule can fail inside a range (a batch that does not split
+    across 3 of 1..4 workers) and an integer field takes no fraction."""
     if kind in ("choice", "grid"):
         return list(args)
-    return [args[0], args[1]]
+    low, high = args[0], args[1]
+    if kind == "randint":
+        return _spread(list(range(low, high + 1)))
+    if kind in ("quniform", "qloguniform"):
+        q = args[2]
+        multiples = range(math.ceil(low / q - 1e-9), math.floor(high / q + 1e-9) + 1)
+        return _spread([round(k * q, 12) for k in multiples]) or [low, high]
+    between = low * (high / low) ** 0.382 if kind == "loguniform" else low + (high - low) * 0.382
+    return [low, round(between, 6), high]
+
+
+def _spread(values: list[Any]) -> list[Any]:
+    if len(values) <= PROBES:
+        return values
+    step = (len(values) - 1) / (PROBES - 1)
+    return [values[round(i * step)] for i in range(PROBES)]
 
 
 def _check_tune(spec: Experiment, base_dir: Path) -> list[Problem]:
@@ -409,6 +429,14 @@ def _check_space_entry(spec: Experiment, key: str, entry: dict, base_dir: Path) 
         return [Problem(loc, shape_error)]
     for value in sampled_values(kind, args):
         error = _value_error(spec, path, value, base_dir)
+        if error and kind in ("uniform", "loguniform") and "fractional part" in error:
+            return [
+                Problem(
+                    loc,
+                    f"{key} takes whole numbers, and {kind} draws fractions such as {value!r}: "
+                    f"use randint: [{math.ceil(args[0])}, {math.floor(args[1])}] or choice",
+                )
+            ]
         if error:
             return [Problem(loc, f"value {value!r} does not fit {key}: {error}")]
     return []

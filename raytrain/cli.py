@@ -55,7 +55,7 @@ def validate(file: FileArg, overrides: SetOpt = None) -> None:
     if spec.tune is not None:
         tune = spec.tune
         out.print(
-            f"  sweep     {tune.num_samples} trial(s), {tune.search.algorithm} search, "
+            f"  sweep     {tune.trial_count} trial(s), {tune.search.algorithm} search, "
             f"{tune.scheduler.name} scheduler, {' '.join(tune.modes)} {', '.join(tune.metrics)} "
             f"over {', '.join(tune.space)}",
             soft_wrap=True,
@@ -152,7 +152,7 @@ def _sweep(loaded: LoadedExperiment, *, address: str | None, verbose: bool) -> N
     out.print(
         f"[bold]{spec.name}[/bold]: sweep of {len(spec.tune.space)} value(s), "
         f"{spec.tune.search.algorithm} search, {spec.tune.scheduler.name} scheduler, "
-        f"{spec.tune.num_samples} trial(s) x {spec.scaling.num_workers} worker(s)"
+        f"{spec.tune.trial_count} trial(s) x {spec.scaling.num_workers} worker(s)"
     )
     _report_sweep(
         lambda on_event: run_sweep(loaded, address=address, verbose=verbose, on_event=on_event)
@@ -464,12 +464,24 @@ def serve(
     num_replicas: Annotated[int | None, typer.Option(help="Fixed number of replicas.")] = None,
     min_replicas: Annotated[int | None, typer.Option(help="Autoscaling: at least.")] = None,
     max_replicas: Annotated[int | None, typer.Option(help="Autoscaling: at most.")] = None,
+    target_ongoing_requests: Annotated[
+        float | None, typer.Option(help="Autoscaling: requests in flight per replica to aim at.")
+    ] = None,
     max_batch_size: Annotated[int | None, typer.Option(help="Requests per model call.")] = None,
     batch_wait_timeout_s: Annotated[
         float | None, typer.Option(help="How long a batch waits to fill.")
     ] = None,
     num_cpus: Annotated[float | None, typer.Option(help="CPUs per replica.")] = None,
     num_gpus: Annotated[float | None, typer.Option(help="GPUs per replica.")] = None,
+    max_ongoing_requests: Annotated[
+        int | None, typer.Option(help="Requests a replica takes at once (keep > batch size).")
+    ] = None,
+    max_instances_per_request: Annotated[
+        int | None, typer.Option(help="More instances in one request get a 413.")
+    ] = None,
+    max_body_mb: Annotated[
+        float | None, typer.Option(help="Larger request bodies get a 413.")
+    ] = None,
     host: Annotated[str | None, typer.Option(help="HTTP host (0.0.0.0 exposes it).")] = None,
     port: Annotated[int | None, typer.Option(help="HTTP port (default 8000).")] = None,
     address: Annotated[str | None, typer.Option(help="Ray cluster to join.")] = None,
@@ -493,10 +505,17 @@ def serve(
         "batch_wait_timeout_s": batch_wait_timeout_s,
         "num_cpus": num_cpus,
         "num_gpus": num_gpus,
+        "max_ongoing_requests": max_ongoing_requests,
+        "max_instances_per_request": max_instances_per_request,
+        "max_body_mb": max_body_mb,
         "host": host,
         "port": port,
     }
-    scaling = {"min_replicas": min_replicas, "max_replicas": max_replicas}
+    scaling = {
+        "min_replicas": min_replicas,
+        "max_replicas": max_replicas,
+        "target_ongoing_requests": target_ongoing_requests,
+    }
     try:
         reference, uri, spec = serve_settings(
             model,

@@ -21,6 +21,7 @@ import ray
 from raytrain.errors import ClusterError
 
 __all__ = [
+    "AbandonedGroupCollector",
     "ClusterInfo",
     "check_feasible",
     "check_locality",
@@ -151,6 +152,14 @@ def release_orphaned_placement_groups() -> int:
     still has a live actor (a detached Serve controller creates groups in its job's name), are
     someone's on purpose.
     """
+    try:
+        return _release_orphaned_placement_groups()
+    except Exception as exc:  # housekeeping: the run itself may still fit
+        log.warning("could not look for placement groups of exited drivers: %s", exc)
+        return 0
+
+
+def _release_orphaned_placement_groups() -> int:
     from ray.util.state import list_actors, list_jobs, list_placement_groups
 
     address = _state_address()
@@ -260,6 +269,13 @@ def release_placement_groups(before: set[str], *, timeout_s: float = 30.0) -> No
     then holds its CPUs until the driver exits, and every later run on the cluster waits for them
     forever.
     """
+    try:
+        _release_placement_groups(before, timeout_s)
+    except Exception as exc:  # housekeeping: never worth failing a finished sweep
+        log.warning("could not release this sweep's placement groups: %s", exc)
+
+
+def _release_placement_groups(before: set[str], timeout_s: float) -> None:
     from ray.util.state import list_actors
 
     job = ray.get_runtime_context().get_job_id()
@@ -268,6 +284,7 @@ def release_placement_groups(before: set[str], *, timeout_s: float = 30.0) -> No
         alive = list_actors(
             address=_state_address(),
             filters=[("job_id", "=", job), ("state", "!=", "DEAD")],
+            detail=True,  # placement_group_id is a detail column
             limit=10_000,
         )
         if not any(
@@ -278,6 +295,66 @@ def release_placement_groups(before: set[str], *, timeout_s: float = 30.0) -> No
             break
         time.sleep(0.5)
     _remove_placement_groups(live_placement_groups() - before)
+
+
+class AbandonedGroupCollector:
+    """Removes, while a sweep runs, the worker-group placement groups that Ray Train abandoned.
+
+    When a scheduler stops a trial just as its Train controller asks for the worker group's
+    placement group, the group can be created after the controller died (Ray 2.60): it then
+    holds the workers' CPUs with no actor in it, and the sweep's next trials wait for them
+    forever (seen: a 2-worker group held both CPUs of a 2-CPU cluster). A group shaped like a
+    worker group (``bundle`` per worker) with no live actor in it for ``grace_s`` is abandoned:
+    Ray Train creates its workers in a group as soon as the group is ready.
+    """
+
+    def __init__(self, bundle: dict[str, float], *, grace_s: float = 30.0, every_s: float = 5.0):
+        self.bundle = {k: float(v) for k, v in bundle.items() if v}
+        self.grace_s, self.every_s = grace_s, every_s
+        self._empty_since: dict[str, float] = {}
+        self._next = 0.0
+
+    def tick(self) -> None:
+        """Look now if the last look is ``every_s`` old; never raises (housekeeping only)."""
+        now = time.monotonic()
+        if now < self._next:
+            return
+        self._next = now + self.every_s
+        try:
+            self._collect(now)
+        except Exception as exc:
+            log.warning("could not look for abandoned placement groups: %s", exc)
+
+    def _collect(self, now: float) -> None:
+        from ray.util.state import list_actors, list_placement_groups
+
+        address, job = _state_address(), ray.get_runtime_context().get_job_id()
+        groups = list_placement_groups(
+            address=address,
+            filters=[("creator_job_id", "=", job), ("state", "=", "CREATED")],
+            detail=True,
+            limit=10_000,
+        )
+        actors = list_actors(
+            address=address,
+            filters=[("job_id", "=", job), ("state", "!=", "DEAD")],
+            detail=True,  # placement_group_id is a detail column
+            limit=10_000,
+        )
+        occupied = {actor.placement_group_id for actor in actors}
+        empty = {
+            g.placement_group_id
+            for g in groups
+            if g.placement_group_id not in occupied
+            and all(b["unit_resources"] == self.bundle for b in g.bundles or [])
+        }
+        self._empty_since = {g: self._empty_since.get(g, now) for g in empty}
+        abandoned = [g for g, since in self._empty_since.items() if now - since >= self.grace_s]
+        if abandoned:
+            log.warning("removing %d abandoned worker placement group(s)", len(abandoned))
+            _remove_placement_groups(abandoned)
+            for g in abandoned:
+                self._empty_since.pop(g)
 
 
 def _remove_placement_groups(ids: Iterable[str]) -> None:

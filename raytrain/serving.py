@@ -303,7 +303,7 @@ class ModelServer:
         expected = f'{{"instances": [...]}} with each instance of shape {shape}'
         try:
             payload = json.loads(raw)
-        except ValueError as exc:
+        except (ValueError, RecursionError) as exc:  # RecursionError: nested thousands deep
             raise BadRequest(400, f"body is not valid JSON ({exc}); expected {expected}") from None
         if not isinstance(payload, dict) or "instances" not in payload:
             raise BadRequest(422, f"missing 'instances'; expected {expected}")

@@ -8,6 +8,7 @@ numbers and ``--set`` overrides) lives in ``specfile.py`` and rules that span se
 from __future__ import annotations
 
 import difflib
+import math
 from typing import Any, Literal, get_args, get_origin
 
 from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
@@ -291,7 +292,9 @@ class TuneSpec(Section):
     mode: Literal["min", "max"] | list[Literal["min", "max"]] = Field(
         "min", description="min or max, one per metric."
     )
-    num_samples: int = Field(10, ge=1, description="Trials to run (per grid point for grid).")
+    num_samples: int = Field(
+        10, ge=1, description="Trials to run (a grid search runs every grid point once instead)."
+    )
     time_budget_s: float | None = Field(None, gt=0, description="Stop starting trials after this.")
     max_concurrent_trials: int | None = Field(
         None, ge=1, description="Trials at once; default: as many as the cluster fits."
@@ -319,6 +322,13 @@ class TuneSpec(Section):
     @property
     def modes(self) -> list[str]:
         return self.mode if isinstance(self.mode, list) else [self.mode]
+
+    @property
+    def trial_count(self) -> int:
+        """Trials the sweep plans to run: a grid's every combination, else num_samples."""
+        if self.search.algorithm != "grid":
+            return self.num_samples
+        return math.prod(len(next(iter(entry.values()))) for entry in self.space.values())
 
 
 class AutoscalingSpec(Section):

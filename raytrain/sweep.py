@@ -21,6 +21,7 @@ from ray import tune
 
 from raytrain import tracking
 from raytrain.cluster import (
+    AbandonedGroupCollector,
     check_feasible,
     live_placement_groups,
     release_placement_groups,
@@ -160,7 +161,8 @@ def sweep(
         ),
         {**TRIAL_RESOURCES, **spec.locality_resources()},
     )
-    callbacks = [c for c in (tracker, progress) if c is not None]
+    collector = _CollectAbandonedGroups(AbandonedGroupCollector(spec.worker_resources()))
+    callbacks = [c for c in (tracker, progress, collector) if c is not None]
     # Tune's own console output would print over our progress display; the old engine at
     # verbose=0 prints nothing (the new one ignores verbose=0 for its header).
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -296,6 +298,17 @@ def _trial(
         )
     except Exception as exc:
         raise find_user_error(exc) from None
+
+
+class _CollectAbandonedGroups(tune.Callback):
+    """Looks for worker groups that stopped trials left behind, every few seconds of the
+    sweep, so that they do not hold the CPUs the next trials wait for."""
+
+    def __init__(self, collector: AbandonedGroupCollector) -> None:
+        self.collector = collector
+
+    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+        self.collector.tick()
 
 
 def _tune_config(

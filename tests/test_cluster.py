@@ -6,8 +6,11 @@ import time
 from pathlib import Path
 
 import pytest
+import ray
+from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from raytrain.cluster import ClusterInfo, check_feasible, connect
+from raytrain.cluster import AbandonedGroupCollector, ClusterInfo, check_feasible, connect
 from raytrain.errors import ClusterError
 from raytrain.run import run_experiment
 from raytrain.specfile import load_experiment
@@ -53,3 +56,40 @@ def test_cluster_error_survives_pickling() -> None:
 
     error = ClusterError("no GPU")
     assert str(pickle.loads(pickle.dumps(error))) == "no GPU"
+
+
+@ray.remote(num_cpus=1)
+class _Sleeper:
+    def ready(self) -> bool:
+        return True
+
+
+def test_abandoned_worker_groups_are_collected_and_occupied_ones_kept(
+    ray_cluster: ClusterInfo,
+) -> None:
+    # What Ray Train leaves when a trial is stopped as its worker group is created: a group
+    # holding a worker's CPU with nobody in it. A group with its worker in it stays.
+    abandoned = placement_group([{"CPU": 1.0}])
+    occupied = placement_group([{"CPU": 1.0}])
+    tune_trial = placement_group([{"memory": 1024.0 * 1024}])  # another shape: Tune's own
+    ray.get([abandoned.ready(), occupied.ready(), tune_trial.ready()], timeout=60)
+    strategy = PlacementGroupSchedulingStrategy(placement_group=occupied)
+    worker = _Sleeper.options(scheduling_strategy=strategy).remote()
+    ray.get(worker.ready.remote(), timeout=60)
+    try:
+        collector = AbandonedGroupCollector({"CPU": 1.0}, grace_s=2.0, every_s=0.0)
+        collector.tick()
+        assert _state(abandoned) == "CREATED"  # not before the grace period
+        time.sleep(2.5)
+        collector.tick()
+        assert _state(abandoned) == "REMOVED"
+        assert _state(occupied) == "CREATED"
+        assert _state(tune_trial) == "CREATED"
+    finally:
+        ray.kill(worker)
+        for group in (abandoned, occupied, tune_trial):
+            remove_placement_group(group)
+
+
+def _state(group: PlacementGroup) -> str:
+    return ray.util.placement_group_table(group)["state"]

@@ -17,10 +17,12 @@ import numpy as np
 import pytest
 import requests
 from ray import serve
+from typer.testing import CliRunner
 
+from raytrain.cli import app
 from raytrain.registry import load_keras
 from raytrain.run import run_experiment
-from raytrain.serving import Deployment, ServedModel, deploy, describe, stop
+from raytrain.serving import Deployment, ServedModel, deploy, describe, serve_settings, stop
 from raytrain.spec import ServeSpec
 from raytrain.specfile import load_experiment
 
@@ -126,6 +128,8 @@ BAD_REQUESTS = [
     ("wrong shape", b'{"instances": [[1.0, 2.0]]}', 422, "shape [2]; expected"),
     ("ragged", f'{{"instances": [{ROW}, [1.0]]}}'.encode(), 422, "all of one shape"),
     ("strings", b'{"instances": [["a"]]}', 422, "must be numbers"),
+    ("nested deep", b'{"instances": ' + b"[" * 20_000 + b"]" * 20_000 + b"}", 400, "not valid"),
+    ("too many dims", b'{"instances": [' + b"[" * 80 + b"1" + b"]" * 80 + b"]}", 422, "numbers"),
     ("NaN", f'{{"instances": [{ROW.replace("1.0", "NaN", 1)}]}}'.encode(), 422, "NaN"),
     ("too many", f'{{"instances": [{",".join([ROW] * 9)}]}}'.encode(), 413, "at most 8"),
     ("too big", b'{"instances": [' + b" " * 60_000 + b"]}", 413, "over 52428 bytes"),
@@ -216,6 +220,39 @@ def test_canary_split_and_a_rolling_update_without_failed_requests(
     assert failures == []
     assert seen[0] == "1"
     assert seen[-1] == "2"
+
+
+def test_flags_override_the_experiments_serve_section(tmp_path: Path) -> None:
+    experiment = write_yaml(
+        tmp_path,
+        """
+        tracking:
+          register_as: digits
+        serve:
+          autoscaling: {min_replicas: 1, max_replicas: 4}
+          max_batch_size: 8
+        """,
+    )
+    reference, _, spec = serve_settings(
+        None,
+        experiment=load_experiment(experiment).spec,
+        flags={"max_batch_size": 16, "max_ongoing_requests": 64, "max_body_mb": 2.0},
+        autoscaling={"target_ongoing_requests": 3.0, "max_replicas": None},
+    )
+    assert reference == "digits"
+    assert spec.autoscaling is not None
+    assert (spec.autoscaling.max_replicas, spec.autoscaling.target_ongoing_requests) == (4, 3.0)
+    assert (spec.max_batch_size, spec.max_ongoing_requests, spec.max_body_mb) == (16, 64, 2.0)
+
+    # A bad flag value is one line naming the setting, before anything is deployed.
+    result = CliRunner().invoke(
+        app, ["serve", "--experiment", str(experiment), "--target-ongoing-requests", "0"]
+    )
+    assert result.exit_code != 0
+    assert "serve.autoscaling.target_ongoing_requests: Input should be greater than 0" in (
+        result.output
+    )
+    assert "Traceback" not in result.output
 
 
 def test_describe_refuses_a_model_that_is_not_registered(registry: str, tmp_path: Path) -> None:

@@ -210,6 +210,27 @@ BAD_FILES += [
     ),
     ("tune:\n  space: {}\n", [], ["exp.yaml:2: tune.space: the search space is empty"]),
     (
+        "tune:\n  space:\n    train.epochs: {uniform: [1, 5]}\n",
+        [],
+        [
+            "exp.yaml:3: tune.space['train.epochs'].uniform: train.epochs takes whole numbers, "
+            "and uniform draws fractions such as 2.528: use randint: [1, 5] or choice"
+        ],
+    ),
+    (  # the ends fit (1 and 4 workers split a batch of 64), a value between does not
+        "train:\n  batch_size: 64\ntune:\n  space:\n    scaling.num_workers: {randint: [1, 4]}\n",
+        [],
+        [
+            "exp.yaml:5: tune.space['scaling.num_workers'].randint: value 3 does not fit "
+            "scaling.num_workers: the global batch size (64) must split evenly"
+        ],
+    ),
+    (
+        "tune:\n  space:\n    train.epochs: {quniform: [2, 6, 0.5]}\n",
+        [],
+        ["tune.space['train.epochs'].quniform: value 2.5 does not fit train.epochs"],
+    ),
+    (
         "scaling:\n  allreduce_dtype: bfloat16\ntrain:\n  mixed_precision: mixed_float16\n",
         [],
         ["exp.yaml:2: scaling.allreduce_dtype: mixed_float16 scales the loss"],
