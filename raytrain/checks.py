@@ -347,10 +347,14 @@ def sampled_values(kind: str, args: list[Any]) -> list[Any]:
 
 
 def _spread(values: list[Any]) -> list[Any]:
+    """The first values one after another (a rule like "divides by num_workers" fails on one
+    of them), then the rest evenly spread, the last included."""
     if len(values) <= PROBES:
         return values
-    step = (len(values) - 1) / (PROBES - 1)
-    return [values[round(i * step)] for i in range(PROBES)]
+    head, rest = values[: PROBES // 4], values[PROBES // 4 :]
+    count = PROBES - len(head)
+    step = (len(rest) - 1) / (count - 1)
+    return head + [rest[round(i * step)] for i in range(count)]
 
 
 def _check_tune(spec: Experiment, base_dir: Path) -> list[Problem]:

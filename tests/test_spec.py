@@ -225,6 +225,11 @@ BAD_FILES += [
             "scaling.num_workers: the global batch size (64) must split evenly"
         ],
     ),
+    (  # a wide range: its values are probed one after another first, then spread
+        "scaling:\n  num_workers: 2\ntune:\n  space:\n    train.batch_size: {randint: [16, 512]}\n",
+        [],
+        ["exp.yaml:5: tune.space['train.batch_size'].randint: value 17 does not fit"],
+    ),
     (
         "tune:\n  space:\n    train.epochs: {quniform: [2, 6, 0.5]}\n",
         [],
