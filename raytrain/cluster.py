@@ -276,21 +276,12 @@ def release_placement_groups(before: set[str], *, timeout_s: float = 30.0) -> No
 
 
 def _release_placement_groups(before: set[str], timeout_s: float) -> None:
-    from ray.util.state import list_actors
-
-    job = ray.get_runtime_context().get_job_id()
     deadline = time.monotonic() + timeout_s
     while time.monotonic() < deadline:
-        alive = list_actors(
-            address=_state_address(),
-            filters=[("job_id", "=", job), ("state", "!=", "DEAD")],
-            detail=True,  # placement_group_id is a detail column
-            limit=10_000,
-        )
         if not any(
             actor.class_name == "TrainController"
             or (actor.placement_group_id and actor.placement_group_id not in before)
-            for actor in alive
+            for actor in _live_actors_of_this_job()
         ):
             break
         time.sleep(0.5)
@@ -326,22 +317,18 @@ class AbandonedGroupCollector:
             log.warning("could not look for abandoned placement groups: %s", exc)
 
     def _collect(self, now: float) -> None:
-        from ray.util.state import list_actors, list_placement_groups
+        from ray.util.state import list_placement_groups
 
-        address, job = _state_address(), ray.get_runtime_context().get_job_id()
         groups = list_placement_groups(
-            address=address,
-            filters=[("creator_job_id", "=", job), ("state", "=", "CREATED")],
+            address=_state_address(),
+            filters=[
+                ("creator_job_id", "=", ray.get_runtime_context().get_job_id()),
+                ("state", "=", "CREATED"),
+            ],
             detail=True,
             limit=10_000,
         )
-        actors = list_actors(
-            address=address,
-            filters=[("job_id", "=", job), ("state", "!=", "DEAD")],
-            detail=True,  # placement_group_id is a detail column
-            limit=10_000,
-        )
-        occupied = {actor.placement_group_id for actor in actors}
+        occupied = {actor.placement_group_id for actor in _live_actors_of_this_job()}
         empty = {
             g.placement_group_id
             for g in groups
@@ -355,6 +342,17 @@ class AbandonedGroupCollector:
             _remove_placement_groups(abandoned)
             for g in abandoned:
                 self._empty_since.pop(g)
+
+
+def _live_actors_of_this_job() -> list[Any]:
+    from ray.util.state import list_actors
+
+    return list_actors(
+        address=_state_address(),
+        filters=[("job_id", "=", ray.get_runtime_context().get_job_id()), ("state", "!=", "DEAD")],
+        detail=True,  # placement_group_id is a detail column
+        limit=10_000,
+    )
 
 
 def _remove_placement_groups(ids: Iterable[str]) -> None:
