@@ -11,7 +11,7 @@ in the loop, the fastest input TF has for data that fits in memory. Files are lo
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 import numpy as np
@@ -20,6 +20,7 @@ from raytrain.checks import infer_format
 from raytrain.errors import DataError, StorageError
 from raytrain.spec import CLASSIFICATION_LOSSES, DataSpec
 from raytrain.storage import check_location, glob, open_input
+from raytrain.streaming import Streams, open_streams
 
 __all__ = ["DataInfo", "Dataset", "load_dataset", "make_tf_dataset", "shard"]
 
@@ -40,15 +41,28 @@ class DataInfo:
 
 @dataclass(frozen=True)
 class Dataset:
+    """The examples, or with ``streams`` (``data.streaming``) the first rows of each split and
+    the Ray Data datasets that hold them all."""
+
     x_train: np.ndarray
     y_train: np.ndarray
     x_val: np.ndarray
     y_val: np.ndarray
     info: DataInfo
+    streams: Streams | None = None
+    ray_datasets: dict[str, Any] | None = field(default=None, repr=False)
+
+    def for_workers(self) -> Dataset:
+        """What goes to the object store: Ray Train hands workers the datasets themselves."""
+        return replace(self, ray_datasets=None)
 
 
-def load_dataset(spec: DataSpec, *, loss: str) -> Dataset:
-    """Read the source, split it deterministically and fit feature scaling on the train split."""
+def load_dataset(spec: DataSpec, *, loss: str, task_cpus: float | None = None) -> Dataset:
+    """Read the source, split it deterministically and fit feature scaling on the train split.
+
+    ``task_cpus``: what each Ray Data task holds when the source is streamed."""
+    if spec.streaming:
+        return _open_streamed(spec, loss=loss, task_cpus=task_cpus)
     x, y, feature_names = _read(spec)
     classification = loss in CLASSIFICATION_LOSSES
     x = _as_float(x, feature_names)
@@ -74,6 +88,29 @@ def load_dataset(spec: DataSpec, *, loss: str) -> Dataset:
         scale_variance=variance,
     )
     return Dataset(x[train], y[train], x[val], y[val], info)
+
+
+def _open_streamed(spec: DataSpec, *, loss: str, task_cpus: float | None) -> Dataset:
+    files = _match(spec.source)
+    streams, datasets, stats, sample = open_streams(spec, files, loss=loss, task_cpus=task_cpus)
+    lo, hi = stats["min"], stats["max"]
+    if spec.normalize == "none":
+        offset, variance = np.zeros_like(lo), np.ones_like(lo)
+    elif spec.normalize == "minmax":
+        offset, variance = lo, np.square(np.where(hi > lo, hi - lo, 1.0))
+    else:
+        offset, variance = stats["mean"], np.where(stats["variance"] > 0, stats["variance"], 1.0)
+    info = DataInfo(
+        input_shape=streams.shape,
+        num_classes=stats["num_classes"] if loss != "binary_crossentropy" else None,
+        feature_names=streams.features,
+        label_names=stats["label_names"],
+        num_train=stats["num_train"],
+        num_val=stats["num_val"],
+        scale_offset=offset.astype(np.float32).reshape(streams.shape),
+        scale_variance=variance.astype(np.float32).reshape(streams.shape),
+    )
+    return Dataset(*sample, info, streams=streams, ray_datasets=datasets)
 
 
 def shard(x: np.ndarray, y: np.ndarray, *, index: int, count: int) -> tuple[np.ndarray, np.ndarray]:

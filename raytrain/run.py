@@ -86,7 +86,8 @@ def run_experiment(
         try:
             outcome["result"] = fit(
                 spec,
-                data_ref=ray.put(data),
+                data_ref=ray.put(data.for_workers()),
+                datasets=data.ray_datasets,
                 run_name=run_name,
                 storage_path=storage,
                 tracking=tracked,
@@ -373,7 +374,8 @@ def _run_and_finish(
     try:
         outcome = sweep(
             setup,
-            data_ref=ray.put(data),
+            data_ref=ray.put(data.for_workers()),
+            datasets=data.ray_datasets,
             on_event=on_event,
             restore_path=join(setup.storage_root, rounds[-1]) if restore else None,
             extension=extension,
@@ -482,9 +484,21 @@ def _prepare(spec: Any, tracking_uri: str | None, *, address: str | None, verbos
     check_location(spec.storage, what="storage")
     if tracking_uri:
         tracking.check_reachable(tracking_uri)
-    data = load_dataset(spec.data, loss=spec.train.loss)
+    if not spec.data.streaming:  # read here, before any cluster time; streamed data reads on Ray
+        data = load_dataset(spec.data, loss=spec.train.loss)
     # Workers reach the same storage as this process (an emulator's address, when one is set).
     connect(address, verbose=verbose, env_vars={**WORKER_ENV, **forwarded_env()})
     release_orphaned_placement_groups()  # a killed driver's leftovers would block this run
     check_locality(spec.data.locality)
+    if spec.data.streaming:
+        data = load_dataset(spec.data, loss=spec.train.loss, task_cpus=_data_task_cpus(spec))
     return data
+
+
+def _data_task_cpus(spec: Any) -> float | None:
+    """None (Ray Data's default CPU per task) when the training workers leave a CPU free;
+    else 0: a sweep fills the cluster with trials, and workers holding every CPU would starve
+    the tasks that feed them (seen: a 2-worker run on 2 CPUs waited forever)."""
+    held = spec.scaling.num_workers * spec.worker_resources().get("CPU", 0.0)
+    spare = ray.cluster_resources().get("CPU", 0.0) - held
+    return None if spec.tune is None and spare >= 1 else 0

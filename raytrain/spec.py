@@ -92,6 +92,11 @@ class DataSpec(Section):
         "standard",
         description="Feature scaling fitted on the training split only (never on validation).",
     )
+    streaming: bool = Field(
+        False,
+        description="Stream the files with Ray Data (data larger than one machine's memory) "
+        "instead of reading them whole on the driver.",
+    )
     locality: str | None = Field(
         None,
         pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$",

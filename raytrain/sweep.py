@@ -129,6 +129,7 @@ def sweep(
     setup: SweepSetup,
     *,
     data_ref: ray.ObjectRef,
+    datasets: dict[str, Any] | None = None,
     on_event: Any | None = None,
     restore_path: str | None = None,
     extension: Extension | None = None,
@@ -154,6 +155,7 @@ def sweep(
             _trial,
             base=spec.model_dump(mode="json"),
             data_ref=data_ref,
+            datasets=datasets,
             storage_root=setup.storage_root,
             sweep_name=setup.sweep_name,
             base_dir=setup.base_dir,
@@ -269,6 +271,7 @@ def _trial(
     *,
     base: dict[str, Any],
     data_ref: ray.ObjectRef,
+    datasets: dict[str, Any] | None,
     storage_root: str,
     sweep_name: str,
     base_dir: str,
@@ -295,6 +298,7 @@ def _trial(
             progress=None,
             base_dir=base_dir,
             callbacks=[TuneReportCallback()],
+            datasets=datasets,
         )
     except Exception as exc:
         raise find_user_error(exc) from None

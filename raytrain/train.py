@@ -17,7 +17,7 @@ import tempfile
 import time
 import types
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 import ray.train
@@ -27,9 +27,12 @@ from ray.train.tensorflow import TensorflowTrainer
 
 from raytrain import storage
 from raytrain.cluster import worker_nodes
-from raytrain.errors import TrainingError
+from raytrain.errors import DataError, TrainingError
 from raytrain.spec import Experiment
 from raytrain.tracking import EpochLogger, TrackedRun
+
+if TYPE_CHECKING:
+    from raytrain.data import Dataset
 
 __all__ = ["WORKER_ENV", "build_optimizer", "fit", "train_loop"]
 
@@ -50,8 +53,12 @@ def fit(
     progress: Any | None,
     base_dir: str,
     callbacks: list[Any] | None = None,
+    datasets: dict[str, Any] | None = None,
 ) -> ray.train.Result:
-    """Run the experiment's training on the connected Ray cluster and return Ray's result."""
+    """Run the experiment's training on the connected Ray cluster and return Ray's result.
+
+    ``datasets``: the Ray Data train/val datasets of a streamed source (``data.streaming``),
+    which Ray Train splits across the workers."""
     # Ray Train's controller collects each report when it polls the workers, every 2 s by
     # default, and a worker's next report waits for that: with sub-second epochs, most of the
     # run would be spent waiting. Polling at 0.1 s cut a 0.02 s epoch's wall time from 2 s to
@@ -68,6 +75,7 @@ def fit(
     trainer = TensorflowTrainer(
         train_loop,
         train_loop_config=config,
+        datasets=datasets,
         scaling_config=ScalingConfig(
             num_workers=spec.scaling.num_workers,
             use_gpu=spec.scaling.use_gpu,
@@ -119,12 +127,15 @@ def train_loop(config: dict[str, Any]) -> None:
         config["data"] if not isinstance(config["data"], ray.ObjectRef) else ray.get(config["data"])
     )
     batch = spec.per_worker_batch_size
-    x, y = shard(data.x_train, data.y_train, index=rank, count=world)
-    xv, yv = shard(data.x_val, data.y_val, index=rank, count=world)
-    steps, val_steps = math.ceil(len(x) / batch), math.ceil(len(xv) / batch)
-    train_ds = make_tf_dataset(x, y, batch_size=batch, shuffle=True, seed=spec.train.seed + rank)
-    val_ds = make_tf_dataset(xv, yv, batch_size=batch, shuffle=False, seed=0)
-    train_ds, val_ds = train_ds.repeat(), val_ds.repeat()
+    if data.streams is not None:
+        train_ds, val_ds, steps, val_steps = _streamed_input(spec, data, rank=rank, world=world)
+    else:
+        x, y = shard(data.x_train, data.y_train, index=rank, count=world)
+        xv, yv = shard(data.x_val, data.y_val, index=rank, count=world)
+        steps, val_steps = math.ceil(len(x) / batch), math.ceil(len(xv) / batch)
+        seed = spec.train.seed + rank
+        train_ds = make_tf_dataset(x, y, batch_size=batch, shuffle=True, seed=seed).repeat()
+        val_ds = make_tf_dataset(xv, yv, batch_size=batch, shuffle=False, seed=0).repeat()
     if world > 1:
         train_ds = strategy.distribute_datasets_from_function(lambda _: train_ds)
         val_ds = strategy.distribute_datasets_from_function(lambda _: val_ds)
@@ -161,7 +172,7 @@ def train_loop(config: dict[str, Any]) -> None:
 
     reporter = _Reporter(
         rank=rank,
-        samples_per_epoch=len(x) * world,
+        samples_per_epoch=min(steps * batch, data.info.num_train // world) * world,
         logger=logger,
         progress=config["progress"] if rank == 0 else None,
         total_epochs=spec.train.epochs,
@@ -222,6 +233,44 @@ class _Reporter(tf.keras.callbacks.Callback):
             self.logger.log(metrics, step=done)
         if self.progress is not None:
             self.progress.put_nowait({**metrics, "total_epochs": self.total_epochs})
+
+
+def _streamed_input(
+    spec: Experiment, data: Dataset, *, rank: int, world: int
+) -> tuple[Any, Any, int, int]:
+    """This worker's share of the streamed rows: Ray Train splits each dataset into equal
+    shards (``streaming_split(equal=True)``), so every worker runs the same number of steps."""
+    from raytrain.streaming import worker_dataset
+
+    assert data.streams is not None
+    batch = spec.per_worker_batch_size
+    steps = data.info.num_train // world // batch
+    val_rows = data.info.num_val // world
+    if steps < 1 or val_rows < 1:
+        raise DataError(
+            f"{data.info.num_train} training and {data.info.num_val} validation rows are too few "
+            f"for {world} worker(s) at {batch} rows per worker and step"
+        )
+    val_batch = min(batch, val_rows)
+    train_ds = worker_dataset(
+        data.streams,
+        ray.train.get_dataset_shard("train"),
+        batch_size=batch,
+        steps=steps,
+        shuffle=True,
+        seed=spec.train.seed + rank,
+        repeat=True,
+    )
+    val_ds = worker_dataset(
+        data.streams,
+        ray.train.get_dataset_shard("val"),
+        batch_size=val_batch,
+        steps=val_rows // val_batch,
+        shuffle=False,
+        seed=0,
+        repeat=False,
+    )
+    return train_ds, val_ds, steps, val_rows // val_batch
 
 
 def _strategy(spec: Experiment, world: int) -> Any:

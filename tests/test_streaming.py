@@ -1,0 +1,113 @@
+"""data.streaming: CSV/Parquet files read by Ray Data tasks and split across real workers."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlflow
+import numpy as np
+import pandas as pd
+import pytest
+from sklearn.datasets import load_digits
+
+from raytrain.data import load_dataset
+from raytrain.errors import DataError
+from raytrain.run import run_experiment
+from raytrain.spec import DataSpec
+from raytrain.specfile import load_experiment
+from raytrain.streaming import _Split
+
+from .conftest import write_yaml
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+CE = "sparse_categorical_crossentropy"
+LETTERS = np.array(list("abcdefghij"))
+
+
+def _digits_files(folder: Path, fmt: str = "parquet", parts: int = 3) -> pd.DataFrame:
+    digits = load_digits()
+    frame = pd.DataFrame(digits.data, columns=[f"p{i}" for i in range(64)])
+    frame["label"] = LETTERS[digits.target]
+    for part, rows in enumerate(np.array_split(np.arange(len(frame)), parts)):
+        chunk = frame.iloc[rows]
+        path = folder / f"digits-{part}.{fmt}"
+        chunk.to_parquet(path) if fmt == "parquet" else chunk.to_csv(path, index=False)
+    return frame
+
+
+def test_the_validation_split_is_a_seeded_hash_of_each_row() -> None:
+    frame = pd.DataFrame(np.random.default_rng(0).normal(size=(5000, 4)), columns=list("abcd"))
+    split = _Split(features=list("abcd"), seed=7, fraction=0.2)
+    whole = split.is_validation(frame)
+    # The same rows whatever blocks the files are cut into, and about the asked fraction.
+    pieces = [split.is_validation(frame.iloc[i : i + 333]) for i in range(0, 5000, 333)]
+    np.testing.assert_array_equal(whole, np.concatenate(pieces))
+    assert 0.18 < whole.mean() < 0.22
+    other = _Split(features=list("abcd"), seed=8, fraction=0.2).is_validation(frame)
+    assert (whole != other).any()
+
+
+def test_streamed_parquet_trains_two_workers_with_statistics_of_the_train_rows(
+    workdir: Path,
+) -> None:
+    frame = _digits_files(workdir)
+    experiment = write_yaml(
+        workdir,
+        f"""
+        name: streamed
+        data:
+          source: digits-*.parquet
+          streaming: true
+          shape: [8, 8, 1]
+        model:
+          builder: cnn
+        train:
+          epochs: 3
+          batch_size: 64
+          loss: {CE}
+        scaling:
+          num_workers: 2
+        tracking:
+          register_as: streamed
+        """,
+    )
+    loaded = load_experiment(experiment)
+    data = load_dataset(loaded.spec.data, loss=CE)
+    validation = _Split(features=[f"p{i}" for i in range(64)], seed=0, fraction=0.2)
+    chosen = validation.is_validation(frame)
+    train = frame[~chosen]
+    assert (data.info.num_train, data.info.num_val) == (len(train), int(chosen.sum()))
+    assert data.info.label_names == list(LETTERS)
+    assert data.info.input_shape == (8, 8, 1)
+    expected = train[[f"p{i}" for i in range(64)]].to_numpy().mean(0).reshape(8, 8, 1)
+    np.testing.assert_allclose(data.info.scale_offset, expected, rtol=1e-5, atol=1e-5)
+    assert data.x_val.shape[1:] == (8, 8, 1)
+    assert len(data.x_val) == data.info.num_val
+
+    summary = run_experiment(loaded)
+    assert summary.best_metrics["val_accuracy"] >= 0.85
+    assert summary.final_metrics["epoch"] == 3
+    run = summary.tracking
+    assert run is not None
+    stored = mlflow.MlflowClient(tracking_uri=run.uri).get_run(run.run_id)
+    assert stored.info.status == "FINISHED"
+    assert stored.data.params["data.streaming"] == "True"
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        (lambda f: f.assign(p3="x"), "non-numeric feature columns: p3"),
+        (lambda f: f.assign(p5=np.where(f.index == 7, np.nan, f.p5)), "NaN or infinite"),
+        (lambda f: f.drop(columns="label"), "label column 'label' is not in"),
+    ],
+    ids=["strings", "nan", "no-label"],
+)
+def test_bad_streamed_files_are_one_line_data_errors(
+    tmp_path: Path, change: object, message: str
+) -> None:
+    frame = _digits_files(tmp_path, fmt="csv", parts=1)
+    change(frame).to_csv(tmp_path / "digits-0.csv", index=False)  # type: ignore[operator]
+    spec = DataSpec(source=str(tmp_path / "*.csv"), streaming=True)
+    with pytest.raises(DataError, match=message):
+        load_dataset(spec, loss=CE)
