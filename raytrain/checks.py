@@ -37,7 +37,16 @@ __all__ = [
 ]
 
 BUILTIN_DATASETS = ("digits", "wine", "breast_cancer", "iris", "diabetes")
-FILE_FORMATS = {".csv": "csv", ".parquet": "parquet", ".pq": "parquet", ".npz": "npz"}
+FILE_FORMATS = {
+    ".csv": "csv",
+    ".parquet": "parquet",
+    ".pq": "parquet",
+    ".tfrecord": "tfrecord",
+    ".tfrecords": "tfrecord",
+    ".tfr": "tfrecord",
+    ".npz": "npz",
+}
+STREAMED_FORMATS = ("csv", "parquet", "tfrecord")
 ACCURACY_METRICS = {
     "accuracy",
     "sparse_categorical_accuracy",
@@ -72,7 +81,10 @@ def infer_format(source: str, declared: str) -> str | None:
     """The file format named by ``declared`` or, for ``auto``, by the source's extension."""
     if declared != "auto":
         return declared
-    return FILE_FORMATS.get(Path(source).suffix.lower())
+    path = Path(source.lower())
+    if path.suffix == ".gz" and FILE_FORMATS.get(path.with_suffix("").suffix) == "tfrecord":
+        return "tfrecord"  # GZIP-compressed TFRecords (TFRecordWriter's options="GZIP")
+    return FILE_FORMATS.get(path.suffix)
 
 
 def load_builder(path: str, base_dir: Path | None = None) -> object:
@@ -94,6 +106,14 @@ def _check_data(spec: Experiment) -> list[Problem]:
                     loc,
                     f"unknown built-in dataset '{name}'; expected one of: "
                     f"{', '.join(BUILTIN_DATASETS)}",
+                )
+            ]
+        if data.streaming:
+            return [
+                Problem(
+                    ("data", "streaming"),
+                    "built-in datasets are small and read whole; data.streaming reads CSV, "
+                    "Parquet or TFRecord files",
                 )
             ]
         return []
@@ -125,7 +145,14 @@ def _check_data(spec: Experiment) -> list[Problem]:
             Problem(
                 ("data", "format"),
                 f"cannot infer the format of '{matches[0]}'; set "
-                f"data.format to one of: csv, parquet, npz",
+                f"data.format to one of: csv, parquet, tfrecord, npz",
+            )
+        ]
+    if data.streaming and fmt not in STREAMED_FORMATS:
+        return [
+            Problem(
+                ("data", "streaming"),
+                f"{fmt} files are read whole; data.streaming reads CSV, Parquet or TFRecord files",
             )
         ]
     return []

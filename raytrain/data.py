@@ -20,7 +20,8 @@ from raytrain.checks import infer_format
 from raytrain.errors import DataError, StorageError
 from raytrain.spec import CLASSIFICATION_LOSSES, DataSpec
 from raytrain.storage import check_location, glob, open_input
-from raytrain.streaming import Streams, open_streams
+from raytrain.streaming import Streams, feature_columns, open_streams
+from raytrain.tfrecord import read_frames
 
 __all__ = ["DataInfo", "Dataset", "load_dataset", "make_tf_dataset", "shard"]
 
@@ -147,24 +148,20 @@ def _read(spec: DataSpec) -> tuple[np.ndarray, np.ndarray, list[str]]:
         return _read_npz(files, spec.label)
     import pandas as pd
 
+    frames = []
     try:
-        reader = pd.read_csv if fmt == "csv" else pd.read_parquet
-        frames = []
         for f in files:
             with open_input(f) as stream:
-                frames.append(reader(stream))
+                if fmt == "tfrecord":
+                    frames.extend(read_frames(stream, name=f))
+                else:
+                    frames.append((pd.read_csv if fmt == "csv" else pd.read_parquet)(stream))
         frame = pd.concat(frames, ignore_index=True)
+    except DataError:
+        raise
     except Exception as exc:
         raise DataError(f"cannot read {fmt} data from '{spec.source}': {exc}") from None
-    if spec.label not in frame.columns:
-        raise DataError(
-            f"label column '{spec.label}' is not in '{spec.source}'; columns: "
-            f"{', '.join(map(str, frame.columns))} (set data.label)"
-        )
-    features = spec.features or [str(c) for c in frame.columns if c != spec.label]
-    missing = [c for c in features if c not in frame.columns]
-    if missing:
-        raise DataError(f"feature columns not in '{spec.source}': {', '.join(missing)}")
+    features = feature_columns(spec, [str(c) for c in frame.columns])
     return frame[features].to_numpy(), frame[spec.label].to_numpy(), features
 
 

@@ -71,13 +71,15 @@ class DataSpec(Section):
         "file path or glob (relative to the experiment file), or gs://BUCKET/PATH (a glob too, "
         "e.g. gs://bucket/data/*.parquet).",
     )
-    format: Literal["auto", "csv", "parquet", "npz"] = Field(
+    format: Literal["auto", "csv", "parquet", "tfrecord", "npz"] = Field(
         "auto", description="File format; auto infers it from the file extension."
     )
-    label: str = Field("label", description="Label column (CSV/Parquet) or array name (NPZ).")
+    label: str = Field(
+        "label", description="Label column (CSV/Parquet), feature key (TFRecord) or array (NPZ)."
+    )
     features: list[str] | None = Field(
         None,
-        description="Feature columns (CSV/Parquet); all columns but the label when omitted. "
+        description="Feature columns or TFRecord feature keys; all but the label when omitted. "
         "NPZ files hold features in the array 'x'.",
     )
     shape: list[int] | None = Field(
@@ -94,8 +96,8 @@ class DataSpec(Section):
     )
     streaming: bool = Field(
         False,
-        description="Stream the files with Ray Data (data larger than one machine's memory) "
-        "instead of reading them whole on the driver.",
+        description="Stream CSV/Parquet/TFRecord files with Ray Data (data larger than one "
+        "machine's memory) instead of reading them whole on the driver.",
     )
     locality: str | None = Field(
         None,

@@ -1,4 +1,4 @@
-"""Ray Data streaming of CSV/Parquet sources too large for one process (``data.streaming``).
+"""Ray Data streaming of CSV, Parquet and TFRecord files too large for one process.
 
 The in-memory path (data.py) reads everything on the driver. Here the driver only plans: Ray
 Data reads the files in parallel tasks on the cluster (on ``data.locality`` nodes when set), one
@@ -25,6 +25,7 @@ from raytrain.checks import infer_format
 from raytrain.errors import DataError
 from raytrain.spec import CLASSIFICATION_LOSSES, DataSpec
 from raytrain.storage import forwarded_env, resolve
+from raytrain.tfrecord import expand_features, read_frames
 
 __all__ = ["SAMPLE_ROWS", "Streams", "open_streams", "worker_dataset"]
 
@@ -65,25 +66,25 @@ def open_streams(
     statistics (counts, scaling, classes) and the first rows of each split as arrays
     ``(x_train, y_train, x_val, y_val)``.
     """
+    import ray
     import ray.data
+
+    _follow_ray_log_level()
 
     fmt = infer_format(files[0], spec.format)
     remote: dict[str, Any] = {"resources": {spec.locality: 0.001}} if spec.locality else {}
     if task_cpus is not None:
         remote["num_cpus"] = task_cpus
+    if task_cpus == 0:  # tasks that hold no CPU: as many at once as there are CPUs, not more
+        cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
+        remote["compute"] = ray.data.TaskPoolStrategy(size=cpus)
     try:
         columns = _columns(files[0], fmt)
+    except DataError:
+        raise
     except Exception as exc:
         raise DataError(f"cannot read {fmt} data from '{files[0]}': {exc}") from None
-    if spec.label not in columns:
-        raise DataError(
-            f"label column '{spec.label}' is not in '{spec.source}'; columns: "
-            f"{', '.join(map(str, columns))} (set data.label)"
-        )
-    features = spec.features or [str(c) for c in columns if c != spec.label]
-    missing = [c for c in features if c not in columns]
-    if missing:
-        raise DataError(f"feature columns not in '{spec.source}': {', '.join(missing)}")
+    features = feature_columns(spec, columns)
     # Our own read tasks rather than ray.data.read_parquet/read_csv: those list files in tasks
     # that always hold a CPU, and workers holding every CPU would wait for them forever.
     reader = _FileReader(fmt=fmt, columns=[*features, spec.label], env=forwarded_env())
@@ -167,6 +168,35 @@ def worker_dataset(
     return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
 
 
+def _follow_ray_log_level() -> None:
+    """Ray Data logs every execution plan and its progress at INFO on a logger of its own;
+    keep it as quiet as raytrain keeps Ray (``--verbose`` shows both)."""
+    import logging
+
+    from ray.data import DataContext
+
+    quiet = logging.getLogger("ray").getEffectiveLevel() > logging.INFO
+    if quiet:
+        logging.getLogger("ray.data").setLevel(logging.WARNING)
+        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "disabled"
+        DataContext.get_current().enable_progress_bars = False
+
+
+def feature_columns(spec: DataSpec, columns: list[str]) -> list[str]:
+    """The feature columns ``spec`` asks for (all but the label when it names none), checked
+    against what the files hold."""
+    if spec.label not in columns:
+        raise DataError(
+            f"label column '{spec.label}' is not in '{spec.source}'; columns: "
+            f"{', '.join(columns)} (set data.label)"
+        )
+    features = expand_features(spec.features or [c for c in columns if c != spec.label], columns)
+    missing = [c for c in features if c not in columns]
+    if missing:
+        raise DataError(f"feature columns not in '{spec.source}': {', '.join(missing)}")
+    return features
+
+
 def _columns(location: str, fmt: str | None) -> list[str]:
     import pyarrow.csv
     import pyarrow.parquet as pq
@@ -175,6 +205,11 @@ def _columns(location: str, fmt: str | None) -> list[str]:
     with filesystem.open_input_file(path) as stream:
         if fmt == "parquet":
             return list(pq.read_schema(stream).names)
+        if fmt == "tfrecord":
+            first = next(read_frames(stream, name=location, rows_per_frame=1), None)
+            if first is None:
+                raise DataError(f"'{location}' holds no records")
+            return [str(c) for c in first.columns]
         return list(pyarrow.csv.open_csv(stream).schema.names)
 
 
@@ -202,6 +237,10 @@ class _FileReader:
                     )
                     for batch in batches:
                         yield batch.to_pandas()
+                elif self.fmt == "tfrecord":
+                    frames = read_frames(stream, name=location, rows_per_frame=self.rows_per_block)
+                    for records in frames:
+                        yield records.reindex(columns=self.columns)
                 else:
                     options = pyarrow.csv.ConvertOptions(include_columns=self.columns)
                     for batch in pyarrow.csv.open_csv(stream, convert_options=options):

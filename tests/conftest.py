@@ -10,6 +10,7 @@ import textwrap
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is imported
 
@@ -69,3 +70,33 @@ def write_yaml(folder: Path, text: str, name: str = "exp.yaml") -> Path:
     path = folder / name
     path.write_text(textwrap.dedent(text).lstrip("\n"))
     return path
+
+
+def write_tfrecord(path: Path, frame: Any, *, vectors: dict[str, list[str]] | None = None) -> None:
+    """``frame``'s rows as tf.train.Example records, written by TensorFlow itself (the files
+    users have); ``vectors`` packs columns into one multi-valued key, e.g. an image's pixels."""
+    import tensorflow as tf
+
+    vectors = vectors or {}
+    packed = {c for columns in vectors.values() for c in columns}
+
+    def feature(values: list[Any]) -> Any:
+        if isinstance(values[0], str):
+            return tf.train.Feature(
+                bytes_list=tf.train.BytesList(value=[v.encode() for v in values])
+            )
+        if isinstance(values[0], int):
+            return tf.train.Feature(int64_list=tf.train.Int64List(value=values))
+        return tf.train.Feature(float_list=tf.train.FloatList(value=values))
+
+    options = "GZIP" if path.suffix == ".gz" else None
+    with tf.io.TFRecordWriter(str(path), options=options) as writer:
+        for row in frame.to_dict("records"):
+            keys = {k: [v] for k, v in row.items() if k not in packed}
+            keys |= {k: [row[c] for c in columns] for k, columns in vectors.items()}
+            features = {
+                k: feature([v.item() if hasattr(v, "item") else v for v in values])
+                for k, values in keys.items()
+            }
+            example = tf.train.Example(features=tf.train.Features(feature=features))
+            writer.write(example.SerializeToString())

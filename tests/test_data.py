@@ -7,10 +7,13 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from sklearn.datasets import load_digits
 
 from raytrain.data import load_dataset, make_tf_dataset, shard
 from raytrain.errors import DataError
 from raytrain.spec import DataSpec
+
+from .conftest import write_tfrecord
 
 CE = "sparse_categorical_crossentropy"
 
@@ -22,7 +25,7 @@ def _table(n: int = 200) -> pd.DataFrame:
     return frame
 
 
-@pytest.mark.parametrize("fmt", ["csv", "parquet", "npz"])
+@pytest.mark.parametrize("fmt", ["csv", "parquet", "tfrecord", "tfrecord.gz", "npz"])
 def test_file_formats_load_the_same_examples(tmp_path: Path, fmt: str) -> None:
     frame = _table()
     path = tmp_path / f"d.{fmt}"
@@ -30,6 +33,8 @@ def test_file_formats_load_the_same_examples(tmp_path: Path, fmt: str) -> None:
         frame.to_csv(path, index=False)
     elif fmt == "parquet":
         frame.to_parquet(path)
+    elif fmt.startswith("tfrecord"):
+        write_tfrecord(path, frame)
     else:
         np.savez(
             path, x=frame[["a", "b", "c"]].to_numpy(), label=frame["label"].to_numpy().astype(str)
@@ -41,6 +46,28 @@ def test_file_formats_load_the_same_examples(tmp_path: Path, fmt: str) -> None:
     assert ds.info.label_names == ["no", "yes"]
     assert ds.x_train.shape == (160, 3)
     assert ds.x_train.dtype == np.float32
+    assert ds.info.feature_names == (["x0", "x1", "x2"] if fmt == "npz" else ["a", "b", "c"])
+
+
+def test_a_multi_valued_tfrecord_key_is_one_feature_per_value(tmp_path: Path) -> None:
+    digits = load_digits()
+    pixels = [f"p{i}" for i in range(64)]
+    frame = pd.DataFrame(digits.data, columns=pixels).assign(label=digits.target)
+    write_tfrecord(tmp_path / "digits.tfrecords", frame, vectors={"image": pixels})
+    spec = DataSpec(source=str(tmp_path / "*.tfrecords"), features=["image"], shape=[8, 8, 1])
+    ds = load_dataset(spec, loss=CE)
+    assert ds.info.feature_names == [f"image[{i}]" for i in range(64)]
+    assert ds.x_train.shape[1:] == (8, 8, 1)
+    assert ds.info.num_classes == 10
+    expected = load_dataset(DataSpec(source="builtin:digits", shape=[8, 8, 1]), loss=CE)
+    np.testing.assert_array_equal(ds.x_train, expected.x_train)
+    np.testing.assert_array_equal(ds.y_val, expected.y_val)
+
+
+def test_a_file_that_is_not_tfrecord_is_a_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "d.tfrecord").write_bytes(b"label,a\n1,2\n")
+    with pytest.raises(DataError, match="is not a TFRecord file"):
+        load_dataset(DataSpec(source=str(tmp_path / "d.tfrecord")), loss=CE)
 
 
 def test_split_is_deterministic_and_disjoint() -> None:

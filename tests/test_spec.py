@@ -67,6 +67,11 @@ BAD_FILES = [
     ),
     ("data:\n  source: missing/*.csv\n", [], ["exp.yaml:2: data.source: no file matches"]),
     (
+        "data:\n  source: builtin:digits\n  streaming: true\n",
+        [],
+        ["exp.yaml:3: data.streaming: built-in datasets are small and read whole"],
+    ),
+    (
         "model:\n  builder: cnn\n  params:\n    filters: [8, 16]\n    dropot: 0.1\n",
         [],
         ["exp.yaml:5: model.params.dropot: unknown parameter 'dropot' of this builder"],

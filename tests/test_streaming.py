@@ -1,4 +1,4 @@
-"""data.streaming: CSV/Parquet files read by Ray Data tasks and split across real workers."""
+"""data.streaming: CSV, Parquet and TFRecord files read by Ray Data tasks, split over workers."""
 
 from __future__ import annotations
 
@@ -15,9 +15,10 @@ from raytrain.errors import DataError
 from raytrain.run import run_experiment
 from raytrain.spec import DataSpec
 from raytrain.specfile import load_experiment
+from raytrain.storage import EMULATOR_ENV, upload_folder
 from raytrain.streaming import _Split
 
-from .conftest import write_yaml
+from .conftest import BUCKET, write_tfrecord, write_yaml
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 CE = "sparse_categorical_crossentropy"
@@ -92,6 +93,40 @@ def test_streamed_parquet_trains_two_workers_with_statistics_of_the_train_rows(
     stored = mlflow.MlflowClient(tracking_uri=run.uri).get_run(run.run_id)
     assert stored.info.status == "FINISHED"
     assert stored.data.params["data.streaming"] == "True"
+
+
+def test_streamed_tfrecords_in_gcs_are_read_by_ray_data_tasks(
+    gcs_emulator: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Plain and GZIP TFRecord files in the bucket (the emulator): the read tasks reach it
+    through the settings raytrain forwards, and see every row exactly once."""
+    monkeypatch.setenv(EMULATOR_ENV, gcs_emulator)
+    frame = _digits_files(tmp_path, parts=1)
+    pixels = [f"p{i}" for i in range(64)]
+    files = tmp_path / "tfrecords"
+    files.mkdir()
+    write_tfrecord(files / "a.tfrecord", frame.iloc[:900], vectors={"image": pixels})
+    write_tfrecord(files / "b.tfrecord.gz", frame.iloc[900:], vectors={"image": pixels})
+    upload_folder(files, f"gs://{BUCKET}/{tmp_path.name}")
+    source = f"gs://{BUCKET}/{tmp_path.name}/*.tfrecord*"
+    spec = DataSpec(source=source, streaming=True, features=["image"], shape=[8, 8, 1])
+    data = load_dataset(spec, loss=CE)
+
+    keys = [f"image[{i}]" for i in range(64)]
+    chosen = _Split(features=keys, seed=0, fraction=0.2)
+    validation = chosen.is_validation(frame.rename(columns=dict(zip(pixels, keys, strict=True))))
+    assert (data.info.num_train, data.info.num_val) == (
+        int((~validation).sum()),
+        int(validation.sum()),
+    )
+    assert data.info.label_names == list(LETTERS)
+    assert data.info.feature_names == keys
+    expected = frame.loc[validation, pixels].to_numpy().sum(1)
+    np.testing.assert_allclose(
+        np.sort(data.x_val.reshape(len(data.x_val), -1).sum(1)), np.sort(expected)
+    )
+    in_memory = load_dataset(spec.model_copy(update={"streaming": False}), loss=CE)
+    assert in_memory.info.num_train + in_memory.info.num_val == len(frame)
 
 
 @pytest.mark.parametrize(
