@@ -29,7 +29,7 @@ from raytrain.tfrecord import expand_features, read_frames
 
 __all__ = ["SAMPLE_ROWS", "Streams", "open_streams", "worker_dataset"]
 
-SAMPLE_ROWS = 2000  # rows of each split kept in memory: the logged input example, export's checks
+SAMPLE_ROWS = 2000  # rows of each split kept in memory: the model signature, export's checks
 _BUCKETS = 1_000_000  # resolution of the validation fraction
 
 
