@@ -1,6 +1,6 @@
 """Run benchmarks and print a table and JSON.
 
-    python -m benchmarks                     # all of them (about 10 minutes on 2 cores)
+    python -m benchmarks                     # all of them (about 30 minutes on 2 cores)
     python -m benchmarks train_overhead      # one of them
     python -m benchmarks --quick scaling     # smaller data, fewer epochs (a smoke run)
 
@@ -18,17 +18,19 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks import export, scaling, serve, sweep_efficiency, train_overhead
+from benchmarks import collectives, export, scaling, serve, sweep_efficiency, train_overhead
 from raytrain.cluster import connect
 from raytrain.train import WORKER_ENV
 
 BENCHMARKS = {
+    "collectives": collectives.run,  # first: it measures with no Ray processes running
     "train_overhead": train_overhead.run,
     "scaling": scaling.run,
     "sweep_efficiency": sweep_efficiency.run,
     "export": export.run,
     "serve": serve.run,
 }
+WITHOUT_RAY = {"collectives"}
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -42,10 +44,11 @@ def main() -> None:
         parser.error(
             f"unknown benchmark(s) {', '.join(unknown)}; expected: {', '.join(BENCHMARKS)}"
         )
-    connect(env_vars=WORKER_ENV)
     console = Console(width=max(Console().width, 180))
     RESULTS.mkdir(exist_ok=True)
-    for name in args.names or list(BENCHMARKS):
+    for name in sorted(args.names or BENCHMARKS, key=list(BENCHMARKS).index):
+        if name not in WITHOUT_RAY:
+            connect(env_vars=WORKER_ENV)  # keeps an existing connection
         start = time.monotonic()
         with tempfile.TemporaryDirectory(prefix=f"raytrain-bench-{name}-") as folder:
             rows = BENCHMARKS[name](Path(folder), quick=args.quick)
