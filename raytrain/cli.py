@@ -42,6 +42,7 @@ def validate(file: FileArg, overrides: SetOpt = None) -> None:
     out.print(f"[green]OK[/green] {file}: experiment '{spec.name}'")
     out.print(
         f"  data      {spec.data.source} (validation {spec.data.validation_split:.0%})"
+        f"{', streamed with Ray Data' if spec.data.streaming else ''}"
         f"{f', read only on nodes with {spec.data.locality!r}' if spec.data.locality else ''}\n"
         f"  model     {spec.model.builder} {json.dumps(spec.model.params)}\n"
         f"  train     {spec.train.epochs} epochs, global batch {spec.train.batch_size} "
