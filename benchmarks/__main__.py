@@ -1,6 +1,6 @@
 """Run benchmarks and print a table and JSON.
 
-    python -m benchmarks                     # all of them (about 30 minutes on 2 cores)
+    python -m benchmarks                     # all of them (about 40 minutes on 2 cores)
     python -m benchmarks train_overhead      # one of them
     python -m benchmarks --quick scaling     # smaller data, fewer epochs (a smoke run)
 
