@@ -26,6 +26,7 @@ __all__ = [
     "check_feasible",
     "check_locality",
     "connect",
+    "cpus_on",
     "live_placement_groups",
     "locality_problem",
     "probe_dashboard",
@@ -232,6 +233,11 @@ def worker_slots(per_worker: dict[str, float]) -> int:
     """How many workers holding ``per_worker`` the alive nodes can place at once."""
     needed = {name: amount for name, amount in per_worker.items() if amount > 0}
     return sum(_fits_on(node, needed) for node in _alive_nodes())
+
+
+def cpus_on(resource: str | None) -> float:
+    """CPUs of the alive nodes that carry ``resource`` (every alive node when None)."""
+    return sum(n.get("CPU", 0.0) for n in _alive_nodes() if resource is None or n.get(resource))
 
 
 def _alive_nodes() -> list[dict[str, float]]:

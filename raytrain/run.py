@@ -26,6 +26,7 @@ from raytrain.cluster import (
     check_feasible,
     check_locality,
     connect,
+    cpus_on,
     release_orphaned_placement_groups,
 )
 from raytrain.data import load_dataset
@@ -496,9 +497,10 @@ def _prepare(spec: Any, tracking_uri: str | None, *, address: str | None, verbos
 
 
 def _data_task_cpus(spec: Any) -> float | None:
-    """None (Ray Data's default CPU per task) when the training workers leave a CPU free;
-    else 0: a sweep fills the cluster with trials, and workers holding every CPU would starve
-    the tasks that feed them (seen: a 2-worker run on 2 CPUs waited forever)."""
+    """None (Ray Data's default CPU per task) when the training workers leave a CPU free where
+    the data may be read (``data.locality`` nodes); else 0: a sweep fills the cluster with
+    trials, and workers holding every CPU would starve the tasks that feed them (seen: a
+    2-worker run on 2 CPUs waited forever)."""
     held = spec.scaling.num_workers * spec.worker_resources().get("CPU", 0.0)
-    spare = ray.cluster_resources().get("CPU", 0.0) - held
+    spare = cpus_on(spec.data.locality) - held
     return None if spec.tune is None and spare >= 1 else 0

@@ -9,6 +9,7 @@ it, in a subprocess.
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import re
 import shutil
@@ -24,6 +25,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import mlflow
+import numpy as np
+import pandas as pd
 import pytest
 
 from raytrain.cluster import ClusterInfo, check_locality, locality_problem
@@ -239,6 +242,64 @@ def test_jobs_lists_the_job_with_its_experiment(two_nodes: TwoNodes, onprem_job:
     (row,) = [line for line in result.stdout.splitlines() if onprem_job.job_id in line]
     assert "SUCCEEDED" in row
     assert "tiny-remote" in row
+
+
+def test_streamed_data_is_read_only_on_the_onprem_node(two_nodes: TwoNodes, tmp_path: Path) -> None:
+    """data.streaming with data.locality: every Ray Data task that reads the files ran on the
+    node with the resource, though the head node has a CPU of its own."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    frame = pd.DataFrame(digits.data, columns=[f"p{i}" for i in range(64)])
+    data = tmp_path / "data"  # outside the experiment's folder: it is not uploaded
+    data.mkdir()
+    for part, rows in enumerate(np.array_split(np.arange(len(frame)), 2)):
+        frame.assign(label=digits.target).iloc[rows].to_parquet(data / f"part-{part}.parquet")
+    folder = tmp_path / "experiment"
+    folder.mkdir()
+    experiment = write_yaml(
+        folder,
+        f"""
+        name: streamed-remote
+        data: {{source: "{data}/*.parquet", streaming: true, locality: onprem}}
+        model: {{builder: mlp, params: {{hidden_units: [16]}}}}
+        train: {{epochs: 2, batch_size: 64}}
+        scaling:
+          num_workers: 2
+          resources_per_worker: {{CPU: 0.5}}
+        storage: {folder / "results"}
+        tracking: {{uri: "sqlite:///{folder / "mlflow.db"}", experiment: streamed-remote}}
+        """,
+    )
+    result = _cli(
+        "submit", str(experiment), "--address", two_nodes.url, env=two_nodes.env, cwd=folder
+    )
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "SUCCEEDED" in result.stdout
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("streamed-remote").experiment_id])
+    assert re.findall(r"\((\w+)\)", run.data.tags["raytrain.nodes"]) == [two_nodes.onprem] * 2
+    # The State API from a process of its own: this one cached Ray's auth mode long ago.
+    listed = subprocess.run(
+        [
+            RAY,
+            "list",
+            "tasks",
+            "--address",
+            two_nodes.url,
+            "--detail",
+            "--format=json",
+            "--limit=10000",
+        ],
+        env=two_nodes.env,
+        capture_output=True,
+        text=True,
+        check=True,
+    )
+    tasks = json.loads(listed.stdout)
+    readers = [t for t in tasks if "_FileReader" in (t.get("name") or "")]
+    assert readers, sorted({t.get("name") for t in tasks})
+    assert {t["node_id"] for t in readers} == {two_nodes.onprem}
 
 
 def test_follow_detach_logs_and_stop(two_nodes: TwoNodes, tmp_path: Path) -> None:
