@@ -35,6 +35,17 @@ def test_validate_prints_a_summary() -> None:
     assert "global batch 64 (32 per worker)" in result.output
 
 
+def test_validate_says_when_data_is_streamed_and_refuses_npz_streams() -> None:
+    wine = str(REPO / "experiments" / "wine.yaml")
+    streamed = CliRunner().invoke(app, ["validate", wine, "--set", "data.streaming=true"])
+    assert streamed.exit_code == 0, streamed.output
+    assert "streamed with Ray Data" in " ".join(streamed.output.split())  # rich wraps lines
+    npz = ["--set", "data.streaming=true", "--set", "data.format=npz"]
+    refused = CliRunner().invoke(app, ["validate", wine, *npz])
+    assert refused.exit_code == 2
+    assert "data.streaming: npz files are read whole" in " ".join(refused.output.split())
+
+
 def test_validate_reports_problems_without_traceback(tmp_path: Path) -> None:
     bad = write_yaml(tmp_path, "train:\n  epoch: 3\n  batch_size: -1\n")
     result = _cli("validate", str(bad), "--set", "scaling.num_workers=zero", cwd=tmp_path)
