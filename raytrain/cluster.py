@@ -29,6 +29,7 @@ __all__ = [
     "cpus_on",
     "live_placement_groups",
     "locality_problem",
+    "orphaned_groups",
     "probe_dashboard",
     "release_orphaned_placement_groups",
     "release_placement_groups",
@@ -149,9 +150,10 @@ def release_orphaned_placement_groups() -> int:
 
     Ray should drop them with the driver, but a sweep driver killed mid-trial (SIGKILL, a lost
     head process) left its trial's worker group holding its CPUs (seen with Ray 2.60), and every
-    later run on the cluster waited for them forever. Detached groups, and groups of a job that
-    still has a live actor (a detached Serve controller creates groups in its job's name), are
-    someone's on purpose.
+    later run on the cluster waited for them forever. Ray's own rule decides: a group outlives
+    its job only if it is detached or its creator is a live detached actor. Looking at the job's
+    actors instead is not enough: a dead job can own Ray's own detached helpers (Ray Train's
+    placement group cleaner, Ray Data's stats actor), which kept such a group held for good.
     """
     try:
         return _release_orphaned_placement_groups()
@@ -161,21 +163,37 @@ def release_orphaned_placement_groups() -> int:
 
 
 def _release_orphaned_placement_groups() -> int:
-    from ray.util.state import list_actors, list_jobs, list_placement_groups
+    from ray._private.state import state
+    from ray.core.generated.gcs_pb2 import PlacementGroupTableData
+    from ray.util.state import list_actors
 
-    address = _state_address()
-    jobs = list_jobs(address=address, limit=10_000)
-    live = {job.job_id for job in jobs if job.status in ("PENDING", "RUNNING")}
-    live.add(ray.get_runtime_context().get_job_id())
-    actors = list_actors(address=address, filters=[("state", "=", "ALIVE")], limit=10_000)
-    live.update(actor.job_id for actor in actors)
-    orphans = [
-        pg.placement_group_id
-        for pg in list_placement_groups(address=address, limit=10_000, detail=True)
-        if pg.state != "REMOVED" and not pg.is_detached and pg.creator_job_id not in live
+    actors = list_actors(
+        address=_state_address(), filters=[("state", "=", "ALIVE")], detail=True, limit=10_000
+    )
+    keepers = {actor.actor_id for actor in actors if actor.is_detached}
+    groups = [
+        PlacementGroupTableData.FromString(raw)
+        for raw in state._connect_and_get_accessor().get_placement_group_table()
     ]
+    orphans = orphaned_groups(groups, keepers)
     _remove_placement_groups(orphans)
     return len(orphans)
+
+
+def orphaned_groups(groups: Iterable[Any], keepers: set[str]) -> list[str]:
+    """Ids of the GCS placement group records (``PlacementGroupTableData``) whose lifetime is
+    over: not detached, their job dead, their creator not one of ``keepers`` (live detached
+    actors' ids)."""
+    from ray.core.generated.gcs_pb2 import PlacementGroupTableData
+
+    return [
+        group.placement_group_id.hex()
+        for group in groups
+        if group.state != PlacementGroupTableData.REMOVED
+        and not group.is_detached
+        and group.creator_job_dead
+        and group.creator_actor_id.hex() not in keepers
+    ]
 
 
 def check_locality(resource: str | None) -> None:

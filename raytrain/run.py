@@ -363,7 +363,12 @@ def _run_and_finish(
     """Run the last of ``rounds`` (Tune experiments of one sweep), then rank its trials with
     ``earlier`` (the other rounds'): best trial, champion, the parent run's summary."""
     from raytrain.sweep import load_state, sweep, update_state
-    from raytrain.sweep_tracking import find_child, log_sweep_summary, pareto_front
+    from raytrain.sweep_tracking import (
+        discard_lost_trials,
+        find_child,
+        log_sweep_summary,
+        pareto_front,
+    )
 
     spec = setup.spec
     metrics, modes = spec.tune.metrics, spec.tune.modes
@@ -387,6 +392,8 @@ def _run_and_finish(
             tracking.end_run(setup.tracked, status=status, tags={"raytrain.error": str(exc)[:5000]})
         raise
     rows = earlier + outcome.rows
+    if setup.tracked and restore:
+        discard_lost_trials(setup.tracked, {row["trial_id"] for row in rows})
     scored = [r for r in rows if isinstance(r.get(f"best_{metrics[0]}"), int | float)]
     front = pareto_front(scored, [f"best_{m}" for m in metrics], modes) if len(metrics) > 1 else []
     pick = max if modes[0] == "max" else min

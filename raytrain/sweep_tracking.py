@@ -24,6 +24,7 @@ __all__ = [
     "EVENT_SINKS",
     "SweepProgress",
     "TrialTracker",
+    "discard_lost_trials",
     "error_reason",
     "find_child",
     "log_sweep_summary",
@@ -64,6 +65,28 @@ def find_child(parent: tracking.TrackedRun, trial_id: str, *, client: Any = None
         f"and tags.`raytrain.trial_id` = '{trial_id}'",
     )
     return found[0].info.run_id if found else None
+
+
+def discard_lost_trials(parent: tracking.TrackedRun, trial_ids: set[str]) -> int:
+    """Delete the child runs of trials the sweep no longer has; return how many.
+
+    Tune saves its state every 10 s or more: a trial started by a driver killed before the next
+    save is not in the restored sweep (nor in its search), yet its child run exists, "running"
+    forever. Deleted runs stay restorable in MLflow; the sweep's table matches its runs again.
+    """
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=parent.uri)
+    children = client.search_runs(
+        [parent.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.run_id}'"
+    )
+    lost = [c for c in children if c.data.tags.get("raytrain.trial_id") not in trial_ids]
+    for child in lost:
+        client.set_tag(child.info.run_id, STATUS_TAG, "lost")
+        if child.info.status == "RUNNING":
+            client.set_terminated(child.info.run_id, status="KILLED")
+        client.delete_run(child.info.run_id)
+    return len(lost)
 
 
 class TrialTracker(tune.Callback):

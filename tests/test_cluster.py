@@ -2,15 +2,27 @@
 
 from __future__ import annotations
 
+import subprocess
+import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 import ray
+from ray._raylet import PlacementGroupID
+from ray.core.generated.gcs_pb2 import PlacementGroupTableData
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from raytrain.cluster import AbandonedGroupCollector, ClusterInfo, check_feasible, connect
+from raytrain.cluster import (
+    AbandonedGroupCollector,
+    ClusterInfo,
+    check_feasible,
+    connect,
+    orphaned_groups,
+    release_orphaned_placement_groups,
+)
 from raytrain.errors import ClusterError
 from raytrain.run import run_experiment
 from raytrain.specfile import load_experiment
@@ -93,3 +105,90 @@ def test_abandoned_worker_groups_are_collected_and_occupied_ones_kept(
 
 def _state(group: PlacementGroup) -> str:
     return ray.util.placement_group_table(group)["state"]
+
+
+def _group_record(number: int, **fields: Any) -> PlacementGroupTableData:
+    record = PlacementGroupTableData(placement_group_id=bytes([number]) * 18, **fields)
+    record.state = fields.get("state", PlacementGroupTableData.CREATED)
+    return record
+
+
+def test_orphaned_groups_follow_rays_lifetime_rule() -> None:
+    # Ray left a worker group of a SIGKILLed sweep driver held for good (CI, Ray 2.60), while its
+    # job still owned Ray's own detached helpers: the rule looks at the group's creator only.
+    driver = bytes([0xFF]) * 16  # a group created by the driver itself names no actor
+    keeper, train_controller = bytes([1]) * 16, bytes([2]) * 16
+    records = [
+        _group_record(1, creator_job_dead=True, creator_actor_id=driver),
+        _group_record(2, creator_job_dead=True, creator_actor_id=train_controller),
+        _group_record(3, creator_job_dead=True, creator_actor_id=keeper),  # a detached actor's
+        _group_record(4, creator_job_dead=True, is_detached=True),
+        _group_record(5, creator_job_dead=False, creator_actor_id=driver),  # its job still runs
+        _group_record(6, creator_job_dead=True, state=PlacementGroupTableData.REMOVED),
+    ]
+    found = orphaned_groups(records, keepers={keeper.hex()})
+    assert found == [(bytes([1]) * 18).hex(), (bytes([2]) * 18).hex()]
+
+
+DRIVER = """
+import sys, time
+import ray
+from ray.util.placement_group import placement_group
+
+ray.init(address=sys.argv[1])
+
+@ray.remote(num_cpus=0)
+class Keeper:
+    def make_group(self):
+        self.group = placement_group([{"memory": 1024.0 * 1024}])
+        ray.get(self.group.ready())
+        return self.group.id.hex()
+
+keeper = Keeper.options(name="keeper", namespace="raytrain-test", lifetime="detached").remote()
+kept = ray.get(keeper.make_group.remote())
+detached = placement_group([{"memory": 1024.0 * 1024}], lifetime="detached")
+ray.get(detached.ready())
+print("groups:", kept, detached.id.hex(), flush=True)
+time.sleep(600)
+"""
+
+
+def test_groups_of_an_exited_driver_that_outlive_it_on_purpose_are_kept(
+    ray_cluster: ClusterInfo, tmp_path: Path
+) -> None:
+    script = tmp_path / "driver.py"
+    script.write_text(DRIVER)
+    driver = subprocess.Popen(
+        [sys.executable, str(script), ray_cluster.address], stdout=subprocess.PIPE, text=True
+    )
+    try:
+        line = next(x for x in driver.stdout if x.startswith("groups:"))  # type: ignore[union-attr]
+        kept, detached = line.split()[1:]
+    finally:
+        driver.kill()
+        driver.wait()
+    try:
+        deadline = time.monotonic() + 30
+        while not any(job.job_id == _job_of(kept) and job.status != "RUNNING" for job in _jobs()):
+            assert time.monotonic() < deadline, "the killed driver's job never ended"
+            time.sleep(0.5)
+        release_orphaned_placement_groups()
+        assert _state(_group(kept)) == "CREATED"  # its creator, a detached actor, lives on
+        assert _state(_group(detached)) == "CREATED"
+    finally:
+        ray.kill(ray.get_actor("keeper", namespace="raytrain-test"))
+        remove_placement_group(_group(detached))
+
+
+def _jobs() -> list[Any]:
+    from ray.util.state import list_jobs
+
+    return list_jobs(address=ray.get_runtime_context().gcs_address, limit=10_000)
+
+
+def _job_of(group_id: str) -> str:
+    return group_id[-8:]  # a placement group id ends with its creator job's id
+
+
+def _group(group_id: str) -> PlacementGroup:
+    return PlacementGroup(PlacementGroupID(bytes.fromhex(group_id)))

@@ -16,8 +16,9 @@ import ray
 from ray import tune
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.search.optuna import OptunaSearch
-from ray.util.state import list_placement_groups
+from ray.util.state import list_actors, list_jobs, list_placement_groups
 
+from raytrain import tracking
 from raytrain.cluster import ClusterInfo
 from raytrain.data import load_dataset
 from raytrain.errors import RaytrainError
@@ -25,6 +26,7 @@ from raytrain.history import list_runs, show_run
 from raytrain.run import resume_sweep, run_sweep
 from raytrain.specfile import load_experiment
 from raytrain.sweep import SWEEP_STATE, TRIAL_RESOURCES
+from raytrain.sweep_tracking import TrialTracker, discard_lost_trials
 from raytrain.train import fit
 
 from .conftest import REPO
@@ -192,7 +194,7 @@ def test_a_killed_sweep_resumes_without_duplicates(ray_cluster: ClusterInfo, wor
         filter_string="tags.`raytrain.kind` = 'sweep'",
     )
     children = _children(client, parent)
-    assert len(children) == 4
+    assert len(children) == 4, [(c.data.tags, c.info.status) for c in children]
     assert {c.data.tags["raytrain.trial_status"] for c in children} == {"finished"}
     # The killed driver's trial held a worker group's CPU after the driver died; the resume
     # released it (otherwise every later run on this cluster waits for it forever).
@@ -375,11 +377,25 @@ def test_the_time_budget_ends_the_sweep(workdir: Path) -> None:
 
 
 def _held_placement_groups() -> list[tuple]:
-    groups = list_placement_groups(detail=True, limit=10_000)
+    """The groups still holding resources, with their creator job's status and live actors."""
+    groups = [g for g in list_placement_groups(detail=True, limit=10_000) if g.state != "REMOVED"]
+    jobs = {job.job_id: job.status for job in list_jobs(limit=10_000)}
+    actors = list_actors(filters=[("state", "!=", "DEAD")], detail=True, limit=10_000)
     return [
-        (g.placement_group_id, g.creator_job_id, g.state, g.bundles)
+        (
+            g.placement_group_id,
+            g.creator_job_id,
+            jobs.get(g.creator_job_id),
+            g.state,
+            g.is_detached,
+            g.bundles,
+            [
+                (a.class_name, a.state, a.is_detached, a.placement_group_id)
+                for a in actors
+                if a.job_id == g.creator_job_id
+            ],
+        )
         for g in groups
-        if g.state != "REMOVED"
     ] + [("this job", ray.get_runtime_context().get_job_id())]
 
 
@@ -421,3 +437,23 @@ def test_a_trial_restarted_after_its_last_checkpoint_reports_its_final_metrics(
     first, again = sweep(), sweep()
     assert first["epoch"] == again["epoch"] == 2
     assert again["val_accuracy"] == pytest.approx(first["val_accuracy"])
+
+
+def test_resume_deletes_the_runs_of_trials_the_killed_sweep_never_saved(workdir: Path) -> None:
+    # Tune saves its state every 10 s or more: a trial started just before the driver was killed
+    # is not in the restored sweep, but its child run exists and would say "running" forever.
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment_id = client.create_experiment("lost")
+    parent_id = client.create_run(experiment_id).info.run_id
+    parent = tracking.TrackedRun(uri, "lost", experiment_id, parent_id)
+    tracker = TrialTracker(parent, spec=load_experiment(SWEEP).spec)
+    kept, lost = tracker.child("kept_1", {"lr": 0.1}), tracker.child("lost_2", {"lr": 0.2})
+
+    assert discard_lost_trials(parent, {"kept_1"}) == 1
+    (child,) = _children(client, client.get_run(parent_id))
+    assert child.info.run_id == kept
+    gone = client.get_run(lost)
+    assert gone.info.lifecycle_stage == "deleted"
+    assert gone.info.status == "KILLED"
+    assert gone.data.tags["raytrain.trial_status"] == "lost"
