@@ -24,6 +24,7 @@ from raytrain.cluster import (
     AbandonedGroupCollector,
     check_feasible,
     live_placement_groups,
+    release_orphaned_placement_groups,
     release_placement_groups,
     worker_slots,
 )
@@ -200,6 +201,9 @@ def sweep(
     finally:
         EVENT_SINKS.pop(setup.sweep_name, None)
         release_placement_groups(before)  # trials stopped mid-run
+        # A driver killed just before this sweep (the one it resumes) can leave its trial's
+        # group after the look before the run: the cluster is left clean for the next run.
+        release_orphaned_placement_groups()
     return SweepOutcome(rows=trial_rows(results, spec), results=results, concurrent=concurrent)
 
 
