@@ -13,7 +13,7 @@ from typing import Any
 
 from raytrain.errors import RaytrainError
 from raytrain.storage import check_location, glob, join, parent, read_text
-from raytrain.tracking import absolute_tracking_uri
+from raytrain.tracking import absolute_tracking_uri, child_runs
 
 __all__ = ["RunRecord", "list_runs", "show_run"]
 
@@ -74,11 +74,7 @@ def show_run(name_or_id: str, *, tracking_uri: str) -> RunRecord:
     run = runs[0]
     trials = []
     if run.data.tags.get("raytrain.kind") == "sweep":
-        children = client.search_runs(
-            [run.info.experiment_id],
-            filter_string=f"tags.`mlflow.parentRunId` = '{run.info.run_id}'",
-        )
-        for child in children:
+        for child in child_runs(client, run.info.experiment_id, run.info.run_id):
             trials.append(
                 {
                     "trial": child.data.tags.get("raytrain.trial_id", child.info.run_name),

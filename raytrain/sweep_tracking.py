@@ -9,6 +9,7 @@ plain data and look their MLflow client and event sink up again after a restore.
 
 from __future__ import annotations
 
+import logging
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -36,6 +37,7 @@ __all__ = [
 # Where progress events go, by sweep name (a callable cannot survive Tune's pickling).
 EVENT_SINKS: dict[str, Callable[[dict[str, Any]], None]] = {}
 STATUS_TAG = "raytrain.trial_status"
+log = logging.getLogger(__name__)
 
 
 def error_reason(text: str) -> str:
@@ -59,11 +61,7 @@ def find_child(parent: tracking.TrackedRun, trial_id: str, *, client: Any = None
     import mlflow
 
     client = client or mlflow.MlflowClient(tracking_uri=parent.uri)
-    found = client.search_runs(
-        [parent.experiment_id],
-        filter_string=f"tags.`mlflow.parentRunId` = '{parent.run_id}' "
-        f"and tags.`raytrain.trial_id` = '{trial_id}'",
-    )
+    found = tracking.child_runs(client, parent.experiment_id, parent.run_id, trial_id=trial_id)
     return found[0].info.run_id if found else None
 
 
@@ -77,15 +75,19 @@ def discard_lost_trials(parent: tracking.TrackedRun, trial_ids: set[str]) -> int
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=parent.uri)
-    children = client.search_runs(
-        [parent.experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent.run_id}'"
-    )
+    children = tracking.child_runs(client, parent.experiment_id, parent.run_id)
     lost = [c for c in children if c.data.tags.get("raytrain.trial_id") not in trial_ids]
     for child in lost:
         client.set_tag(child.info.run_id, STATUS_TAG, "lost")
         if child.info.status == "RUNNING":
             client.set_terminated(child.info.run_id, status="KILLED")
         client.delete_run(child.info.run_id)
+    if lost:
+        log.warning(
+            "deleted %d child run(s) of trials started just before the sweep's driver died: "
+            "Tune had not saved them, so the resumed sweep does not have them",
+            len(lost),
+        )
     return len(lost)
 
 

@@ -27,6 +27,7 @@ __all__ = [
     "TrackedRun",
     "absolute_tracking_uri",
     "check_reachable",
+    "child_runs",
     "end_run",
     "flatten",
     "log_checkpoint_model",
@@ -141,6 +142,14 @@ def start_run(
     return TrackedRun(
         uri=uri, experiment_name=experiment, experiment_id=experiment_id, run_id=run_id
     )
+
+
+def child_runs(client: Any, experiment_id: str, parent_id: str, *, trial_id: str = "") -> list:
+    """A sweep's trial runs (all, or the one of ``trial_id``): nested under its parent run."""
+    where = f"tags.`mlflow.parentRunId` = '{parent_id}'"
+    if trial_id:
+        where += f" and tags.`raytrain.trial_id` = '{trial_id}'"
+    return client.search_runs([experiment_id], filter_string=where)
 
 
 def end_run(run: TrackedRun, *, status: str, tags: dict[str, str] | None = None) -> None:
