@@ -12,10 +12,10 @@ import time
 import tensorflow as tf
 
 import raytrain  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-from raytrain.data import load_dataset, make_tf_dataset
+from raytrain.config.loader import load_experiment
+from raytrain.data.dataset import load_dataset, make_tf_dataset
 from raytrain.models import build_model
-from raytrain.specfile import load_experiment
-from raytrain.train import build_optimizer
+from raytrain.train.loop import build_optimizer
 
 
 class _Timer(tf.keras.callbacks.Callback):

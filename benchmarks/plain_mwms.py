@@ -26,10 +26,10 @@ def main(spec_file: str, rank: int, world: int, port: int, dtype: str, shuffle: 
     import tensorflow as tf
 
     import raytrain  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-    from raytrain.data import load_dataset, make_tf_dataset, shard
+    from raytrain.config.loader import load_experiment
+    from raytrain.data.dataset import load_dataset, make_tf_dataset, shard
     from raytrain.models import build_model
-    from raytrain.specfile import load_experiment
-    from raytrain.train import _all_reduce_gradients_as, build_optimizer
+    from raytrain.train.loop import _all_reduce_gradients_as, build_optimizer
 
     spec = load_experiment(spec_file).spec
     tf.config.threading.set_intra_op_parallelism_threads(1)

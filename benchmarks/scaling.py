@@ -18,8 +18,8 @@ from benchmarks.common import (
     steady_throughput,
     synthetic_npz,
 )
-from raytrain.run import run_experiment
-from raytrain.specfile import load_experiment
+from raytrain.config.loader import load_experiment
+from raytrain.train.run import run_experiment
 
 MODELS = {"mlp 256-1024-1024-10": MLP_LARGE, "mlp 256-128-10": {"hidden_units": [128]}}
 BIG = "mlp 256-1024-1024-10"

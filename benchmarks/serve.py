@@ -24,11 +24,11 @@ import numpy as np
 from ray import serve
 from starlette.requests import Request
 
-from raytrain.registry import load_keras
-from raytrain.run import run_experiment
-from raytrain.serving import deploy, describe, stop
-from raytrain.spec import ServeSpec
-from raytrain.specfile import load_experiment
+from raytrain.config.loader import load_experiment
+from raytrain.config.schema import ServeSpec
+from raytrain.serve.app import deploy, describe, stop
+from raytrain.tracking.registry import load_keras
+from raytrain.train.run import run_experiment
 
 NAME = "bench-serve"
 CONCURRENCY = (1, 16, 64)
@@ -134,7 +134,7 @@ IN_PROCESS = """
 import raytrain, json, sys, time, numpy as np, tensorflow as tf
 tf.config.threading.set_intra_op_parallelism_threads(1)
 tf.config.threading.set_inter_op_parallelism_threads(1)
-from raytrain.registry import resolve, load_keras
+from raytrain.tracking.registry import resolve, load_keras
 model = load_keras(resolve("{ref}", tracking_uri="{uri}"))
 call = tf.function(lambda x: model(x, training=False))
 x = np.random.default_rng(0).uniform(0, 16, size=(64, *model.input_shape[1:])).astype("float32")
@@ -184,7 +184,7 @@ class _Handwritten:
 
     def __init__(self, served: dict[str, Any]) -> None:
         import raytrain  # noqa: F401  (tf_keras)
-        from raytrain.serving import ServedModel
+        from raytrain.serve.app import ServedModel
 
         self.shape = served["input_shape"]
         self.model = load_keras(ServedModel(**served).registered())
@@ -215,7 +215,7 @@ import raytrain, numpy as np, tensorflow as tf
 tf.config.threading.set_intra_op_parallelism_threads(1)
 tf.config.threading.set_inter_op_parallelism_threads(1)
 from fastapi import FastAPI
-from raytrain.registry import resolve, load_keras
+from raytrain.tracking.registry import resolve, load_keras
 model = load_keras(resolve("{ref}", tracking_uri="{uri}"))
 app = FastAPI()
 @app.post("/predict")

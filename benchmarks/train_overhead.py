@@ -16,8 +16,8 @@ from benchmarks.common import (
     steady_throughput,
     synthetic_npz,
 )
-from raytrain.run import run_experiment
-from raytrain.specfile import load_experiment
+from raytrain.config.loader import load_experiment
+from raytrain.train.run import run_experiment
 
 
 def run(folder: Path, *, quick: bool) -> list[dict[str, Any]]:

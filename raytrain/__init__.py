@@ -1,6 +1,19 @@
-"""raytrain: distributed TensorFlow training and tuning on Ray, from one experiment YAML."""
+"""raytrain: distributed TensorFlow training and tuning on Ray, from one experiment YAML.
 
+The public Python API: everything the ``raytrain`` command does, as functions::
+
+    import raytrain
+
+    loaded = raytrain.load_experiment("experiments/quickstart.yaml", ["train.epochs=3"])
+    summary = raytrain.run_experiment(loaded)           # or run_sweep() with a tune: section
+    report = raytrain.export_model("digits-cnn", tracking_uri="sqlite:///mlflow.db")
+
+Names load on first use, so ``import raytrain`` stays fast (no TensorFlow, no Ray).
+"""
+
+import importlib
 import os
+from typing import Any
 
 # tf.keras must be tf_keras (Keras 2) in every process that builds or loads a model: Keras 3 fails
 # under MultiWorkerMirroredStrategy with 2+ workers, and models saved by one Keras do not load in
@@ -11,3 +24,39 @@ os.environ.setdefault("TF_USE_LEGACY_KERAS", "1")
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
 
 __version__ = "0.1.0"
+
+# Public name -> the module that defines it.
+_API = {
+    "Experiment": "raytrain.config.schema",
+    "LoadedExperiment": "raytrain.config.loader",
+    "load_experiment": "raytrain.config.loader",
+    "RunSummary": "raytrain.train.run",
+    "run_experiment": "raytrain.train.run",
+    "SweepSummary": "raytrain.sweep.run",
+    "resume_sweep": "raytrain.sweep.run",
+    "run_sweep": "raytrain.sweep.run",
+    "Deployment": "raytrain.serve.deploy",
+    "serve_model": "raytrain.serve.deploy",
+    "ExportReport": "raytrain.export.edge",
+    "export_model": "raytrain.export.edge",
+    "Submitted": "raytrain.cluster.jobs",
+    "submit": "raytrain.cluster.jobs",
+    "RunRecord": "raytrain.history",
+    "list_runs": "raytrain.history",
+    "show_run": "raytrain.history",
+    "RaytrainError": "raytrain.errors",
+    "SpecError": "raytrain.errors",
+}
+
+__all__ = ["__version__", *sorted(_API)]
+
+
+def __getattr__(name: str) -> Any:
+    module = _API.get(name)
+    if module is None:
+        raise AttributeError(f"module 'raytrain' has no attribute '{name}'")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_API})

@@ -15,8 +15,8 @@ from rich.table import Table
 from raytrain.errors import RaytrainError, SpecError
 
 if TYPE_CHECKING:
-    from raytrain.run import RunSummary
-    from raytrain.specfile import LoadedExperiment
+    from raytrain.config.loader import LoadedExperiment
+    from raytrain.train.run import RunSummary
 
 app = typer.Typer(
     help="Distributed TensorFlow training on Ray, from one experiment YAML.",
@@ -68,7 +68,7 @@ def validate(file: FileArg, overrides: SetOpt = None) -> None:
 @app.command()
 def schema() -> None:
     """Print the experiment JSON Schema (for editors and CI checks)."""
-    from raytrain.spec import Experiment
+    from raytrain.config.schema import Experiment
 
     out.print_json(json.dumps(Experiment.model_json_schema()))
 
@@ -90,7 +90,7 @@ def run(
     else:
         _import_tensorflow_quietly()
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")  # read when mlflow is imported
-    from raytrain.run import run_experiment
+    from raytrain.train.run import run_experiment
 
     spec = loaded.spec
     if spec.tune is not None:
@@ -131,7 +131,7 @@ def resume(
     if not verbose:
         _import_tensorflow_quietly()
         os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
-    from raytrain.run import resume_sweep
+    from raytrain.sweep.run import resume_sweep
 
     _report_sweep(
         lambda on_event: resume_sweep(
@@ -146,7 +146,7 @@ def resume(
 
 
 def _sweep(loaded: LoadedExperiment, *, address: str | None, verbose: bool) -> None:
-    from raytrain.run import run_sweep
+    from raytrain.sweep.run import run_sweep
 
     spec = loaded.spec
     assert spec.tune is not None
@@ -366,7 +366,7 @@ def export(
     _import_tensorflow_quietly()
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    from raytrain.export import export_model
+    from raytrain.export.edge import export_model
 
     spec = _load(experiment, None).spec if experiment else None
     options = {
@@ -491,8 +491,8 @@ def serve(
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Show Ray/TF logs.")] = False,
 ) -> None:
     """Serve a registered model over HTTP with Ray Serve until Ctrl-C (or --detach)."""
-    from raytrain import daemon
-    from raytrain.serving import serve_settings
+    from raytrain.serve import lifecycle as daemon
+    from raytrain.serve.app import serve_settings
 
     if stop:
         try:
@@ -536,8 +536,8 @@ def serve(
             _import_tensorflow_quietly()
             os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
             logging.getLogger("ray.serve").setLevel(logging.WARNING)
-        from raytrain.serving import METRICS_PORT, serve_model
-        from raytrain.serving import stop as stop_app
+        from raytrain.serve.app import METRICS_PORT, serve_model
+        from raytrain.serve.app import stop as stop_app
 
         with out.status(f"deploying {reference} on Ray Serve..."):
             deployment = serve_model(
@@ -609,7 +609,7 @@ def submit(
     $RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token. Exit status 0 only if the job succeeded;
     Ctrl-C stops following, not the job.
     """
-    from raytrain.jobs import submit as submit_job
+    from raytrain.cluster.jobs import submit as submit_job
 
     loaded = _load(file, overrides)
     _quiet_job_client()
@@ -642,7 +642,7 @@ def jobs(address: AddressOpt = None) -> None:
     """Jobs submitted to the cluster, newest first."""
     import time
 
-    from raytrain.jobs import list_jobs
+    from raytrain.cluster.jobs import list_jobs
 
     try:
         records = list_jobs(address=address)
@@ -673,7 +673,7 @@ def logs(
     """A job's output: what `raytrain run` printed on the cluster."""
     import sys
 
-    from raytrain.jobs import job_logs
+    from raytrain.cluster.jobs import job_logs
 
     if follow:
         _follow_job(job_id, address)
@@ -688,7 +688,7 @@ def logs(
 @app.command("stop")
 def stop_(job_id: JobArg, address: AddressOpt = None) -> None:
     """Stop a submitted job (Ray sends it SIGTERM, then SIGKILL) and wait until it has ended."""
-    from raytrain.jobs import stop_job
+    from raytrain.cluster.jobs import stop_job
 
     try:
         status = stop_job(job_id, address=address)
@@ -714,7 +714,7 @@ def _follow_job(job_id: str, address: str | None) -> None:
     """Stream the job's logs; exit 0 if it succeeded, 1 if not, 130 on Ctrl-C (it goes on)."""
     import sys
 
-    from raytrain.jobs import follow
+    from raytrain.cluster.jobs import follow
 
     _quiet_job_client()
 
@@ -784,7 +784,7 @@ def _import_tensorflow_quietly() -> None:
 
 
 def _load(file: Path, overrides: list[str] | None) -> LoadedExperiment:
-    from raytrain.specfile import load_experiment
+    from raytrain.config.loader import load_experiment
 
     try:
         return load_experiment(file, overrides or [])

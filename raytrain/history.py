@@ -13,7 +13,7 @@ from typing import Any
 
 from raytrain.errors import RaytrainError
 from raytrain.storage import check_location, glob, join, parent, read_text
-from raytrain.tracking import absolute_tracking_uri, child_runs
+from raytrain.tracking.runs import absolute_tracking_uri, child_runs
 
 __all__ = ["RunRecord", "list_runs", "show_run"]
 

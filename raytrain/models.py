@@ -21,10 +21,10 @@ from typing import Any
 
 import tensorflow as tf
 
-from raytrain.checks import load_builder
-from raytrain.data import DataInfo
+from raytrain.config.rules import load_builder
+from raytrain.config.schema import BUILTIN_BUILDERS, ModelSpec
+from raytrain.data.dataset import DataInfo
 from raytrain.errors import ModelBuildError
-from raytrain.spec import BUILTIN_BUILDERS, ModelSpec
 
 __all__ = ["build_model", "cnn", "head_for", "mlp"]
 

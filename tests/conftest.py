@@ -17,8 +17,8 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is impor
 import pytest
 import ray
 
-from raytrain.cluster import ClusterInfo, connect
-from raytrain.train import WORKER_ENV
+from raytrain.cluster.connect import ClusterInfo, connect
+from raytrain.train.loop import WORKER_ENV
 
 REPO = Path(__file__).resolve().parent.parent
 BUCKET = "raytrain-test"  # created by the gcs_emulator fixture

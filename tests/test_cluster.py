@@ -15,17 +15,16 @@ from ray.core.generated.gcs_pb2 import PlacementGroupTableData
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from raytrain.cluster import (
+from raytrain.cluster.connect import ClusterInfo, connect
+from raytrain.cluster.placement import (
     AbandonedGroupCollector,
-    ClusterInfo,
-    check_feasible,
-    connect,
     orphaned_groups,
     release_orphaned_placement_groups,
 )
+from raytrain.cluster.resources import check_feasible
+from raytrain.config.loader import load_experiment
 from raytrain.errors import ClusterError
-from raytrain.run import run_experiment
-from raytrain.specfile import load_experiment
+from raytrain.train.run import run_experiment
 
 from .conftest import REPO
 

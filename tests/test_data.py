@@ -9,9 +9,9 @@ import pandas as pd
 import pytest
 from sklearn.datasets import load_digits
 
-from raytrain.data import load_dataset, make_tf_dataset, shard
+from raytrain.config.schema import DataSpec
+from raytrain.data.dataset import load_dataset, make_tf_dataset, shard
 from raytrain.errors import DataError
-from raytrain.spec import DataSpec
 
 from .conftest import write_tfrecord
 

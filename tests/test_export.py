@@ -18,9 +18,11 @@ from ai_edge_litert.interpreter import Interpreter
 from typer.testing import CliRunner
 
 import raytrain  # noqa: F401  (tf.keras is tf_keras from here on)
-from raytrain import registry, tracking
+from raytrain import tracking
 from raytrain.cli import app
-from raytrain.data import Dataset, load_dataset
+from raytrain.config.loader import load_experiment
+from raytrain.config.schema import Experiment
+from raytrain.data.dataset import Dataset, load_dataset
 from raytrain.errors import (
     AliasNotFoundError,
     ExportError,
@@ -29,10 +31,9 @@ from raytrain.errors import (
     SpecError,
     VersionNotFoundError,
 )
-from raytrain.export import ExportReport, evaluation_metric, export_model, score, to_tflite
-from raytrain.run import _export
-from raytrain.spec import Experiment
-from raytrain.specfile import load_experiment
+from raytrain.export.edge import ExportReport, evaluation_metric, export_model, score, to_tflite
+from raytrain.tracking import registry
+from raytrain.train.run import export_registered
 
 from .conftest import write_yaml
 
@@ -283,9 +284,9 @@ def test_the_export_section_runs_once_a_version_is_registered(store: dict[str, A
         {**SPEC, "export": {"quantize": ["dynamic"], "latency_runs": 10, "out": "after"}}
     )
     data = store["data"]
-    assert _export(spec.model_copy(update={"export": None}), None, "1", data) is None
+    assert export_registered(spec.model_copy(update={"export": None}), None, "1", data) is None
     tracked = tracking.TrackedRun(store["uri"], "digits", "1", store["run_id"])
-    report = _export(spec, tracked, "1", data)
+    report = export_registered(spec, tracked, "1", data)
     assert [m.mode for m in report.modes] == ["none", "dynamic"]
     assert report.folder == str(store["folder"] / "after")
     with pytest.raises(
@@ -295,4 +296,4 @@ def test_the_export_section_runs_once_a_version_is_registered(store: dict[str, A
             "version 2; versions: 1 (retry with: raytrain export digits-cnn/2)"
         ),
     ):
-        _export(spec, tracked, "2", data)
+        export_registered(spec, tracked, "2", data)

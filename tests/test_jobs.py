@@ -29,10 +29,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from raytrain.cluster import ClusterInfo, check_locality, locality_problem
+from raytrain.cluster.connect import ClusterInfo
+from raytrain.cluster.jobs import cluster_nodes, list_jobs, stop_job
+from raytrain.cluster.resources import check_locality, locality_problem
+from raytrain.config.loader import load_experiment
 from raytrain.errors import ClusterError, SpecError
-from raytrain.jobs import cluster_nodes, list_jobs, stop_job
-from raytrain.specfile import load_experiment
 
 from .conftest import write_yaml
 

@@ -7,10 +7,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from raytrain.data import load_dataset
+from raytrain.config.schema import DataSpec, ModelSpec
+from raytrain.data.dataset import load_dataset
 from raytrain.errors import ModelBuildError
 from raytrain.models import build_model
-from raytrain.spec import DataSpec, ModelSpec
 
 from .conftest import REPO
 

@@ -20,11 +20,11 @@ from ray import serve
 from typer.testing import CliRunner
 
 from raytrain.cli import app
-from raytrain.registry import load_keras
-from raytrain.run import run_experiment
-from raytrain.serving import Deployment, ServedModel, deploy, describe, serve_settings, stop
-from raytrain.spec import ServeSpec
-from raytrain.specfile import load_experiment
+from raytrain.config.loader import load_experiment
+from raytrain.config.schema import ServeSpec
+from raytrain.serve.app import Deployment, ServedModel, deploy, describe, serve_settings, stop
+from raytrain.tracking.registry import load_keras
+from raytrain.train.run import run_experiment
 
 from .conftest import write_yaml
 

@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
+from raytrain.config.loader import load_experiment
+from raytrain.config.schema import Experiment
 from raytrain.errors import SpecError
-from raytrain.spec import Experiment
-from raytrain.specfile import load_experiment
 
 from .conftest import REPO, write_yaml
 

@@ -20,13 +20,12 @@ from sklearn.datasets import load_digits
 from typer.testing import CliRunner
 
 from raytrain.cli import app
-from raytrain.cluster import ClusterInfo
-from raytrain.data import load_dataset
+from raytrain.cluster.connect import ClusterInfo
+from raytrain.config.loader import load_experiment
+from raytrain.config.schema import DataSpec
+from raytrain.data.dataset import load_dataset
 from raytrain.errors import DataError, StorageError
 from raytrain.history import SWEEP_STATE, list_runs
-from raytrain.run import run_experiment, run_sweep
-from raytrain.spec import DataSpec
-from raytrain.specfile import load_experiment
 from raytrain.storage import (
     EMULATOR_ENV,
     check_location,
@@ -37,6 +36,8 @@ from raytrain.storage import (
     upload_folder,
     write_text,
 )
+from raytrain.sweep.run import run_sweep
+from raytrain.train.run import run_experiment
 
 from .conftest import BUCKET, write_yaml
 

@@ -10,13 +10,13 @@ import pandas as pd
 import pytest
 from sklearn.datasets import load_digits
 
-from raytrain.data import load_dataset
+from raytrain.config.loader import load_experiment
+from raytrain.config.schema import DataSpec
+from raytrain.data.dataset import load_dataset
+from raytrain.data.streaming import _Split
 from raytrain.errors import DataError
-from raytrain.run import run_experiment
-from raytrain.spec import DataSpec
-from raytrain.specfile import load_experiment
 from raytrain.storage import EMULATOR_ENV, upload_folder
-from raytrain.streaming import _Split
+from raytrain.train.run import run_experiment
 
 from .conftest import BUCKET, write_tfrecord, write_yaml
 

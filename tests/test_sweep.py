@@ -19,15 +19,15 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.util.state import list_actors, list_jobs, list_placement_groups
 
 from raytrain import tracking
-from raytrain.cluster import ClusterInfo
-from raytrain.data import load_dataset
+from raytrain.cluster.connect import ClusterInfo
+from raytrain.config.loader import load_experiment
+from raytrain.data.dataset import load_dataset
 from raytrain.errors import RaytrainError
 from raytrain.history import list_runs, show_run
-from raytrain.run import resume_sweep, run_sweep
-from raytrain.specfile import load_experiment
-from raytrain.sweep import SWEEP_STATE, TRIAL_RESOURCES
-from raytrain.sweep_tracking import TrialTracker, discard_lost_trials
-from raytrain.train import fit
+from raytrain.sweep.callbacks import TrialTracker, discard_lost_trials
+from raytrain.sweep.run import resume_sweep, run_sweep
+from raytrain.sweep.tuner import SWEEP_STATE, TRIAL_RESOURCES
+from raytrain.train.loop import fit
 
 from .conftest import REPO
 

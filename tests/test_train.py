@@ -12,10 +12,10 @@ import pytest
 import tensorflow as tf
 from ray.util.state import list_actors
 
+from raytrain.config.loader import load_experiment
 from raytrain.errors import ModelBuildError, TrainingError
-from raytrain.run import run_experiment
-from raytrain.specfile import load_experiment
-from raytrain.train import MODEL_FILE
+from raytrain.train.loop import MODEL_FILE
+from raytrain.train.run import run_experiment
 
 from .conftest import REPO, write_yaml
 
@@ -200,7 +200,7 @@ def test_mixed_precision_and_steps_per_execution(workdir: Path) -> None:
 def test_two_workers_learn_from_both_data_shards(workdir: Path) -> None:
     """Correctness guard for data parallelism: classes 5-9 exist only in the second worker's
     shard, so a run that stops training on both shards cannot classify half the validation set."""
-    from raytrain.data import load_dataset, shard
+    from raytrain.data.dataset import load_dataset, shard
 
     rows, rng = 1200, np.random.default_rng(0)
     spec_text = """

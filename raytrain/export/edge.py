@@ -27,12 +27,12 @@ from typing import Any
 import numpy as np
 from pydantic import ValidationError
 
-from raytrain import registry
-from raytrain.checks import export_problems
-from raytrain.data import Dataset, load_dataset
+from raytrain.config.rules import export_problems
+from raytrain.config.schema import CLASSIFICATION_LOSSES, EXPORT_MODES, Experiment, ExportSpec
+from raytrain.data.dataset import Dataset, load_dataset
 from raytrain.errors import DataError, ExportError, RaytrainError, SpecError, TrackingError
-from raytrain.spec import CLASSIFICATION_LOSSES, EXPORT_MODES, Experiment, ExportSpec
 from raytrain.storage import is_gcs, join, upload_folder
+from raytrain.tracking import registry
 
 __all__ = [
     "ExportReport",

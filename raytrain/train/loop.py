@@ -26,13 +26,13 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.tensorflow import TensorflowTrainer
 
 from raytrain import storage
-from raytrain.cluster import worker_nodes
+from raytrain.cluster.resources import worker_nodes
+from raytrain.config.schema import Experiment
 from raytrain.errors import DataError, TrainingError
-from raytrain.spec import Experiment
-from raytrain.tracking import EpochLogger, TrackedRun
+from raytrain.tracking.runs import EpochLogger, TrackedRun
 
 if TYPE_CHECKING:
-    from raytrain.data import Dataset
+    from raytrain.data.dataset import Dataset
 
 __all__ = ["WORKER_ENV", "build_optimizer", "fit", "train_loop"]
 
@@ -100,7 +100,7 @@ def fit(
 
 def train_loop(config: dict[str, Any]) -> None:
     """One worker's share of the run."""
-    from raytrain.data import make_tf_dataset, shard
+    from raytrain.data.dataset import make_tf_dataset, shard
     from raytrain.models import build_model
 
     spec = Experiment.model_validate(config["spec"])
@@ -240,7 +240,7 @@ def _streamed_input(
 ) -> tuple[Any, Any, int, int]:
     """This worker's share of the streamed rows: Ray Train splits each dataset into equal
     shards (``streaming_split(equal=True)``), so every worker runs the same number of steps."""
-    from raytrain.streaming import worker_dataset
+    from raytrain.data.streaming import worker_dataset
 
     assert data.streams is not None
     batch = spec.per_worker_batch_size

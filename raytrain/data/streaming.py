@@ -21,11 +21,11 @@ from typing import Any
 
 import numpy as np
 
-from raytrain.checks import infer_format
+from raytrain.config.rules import infer_format
+from raytrain.config.schema import CLASSIFICATION_LOSSES, DataSpec
+from raytrain.data.tfrecord import expand_features, read_frames
 from raytrain.errors import DataError
-from raytrain.spec import CLASSIFICATION_LOSSES, DataSpec
 from raytrain.storage import forwarded_env, resolve
-from raytrain.tfrecord import expand_features, read_frames
 
 __all__ = ["SAMPLE_ROWS", "Streams", "open_streams", "worker_dataset"]
 

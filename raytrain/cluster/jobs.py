@@ -6,8 +6,8 @@ functions follow, list, read and stop such jobs. Every call takes the dashboard 
 (``http://HEAD:8265``; default ``$RAY_ADDRESS``) and sends Ray's auth token, found where Ray
 looks for it::
 
-    from raytrain.jobs import follow, submit
-    from raytrain.specfile import load_experiment
+    from raytrain.cluster.jobs import follow, submit
+    from raytrain.config.loader import load_experiment
     job = submit(load_experiment("experiments/quickstart.yaml"), address="http://127.0.0.1:8265")
     status = follow(job.job_id, address=job.address, write=print)
 """
@@ -25,9 +25,10 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from raytrain.cluster import locality_problem, probe_dashboard
+from raytrain.cluster.connect import probe_dashboard
+from raytrain.cluster.resources import locality_problem
+from raytrain.config.loader import LoadedExperiment
 from raytrain.errors import ClusterError, RaytrainError
-from raytrain.specfile import LoadedExperiment
 
 if TYPE_CHECKING:
     from ray.job_submission import JobSubmissionClient

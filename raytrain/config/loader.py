@@ -15,9 +15,9 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from raytrain.checks import Problem, check_rules
+from raytrain.config.rules import Problem, check_rules
+from raytrain.config.schema import Experiment, unknown_key_message
 from raytrain.errors import SpecError
-from raytrain.spec import Experiment, unknown_key_message
 
 __all__ = ["LoadedExperiment", "load_experiment"]
 

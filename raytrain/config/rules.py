@@ -14,7 +14,7 @@ from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
-from raytrain.spec import (
+from raytrain.config.schema import (
     BUILTIN_BUILDERS,
     CLASSIFICATION_LOSSES,
     SPACE_KINDS,

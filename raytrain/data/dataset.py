@@ -16,12 +16,12 @@ from typing import Any
 
 import numpy as np
 
-from raytrain.checks import infer_format
+from raytrain.config.rules import infer_format
+from raytrain.config.schema import CLASSIFICATION_LOSSES, DataSpec
+from raytrain.data.streaming import Streams, feature_columns, open_streams
+from raytrain.data.tfrecord import read_frames
 from raytrain.errors import DataError, StorageError
-from raytrain.spec import CLASSIFICATION_LOSSES, DataSpec
 from raytrain.storage import check_location, glob, open_input
-from raytrain.streaming import Streams, feature_columns, open_streams
-from raytrain.tfrecord import read_frames
 
 __all__ = ["DataInfo", "Dataset", "load_dataset", "make_tf_dataset", "shard"]
 

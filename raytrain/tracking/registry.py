@@ -17,6 +17,7 @@ from typing import Any
 
 import yaml
 
+from raytrain.config.schema import Experiment
 from raytrain.errors import (
     AliasNotFoundError,
     ModelNotFoundError,
@@ -24,8 +25,7 @@ from raytrain.errors import (
     TrackingError,
     VersionNotFoundError,
 )
-from raytrain.spec import Experiment
-from raytrain.tracking import CHAMPION, absolute_tracking_uri, check_reachable
+from raytrain.tracking.runs import CHAMPION, absolute_tracking_uri, check_reachable
 
 __all__ = [
     "RegisteredModel",

@@ -18,8 +18,8 @@ from typing import Any
 from ray import tune
 
 from raytrain import tracking
-from raytrain.checks import EXTRA_METRICS, reported_metrics
-from raytrain.spec import Experiment
+from raytrain.config.rules import EXTRA_METRICS, reported_metrics
+from raytrain.config.schema import Experiment
 
 __all__ = [
     "EVENT_SINKS",

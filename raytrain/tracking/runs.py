@@ -216,7 +216,7 @@ def log_checkpoint_model(
     import tensorflow as tf
 
     from raytrain.storage import resolve
-    from raytrain.train import MODEL_FILE
+    from raytrain.train.loop import MODEL_FILE
 
     filesystem, path = resolve(checkpoint_path)
     with ray.train.Checkpoint(path, filesystem=filesystem).as_directory() as folder:

@@ -20,17 +20,16 @@ import ray
 from ray import tune
 
 from raytrain import tracking
-from raytrain.cluster import (
+from raytrain.cluster.placement import (
     AbandonedGroupCollector,
-    check_feasible,
     live_placement_groups,
     release_orphaned_placement_groups,
     release_placement_groups,
-    worker_slots,
 )
+from raytrain.cluster.resources import check_feasible, worker_slots
+from raytrain.config.schema import Experiment, TuneSpec
 from raytrain.errors import ClusterError, find_user_error
 from raytrain.history import SWEEP_STATE  # what `raytrain resume` needs, next to Tune's state
-from raytrain.spec import Experiment, TuneSpec
 from raytrain.storage import (
     exists,
     forwarded_env,
@@ -40,7 +39,7 @@ from raytrain.storage import (
     to_uri,
     write_text,
 )
-from raytrain.sweep_tracking import (
+from raytrain.sweep.callbacks import (
     EVENT_SINKS,
     SweepProgress,
     TrialTracker,
@@ -284,7 +283,7 @@ def _trial(
     """One trial: a full data-parallel training run with the sampled values."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
-    from raytrain.train import fit
+    from raytrain.train.loop import fit
 
     # The driver's storage settings (an emulator's address), for this trial's Train run: a
     # cluster that was started without them does not give them to trial processes.

@@ -1,0 +1,104 @@
+"""Connecting to a Ray cluster (or starting a private local instance), and failing in seconds on
+an address nobody listens on instead of letting Ray retry for minutes."""
+
+from __future__ import annotations
+
+import logging
+import os
+import socket
+from dataclasses import dataclass
+from typing import Any
+from urllib.parse import urlsplit
+
+import ray
+
+from raytrain.errors import ClusterError
+
+__all__ = ["ClusterInfo", "connect", "probe_dashboard", "state_address"]
+
+
+@dataclass(frozen=True)
+class ClusterInfo:
+    address: str
+    dashboard_url: str | None
+
+
+def connect(
+    address: str | None = None,
+    *,
+    verbose: bool = False,
+    env_vars: dict[str, str] | None = None,
+    metrics_port: int | None = None,
+) -> ClusterInfo:
+    """Join ``address`` (or ``$RAY_ADDRESS``), else start a private local Ray instance (with
+    Prometheus metrics on ``metrics_port``, if given).
+
+    A process that is already connected (a test session, a Ray job's driver) keeps its connection.
+    """
+    if ray.is_initialized():
+        return ClusterInfo(ray.get_runtime_context().gcs_address, None)
+    target = address or os.environ.get("RAY_ADDRESS") or None
+    options: dict[str, Any] = {
+        "runtime_env": {"env_vars": dict(env_vars or {})},
+        "log_to_driver": verbose,
+        "logging_level": logging.INFO if verbose else logging.ERROR,
+    }
+    if target:
+        _probe(target)
+    try:
+        if target:
+            ctx = ray.init(address=target, **options)
+        else:
+            # "local" starts a private instance even when `ray start --head` runs on this machine.
+            # The dashboard stays on: Train V2 needs its State API (FACTS.md).
+            if metrics_port:
+                options["_metrics_export_port"] = metrics_port
+            ctx = ray.init(address="local", include_dashboard=True, **options)
+    except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
+        where = target or "a local instance"
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise ClusterError(f"cannot connect to Ray at {where}: {first_line}") from None
+    dashboard = f"http://{ctx.dashboard_url}" if ctx.dashboard_url else None
+    return ClusterInfo(ctx.address_info["gcs_address"], dashboard)
+
+
+def _probe(address: str, timeout_s: float = 5.0) -> None:
+    """Fail in seconds on an address nobody listens on (``ray.init`` retries for minutes)."""
+    if address == "auto" or ("://" in address and not address.startswith("ray://")):
+        return
+    host, _, port = address.removeprefix("ray://").rpartition(":")
+    if not host or not port.isdigit():
+        raise ClusterError(f"cannot connect to Ray at {address}: expected HOST:PORT")
+    _listening(host, int(port), address, "its GCS port, 6379 by default", timeout_s)
+
+
+def probe_dashboard(url: str, *, timeout_s: float = 5.0) -> None:
+    """Fail in seconds unless something listens at the Jobs API URL (HTTP clients wait for the
+    operating system's connect timeout, minutes, on an address that drops packets)."""
+    parts = urlsplit(url)
+    try:
+        port = parts.port or (443 if parts.scheme == "https" else 80)
+    except ValueError:
+        port = 0
+    if parts.scheme not in ("http", "https") or not parts.hostname or not port:
+        raise ClusterError(
+            f"cannot connect to Ray at {url}: expected the head node's dashboard URL, "
+            "http://HEAD:8265"
+        )
+    _listening(parts.hostname, port, url, "its dashboard port, 8265 by default", timeout_s)
+
+
+def _listening(host: str, port: int, address: str, port_hint: str, timeout_s: float) -> None:
+    try:
+        socket.create_connection((host, port), timeout=timeout_s).close()
+    except OSError as exc:
+        raise ClusterError(
+            f"cannot connect to Ray at {address}: {exc.strerror or exc} (is the head node up, "
+            f"and is this {port_hint}?)"
+        ) from None
+
+
+def state_address() -> str:
+    """The connected cluster's address for State API calls: given none, Ray looks for the
+    machine's most recently started cluster, which is another one where several share a host."""
+    return ray.get_runtime_context().gcs_address

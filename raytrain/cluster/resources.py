@@ -1,0 +1,128 @@
+"""What the cluster has, and refusing requests it can never satisfy.
+
+Ray queues a request that does not fit and waits forever, silently. ``check_feasible`` turns that
+into an error in seconds that names what is missing; ``check_locality`` does the same for the
+``data.locality`` resource.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import time
+
+import ray
+
+from raytrain.cluster.connect import state_address
+from raytrain.errors import ClusterError
+
+__all__ = [
+    "check_feasible",
+    "check_locality",
+    "cpus_on",
+    "locality_problem",
+    "worker_nodes",
+    "worker_slots",
+]
+
+log = logging.getLogger(__name__)
+
+
+def check_feasible(*, num_workers: int, per_worker: dict[str, float], what: str) -> None:
+    """Fail fast unless the alive nodes can place ``num_workers`` bundles of ``per_worker``."""
+    nodes = _alive_nodes()
+    needed = {name: amount for name, amount in per_worker.items() if amount > 0}
+    fits = worker_slots(per_worker)
+    if fits >= num_workers:
+        return
+    totals = {name: sum(node.get(name, 0.0) for node in nodes) for name in needed}
+    absent = [name for name, total in totals.items() if total == 0]
+    have = ", ".join(f"{_fmt(totals[n])} {n}" for n in needed)
+    ask = ", ".join(f"{_fmt(v)} {n}" for n, v in needed.items())
+    message = (
+        f"{what} needs {num_workers} worker(s) x {{{ask}}}, but the cluster's {len(nodes)} "
+        f"node(s) have {have} in all and fit {fits} such worker(s)."
+    )
+    if absent:
+        message += f" No node has {', '.join(repr(a) for a in absent)}."
+    message += (
+        " Lower scaling.num_workers or scaling.resources_per_worker, or add nodes "
+        "(an autoscaling cluster must have them up before this run)."
+    )
+    raise ClusterError(message)
+
+
+def check_locality(resource: str | None) -> None:
+    """Fail fast unless some alive node carries the ``data.locality`` resource: work that asks
+    for it would otherwise wait in Ray's queue forever."""
+    problem = locality_problem(resource, _alive_nodes()) if resource else None
+    if problem:
+        raise ClusterError(problem)
+
+
+def locality_problem(resource: str, nodes: list[dict[str, float]]) -> str | None:
+    """Why no node of ``nodes`` (their resources) can hold ``data.locality``'s work, or None."""
+    if any(node.get(resource, 0.0) > 0 for node in nodes):
+        return None
+    internal = ("node:", "accelerator_type:", "object_store_memory")
+    have = sorted({name for node in nodes for name in node if not name.startswith(internal)})
+    return (
+        f"data.locality: no node in the cluster has resource '{resource}' (nodes have: "
+        f"{', '.join(have) or 'nothing'}); start the nodes that hold the data with "
+        f"`ray start ... --resources '{{\"{resource}\": 1}}'` (or resources: in the cluster "
+        "config), or fix data.locality"
+    )
+
+
+def worker_nodes(world_size: int, *, timeout_s: float = 10.0) -> list[str]:
+    """Where this Ray Train worker group runs: ``IP (node ID)`` of each worker, sorted.
+
+    Called from a worker: its peers are the actors in its placement group (the State API lists
+    them, a moment late under load; Ray Train does not tell a worker where the others are).
+    """
+    from ray.util.state import list_actors
+
+    ctx = ray.get_runtime_context()
+    group = ctx.get_placement_group_id()
+    nodes = [ctx.get_node_id()]
+    deadline = time.monotonic() + timeout_s
+    while group is not None and len(nodes) < world_size:
+        try:
+            actors = list_actors(
+                address=state_address(),
+                filters=[("placement_group_id", "=", group), ("state", "!=", "DEAD")],
+            )
+        except Exception as exc:  # informational: never worth a training run
+            log.warning("cannot list this run's workers, naming this one's node only: %s", exc)
+            break
+        if len(actors) >= world_size or time.monotonic() > deadline:
+            nodes = [actor.node_id for actor in actors] or nodes
+            break
+        time.sleep(0.5)
+    ips = {node["NodeID"]: node["NodeManagerAddress"] for node in ray.nodes()}
+    return sorted(f"{ips.get(node, '?')} ({node})" for node in nodes)
+
+
+def worker_slots(per_worker: dict[str, float]) -> int:
+    """How many workers holding ``per_worker`` the alive nodes can place at once."""
+    needed = {name: amount for name, amount in per_worker.items() if amount > 0}
+    return sum(_fits_on(node, needed) for node in _alive_nodes())
+
+
+def cpus_on(resource: str | None) -> float:
+    """CPUs of the alive nodes that carry ``resource`` (every alive node when None)."""
+    return sum(n.get("CPU", 0.0) for n in _alive_nodes() if resource is None or n.get(resource))
+
+
+def _alive_nodes() -> list[dict[str, float]]:
+    return [node["Resources"] for node in ray.nodes() if node.get("Alive")]
+
+
+def _fits_on(node: dict[str, float], needed: dict[str, float]) -> int:
+    if not needed:
+        return 0
+    return min(math.floor(node.get(name, 0.0) / amount + 1e-9) for name, amount in needed.items())
+
+
+def _fmt(value: float) -> str:
+    return f"{value:g}"

@@ -1,0 +1,186 @@
+"""Deploying a registered model on Ray Serve: resolve it, connect, deploy or update in place.
+
+Re-deploying (another version, or the champion alias moved) is a Serve update of the same
+application, which rolls replicas over while requests keep flowing.
+"""
+
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import ray
+from ray import serve
+
+from raytrain.config.schema import Experiment, ServeSpec
+from raytrain.errors import RaytrainError
+from raytrain.serve.app import APP_NAME, ModelServer, ServedModel
+from raytrain.serve.lifecycle import client_url
+from raytrain.tracking.registry import download, resolve
+
+__all__ = [
+    "METRICS_PORT",
+    "Deployment",
+    "deploy",
+    "describe",
+    "serve_model",
+    "serve_settings",
+    "stop",
+]
+
+METRICS_PORT = 8080  # Prometheus metrics of a Ray instance raytrain starts itself
+
+
+@dataclass(frozen=True)
+class Deployment:
+    """What ``deploy`` started and where to reach it."""
+
+    url: str
+    predict_url: str
+    docs_url: str
+    primary: ServedModel
+    canary: ServedModel | None
+    canary_percent: float
+    ray_address: str
+
+
+def describe(reference: str, *, tracking_uri: str) -> ServedModel:
+    """Resolve ``reference`` in the registry and read what the API reports about it."""
+    import mlflow
+
+    model = resolve(reference, tracking_uri=tracking_uri)
+    client = mlflow.MlflowClient(tracking_uri=model.tracking_uri)
+    info = mlflow.models.Model.load(download(model, "MLmodel"))
+    meta = info.metadata or {}
+    if "input_shape" not in meta:
+        raise RaytrainError(f"{model} was not logged by raytrain: its input shape is unknown")
+    run = client.get_run(model.run_id)
+    return ServedModel(
+        name=model.name,
+        version=model.version,
+        run_id=model.run_id,
+        source=model.source,
+        tracking_uri=model.tracking_uri,
+        input_shape=[int(d) for d in meta["input_shape"]],
+        label_names=_label_names(meta),
+        metrics={k: float(v) for k, v in run.data.metrics.items()},
+    )
+
+
+def _label_names(meta: dict[str, Any]) -> list[str] | None:
+    """Class names of a classifier (its class indices when the labels were integers)."""
+    classes = meta.get("num_classes")
+    if not classes:
+        return None
+    return [str(n) for n in meta.get("label_names") or range(int(classes))]
+
+
+def deploy(
+    primary: ServedModel,
+    *,
+    spec: ServeSpec | None = None,
+    canary: ServedModel | None = None,
+    canary_percent: float = 0.0,
+) -> Deployment:
+    """Deploy (or update in place) the model API on the connected Ray cluster."""
+    spec = spec or ServeSpec()
+    if canary is not None and canary.name != primary.name:
+        raise RaytrainError(
+            f"a canary must be a version of the same model: {primary.name}, not {canary.name}"
+        )
+    if canary is None:
+        canary_percent = 0.0
+    if not 0.0 <= canary_percent <= 100.0:
+        raise RaytrainError(f"--canary-percent must be within 0..100, not {canary_percent:g}")
+    serve.start(http_options={"host": spec.host, "port": spec.port})
+    scaling: dict[str, Any] = (
+        {"autoscaling_config": spec.autoscaling.model_dump()}
+        if spec.autoscaling
+        else {"num_replicas": spec.num_replicas}
+    )
+    app = ModelServer.options(
+        name=f"{primary.name}-server",
+        max_ongoing_requests=spec.max_ongoing_requests,
+        ray_actor_options={"num_cpus": spec.num_cpus, "num_gpus": spec.num_gpus},
+        **scaling,
+    ).bind(
+        primary=asdict(primary),
+        canary=asdict(canary) if canary else None,
+        canary_percent=canary_percent,
+        limits=spec.model_dump(),
+    )
+    serve.run(app, name=APP_NAME, route_prefix="/")
+    url = client_url(spec.host, spec.port)
+    return Deployment(
+        url=url,
+        predict_url=f"{url}/v1/models/{primary.name}:predict",
+        docs_url=f"{url}/docs",
+        primary=primary,
+        canary=canary,
+        canary_percent=canary_percent,
+        ray_address=ray.get_runtime_context().gcs_address,
+    )
+
+
+def stop() -> bool:
+    """Delete the model API from the connected cluster; False when none was running."""
+    if APP_NAME not in serve.status().applications:
+        return False
+    serve.delete(APP_NAME)
+    return True
+
+
+def serve_settings(
+    model: str | None,
+    *,
+    experiment: Experiment | None = None,
+    tracking_uri: str | None = None,
+    flags: dict[str, Any] | None = None,
+    autoscaling: dict[str, Any] | None = None,
+) -> tuple[str, str, ServeSpec]:
+    """What to serve, from where, how: the model reference (default: the experiment's
+    ``register_as``), the tracking URI and the experiment's ``serve:`` section with ``flags``
+    (and ``autoscaling`` keys) over it; ``None`` values leave a setting as it is."""
+    from pydantic import ValidationError
+
+    base, reference, uri = ServeSpec(), model, tracking_uri
+    if experiment is not None:
+        base, uri = experiment.serve, tracking_uri or experiment.tracking.uri
+        reference = model or experiment.tracking.register_as
+        if reference is None:
+            raise RaytrainError(
+                f"experiment '{experiment.name}' registers no model (tracking.register_as)"
+            )
+    if reference is None:
+        raise RaytrainError("name a model (NAME, NAME@ALIAS or NAME/VERSION) or --experiment FILE")
+    settings = base.model_dump()
+    settings.update({k: v for k, v in (flags or {}).items() if v is not None})
+    scaling = {k: v for k, v in (autoscaling or {}).items() if v is not None}
+    if scaling:
+        settings["autoscaling"] = {**(settings.get("autoscaling") or {}), **scaling}
+    try:
+        spec = ServeSpec.model_validate(settings)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise RaytrainError(f"serve.{where}: {first['msg']}") from None
+    return reference, uri or "sqlite:///mlflow.db", spec
+
+
+def serve_model(
+    reference: str,
+    *,
+    tracking_uri: str,
+    spec: ServeSpec | None = None,
+    canary: str | None = None,
+    canary_percent: float = 0.0,
+    address: str | None = None,
+    verbose: bool = False,
+    metrics_port: int | None = METRICS_PORT,
+) -> Deployment:
+    """Everything ``raytrain serve`` does before it waits: resolve, connect, deploy."""
+    from raytrain.cluster.connect import connect
+    from raytrain.storage import forwarded_env
+
+    primary = describe(reference, tracking_uri=tracking_uri)
+    challenger = describe(canary, tracking_uri=tracking_uri) if canary else None
+    connect(address, verbose=verbose, metrics_port=metrics_port, env_vars=forwarded_env())
+    return deploy(primary, spec=spec, canary=challenger, canary_percent=canary_percent)
