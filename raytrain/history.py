@@ -6,18 +6,17 @@ tracking off, from the state file each sweep leaves next to Tune's.
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from raytrain.errors import RaytrainError
-from raytrain.storage import check_location, glob, join, parent, read_text
+from raytrain.storage import check_location, glob, join, parent
+from raytrain.sweep.state import STATE_FILE, SweepState
+from raytrain.tracking import names
 from raytrain.tracking.runs import absolute_tracking_uri, child_runs
 
 __all__ = ["RunRecord", "list_runs", "show_run"]
-
-SWEEP_STATE = "raytrain_sweep.json"  # written by sweep.py next to Tune's state
 
 
 @dataclass(frozen=True)
@@ -38,18 +37,18 @@ class RunRecord:
 def list_runs(*, tracking_uri: str, storage: str, limit: int = 50) -> list[RunRecord]:
     """Top-level MLflow runs (newest first), then untracked sweeps found in ``storage`` (a
     folder or gs://bucket/prefix)."""
-    check_location(storage, what="--storage")
+    check_location(storage, what="`storage`", options=("storage",))
     records = [_record(run) for run in _top_level_runs(tracking_uri, limit)]
     known = {r.name for r in records}
-    for state_file in sorted(glob(join(storage, "*", "*", SWEEP_STATE)), reverse=True):
-        state = json.loads(read_text(state_file))
-        if state["sweep_name"] not in known:
+    for state_file in sorted(glob(join(storage, "*", "*", STATE_FILE)), reverse=True):
+        state = SweepState.load(parent(state_file))
+        if state.sweep_name not in known:
             records.append(
                 RunRecord(
-                    name=state["sweep_name"],
+                    name=state.sweep_name,
                     kind="sweep",
                     status="untracked",
-                    started=_when(state.get("created", 0) * 1000),
+                    started=_when(state.created * 1000),
                     best={},
                     storage=parent(state_file),
                 )
@@ -73,12 +72,12 @@ def show_run(name_or_id: str, *, tracking_uri: str) -> RunRecord:
         raise RaytrainError(f"no run or sweep named '{name_or_id}' in {tracking_uri}")
     run = runs[0]
     trials = []
-    if run.data.tags.get("raytrain.kind") == "sweep":
+    if run.data.tags.get(names.KIND_TAG) == "sweep":
         for child in child_runs(client, run.info.experiment_id, run.info.run_id):
             trials.append(
                 {
-                    "trial": child.data.tags.get("raytrain.trial_id", child.info.run_name),
-                    "status": child.data.tags.get("raytrain.trial_status", child.info.status),
+                    "trial": child.data.tags.get(names.TRIAL_ID_TAG, child.info.run_name),
+                    "status": child.data.tags.get(names.STATUS_TAG, child.info.status),
                     **child.data.params,
                     **{k: v for k, v in child.data.metrics.items() if k.startswith("val_")},
                 }
@@ -97,22 +96,26 @@ def _top_level_runs(tracking_uri: str, limit: int) -> list[Any]:
     if not experiments:
         return []
     runs = client.search_runs(experiments, order_by=["attributes.start_time DESC"], max_results=500)
-    return [r for r in runs if "mlflow.parentRunId" not in r.data.tags][:limit]
+    return [r for r in runs if names.PARENT_TAG not in r.data.tags][:limit]
 
 
 def _record(run: Any, trials: list[dict[str, Any]] | None = None) -> RunRecord:
     tags = run.data.tags
     return RunRecord(
         name=run.info.run_name,
-        kind="sweep" if tags.get("raytrain.kind") == "sweep" else "run",
+        kind="sweep" if tags.get(names.KIND_TAG) == "sweep" else "run",
         status=run.info.status,
         started=_when(run.info.start_time),
         best={k: v for k, v in run.data.metrics.items() if k.startswith("best_")},
         run_id=run.info.run_id,
         experiment=run.info.experiment_id,
-        storage=tags.get("raytrain.storage"),
+        storage=tags.get(names.STORAGE_TAG),
         params=dict(run.data.params),
-        tags={k: v for k, v in tags.items() if k.startswith(("raytrain.", "best."))},
+        tags={
+            k: v
+            for k, v in tags.items()
+            if k.startswith((names.TAG_PREFIX, names.BEST_PARAM_PREFIX))
+        },
         trials=trials or [],
     )
 

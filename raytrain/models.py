@@ -9,8 +9,8 @@ raytrain wraps what it returns behind a Normalization layer holding the feature 
 on the training split, so the saved model takes raw features: serving and export need no
 preprocessing code of their own.
 
-Import this module only where ``TF_USE_LEGACY_KERAS=1`` is set (see FACTS.md): ``tf.keras`` must
-be tf_keras for MultiWorkerMirroredStrategy to work across workers.
+Import this module only where ``TF_USE_LEGACY_KERAS=1`` is set (raytrain/__init__.py says why):
+``tf.keras`` must be tf_keras for MultiWorkerMirroredStrategy to work across workers.
 """
 
 from __future__ import annotations
@@ -21,7 +21,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from raytrain.config.rules import load_builder
+from raytrain.config.resolve import load_builder
 from raytrain.config.schema import BUILTIN_BUILDERS, ModelSpec
 from raytrain.data.dataset import DataInfo
 from raytrain.errors import ModelBuildError

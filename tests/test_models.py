@@ -25,7 +25,7 @@ def digits():
 @pytest.mark.parametrize("builder", ["mlp", "cnn"])
 def test_builtin_builders_predict_class_probabilities(digits, builder: str) -> None:
     model = build_model(ModelSpec(builder=builder), digits.info, loss=CE)
-    assert type(model).__module__.startswith("tf_keras")  # Keras 2: what MWMS needs (FACTS.md)
+    assert type(model).__module__.startswith("tf_keras")  # Keras 2: what MWMS needs
     probs = model.predict(digits.x_val[:4], verbose=0)
     assert probs.shape == (4, 10)
     np.testing.assert_allclose(probs.sum(axis=1), 1.0, rtol=1e-5)

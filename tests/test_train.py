@@ -14,7 +14,7 @@ from ray.util.state import list_actors
 
 from raytrain.config.loader import load_experiment
 from raytrain.errors import ModelBuildError, TrainingError
-from raytrain.train.loop import MODEL_FILE
+from raytrain.train.checkpoint import MODEL_FILE
 from raytrain.train.run import run_experiment
 
 from .conftest import REPO, write_yaml

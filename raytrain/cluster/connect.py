@@ -14,7 +14,14 @@ import ray
 
 from raytrain.errors import ClusterError
 
-__all__ = ["ClusterInfo", "connect", "probe_dashboard", "state_address"]
+__all__ = ["WORKER_ENV", "ClusterInfo", "connect", "probe_dashboard", "state_address"]
+
+# The environment of every Ray worker process, set before TensorFlow is imported there:
+# tf.keras must be tf_keras (Keras 2), because Keras 3 fails inside model.fit under
+# MultiWorkerMirroredStrategy with 2+ workers ("Attempt to convert a value (PerReplica...)",
+# ray-project/ray#47464, keras-team/keras#20585), and models saved by one Keras do not load in
+# the other. Ray's TF backend sets the variable too, but too late once anything imported TF.
+WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
 
 
 @dataclass(frozen=True)
@@ -50,7 +57,8 @@ def connect(
             ctx = ray.init(address=target, **options)
         else:
             # "local" starts a private instance even when `ray start --head` runs on this machine.
-            # The dashboard stays on: Train V2 needs its State API (FACTS.md).
+            # The dashboard stays on: Train V2's placement-group cleaner reads the State API,
+            # and without it a sweep's second trial timed out starting its workers (seen).
             if metrics_port:
                 options["_metrics_export_port"] = metrics_port
             ctx = ray.init(address="local", include_dashboard=True, **options)

@@ -6,17 +6,22 @@ They live in one place so that each message can name every key involved and say 
 from __future__ import annotations
 
 import glob
-import importlib
 import math
-import sys
 from pathlib import Path
 from typing import Any, NamedTuple
 
 from pydantic import ValidationError
 
+from raytrain.config.resolve import (
+    BUILTIN_DATASETS,
+    STREAMED_FORMATS,
+    infer_format,
+    load_builder,
+)
 from raytrain.config.schema import (
     BUILTIN_BUILDERS,
     CLASSIFICATION_LOSSES,
+    EXTRA_METRICS,
     SPACE_KINDS,
     Experiment,
     ExportSpec,
@@ -24,29 +29,12 @@ from raytrain.config.schema import (
 )
 
 __all__ = [
-    "BUILTIN_DATASETS",
-    "EXTRA_METRICS",
-    "FILE_FORMATS",
     "Problem",
     "check_rules",
     "export_problems",
-    "infer_format",
-    "load_builder",
-    "reported_metrics",
     "sampled_values",
 ]
 
-BUILTIN_DATASETS = ("digits", "wine", "breast_cancer", "iris", "diabetes")
-FILE_FORMATS = {
-    ".csv": "csv",
-    ".parquet": "parquet",
-    ".pq": "parquet",
-    ".tfrecord": "tfrecord",
-    ".tfrecords": "tfrecord",
-    ".tfr": "tfrecord",
-    ".npz": "npz",
-}
-STREAMED_FORMATS = ("csv", "parquet", "tfrecord")
 ACCURACY_METRICS = {
     "accuracy",
     "sparse_categorical_accuracy",
@@ -75,25 +63,6 @@ def check_rules(spec: Experiment, *, base_dir: Path) -> list[Problem]:
         *_check_tune(spec, base_dir),
         *_check_export(spec),
     ]
-
-
-def infer_format(source: str, declared: str) -> str | None:
-    """The file format named by ``declared`` or, for ``auto``, by the source's extension."""
-    if declared != "auto":
-        return declared
-    path = Path(source.lower())
-    if path.suffix == ".gz" and FILE_FORMATS.get(path.with_suffix("").suffix) == "tfrecord":
-        return "tfrecord"  # GZIP-compressed TFRecords (TFRecordWriter's options="GZIP")
-    return FILE_FORMATS.get(path.suffix)
-
-
-def load_builder(path: str, base_dir: Path | None = None) -> object:
-    """Import a user's ``package.module:function``; ``base_dir`` (the experiment's folder) first."""
-    module_name, _, attr = path.partition(":")
-    if base_dir is not None and str(base_dir) not in sys.path:
-        sys.path.insert(0, str(base_dir))
-    module = importlib.import_module(module_name)
-    return getattr(module, attr)
 
 
 def _check_data(spec: Experiment) -> list[Problem]:
@@ -222,7 +191,7 @@ def _check_train(spec: Experiment) -> list[Problem]:
                 f"metrics ({', '.join(wrong)}); set train.metrics, e.g. [mean_absolute_error]",
             )
         )
-    scores = reported_metrics(spec)
+    scores = spec.reported_metrics()
     if spec.checkpoint.score not in scores:
         problems.append(
             Problem(
@@ -271,7 +240,9 @@ def _check_scaling(spec: Experiment) -> list[Problem]:
 
 
 def _tpu_problems(spec: Experiment) -> list[Problem]:
-    """TensorFlow on Ray trains on one TPU host: Ray has no multi-host TPUStrategy (FACTS.md)."""
+    """TensorFlow on Ray trains on one TPU host: Ray Train's TensorFlow backend sets up only
+    MultiWorkerMirroredStrategy; a TPU pod spanning hosts needs a TPUStrategy it cannot build.
+    """
     problems = []
     if spec.scaling.num_workers != 1:
         problems.append(
@@ -343,16 +314,8 @@ def export_problems(export: ExportSpec) -> list[Problem]:
     return []
 
 
-# Reported besides the compiled metrics: see train._Reporter.
-EXTRA_METRICS = ("epoch", "epoch_time_s", "samples_per_s", "param_count", "model_bytes")
 FIXED_PATHS = ("name", "storage", "tracking", "tune", "description", "export")
 PROBES = 32  # values of one search-space range that validation tries
-
-
-def reported_metrics(spec: Experiment) -> list[str]:
-    """Every metric a training run reports per epoch, by name."""
-    compiled = {"loss", *spec.train.metrics}
-    return sorted(compiled | {f"val_{name}" for name in compiled})
 
 
 def sampled_values(kind: str, args: list[Any]) -> list[Any]:
@@ -389,7 +352,7 @@ def _check_tune(spec: Experiment, base_dir: Path) -> list[Problem]:
     if tune is None:
         return []
     problems = []
-    known = [*reported_metrics(spec), *EXTRA_METRICS]
+    known = [*spec.reported_metrics(), *EXTRA_METRICS]
     for i, metric in enumerate(tune.metrics):
         if metric not in known:
             loc = ("tune", "metric", i) if isinstance(tune.metric, list) else ("tune", "metric")

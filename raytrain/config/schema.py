@@ -15,6 +15,9 @@ from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
 __all__ = [
     "BUILTIN_BUILDERS",
+    "DEFAULT_STORAGE",
+    "DEFAULT_TRACKING_URI",
+    "EXTRA_METRICS",
     "CNNParams",
     "CheckpointSpec",
     "DataSpec",
@@ -55,6 +58,10 @@ METRICS = (
     "recall",
 )
 CLASSIFICATION_LOSSES = LOSSES[:3]
+# Reported every epoch besides the compiled metrics (raytrain/train/loop.py's _Reporter).
+EXTRA_METRICS = ("epoch", "epoch_time_s", "samples_per_s", "param_count", "model_bytes")
+DEFAULT_STORAGE = "./raytrain_results"  # relative to the working directory
+DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow's own default: ./mlflow.db
 LOCALITY_SHARE = 0.001  # of a data.locality resource, per worker, trial or job driver
 
 
@@ -226,7 +233,7 @@ class FailureSpec(Section):
 class TrackingSpec(Section):
     enabled: bool = Field(True, description="Log the run to MLflow.")
     uri: str = Field(
-        "sqlite:///mlflow.db",
+        DEFAULT_TRACKING_URI,
         description="MLflow tracking URI; a server (http://head:5000) on multi-node clusters.",
     )
     experiment: str | None = Field(None, description="MLflow experiment; the name by default.")
@@ -398,7 +405,7 @@ class Experiment(Section):
         default_factory=FailureSpec, description="What happens when a worker dies."
     )
     storage: str = Field(
-        "./raytrain_results",
+        DEFAULT_STORAGE,
         description="Checkpoints and run state: a local folder (relative to the working "
         "directory) or gs://bucket/prefix.",
     )
@@ -418,6 +425,12 @@ class Experiment(Section):
     @property
     def experiment_name(self) -> str:
         return self.tracking.experiment or self.name
+
+    def reported_metrics(self) -> list[str]:
+        """Every compiled metric a training run reports per epoch, by name (and val_<name>);
+        ``EXTRA_METRICS`` are reported besides them."""
+        compiled = {"loss", *self.train.metrics}
+        return sorted(compiled | {f"val_{name}" for name in compiled})
 
     @property
     def per_worker_batch_size(self) -> int:

@@ -16,7 +16,7 @@ from typing import Any
 
 import numpy as np
 
-from raytrain.config.rules import infer_format
+from raytrain.config.resolve import infer_format
 from raytrain.config.schema import CLASSIFICATION_LOSSES, DataSpec
 from raytrain.data.streaming import Streams, feature_columns, open_streams
 from raytrain.data.tfrecord import read_frames

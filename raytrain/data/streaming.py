@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from raytrain.config.rules import infer_format
+from raytrain.config.resolve import infer_format
 from raytrain.config.schema import CLASSIFICATION_LOSSES, DataSpec
 from raytrain.data.tfrecord import expand_features, read_frames
 from raytrain.errors import DataError

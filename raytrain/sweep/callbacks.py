@@ -18,42 +18,23 @@ from typing import Any
 from ray import tune
 
 from raytrain import tracking
-from raytrain.config.rules import EXTRA_METRICS, reported_metrics
-from raytrain.config.schema import Experiment
+from raytrain.config.schema import EXTRA_METRICS, Experiment
+from raytrain.sweep.results import error_reason, trial_status
+from raytrain.tracking import names
 
 __all__ = [
     "EVENT_SINKS",
     "SweepProgress",
     "TrialTracker",
     "discard_lost_trials",
-    "error_reason",
     "find_child",
     "log_sweep_summary",
     "optuna_plots",
-    "pareto_front",
-    "trial_status",
 ]
 
 # Where progress events go, by sweep name (a callable cannot survive Tune's pickling).
 EVENT_SINKS: dict[str, Callable[[dict[str, Any]], None]] = {}
-STATUS_TAG = "raytrain.trial_status"
 log = logging.getLogger(__name__)
-
-
-def error_reason(text: str) -> str:
-    """The last line of an error trace, without its exception class: what the user must read."""
-    lines = [line.strip() for line in str(text).splitlines() if line.strip()]
-    if not lines:
-        return "unknown error"
-    last = lines[-1]
-    head, sep, rest = last.partition(": ")
-    return rest if sep and head.replace(".", "").replace("_", "").isalnum() else last
-
-
-def trial_status(last_epoch: int, total_epochs: int, error: bool) -> str:
-    if error:
-        return "failed"
-    return "finished" if last_epoch >= total_epochs else "stopped_early"
 
 
 def find_child(parent: tracking.TrackedRun, trial_id: str, *, client: Any = None) -> str | None:
@@ -76,9 +57,9 @@ def discard_lost_trials(parent: tracking.TrackedRun, trial_ids: set[str]) -> int
 
     client = mlflow.MlflowClient(tracking_uri=parent.uri)
     children = tracking.child_runs(client, parent.experiment_id, parent.run_id)
-    lost = [c for c in children if c.data.tags.get("raytrain.trial_id") not in trial_ids]
+    lost = [c for c in children if c.data.tags.get(names.TRIAL_ID_TAG) not in trial_ids]
     for child in lost:
-        client.set_tag(child.info.run_id, STATUS_TAG, "lost")
+        client.set_tag(child.info.run_id, names.STATUS_TAG, "lost")
         if child.info.status == "RUNNING":
             client.set_terminated(child.info.run_id, status="KILLED")
         client.delete_run(child.info.run_id)
@@ -97,7 +78,7 @@ class TrialTracker(tune.Callback):
     def __init__(self, parent: tracking.TrackedRun, *, spec: Experiment) -> None:
         self.parent = parent
         self.total_epochs = spec.train.epochs
-        self.metric_names = {*reported_metrics(spec), *EXTRA_METRICS}
+        self.metric_names = {*spec.reported_metrics(), *EXTRA_METRICS}
         self.children: dict[str, str] = {}
         self._client_obj: Any = None
 
@@ -124,9 +105,9 @@ class TrialTracker(tune.Callback):
                 self.parent.experiment_id,
                 run_name=f"trial-{trial_id}",
                 tags={
-                    "mlflow.parentRunId": self.parent.run_id,
-                    "raytrain.trial_id": trial_id,
-                    STATUS_TAG: "running",
+                    names.PARENT_TAG: self.parent.run_id,
+                    names.TRIAL_ID_TAG: trial_id,
+                    names.STATUS_TAG: "running",
                 },
             )
             run_id = run.info.run_id
@@ -168,9 +149,9 @@ class TrialTracker(tune.Callback):
         )
 
     def _end(self, trial: Any, status: str, *, reason: str | None) -> None:
-        tags = {STATUS_TAG: status}
+        tags = {names.STATUS_TAG: status}
         if reason:
-            tags["raytrain.error"] = reason[:5000]
+            tags[names.ERROR_TAG] = reason[:5000]
         mlflow_status = "FAILED" if status == "failed" else "FINISHED"
         tracking.end_run(self._child_run(trial), status=mlflow_status, tags=tags)
 
@@ -242,27 +223,6 @@ class SweepProgress(tune.Callback, tune.Stopper):
             )
 
 
-def pareto_front(rows: list[dict[str, Any]], metrics: list[str], modes: list[str]) -> list[dict]:
-    """The rows no other row beats on every metric (multi-objective sweeps)."""
-
-    def key(row: dict[str, Any]) -> list[float]:
-        return [
-            row[m] if mode == "min" else -row[m] for m, mode in zip(metrics, modes, strict=True)
-        ]
-
-    usable = [r for r in rows if all(isinstance(r.get(m), int | float) for m in metrics)]
-    front = []
-    for row in usable:
-        mine = key(row)
-        dominated = any(
-            all(o <= s for o, s in zip(key(other), mine, strict=True)) and key(other) != mine
-            for other in usable
-        )
-        if not dominated:
-            front.append(row)
-    return front
-
-
 def log_sweep_summary(
     parent: tracking.TrackedRun,
     spec: Experiment,
@@ -285,25 +245,30 @@ def log_sweep_summary(
     writer = csv.DictWriter(out, fieldnames=columns)
     writer.writeheader()
     writer.writerows(table)
-    client.log_text(parent.run_id, out.getvalue(), "trials.csv")
+    client.log_text(parent.run_id, out.getvalue(), names.TRIALS_ARTIFACT)
     counts: dict[str, int] = {}
     for row in table:
         counts[row["status"]] = counts.get(row["status"], 0) + 1
-    tags = {f"raytrain.trials_{k}": str(v) for k, v in counts.items()}
-    tags["raytrain.kind"] = "sweep"
+    tags = {f"{names.TRIALS_COUNT_PREFIX}{k}": str(v) for k, v in counts.items()}
+    tags[names.KIND_TAG] = "sweep"
     if storage:
-        tags["raytrain.storage"] = storage
+        tags[names.STORAGE_TAG] = storage
     if best is not None:
-        tags["raytrain.best_trial"] = str(best["trial_id"])
+        tags[names.BEST_TRIAL_TAG] = str(best["trial_id"])
         # Tags, not params: a sweep extended later may find a new best, and params are final.
-        tags.update({f"best.{key}": str(best.get(key))[:5000] for key in spec.tune.space})
+        tags.update(
+            {
+                f"{names.BEST_PARAM_PREFIX}{key}": str(best.get(key))[:5000]
+                for key in spec.tune.space
+            }
+        )
         best_metrics = {k: v for k, v in best.items() if k.startswith("best_") and v is not None}
         tracking.log_metrics(parent, best_metrics, step=int(best.get("epochs", 0)))
     if front:
-        tags["raytrain.pareto_trials"] = ",".join(str(r["trial_id"]) for r in front)
+        tags[names.PARETO_TAG] = ",".join(str(r["trial_id"]) for r in front)
     client.log_batch(parent.run_id, tags=[mlflow.entities.RunTag(k, v) for k, v in tags.items()])
     for name, html in optuna_plots(spec, table).items():
-        client.log_text(parent.run_id, html, f"plots/{name}.html")
+        client.log_text(parent.run_id, html, f"{names.PLOTS_FOLDER}/{name}.html")
 
 
 def optuna_plots(spec: Experiment, rows: list[dict[str, Any]]) -> dict[str, str]:

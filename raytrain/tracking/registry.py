@@ -25,7 +25,8 @@ from raytrain.errors import (
     TrackingError,
     VersionNotFoundError,
 )
-from raytrain.tracking.runs import CHAMPION, absolute_tracking_uri, check_reachable
+from raytrain.tracking.names import CHAMPION, PARENT_TAG, SPEC_ARTIFACT, SPEC_FOLDER
+from raytrain.tracking.runs import absolute_tracking_uri, check_reachable
 
 __all__ = [
     "RegisteredModel",
@@ -35,9 +36,6 @@ __all__ = [
     "recorded_experiment",
     "resolve",
 ]
-
-SPEC_ARTIFACT = "spec/resolved.yaml"  # logged by tracking.start_run on every run and sweep
-PARENT_TAG = "mlflow.parentRunId"  # a sweep's best model lives on a trial's child run
 
 
 @dataclass(frozen=True)
@@ -134,7 +132,9 @@ def recorded_experiment(model: RegisteredModel) -> Experiment:
     client = _client(model.tracking_uri)
     run = client.get_run(model.run_id)
     for run_id in (model.run_id, run.data.tags.get(PARENT_TAG)):
-        if run_id and any(a.path == SPEC_ARTIFACT for a in client.list_artifacts(run_id, "spec")):
+        if run_id and any(
+            a.path == SPEC_ARTIFACT for a in client.list_artifacts(run_id, SPEC_FOLDER)
+        ):
             with tempfile.TemporaryDirectory() as folder:
                 text = Path(client.download_artifacts(run_id, SPEC_ARTIFACT, folder)).read_text()
             try:
@@ -144,11 +144,13 @@ def recorded_experiment(model: RegisteredModel) -> Experiment:
                 where = ".".join(str(p) for p in first["loc"])
                 raise RegistryError(
                     f"the experiment recorded with {model} no longer validates ({where}: "
-                    f"{first['msg']}); pass --experiment FILE"
+                    f"{first['msg']}); pass `experiment`",
+                    options=("experiment",),
                 ) from None
     raise RegistryError(
         f"{model} (run {model.run_id}) has no recorded experiment ({SPEC_ARTIFACT}); "
-        "pass --experiment FILE"
+        "pass `experiment`",
+        options=("experiment",),
     )
 
 
@@ -158,7 +160,8 @@ def _open_store(tracking_uri: str) -> str:
     if uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).is_file():
         raise ModelNotFoundError(
             f"no MLflow database at {uri.removeprefix('sqlite:///')}; run where the experiment "
-            "ran, or pass --tracking-uri"
+            "ran, or pass `tracking_uri`",
+            options=("tracking_uri",),
         )
     check_reachable(uri)
     return uri

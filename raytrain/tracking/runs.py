@@ -21,6 +21,7 @@ from pathlib import Path
 from typing import Any
 
 from raytrain.errors import TrackingError
+from raytrain.tracking import names
 
 __all__ = [
     "EpochLogger",
@@ -30,7 +31,6 @@ __all__ = [
     "child_runs",
     "end_run",
     "flatten",
-    "log_checkpoint_model",
     "log_metrics",
     "log_model",
     "promote_champion",
@@ -39,9 +39,6 @@ __all__ = [
 ]
 
 log = logging.getLogger(__name__)
-EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # MLflow 3's UI opens training runs with this
-EXPERIMENT_KIND = "custom_model_development"
-CHAMPION = "champion"
 
 
 @dataclass(frozen=True)
@@ -121,24 +118,24 @@ def start_run(
         else client.create_experiment(
             experiment,
             artifact_location=artifact_location,
-            tags={EXPERIMENT_KIND_TAG: EXPERIMENT_KIND},
+            tags={names.EXPERIMENT_KIND_TAG: names.EXPERIMENT_KIND},
         )
     )
     spec_hash = hashlib.sha256(spec_text.encode()).hexdigest()[:12]
     run = client.create_run(
         experiment_id,
         run_name=run_name,
-        tags={**_version_tags(spec_file), "raytrain.spec_hash": spec_hash, **tags},
+        tags={**_version_tags(spec_file), names.SPEC_HASH_TAG: spec_hash, **tags},
     )
     run_id = run.info.run_id
     items = [Param(k, v[:6000]) for k, v in params.items()]
     for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
         client.log_batch(run_id, params=items[start : start + 100])
-    client.log_text(run_id, spec_text, "spec/resolved.yaml")
+    client.log_text(run_id, spec_text, names.SPEC_ARTIFACT)
     if spec_file is not None and spec_file.is_file():
-        client.log_artifact(run_id, str(spec_file), "spec")
+        client.log_artifact(run_id, str(spec_file), names.SPEC_FOLDER)
     if description:
-        client.set_tag(run_id, "mlflow.note.content", description)  # the UI's run description
+        client.set_tag(run_id, names.NOTE_TAG, description)  # the UI's run description
     return TrackedRun(
         uri=uri, experiment_name=experiment, experiment_id=experiment_id, run_id=run_id
     )
@@ -146,9 +143,9 @@ def start_run(
 
 def child_runs(client: Any, experiment_id: str, parent_id: str, *, trial_id: str = "") -> list:
     """A sweep's trial runs (all, or the one of ``trial_id``): nested under its parent run."""
-    where = f"tags.`mlflow.parentRunId` = '{parent_id}'"
+    where = f"tags.`{names.PARENT_TAG}` = '{parent_id}'"
     if trial_id:
-        where += f" and tags.`raytrain.trial_id` = '{trial_id}'"
+        where += f" and tags.`{names.TRIAL_ID_TAG}` = '{trial_id}'"
     return client.search_runs([experiment_id], filter_string=where)
 
 
@@ -187,7 +184,7 @@ def log_model(
     with mlflow.start_run(run_id=run.run_id):
         info = mlflow.tensorflow.log_model(
             model,
-            name="model",
+            name=names.MODEL_ARTIFACT,
             signature=signature,
             metadata=metadata,
             registered_model_name=register_as,
@@ -206,33 +203,6 @@ def log_metrics(run: TrackedRun, metrics: dict[str, float], *, step: int) -> Non
     mlflow.MlflowClient(tracking_uri=run.uri).log_batch(run.run_id, metrics=batch)
 
 
-def log_checkpoint_model(
-    run: TrackedRun, checkpoint_path: str | None, *, data: Any, loss: str, register_as: str | None
-) -> str | None:
-    """Log a raytrain checkpoint's model (tf_keras) to ``run``; register it if asked."""
-    if checkpoint_path is None:
-        return None
-    import ray.train
-    import tensorflow as tf
-
-    from raytrain.storage import resolve
-    from raytrain.train.loop import MODEL_FILE
-
-    filesystem, path = resolve(checkpoint_path)
-    with ray.train.Checkpoint(path, filesystem=filesystem).as_directory() as folder:
-        model = tf.keras.models.load_model(str(Path(folder, MODEL_FILE)), compile=False)
-    info = data.info
-    metadata = {
-        "input_shape": list(info.input_shape),
-        "num_classes": info.num_classes,
-        "label_names": info.label_names,
-        "feature_names": info.feature_names[:1000],
-        "loss": loss,
-        "checkpoint": checkpoint_path,
-    }
-    return log_model(run, model, example=data.x_val[:5], metadata=metadata, register_as=register_as)
-
-
 def promote_champion(
     uri: str, name: str, version: str, *, metric: str, mode: str, value: float
 ) -> tuple[bool, str]:
@@ -240,15 +210,15 @@ def promote_champion(
     import mlflow
 
     client = mlflow.MlflowClient(tracking_uri=uri)
-    client.set_model_version_tag(name, version, f"raytrain.{metric}", str(value))
+    client.set_model_version_tag(name, version, names.metric_tag(metric), str(value))
     try:
-        current = client.get_model_version_by_alias(name, CHAMPION)
+        current = client.get_model_version_by_alias(name, names.CHAMPION)
     except mlflow.exceptions.MlflowException:
         current = None
     if current is not None and str(current.version) == version:
-        return False, f"{name} version {version} ({metric} {value:.4g}) stays '{CHAMPION}'"
+        return False, f"{name} version {version} ({metric} {value:.4g}) stays '{names.CHAMPION}'"
     if current is not None:
-        held = current.tags.get(f"raytrain.{metric}")
+        held = current.tags.get(names.metric_tag(metric))
         if held is not None:
             old = float(held)
             better = value > old if mode == "max" else value < old
@@ -257,8 +227,8 @@ def promote_champion(
                     f"{name} version {version} ({metric} {value:.4g}) does not beat the champion, "
                     f"version {current.version} ({metric} {old:.4g}): champion unchanged"
                 )
-    client.set_registered_model_alias(name, CHAMPION, version)
-    return True, f"{name} version {version} ({metric} {value:.4g}) is now '{CHAMPION}'"
+    client.set_registered_model_alias(name, names.CHAMPION, version)
+    return True, f"{name} version {version} ({metric} {value:.4g}) is now '{names.CHAMPION}'"
 
 
 class EpochLogger:
@@ -298,7 +268,7 @@ def _version_tags(spec_file: Path | None) -> dict[str, str]:
 
     from raytrain import __version__
 
-    tags = {"raytrain.version": __version__, "ray.version": ray.__version__}
+    tags = {names.VERSION_TAG: __version__, "ray.version": ray.__version__}
     try:
         from importlib.metadata import version
 
@@ -308,7 +278,7 @@ def _version_tags(spec_file: Path | None) -> dict[str, str]:
         pass
     commit = _git_commit(spec_file.parent if spec_file else Path.cwd())
     if commit:
-        tags["mlflow.source.git.commit"] = commit
+        tags[names.GIT_COMMIT_TAG] = commit
     return tags
 
 

@@ -28,8 +28,10 @@ from raytrain.config.loader import LoadedExperiment
 from raytrain.data.dataset import load_dataset
 from raytrain.errors import TrackingError, find_user_error
 from raytrain.storage import check_location, forwarded_env, is_gcs, join, to_uri
+from raytrain.tracking import names
+from raytrain.train import checkpoint
 
-__all__ = ["RunSummary", "run_experiment"]
+__all__ = ["RunSummary", "log_best_model", "run_experiment"]
 
 ProgressFn = Callable[[dict[str, Any]], None]
 
@@ -106,7 +108,7 @@ def run_experiment(
     if "error" in outcome:
         if tracked:
             tracking.end_run(
-                tracked, status="FAILED", tags={"raytrain.error": str(outcome["error"])[:5000]}
+                tracked, status="FAILED", tags={names.ERROR_TAG: str(outcome["error"])[:5000]}
             )
         raise find_user_error(outcome["error"]) from None
     return _finish(loaded, outcome["result"], run_name, storage, tracked, data, epochs)
@@ -136,14 +138,14 @@ def _finish(
     best_checkpoint, best_metrics = _best(result, spec.checkpoint.score, spec.checkpoint.mode)
     version = None
     if tracked:
-        version = tracking.log_checkpoint_model(
+        version = log_best_model(
             tracked,
             best_checkpoint,
             data=data,
             loss=spec.train.loss,
             register_as=spec.tracking.register_as,
         )
-        tags = {"raytrain.best_checkpoint": best_checkpoint or "", "raytrain.storage": folder}
+        tags = {names.BEST_CHECKPOINT_TAG: best_checkpoint or "", names.STORAGE_TAG: folder}
         best = {f"best_{k}": v for k, v in best_metrics.items() if isinstance(v, int | float)}
         tracking.log_metrics(tracked, best, step=int(best_metrics.get("epoch", 0)))
         tracking.end_run(tracked, status="FINISHED", tags=tags)
@@ -159,6 +161,33 @@ def _finish(
         registered_version=version,
         ui_command=tracking.ui_command(tracked) if tracked else None,
         export=export_registered(spec, tracked, version, data),
+    )
+
+
+def log_best_model(
+    run: tracking.TrackedRun,
+    checkpoint_path: str | None,
+    *,
+    data: Any,
+    loss: str,
+    register_as: str | None,
+) -> str | None:
+    """Log the model of a checkpoint on ``run``, with what serving and export must know about
+    its input (shape, classes, label names); register it if asked; return the version."""
+    if checkpoint_path is None:
+        return None
+    info = data.info
+    metadata = {
+        "input_shape": list(info.input_shape),
+        "num_classes": info.num_classes,
+        "label_names": info.label_names,
+        "feature_names": info.feature_names[:1000],
+        "loss": loss,
+        "checkpoint": checkpoint_path,
+    }
+    model = checkpoint.load_model(checkpoint_path)
+    return tracking.log_model(
+        run, model, example=data.x_val[:5], metadata=metadata, register_as=register_as
     )
 
 
@@ -180,7 +209,7 @@ def start_tracking(loaded: LoadedExperiment, run_name: str) -> tracking.TrackedR
             experiment=spec.experiment_name,
             run_name=run_name,
             params=tracking.flatten(spec_dict),
-            tags={**spec.tracking.tags, "raytrain.overrides": " ".join(loaded.overrides)},
+            tags={**spec.tracking.tags, names.OVERRIDES_TAG: " ".join(loaded.overrides)},
             description=spec.description,
             spec_file=loaded.path,
             spec_text=yaml.safe_dump(spec_dict, sort_keys=False),
@@ -231,7 +260,7 @@ def spec_tracking_uri(spec: Any) -> str | None:
 
 def prepare(spec: Any, tracking_uri: str | None, *, address: str | None, verbose: bool) -> Any:
     """Everything that can fail fast, before any cluster time: tracking, data, then Ray."""
-    from raytrain.train.loop import WORKER_ENV
+    from raytrain.cluster.connect import WORKER_ENV
 
     check_location(spec.storage, what="storage")
     if tracking_uri:

@@ -1,0 +1,79 @@
+"""Every name raytrain writes into MLflow, defined once: tags, artifact paths, the alias.
+
+Writers and readers (``raytrain list``/``show``, serving, export, a resumed sweep) import these,
+so a tag is never spelled two ways. Renaming one breaks reading older runs: add, don't rename.
+"""
+
+__all__ = [
+    "BEST_CHECKPOINT_TAG",
+    "BEST_PARAM_PREFIX",
+    "BEST_TRIAL_TAG",
+    "CHAMPION",
+    "ERROR_TAG",
+    "EXPERIMENT_KIND",
+    "EXPERIMENT_KIND_TAG",
+    "GIT_COMMIT_TAG",
+    "KIND_TAG",
+    "MODEL_ARTIFACT",
+    "NODES_TAG",
+    "NOTE_TAG",
+    "OVERRIDES_TAG",
+    "PARENT_TAG",
+    "PARETO_TAG",
+    "PLOTS_FOLDER",
+    "RESUMED_FROM_TAG",
+    "SPEC_ARTIFACT",
+    "SPEC_FOLDER",
+    "SPEC_HASH_TAG",
+    "STATUS_TAG",
+    "STORAGE_TAG",
+    "TAG_PREFIX",
+    "TRIALS_ARTIFACT",
+    "TRIALS_COUNT_PREFIX",
+    "TRIAL_ID_TAG",
+    "VERSION_TAG",
+    "metric_tag",
+]
+
+TAG_PREFIX = "raytrain."  # every tag raytrain writes, except MLflow's own and best.<param>
+
+# MLflow's own tags, with the meaning MLflow's UI gives them.
+PARENT_TAG = "mlflow.parentRunId"  # nests a sweep's trial runs under its parent run
+NOTE_TAG = "mlflow.note.content"  # the run's description in the UI
+GIT_COMMIT_TAG = "mlflow.source.git.commit"
+EXPERIMENT_KIND_TAG = "mlflow.experimentKind"  # MLflow 3's UI opens training runs with this...
+EXPERIMENT_KIND = "custom_model_development"  # ...value (else it opens its GenAI view)
+
+# On every run (a training run, or a sweep's parent run).
+VERSION_TAG = "raytrain.version"
+SPEC_HASH_TAG = "raytrain.spec_hash"
+OVERRIDES_TAG = "raytrain.overrides"  # the --set values, as given
+STORAGE_TAG = "raytrain.storage"  # the run's or sweep's storage folder
+ERROR_TAG = "raytrain.error"  # why a run or trial failed
+KIND_TAG = "raytrain.kind"  # "sweep" on a sweep's parent run; absent on a training run
+BEST_CHECKPOINT_TAG = "raytrain.best_checkpoint"
+NODES_TAG = "raytrain.nodes"  # where the workers ran
+RESUMED_FROM_TAG = "raytrain.resumed_from_epoch"
+
+# A sweep's parent run and its trials' child runs.
+TRIAL_ID_TAG = "raytrain.trial_id"
+STATUS_TAG = "raytrain.trial_status"  # running, finished, stopped_early, failed, lost
+BEST_TRIAL_TAG = "raytrain.best_trial"
+PARETO_TAG = "raytrain.pareto_trials"
+TRIALS_COUNT_PREFIX = "raytrain.trials_"  # + a status: how many trials ended so
+BEST_PARAM_PREFIX = "best."  # + a swept dotted path: the best trial's value
+
+# Artifacts.
+SPEC_FOLDER = "spec"
+SPEC_ARTIFACT = "spec/resolved.yaml"  # the validated experiment, on every run and sweep
+MODEL_ARTIFACT = "model"  # the logged tf_keras model
+TRIALS_ARTIFACT = "trials.csv"  # a sweep's trial table
+PLOTS_FOLDER = "plots"  # a sweep's Optuna plots, as HTML
+
+# The model registry.
+CHAMPION = "champion"  # the alias a bare model name means; moved only by a better version
+
+
+def metric_tag(metric: str) -> str:
+    """The model-version tag holding the metric value its champion claim rests on."""
+    return f"{TAG_PREFIX}{metric}"
