@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install run test lint format lock bench clean
+.PHONY: install run test test-fast lint docs format lock bench clean
 
 install: $(VENV)/.installed
 
@@ -19,21 +19,27 @@ run: install
 test: install
 	$(BIN)/python -m pytest -q
 
+test-fast: install  # no Ray: pure-Python and schema tests, under 2 minutes
+	$(BIN)/python -m pytest -q -m "not slow"
+
 lint: install
-	$(BIN)/ruff check raytrain tests benchmarks
-	$(BIN)/ruff format --check raytrain tests benchmarks
+	$(BIN)/ruff check raytrain tests benchmarks docs/hooks.py
+	$(BIN)/ruff format --check raytrain tests benchmarks docs/hooks.py
 
 format: install
-	$(BIN)/ruff format raytrain tests benchmarks
-	$(BIN)/ruff check --fix raytrain tests benchmarks
+	$(BIN)/ruff format raytrain tests benchmarks docs/hooks.py
+	$(BIN)/ruff check --fix raytrain tests benchmarks docs/hooks.py
 
 lock: install
 	{ echo "# Exact versions CI and users install (pip install -c constraints.txt -e '.[dev]')."; \
 	  echo "# Regenerate after changing pyproject.toml: make lock"; \
 	  $(BIN)/python -m pip freeze --exclude-editable | grep -v '^raytrain'; } > constraints.txt
 
+docs: install  # the documentation site (mkdocs.yml, docs/), warnings as errors
+	$(BIN)/mkdocs build --strict --site-dir site
+
 bench: install
 	$(BIN)/python -m benchmarks
 
 clean:
-	rm -rf $(VENV) .pytest_cache .ruff_cache raytrain_results mlflow.db
+	rm -rf $(VENV) .pytest_cache .ruff_cache raytrain_results mlflow.db site

@@ -15,7 +15,8 @@ from typing import Any
 import yaml
 from pydantic import ValidationError
 
-from raytrain.config.rules import Problem, check_rules
+from raytrain.config.problems import Problem
+from raytrain.config.rules import check_rules
 from raytrain.config.schema import Experiment, unknown_key_message
 from raytrain.errors import SpecError
 

@@ -1,8 +1,9 @@
 """The experiment schema: the contract between a user's YAML and every other module.
 
 Every field is typed, defaulted and described; unknown keys are rejected. Loading (with line
-numbers and ``--set`` overrides) lives in ``specfile.py`` and rules that span several fields in
-``checks.py``, so this file reads as the reference of what an experiment can say.
+numbers and ``--set`` overrides) lives in ``loader.py`` and rules that span several fields in
+``rules.py`` and ``space_rules.py``, so this file reads as the reference of what an experiment
+can say (``reference.py`` renders it for the docs).
 """
 
 from __future__ import annotations
@@ -112,6 +113,12 @@ class DataSpec(Section):
         description="Custom Ray resource (e.g. onprem) of the nodes that may read the data: "
         "workers, sweep trials and the submitted job's driver run only there; null: any node.",
     )
+
+    def placement(self) -> dict[str, float]:
+        """The Ray resources that pin a process (worker, trial, job driver, read task) to the
+        nodes that may read the data: a sliver of ``locality``. Placement, not capacity: a node
+        with ``{onprem: 1}`` still takes any number of them."""
+        return {self.locality: LOCALITY_SHARE} if self.locality else {}
 
 
 class MLPParams(Section):
@@ -445,9 +452,8 @@ class Experiment(Section):
         return resources
 
     def locality_resources(self) -> dict[str, float]:
-        """What pins a process to the data's nodes: a sliver of ``data.locality`` (placement,
-        not capacity: a node with ``{onprem: 1}`` still takes any number of them)."""
-        return {self.data.locality: LOCALITY_SHARE} if self.data.locality else {}
+        """What pins a process to the data's nodes (see ``DataSpec.placement``)."""
+        return self.data.placement()
 
 
 def unknown_key_message(loc: tuple[str | int, ...]) -> str:

@@ -72,7 +72,7 @@ def open_streams(
     _follow_ray_log_level()
 
     fmt = infer_format(files[0], spec.format)
-    remote: dict[str, Any] = {"resources": {spec.locality: 0.001}} if spec.locality else {}
+    remote: dict[str, Any] = {"resources": spec.placement()} if spec.locality else {}
     if task_cpus is not None:
         remote["num_cpus"] = task_cpus
     if task_cpus == 0:  # tasks that hold no CPU: as many at once as there are CPUs, not more

@@ -1,0 +1,131 @@
+"""The documentation: the generated experiment reference covers the whole schema, and the site's
+navigation and the README's links point at pages that exist (no Ray, no mkdocs build)."""
+
+from __future__ import annotations
+
+import html
+import importlib.util
+import re
+import types
+from collections.abc import Iterator
+from typing import Any, Union, get_args, get_origin
+
+import pytest
+import yaml
+from pydantic import BaseModel
+
+from raytrain.config.reference import experiment_reference
+from raytrain.config.schema import BUILTIN_BUILDERS, Experiment
+
+from .conftest import REPO
+
+DOCS = REPO / "docs"
+
+
+def _section_of(annotation: Any) -> type[BaseModel] | None:
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    if get_origin(annotation) in (Union, types.UnionType):
+        for arg in get_args(annotation):
+            if isinstance(arg, type) and issubclass(arg, BaseModel):
+                return arg
+    return None
+
+
+def _fields(model: type[BaseModel], prefix: str = "") -> Iterator[tuple[str, str]]:
+    """(dotted path, description) of every field, nested sections included."""
+    for name, info in model.model_fields.items():
+        path = f"{prefix}{name}"
+        yield path, info.description or ""
+        nested = _section_of(info.annotation)
+        if nested is not None:
+            yield from _fields(nested, f"{path}.")
+
+
+def _all_fields() -> list[tuple[str, str]]:
+    found = list(_fields(Experiment))
+    for params in BUILTIN_BUILDERS.values():
+        found += list(_fields(params, "model.params."))
+    return found
+
+
+@pytest.fixture(scope="module")
+def reference() -> str:
+    text = experiment_reference()
+    # Undo the Markdown escaping, so that descriptions compare as written in the schema.
+    return html.unescape(text).replace("\\*", "*").replace("\\|", "|")
+
+
+def test_schema_walk_finds_the_nested_sections() -> None:
+    paths = {path for path, _ in _all_fields()}
+    for expected in [
+        "data.locality",
+        "train.optimizer.learning_rate",
+        "tune.search.algorithm",
+        "tune.scheduler.grace_period",
+        "serve.autoscaling.max_replicas",
+        "model.params.hidden_units",  # mlp
+        "model.params.kernel_size",  # cnn
+    ]:
+        assert expected in paths
+
+
+@pytest.mark.parametrize(
+    ("path", "description"), _all_fields(), ids=[path for path, _ in _all_fields()]
+)
+def test_reference_names_every_field_and_its_description(
+    reference: str, path: str, description: str
+) -> None:
+    assert f"| `{path}` |" in reference
+    assert description, f"{path} has no Field(description=...)"
+    assert " ".join(description.split()) in reference
+
+
+def test_reference_has_a_heading_per_section(reference: str) -> None:
+    for path, _ in _all_fields():
+        parent = path.rsplit(".", 1)[0] if "." in path else None
+        if parent and not parent.startswith("model.params"):
+            assert f"## `{parent}`" in reference
+    for builder in BUILTIN_BUILDERS:
+        assert f"## `model.params ({builder})`" in reference
+
+
+def _nav_pages(nav: Any) -> Iterator[str]:
+    if isinstance(nav, str):
+        yield nav
+    elif isinstance(nav, list):
+        for item in nav:
+            yield from _nav_pages(item)
+    elif isinstance(nav, dict):
+        for value in nav.values():
+            yield from _nav_pages(value)
+
+
+def test_every_nav_page_exists_and_every_page_is_in_the_nav() -> None:
+    config = yaml.safe_load((REPO / "mkdocs.yml").read_text())
+    pages = list(_nav_pages(config["nav"]))
+    assert pages
+    missing = [page for page in pages if not (DOCS / page).is_file()]
+    assert not missing, f"mkdocs.yml nav names pages that do not exist: {missing}"
+    orphans = {p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md")} - set(pages)
+    assert not orphans, f"pages missing from mkdocs.yml nav: {sorted(orphans)}"
+
+
+def test_generated_pages_keep_their_markers() -> None:
+    spec = importlib.util.spec_from_file_location("docs_hooks", DOCS / "hooks.py")
+    assert spec is not None
+    assert spec.loader is not None
+    hooks = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(hooks)
+    for page, marker in hooks.MARKERS.items():
+        assert marker in (DOCS / page).read_text(), f"docs/{page} lost its marker {marker}"
+
+
+def test_readme_links_resolve() -> None:
+    text = (REPO / "README.md").read_text()
+    links = re.findall(r"\]\(([^)#\s]+)(?:#[^)]*)?\)", text)
+    local = [link for link in links if "://" not in link]
+    assert any(link.startswith("docs/") for link in local)
+    broken = [link for link in local if not (REPO / link).exists()]
+    assert not broken, f"README.md links to missing files: {broken}"
+    assert len(text.splitlines()) <= 300
