@@ -1,4 +1,4 @@
-# Quick start:  make run   (train the quickstart experiment)   make test   (the whole test suite)
+# Quick start:  make run   (train the quickstart experiment)   make test   (the whole test suite)   make test-fast   (no Ray, a minute)
 PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin

@@ -37,6 +37,7 @@ _API = {
     "run_sweep": "raytrain.sweep.run",
     "Deployment": "raytrain.serve.deploy",
     "serve_model": "raytrain.serve.deploy",
+    "run_server": "raytrain.serve.lifecycle",
     "ExportReport": "raytrain.export.edge",
     "export_model": "raytrain.export.edge",
     "Submitted": "raytrain.cluster.jobs",

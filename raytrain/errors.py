@@ -1,10 +1,17 @@
 """User-facing errors.
 
 They cross Ray's process boundaries (raised in a worker, re-raised on the driver), so every one
-keeps its state in ``args`` and survives pickling unchanged.
+keeps its state in ``args`` (and ``options`` in its ``__dict__``, which pickling restores) and
+survives pickling unchanged.
+
+A message names a setting the user can change by its Python name, written `name` (a parameter of
+the function called, or a spec field), and lists it in ``options``: the library does not know
+how its caller spells settings. ``spelled`` shows them the caller's way, e.g. the CLI's ``--name``.
 """
 
 from __future__ import annotations
+
+from collections.abc import Callable, Sequence
 
 __all__ = [
     "AliasNotFoundError",
@@ -21,18 +28,31 @@ __all__ = [
     "TrainingError",
     "VersionNotFoundError",
     "find_user_error",
+    "spell_options",
 ]
 
 
 class RaytrainError(Exception):
-    """A mistake the user can fix; the CLI prints it as one message, never a traceback."""
+    """A mistake the user can fix; the CLI prints it as one message, never a traceback.
+
+    ``options``: the settings the message names, each written `name` in it (see the module's
+    docstring); keyword-only, so ``type(exc)(*exc.args)`` still rebuilds any error.
+    """
+
+    def __init__(self, *args: object, options: Sequence[str] = ()) -> None:
+        super().__init__(*args)
+        self.options = tuple(options)
+
+    def spelled(self, spell: Callable[[str], str]) -> str:
+        """The message with each setting it names as ``spell(name)`` (the CLI: its flag)."""
+        return spell_options(str(self), self.options, spell)
 
 
 class SpecError(RaytrainError):
     """The experiment file or its overrides are invalid; ``problems`` holds one line per mistake."""
 
-    def __init__(self, problems: list[str]) -> None:
-        super().__init__(problems)
+    def __init__(self, problems: list[str], *, options: Sequence[str] = ()) -> None:
+        super().__init__(problems, options=options)
         self.problems = problems
 
     def __str__(self) -> str:
@@ -102,3 +122,10 @@ def find_user_error(exc: BaseException) -> BaseException:
             if isinstance(e, BaseException)
         ]
     return TrainingError(f"training failed: {exc}")
+
+
+def spell_options(text: str, options: Sequence[str], spell: Callable[[str], str]) -> str:
+    """``text`` with each `name` of ``options`` replaced by ``spell(name)``."""
+    for name in options:
+        text = text.replace(f"`{name}`", spell(name))
+    return text

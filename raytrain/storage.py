@@ -17,7 +17,7 @@ import glob as local_glob
 import os
 import posixpath
 import re
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 from fnmatch import fnmatchcase
@@ -97,24 +97,27 @@ def parent(location: str) -> str:
     )
 
 
-def check_location(location: str, *, what: str) -> None:
+def check_location(location: str, *, what: str, options: Sequence[str] = ()) -> None:
     """Fail in seconds, before any cluster time is spent, if a ``gs://`` location's bucket does
-    not exist or cannot be reached. ``what`` names the setting, e.g. ``storage``."""
+    not exist or cannot be reached. ``what`` names the setting, e.g. ``storage``; ``options``
+    are the parameters it names as `name` (see ``raytrain.errors``)."""
     if not is_gcs(location):
         return
     bucket = location.removeprefix(GCS).split("/", 1)[0]
     if not bucket:
-        raise StorageError(f"{what} '{location}': expected gs://BUCKET/PREFIX")
+        raise StorageError(f"{what} '{location}': expected gs://BUCKET/PREFIX", options=options)
     try:
         found = _gcs(os.environ.get(EMULATOR_ENV) or None, CHECK_RETRY).get_file_info(bucket)
     except OSError as exc:
         raise StorageError(
-            f"{what} '{location}': cannot reach bucket '{bucket}' ({_reason(exc)}); {ADC_HELP}"
+            f"{what} '{location}': cannot reach bucket '{bucket}' ({_reason(exc)}); {ADC_HELP}",
+            options=options,
         ) from None
     if found.type == pafs.FileType.NotFound:
         raise StorageError(
             f"{what} '{location}': bucket '{bucket}' does not exist (create it with "
-            f"`gcloud storage buckets create gs://{bucket}`, or fix the name)"
+            f"`gcloud storage buckets create gs://{bucket}`, or fix the name)",
+            options=options,
         )
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
 import subprocess
@@ -17,18 +18,53 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is impor
 import pytest
 import ray
 
-from raytrain.cluster.connect import ClusterInfo, connect
-from raytrain.train.loop import WORKER_ENV
+from raytrain.cluster.connect import WORKER_ENV, ClusterInfo
 
 REPO = Path(__file__).resolve().parent.parent
 BUCKET = "raytrain-test"  # created by the gcs_emulator fixture
 
 
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    """Every test on the session's Ray instance is slow (``make test-fast`` leaves them out);
+    tests that start Ray in a subprocess carry ``@pytest.mark.slow`` themselves."""
+    for item in items:
+        if "ray_cluster" in getattr(item, "fixturenames", ()):
+            item.add_marker(pytest.mark.slow)
+
+
+@pytest.fixture(autouse=True)
+def _no_ray_in_the_fast_lane(request: pytest.FixtureRequest) -> Iterator[None]:
+    """A test not marked slow that would start Ray (ray.init, or a Ray API's implicit one)
+    fails at once instead of making the fast lane slow."""
+    if request.node.get_closest_marker("slow"):
+        yield
+        return
+
+    def refuse(*args: Any, **kwargs: Any) -> None:
+        raise RuntimeError(
+            f"{request.node.nodeid} starts Ray but is not marked slow: use the ray_cluster "
+            "fixture or @pytest.mark.slow"
+        )
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(ray, "init", refuse)
+        yield
+
+
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[ClusterInfo]:
-    """A real local Ray instance (dashboard on: Train V2 needs it), shared by every test."""
-    info = connect(env_vars=WORKER_ENV)
-    yield info
+    """A real local Ray instance with 2 CPUs (tests count on exactly 2 concurrent workers or
+    trials) and the dashboard on (Train V2 needs its State API), shared by every test."""
+    ctx = ray.init(
+        address="local",
+        num_cpus=2,
+        include_dashboard=True,
+        runtime_env={"env_vars": WORKER_ENV},
+        log_to_driver=False,
+        logging_level=logging.ERROR,
+    )
+    dashboard = f"http://{ctx.dashboard_url}" if ctx.dashboard_url else None
+    yield ClusterInfo(ctx.address_info["gcs_address"], dashboard)
     ray.shutdown()
 
 

@@ -67,6 +67,7 @@ def test_schema_is_json_schema() -> None:
     assert set(schema["properties"]) >= {"data", "model", "train", "scaling", "tracking"}
 
 
+@pytest.mark.slow  # starts Ray (or joins it) in a subprocess
 def test_run_end_to_end(ray_cluster: ClusterInfo, tmp_path: Path) -> None:
     quickstart = str(REPO / "experiments" / "quickstart.yaml")
     assert _cli("validate", quickstart, cwd=tmp_path).returncode == 0

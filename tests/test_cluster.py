@@ -152,6 +152,7 @@ time.sleep(600)
 """
 
 
+@pytest.mark.slow  # starts Ray (or joins it) in a subprocess
 def test_groups_of_an_exited_driver_that_outlive_it_on_purpose_are_kept(
     ray_cluster: ClusterInfo, tmp_path: Path
 ) -> None:

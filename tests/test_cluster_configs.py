@@ -506,6 +506,7 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
+@pytest.mark.slow  # starts an MLflow server and waits for it (up to a minute)
 def test_head_mlflow_command_runs(tmp_path: Path) -> None:
     """gcp.yaml's command, on this machine: it returns at once (an SSH session would otherwise
     hang), the server tracks a run with an artifact, and a second `ray up` starts no second one."""

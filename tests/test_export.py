@@ -91,6 +91,7 @@ def report(store: dict[str, Any]) -> ExportReport:
     return export_model(NAME, tracking_uri=store["uri"], options={"quantize": ["all"]})
 
 
+@pytest.mark.slow  # the store fixture trains a CNN for 10 epochs (a minute)
 def test_every_mode_runs_in_litert_within_the_size_and_accuracy_budget(
     report: ExportReport, store: dict[str, Any]
 ) -> None:
@@ -117,6 +118,7 @@ def test_every_mode_runs_in_litert_within_the_size_and_accuracy_budget(
     assert report.keras_latency_ms > 0
 
 
+@pytest.mark.slow  # the store fixture trains a CNN for 10 epochs (a minute)
 def test_the_report_holds_the_measured_numbers(report: ExportReport, store: dict[str, Any]) -> None:
     folder = Path(report.folder)
     saved = json.loads((folder / "report.json").read_text())
@@ -150,6 +152,7 @@ def test_the_report_holds_the_measured_numbers(report: ExportReport, store: dict
     }
 
 
+@pytest.mark.slow  # the store fixture trains a CNN for 10 epochs (a minute)
 def test_int8_io_quantizes_inputs_with_the_input_scale(
     store: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -177,6 +180,7 @@ def test_int8_io_quantizes_inputs_with_the_input_scale(
     assert int8.delta >= -0.01
 
 
+@pytest.mark.slow  # the store fixture trains a CNN for 10 epochs (a minute)
 def test_model_references_resolve_or_say_what_the_registry_holds(store: dict[str, Any]) -> None:
     uri = store["uri"]
     for reference, alias in [
@@ -239,6 +243,7 @@ def test_regression_is_scored_with_the_experiments_metric() -> None:
     assert score("accuracy", np.array([1, 0]), np.array([[0.8], [0.7]])) == 0.5  # sigmoid head
 
 
+@pytest.mark.slow  # the store fixture trains a CNN for 10 epochs (a minute)
 def test_cli_prints_the_comparison_and_fails_in_one_line(
     store: dict[str, Any], tmp_path: Path
 ) -> None:
@@ -278,6 +283,7 @@ def test_export_section_needs_a_registered_model(tmp_path: Path) -> None:
     ]
 
 
+@pytest.mark.slow  # the store fixture trains a CNN for 10 epochs (a minute)
 def test_the_export_section_runs_once_a_version_is_registered(store: dict[str, Any]) -> None:
     """The hook run.py calls at the end of a run or sweep, given what they have then (no Ray)."""
     spec = Experiment.model_validate(

@@ -1,6 +1,6 @@
 """Remote submission through the Ray Jobs API, and data locality, on a real 2-node Ray cluster.
 
-The module's cluster is two `ray start` nodes on this machine (FACTS.md), with token auth on:
+The module's cluster is two `ray start` nodes on this machine, with token auth on:
 a head with 1 CPU, and a node with 1 CPU and the custom resource ``onprem``. It has its own temp
 dir and ports, so the test session's own Ray instance never sees it; the CLI runs as a user runs
 it, in a subprocess.
@@ -217,6 +217,7 @@ def onprem_job(two_nodes: TwoNodes, tmp_path_factory: pytest.TempPathFactory) ->
     return Submitted(found.group(1), result, folder, time.monotonic() - start)
 
 
+@pytest.mark.slow  # starts Ray (or joins it) in a subprocess
 def test_submit_runs_every_worker_on_the_onprem_node(
     two_nodes: TwoNodes, onprem_job: Submitted
 ) -> None:
@@ -237,6 +238,7 @@ def test_submit_runs_every_worker_on_the_onprem_node(
     print(f"submit until SUCCEEDED: {onprem_job.took_s:.1f} s")
 
 
+@pytest.mark.slow  # starts Ray (or joins it) in a subprocess
 def test_jobs_lists_the_job_with_its_experiment(two_nodes: TwoNodes, onprem_job: Submitted) -> None:
     result = _cli("jobs", "--address", two_nodes.url, env=two_nodes.env, cwd=onprem_job.folder)
     assert result.returncode == 0, result.stderr
@@ -245,6 +247,7 @@ def test_jobs_lists_the_job_with_its_experiment(two_nodes: TwoNodes, onprem_job:
     assert "tiny-remote" in row
 
 
+@pytest.mark.slow  # starts Ray (or joins it) in a subprocess
 def test_streamed_data_is_read_only_on_the_onprem_node(two_nodes: TwoNodes, tmp_path: Path) -> None:
     """data.streaming with data.locality: every Ray Data task that reads the files ran on the
     node with the resource, though the head node has a CPU of its own."""
@@ -303,6 +306,7 @@ def test_streamed_data_is_read_only_on_the_onprem_node(two_nodes: TwoNodes, tmp_
     assert {t["node_id"] for t in readers} == {two_nodes.onprem}
 
 
+@pytest.mark.slow  # starts Ray (or joins it) in a subprocess
 def test_follow_detach_logs_and_stop(two_nodes: TwoNodes, tmp_path: Path) -> None:
     """A long job, its driver on the head node: followed, left with Ctrl-C, read, stopped."""
     submitting = subprocess.Popen(
@@ -361,6 +365,7 @@ def _collect_lines(process: subprocess.Popen[str]) -> list[str]:
     return lines
 
 
+@pytest.mark.slow  # starts Ray (or joins it) in a subprocess
 @pytest.mark.parametrize(
     ("overrides", "expected"),
     [
@@ -394,6 +399,7 @@ def test_locality_mistakes_are_refused_before_submitting(
     assert not [j for j in list_jobs(address=two_nodes.url) if j.status == "PENDING"]
 
 
+@pytest.mark.slow  # starts Ray (or joins it) in a subprocess
 @pytest.mark.parametrize(
     ("token_env", "expected"),
     [
@@ -421,6 +427,7 @@ def test_bad_tokens_fail_in_one_line(
     assert expected in result.stderr
 
 
+@pytest.mark.slow  # starts Ray (or joins it) in a subprocess
 def test_unknown_job_id(two_nodes: TwoNodes, tmp_path: Path) -> None:
     for command in ("logs", "stop"):
         result = _cli(

@@ -22,7 +22,7 @@ from typer.testing import CliRunner
 from raytrain.cli import app
 from raytrain.config.loader import load_experiment
 from raytrain.config.schema import ServeSpec
-from raytrain.serve.app import Deployment, ServedModel, deploy, describe, serve_settings, stop
+from raytrain.serve import Deployment, ServedModel, deploy, describe, serve_settings, stop
 from raytrain.tracking.registry import load_keras
 from raytrain.train.run import run_experiment
 
@@ -262,6 +262,7 @@ def test_describe_refuses_a_model_that_is_not_registered(registry: str, tmp_path
         describe("digits-serv", tracking_uri=registry)
 
 
+@pytest.mark.slow  # starts Ray (or joins it) in a subprocess
 def test_cli_serves_in_the_background_until_stopped(registry: str, tmp_path: Path) -> None:
     port = _free_port()
     env = {**os.environ, "RAYTRAIN_HOME": str(tmp_path)}

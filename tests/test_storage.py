@@ -25,7 +25,7 @@ from raytrain.config.loader import load_experiment
 from raytrain.config.schema import DataSpec
 from raytrain.data.dataset import load_dataset
 from raytrain.errors import DataError, StorageError
-from raytrain.history import SWEEP_STATE, list_runs
+from raytrain.history import list_runs
 from raytrain.storage import (
     EMULATOR_ENV,
     check_location,
@@ -37,6 +37,7 @@ from raytrain.storage import (
     write_text,
 )
 from raytrain.sweep.run import run_sweep
+from raytrain.sweep.state import STATE_FILE as SWEEP_STATE
 from raytrain.train.run import run_experiment
 
 from .conftest import BUCKET, write_yaml
@@ -80,7 +81,7 @@ def gcs(gcs_emulator: str, ray_cluster: ClusterInfo) -> Iterator[str]:
         yield f"gs://{BUCKET}"
 
 
-@pytest.fixture(params=["local", "gcs"])
+@pytest.fixture(params=["local", pytest.param("gcs", marks=pytest.mark.slow)])  # gcs: Ray
 def location(request: pytest.FixtureRequest, tmp_path: Path) -> str:
     """The same test against a local folder and a gs:// prefix."""
     if request.param == "local":

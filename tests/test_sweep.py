@@ -26,7 +26,8 @@ from raytrain.errors import RaytrainError
 from raytrain.history import list_runs, show_run
 from raytrain.sweep.callbacks import TrialTracker, discard_lost_trials
 from raytrain.sweep.run import resume_sweep, run_sweep
-from raytrain.sweep.tuner import SWEEP_STATE, TRIAL_RESOURCES
+from raytrain.sweep.state import STATE_FILE as SWEEP_STATE
+from raytrain.sweep.tuner import TRIAL_RESOURCES
 from raytrain.train.loop import fit
 
 from .conftest import REPO
@@ -151,6 +152,7 @@ def test_the_same_seed_samples_the_same_configs(workdir: Path) -> None:
     assert len(set(configs[0])) == 2
 
 
+@pytest.mark.slow  # starts Ray (or joins it) in a subprocess
 def test_a_killed_sweep_resumes_without_duplicates(ray_cluster: ClusterInfo, workdir: Path) -> None:
     args = [
         "--set", "scaling.num_workers=1",

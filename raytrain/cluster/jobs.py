@@ -41,6 +41,7 @@ __all__ = [
     "follow",
     "job_logs",
     "list_jobs",
+    "quiet_client_logs",
     "resolve_address",
     "stop_job",
     "submit",
@@ -87,8 +88,9 @@ def resolve_address(address: str | None) -> str:
     found = address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS")
     if not found:
         raise ClusterError(
-            "no cluster to submit to: pass --address http://HEAD:8265 or set RAY_ADDRESS "
-            "(`ray dashboard CLUSTER.yaml` forwards the head node's port 8265 to this machine)"
+            "no cluster to submit to: pass `address` http://HEAD:8265 or set RAY_ADDRESS "
+            "(`ray dashboard CLUSTER.yaml` forwards the head node's port 8265 to this machine)",
+            options=("address",),
         )
     return found.rstrip("/")
 
@@ -185,6 +187,21 @@ def cluster_nodes(*, address: str | None = None) -> list[dict[str, Any]]:
             raise_on_missing_output=False,
         )
     return [{"node_id": n.node_id, "ip": n.node_ip, "resources": n.resources_total} for n in nodes]
+
+
+def quiet_client_logs() -> None:
+    """Keep Ray's job client to warnings: it logs each upload and closed log stream at INFO, on
+    loggers whose level it sets when imported, so this imports it first."""
+    import logging
+
+    import ray.job_submission  # noqa: F401
+
+    for name in (
+        "ray.dashboard.modules.dashboard_sdk",
+        "ray.dashboard.modules.job.sdk",
+        "ray._private.runtime_env.packaging",
+    ):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def _client(url: str) -> JobSubmissionClient:

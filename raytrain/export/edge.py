@@ -160,8 +160,9 @@ def export_model(
     if tuple(keras_model.input_shape[1:]) != data.info.input_shape:
         raise ExportError(
             f"{model} takes examples of shape {tuple(keras_model.input_shape[1:])}, but "
-            f"{spec.data.source} has {data.info.input_shape}; pass --experiment with the "
-            "experiment it was trained on"
+            f"{spec.data.source} has {data.info.input_shape}; pass `experiment` with the "
+            "experiment it was trained on",
+            options=("experiment",),
         )
     destination = _destination(settings, spec, model)
     folder = _folder(destination)
@@ -214,7 +215,8 @@ def export_after_training(
     except RaytrainError as exc:
         raise ExportError(
             f"{spec.tracking.register_as} version {version} is registered, but its export "
-            f"failed: {exc} (retry with: raytrain export {reference})"
+            f"failed: {exc} (retry with: raytrain export {reference})",
+            options=exc.options,
         ) from None
 
 
@@ -277,7 +279,8 @@ def score(metric: str, y_true: np.ndarray, y_pred: np.ndarray) -> float:
 
 def _settings(base: ExportSpec | None, options: dict[str, Any]) -> ExportSpec:
     """``base`` (the experiment's ``export:`` or the defaults) with ``options`` set; quantize
-    takes comma-separated modes and ``all``. Bad values raise ``SpecError`` naming the option."""
+    takes comma-separated modes and ``all``. Bad values raise ``SpecError`` naming the option as
+    `field`, listed in its ``options``."""
     given = {k: v for k, v in options.items() if v is not None}
     if "quantize" in given:
         modes = [m.strip() for value in given["quantize"] for m in value.split(",") if m.strip()]
@@ -285,11 +288,10 @@ def _settings(base: ExportSpec | None, options: dict[str, Any]) -> ExportSpec:
     try:
         settings = ExportSpec.model_validate({**(base or ExportSpec()).model_dump(), **given})
     except ValidationError as exc:
+        errors = exc.errors(include_url=False)
         raise SpecError(
-            [
-                f"--{str(e['loc'][0]).replace('_', '-')} {e['input']}: {e['msg']}"
-                for e in exc.errors(include_url=False)
-            ]
+            [f"`{e['loc'][0]}` {e['input']}: {e['msg']}" for e in errors],
+            options=[str(e["loc"][0]) for e in errors],
         ) from None
     problems = export_problems(settings)
     if problems:
@@ -302,8 +304,9 @@ def _load_data(spec: Experiment, model: registry.RegisteredModel) -> Dataset:
         return load_dataset(spec.data, loss=spec.train.loss)
     except DataError as exc:
         raise DataError(
-            f"cannot read the data {model} was trained on ({exc}); pass --experiment FILE "
-            "with the same data where it can be read"
+            f"cannot read the data {model} was trained on ({exc}); pass `experiment` "
+            "with the same data where it can be read",
+            options=("experiment",),
         ) from None
 
 

@@ -1,6 +1,34 @@
 """Serving a registered model over HTTP with Ray Serve: the replica's API (``app.py``), deploying
-and updating it (``deploy.py``), and the server process's lifecycle (``lifecycle.py``)."""
+and updating it (``deploy.py``), and the server process's lifecycle (``lifecycle.py``).
 
-from raytrain.serve.deploy import Deployment, deploy, describe, serve_model, serve_settings, stop
+Names load on first use: ``lifecycle`` (settings, detach, stop) runs without importing Ray.
+"""
 
-__all__ = ["Deployment", "deploy", "describe", "serve_model", "serve_settings", "stop"]
+import importlib
+from typing import Any
+
+_API = {
+    "Deployment": "raytrain.serve.deploy",
+    "ServedModel": "raytrain.serve.app",
+    "ServerRun": "raytrain.serve.lifecycle",
+    "deploy": "raytrain.serve.deploy",
+    "describe": "raytrain.serve.deploy",
+    "run_server": "raytrain.serve.lifecycle",
+    "serve_model": "raytrain.serve.deploy",
+    "serve_settings": "raytrain.serve.lifecycle",
+    "stop": "raytrain.serve.deploy",
+    "stop_server": "raytrain.serve.lifecycle",
+}
+
+__all__ = sorted(_API)
+
+
+def __getattr__(name: str) -> Any:
+    module = _API.get(name)
+    if module is None:
+        raise AttributeError(f"module 'raytrain.serve' has no attribute '{name}'")
+    return getattr(importlib.import_module(module), name)
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_API})

@@ -10,19 +10,18 @@ from typing import Any
 import ray
 from ray import serve
 
-from raytrain.config.schema import Experiment, ServeSpec
+from raytrain.config.schema import ServeSpec
 from raytrain.errors import RaytrainError
 from raytrain.serve.app import APP_NAME, ModelServer, ServedModel
-from raytrain.serve.lifecycle import client_url
 from raytrain.tracking.registry import download, resolve
 
 __all__ = [
     "METRICS_PORT",
     "Deployment",
+    "client_url",
     "deploy",
     "describe",
     "serve_model",
-    "serve_settings",
     "stop",
 ]
 
@@ -40,6 +39,11 @@ class Deployment:
     canary: ServedModel | None
     canary_percent: float
     ray_address: str
+
+
+def client_url(host: str, port: int) -> str:
+    """Where a client on this machine reaches a server listening on ``host``."""
+    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
 
 
 def describe(reference: str, *, tracking_uri: str) -> ServedModel:
@@ -89,7 +93,10 @@ def deploy(
     if canary is None:
         canary_percent = 0.0
     if not 0.0 <= canary_percent <= 100.0:
-        raise RaytrainError(f"--canary-percent must be within 0..100, not {canary_percent:g}")
+        raise RaytrainError(
+            f"`canary_percent` must be within 0..100, not {canary_percent:g}",
+            options=("canary_percent",),
+        )
     serve.start(http_options={"host": spec.host, "port": spec.port})
     scaling: dict[str, Any] = (
         {"autoscaling_config": spec.autoscaling.model_dump()}
@@ -126,43 +133,6 @@ def stop() -> bool:
         return False
     serve.delete(APP_NAME)
     return True
-
-
-def serve_settings(
-    model: str | None,
-    *,
-    experiment: Experiment | None = None,
-    tracking_uri: str | None = None,
-    flags: dict[str, Any] | None = None,
-    autoscaling: dict[str, Any] | None = None,
-) -> tuple[str, str, ServeSpec]:
-    """What to serve, from where, how: the model reference (default: the experiment's
-    ``register_as``), the tracking URI and the experiment's ``serve:`` section with ``flags``
-    (and ``autoscaling`` keys) over it; ``None`` values leave a setting as it is."""
-    from pydantic import ValidationError
-
-    base, reference, uri = ServeSpec(), model, tracking_uri
-    if experiment is not None:
-        base, uri = experiment.serve, tracking_uri or experiment.tracking.uri
-        reference = model or experiment.tracking.register_as
-        if reference is None:
-            raise RaytrainError(
-                f"experiment '{experiment.name}' registers no model (tracking.register_as)"
-            )
-    if reference is None:
-        raise RaytrainError("name a model (NAME, NAME@ALIAS or NAME/VERSION) or --experiment FILE")
-    settings = base.model_dump()
-    settings.update({k: v for k, v in (flags or {}).items() if v is not None})
-    scaling = {k: v for k, v in (autoscaling or {}).items() if v is not None}
-    if scaling:
-        settings["autoscaling"] = {**(settings.get("autoscaling") or {}), **scaling}
-    try:
-        spec = ServeSpec.model_validate(settings)
-    except ValidationError as exc:
-        first = exc.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise RaytrainError(f"serve.{where}: {first['msg']}") from None
-    return reference, uri or "sqlite:///mlflow.db", spec
 
 
 def serve_model(

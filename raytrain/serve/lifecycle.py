@@ -1,10 +1,13 @@
-"""Which ``raytrain serve`` process serves on a port: detach, stop, update in place.
+"""A ``raytrain serve`` process's life: settings, detach, update in place, wait, stop.
 
-A serving process records its pid and Ray address in a state file per port. ``--detach`` runs
-the same command in a new session (output in a log file) and returns once it serves; ``--stop``
-signals exactly that pid, which shuts Serve (and a Ray instance it started) down as Ctrl-C
-would; a second ``raytrain serve`` on the same port joins that Ray instance and updates the
+``run_server`` is what the command does, usable from Python too. A serving process records its
+pid and Ray address in a state file per port. ``detach`` starts the same server in a new session
+(from explicit arguments, ``server_args``; output in a log file) and returns once it serves;
+``stop_server`` signals exactly that pid, which shuts Serve (and a Ray instance it started) down
+as Ctrl-C would; a second server on the same port joins that Ray instance and updates the
 application in place instead of starting another.
+
+Nothing here imports Ray until a model is deployed: detaching and stopping stay quick.
 """
 
 from __future__ import annotations
@@ -17,15 +20,26 @@ import sys
 import threading
 import time
 import urllib.request
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any
 
+from raytrain.config.options import as_args
+from raytrain.config.schema import Experiment, ServeSpec
 from raytrain.errors import RaytrainError
 
+if TYPE_CHECKING:
+    from raytrain.serve.deploy import Deployment
+
 __all__ = [
-    "client_url",
+    "ServerRun",
     "forget",
     "record",
+    "run_server",
     "running",
+    "serve_settings",
+    "server_args",
     "start_server",
     "state_dir",
     "stop_server",
@@ -36,12 +50,160 @@ START_TIMEOUT_S = 300.0
 STOP_TIMEOUT_S = 60.0
 
 
+@dataclass(frozen=True)
+class ServerRun:
+    """How ``run_server`` ended: ``detached`` (what the background server printed, and how to
+    end it), ``updated_pid`` (the server on the port that was updated in place), or neither
+    (it served here until a signal)."""
+
+    port: int
+    deployment: Deployment | None = None
+    detached: str | None = None
+    updated_pid: int | None = None
+
+
+def serve_settings(
+    model: str | None,
+    *,
+    experiment: Experiment | None = None,
+    tracking_uri: str | None = None,
+    flags: dict[str, Any] | None = None,
+    autoscaling: dict[str, Any] | None = None,
+) -> tuple[str, str, ServeSpec]:
+    """What to serve, from where, how: the model reference (default: the experiment's
+    ``register_as``), the tracking URI and the experiment's ``serve:`` section with ``flags``
+    over it (``autoscaling`` keys: in ``flags["autoscaling"]`` or ``autoscaling``); ``None``
+    values leave a setting as it is."""
+    from pydantic import ValidationError
+
+    base, reference, uri = ServeSpec(), model, tracking_uri
+    if experiment is not None:
+        base, uri = experiment.serve, tracking_uri or experiment.tracking.uri
+        reference = model or experiment.tracking.register_as
+        if reference is None:
+            raise RaytrainError(
+                f"experiment '{experiment.name}' registers no model (tracking.register_as)"
+            )
+    if reference is None:
+        raise RaytrainError(
+            "name a model (NAME, NAME@ALIAS or NAME/VERSION) or pass `experiment`",
+            options=("experiment",),
+        )
+    given = dict(flags or {})
+    scaling = {**(given.pop("autoscaling", None) or {}), **(autoscaling or {})}
+    scaling = {k: v for k, v in scaling.items() if v is not None}
+    settings = base.model_dump()
+    settings.update({k: v for k, v in given.items() if v is not None})
+    if scaling:
+        settings["autoscaling"] = {**(settings.get("autoscaling") or {}), **scaling}
+    try:
+        spec = ServeSpec.model_validate(settings)
+    except ValidationError as exc:
+        first = exc.errors(include_url=False)[0]
+        where = ".".join(str(p) for p in first["loc"])
+        raise RaytrainError(f"serve.{where}: {first['msg']}") from None
+    return reference, uri or "sqlite:///mlflow.db", spec
+
+
+def run_server(
+    model: str | None = None,
+    *,
+    experiment: Experiment | None = None,
+    tracking_uri: str | None = None,
+    settings: dict[str, Any] | None = None,
+    canary: str | None = None,
+    canary_percent: float = 10.0,
+    address: str | None = None,
+    verbose: bool = False,
+    detach: bool = False,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
+) -> ServerRun:
+    """Serve a registered model until Ctrl-C or SIGTERM, as ``raytrain serve`` does.
+
+    ``model``, ``experiment``, ``tracking_uri`` and ``settings`` (serve settings by field name,
+    over the experiment's ``serve:`` section) are resolved by ``serve_settings``.
+
+    If a raytrain server already runs on the port, join its Ray instance (unless ``address``
+    names another), update its application in place and return. Else with ``detach``, start
+    the same server in the background (``server_args``) and return once it answers. Else
+    deploy, record this process as the port's server, wait for a signal, then delete the
+    application. ``on_event`` hears ``{"kind": "deploying"}`` (before Ray starts),
+    ``"deployed"`` (with ``deployment`` and ``metrics_port``), ``"waiting"`` and ``"stopped"``:
+    what a front end shows as progress.
+    """
+    reference, tracking_uri, spec = serve_settings(
+        model, experiment=experiment, tracking_uri=tracking_uri, flags=settings
+    )
+    tell = on_event or (lambda event: None)
+    current = running(spec.port)
+    if detach and current is None:
+        args = server_args(
+            reference,
+            tracking_uri=tracking_uri,
+            spec=spec,
+            canary=canary,
+            canary_percent=canary_percent,
+            address=address,
+            verbose=verbose,
+        )
+        return ServerRun(spec.port, detached=start_server(spec.port, args))
+    if current is not None and address is None:
+        address = current["ray_address"]  # update that server in place
+    from raytrain.serve.deploy import METRICS_PORT, serve_model, stop
+
+    tell({"kind": "deploying", "reference": reference})
+    deployment = serve_model(
+        reference,
+        tracking_uri=tracking_uri,
+        spec=spec,
+        canary=canary,
+        canary_percent=canary_percent,
+        address=address,
+        verbose=verbose,
+    )
+    tell({"kind": "deployed", "deployment": deployment, "metrics_port": METRICS_PORT})
+    if current is not None:
+        return ServerRun(spec.port, deployment=deployment, updated_pid=current["pid"])
+    record(spec.port, deployment.url, deployment.ray_address)
+    tell({"kind": "waiting", "port": spec.port})
+    try:
+        wait_for_signal()
+    finally:
+        stop()
+        forget(spec.port)
+        tell({"kind": "stopped", "port": spec.port})
+    return ServerRun(spec.port, deployment=deployment)
+
+
+def server_args(
+    reference: str,
+    *,
+    tracking_uri: str,
+    spec: ServeSpec,
+    canary: str | None = None,
+    canary_percent: float = 10.0,
+    address: str | None = None,
+    verbose: bool = False,
+) -> list[str]:
+    """The ``raytrain serve`` arguments of a background server with exactly these settings:
+    every serve setting is given explicitly, so it needs no experiment file."""
+    args = [reference, "--tracking-uri", tracking_uri, *as_args(spec)]
+    if canary is not None:
+        args += ["--canary", canary]
+    args += ["--canary-percent", str(canary_percent)]
+    args += ["--address", address] if address else []
+    return args + (["--verbose"] if verbose else [])
+
+
 def state_dir() -> Path:
+    """Where servers' state files and logs are: ``$RAYTRAIN_HOME``, else ``~/.raytrain``."""
     return Path(os.environ.get("RAYTRAIN_HOME", Path.home() / ".raytrain"))
 
 
-def start_server(port: int, host: str, args: list[str]) -> str:
-    """Start ``raytrain serve ARGS`` in the background; return what it printed once it serves."""
+def start_server(port: int, args: list[str]) -> str:
+    """Start ``raytrain serve ARGS`` in the background; once it serves (its own record for the
+    port, and the URL recorded there answers), return what it printed from ``serving`` up to
+    ``Ctrl-C stops``: where it answers, as the CLI shows it."""
     if running(port):
         raise RaytrainError(
             f"a server already runs on port {port}: `raytrain serve --stop --port {port}` ends it"
@@ -57,13 +219,13 @@ def start_server(port: int, host: str, args: list[str]) -> str:
             stdin=subprocess.DEVNULL,
             start_new_session=True,
         )
-    url = client_url(host, port)
     deadline = time.monotonic() + START_TIMEOUT_S
     while time.monotonic() < deadline:
         if proc.poll() is not None:
             tail = log.read_text().strip().splitlines()[-5:]
             raise RaytrainError("the server did not start: " + " | ".join(tail))
-        if (running(port) or {}).get("pid") == proc.pid and _healthy(url):
+        found = running(port) or {}
+        if found.get("pid") == proc.pid and _healthy(found["url"]):
             printed = log.read_text().split("Ctrl-C stops")[0]
             return (
                 printed[printed.find("serving ") :].rstrip()
@@ -76,7 +238,7 @@ def start_server(port: int, host: str, args: list[str]) -> str:
         time.sleep(1.0)
     os.kill(proc.pid, signal.SIGINT)
     raise RaytrainError(
-        f"the server did not answer at {url} within {START_TIMEOUT_S:.0f} s; see {log}"
+        f"the server on port {port} did not answer within {START_TIMEOUT_S:.0f} s; see {log}"
     )
 
 
@@ -101,11 +263,6 @@ def forget(port: int) -> None:
     state = _state_file(port)
     if state.is_file() and json.loads(state.read_text())["pid"] == os.getpid():
         state.unlink()
-
-
-def client_url(host: str, port: int) -> str:
-    """Where a client on this machine reaches a server listening on ``host``."""
-    return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
 
 
 def stop_server(port: int) -> str:

@@ -36,6 +36,7 @@ from raytrain.train.run import (
 
 if TYPE_CHECKING:
     from raytrain.config.loader import LoadedExperiment
+    from raytrain.sweep.tuner import SweepOutcome
 
 __all__ = ["SweepSummary", "resume_sweep", "run_sweep"]
 
@@ -50,6 +51,7 @@ class SweepSummary:
     rows: list[dict[str, Any]]
     best: dict[str, Any] | None
     pareto: list[dict[str, Any]]
+    concurrent: int  # trials at once at most, in the last round
     tracking: tracking.TrackedRun | None = None
     registered_version: str | None = None
     champion: str | None = None
@@ -105,7 +107,8 @@ def resume_sweep(
     if num_samples is not None and spec.tune.search.algorithm == "grid":
         raise RaytrainError(
             f"sweep '{state.sweep_name}' is a grid search: it ran its whole grid; "
-            "--num-samples extends random and Optuna searches"
+            "`num_samples` extends random and Optuna searches",
+            options=("num_samples",),
         )
     if not interrupted and (num_samples is None or num_samples <= len(rows)):
         raise RaytrainError(
@@ -146,9 +149,8 @@ def _run_and_finish(
 
     spec, tracked = state.spec, state.tracked
     assert spec.tune is not None
-    rows = earlier + _run_round(
-        state, data, on_event=on_event, restore=restore, extension=extension
-    )
+    outcome = _run_round(state, data, on_event=on_event, restore=restore, extension=extension)
+    rows = earlier + outcome.rows
     best, front = best_trial(rows, spec.tune.metrics, spec.tune.modes)
     version = state.registered.get(best["trial_id"]) if best else None
     champion = None
@@ -178,6 +180,7 @@ def _run_and_finish(
         rows=rows,
         best=best,
         pareto=front,
+        concurrent=outcome.concurrent,
         tracking=tracked,
         registered_version=version,
         champion=champion,
@@ -193,8 +196,8 @@ def _run_round(
     on_event: ProgressFn | None,
     restore: bool,
     extension: Extension | None,
-) -> list[dict[str, Any]]:
-    """Run (or restore) the sweep's last round on Tune; return its trial rows."""
+) -> SweepOutcome:
+    """Run (or restore) the sweep's last round on Tune."""
     from raytrain.sweep.callbacks import discard_lost_trials
     from raytrain.sweep.tuner import sweep
 
@@ -204,7 +207,7 @@ def _run_round(
     if tracked and len(state.rounds) + restore > 1:
         tracking.reopen_run(tracked)
     try:
-        rows = sweep(
+        outcome = sweep(
             state,
             data_ref=ray.put(data.for_workers()),
             datasets=data.ray_datasets,
@@ -218,8 +221,8 @@ def _run_round(
             tracking.end_run(tracked, status=status, tags={names.ERROR_TAG: str(exc)[:5000]})
         raise
     if tracked and restore:
-        discard_lost_trials(tracked, {row["trial_id"] for row in rows})
-    return rows
+        discard_lost_trials(tracked, {row["trial_id"] for row in outcome.rows})
+    return outcome
 
 
 def _register(state: SweepState, best: dict[str, Any], data: Any) -> str | None:
@@ -256,5 +259,6 @@ def _find_sweep(path: str, storage: str) -> str:
             return folder if is_gcs(folder) else str(Path(folder).resolve())
     raise RaytrainError(
         f"no sweep at '{path}': give the sweep's folder (it holds {STATE_FILE}) or its name "
-        f"under {storage} (--storage)"
+        f"under {storage} (`storage`)",
+        options=("storage",),
     )

@@ -9,6 +9,7 @@ through callbacks on this driver (``callbacks.py``): workers never talk to MLflo
 from __future__ import annotations
 
 import os
+from dataclasses import dataclass
 from typing import Any
 
 import ray
@@ -30,12 +31,20 @@ from raytrain.sweep.search import Extension, quiet_optuna, tune_config
 from raytrain.sweep.space import apply_config, search_space
 from raytrain.sweep.state import SweepState
 
-__all__ = ["sweep"]
+__all__ = ["SweepOutcome", "sweep"]
 
 # The trial function itself holds ~nothing: its training workers hold the CPUs. Tune refuses a
 # trial of zero resources ("empty head and zero worker bundles"), and a trial holding a CPU of its
 # own would leave a 2-CPU machine one CPU short of a 2-worker trial.
 TRIAL_RESOURCES = {"memory": 1024 * 1024}
+
+
+@dataclass(frozen=True)
+class SweepOutcome:
+    """One Tune experiment's trials, and how many ran at once at most."""
+
+    rows: list[dict[str, Any]]
+    concurrent: int
 
 
 def sweep(
@@ -46,8 +55,8 @@ def sweep(
     on_event: Any | None = None,
     restore_path: str | None = None,
     extension: Extension | None = None,
-) -> list[dict[str, Any]]:
-    """Run, resume or extend the sweep; return the trial rows of this Tune experiment."""
+) -> SweepOutcome:
+    """Run, resume or extend the sweep; return the trials of this Tune experiment."""
     spec, tune_spec = setup.spec, setup.spec.tune
     assert tune_spec is not None
     check_feasible(
@@ -116,7 +125,7 @@ def sweep(
         # A driver killed just before this sweep (the one it resumes) can leave its trial's
         # group after the look before the run: the cluster is left clean for the next run.
         release_orphaned_placement_groups()
-    return trial_rows(results, spec)
+    return SweepOutcome(rows=trial_rows(results, spec), concurrent=concurrent)
 
 
 def _trial(

@@ -1,0 +1,141 @@
+"""What the terminal shows while work runs: progress displays that are the library's
+``on_epoch`` / ``on_event`` callbacks, and the start-up chatter of TensorFlow and Ray Serve kept
+off it unless the user asks for it."""
+
+from __future__ import annotations
+
+import logging
+import os
+from typing import Any
+
+from rich.console import Console
+from rich.progress import (
+    BarColumn,
+    MofNCompleteColumn,
+    Progress,
+    SpinnerColumn,
+    TextColumn,
+    TimeElapsedColumn,
+)
+
+from raytrain.display.results import print_deployment
+
+__all__ = ["EpochProgress", "ServeProgress", "SweepProgress", "quiet_tensorflow"]
+
+
+def quiet_tensorflow() -> None:
+    """Import TensorFlow with file descriptor 2 muted, and keep MLflow to warnings.
+
+    TensorFlow's native libraries log CUDA probes and CPU features while loading, before any log
+    level applies (TF_CPP_MIN_LOG_LEVEL does not stop them). An import error still raises.
+    MLflow reads its level when it is imported.
+    """
+    os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
+    try:
+        os.dup2(devnull, 2)
+        import tensorflow  # noqa: F401
+    finally:
+        os.dup2(saved, 2)
+        os.close(saved)
+        os.close(devnull)
+
+
+class EpochProgress:
+    """A progress bar over epochs showing the latest score, loss and throughput: pass it as
+    ``run_experiment(..., on_epoch=...)`` inside ``with``."""
+
+    def __init__(self, epochs: int, score: str, console: Console | None = None) -> None:
+        self.score = score
+        self.progress = Progress(
+            TextColumn("epoch"),
+            MofNCompleteColumn(),
+            BarColumn(),
+            TimeElapsedColumn(),
+            TextColumn("{task.description}"),
+            console=console or Console(),
+        )
+        self.task = self.progress.add_task("starting workers...", total=epochs)
+
+    def __enter__(self) -> EpochProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def __call__(self, event: dict[str, float]) -> None:
+        shown = [k for k in (self.score, "loss") if k in event]
+        text = "  ".join(f"{k} {event[k]:.4f}" for k in dict.fromkeys(shown))
+        text += f"  {event.get('samples_per_s', 0):,.0f}/s"
+        self.progress.update(self.task, completed=int(event["epoch"]), description=text)
+
+
+class ServeProgress:
+    """``run_server``'s ``on_event``, inside ``with``: a spinner while the model deploys, then
+    where it answers; ``quiet``: TensorFlow and Ray Serve's INFO logs kept off the terminal
+    once deploying starts (not before: a detached server needs neither). A background server's
+    lines from "serving" up to "Ctrl-C stops" are read from its log: keep those words."""
+
+    def __init__(self, console: Console | None = None, *, quiet: bool = True) -> None:
+        self.console = console or Console()
+        self.status = self.console.status("deploying on Ray Serve...")
+        self.quiet = quiet
+
+    def __enter__(self) -> ServeProgress:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.status.stop()
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if event["kind"] == "deploying":
+            if self.quiet:
+                quiet_tensorflow()
+                logging.getLogger("ray.serve").setLevel(logging.WARNING)
+            self.status.update(f"deploying {event['reference']} on Ray Serve...")
+            self.status.start()
+        elif event["kind"] == "deployed":
+            self.status.stop()
+            print_deployment(event["deployment"], event["metrics_port"], self.console)
+        else:
+            self.console.print(
+                "Ctrl-C stops the server." if event["kind"] == "waiting" else "stopped"
+            )
+
+
+class SweepProgress:
+    """Trials running / finished / stopped early / failed and the best value so far: pass it as
+    a sweep's ``on_event`` inside ``with``."""
+
+    def __init__(self, console: Console | None = None) -> None:
+        self.progress = Progress(
+            SpinnerColumn(),
+            TextColumn("{task.description}"),
+            TimeElapsedColumn(),
+            console=console or Console(),
+        )
+        self.task = self.progress.add_task("starting trials...", total=None)
+
+    def __enter__(self) -> SweepProgress:
+        self.progress.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.progress.stop()
+
+    def __call__(self, event: dict[str, Any]) -> None:
+        if event["kind"] == "sweep_started":
+            self.progress.console.print(
+                f"sweep {event['sweep']} in {event['storage']}\n"
+                f"(if it is interrupted: raytrain resume {event['sweep']})",
+                soft_wrap=True,
+                highlight=False,
+            )
+            return
+        best = f"{event['metric']} {event['best']:.4f}" if event.get("best") is not None else "-"
+        self.progress.update(
+            self.task,
+            description=f"running {event['running']}  finished {event['finished']}  "
+            f"stopped early {event['stopped_early']}  failed {event['failed']}  best {best}",
+        )
