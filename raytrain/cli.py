@@ -21,6 +21,8 @@ from rich.text import Text
 
 from raytrain import display
 from raytrain.config.options import flag, spec_options
+from raytrain.config.schema import DEFAULT_STORAGE as STORAGE
+from raytrain.config.schema import DEFAULT_TRACKING_URI as DB
 from raytrain.config.schema import Experiment, ExportSpec, ServeSpec
 from raytrain.errors import RaytrainError, SpecError, spell_options
 
@@ -80,14 +82,12 @@ SetOpt = Annotated[
 ]
 VerboseOpt = Annotated[bool, opt("Show Ray/TF logs.", "--verbose", "-v")]
 MODEL = "NAME (its champion alias), NAME@ALIAS or NAME/VERSION."
-MaybeStr = str | None
-URI, DB = "MLflow tracking URI", "sqlite:///mlflow.db"
+URI = "MLflow tracking URI"
 TrackingOpt = Annotated[str, opt(f"{URI}.")]
 AddressOpt = Annotated[
     str | None, opt("The head node's dashboard URL, http://HEAD:8265 (default: $RAY_ADDRESS).")
 ]
 JobArg = Annotated[str, arg("Job id, as `raytrain submit` printed it.")]
-STORAGE = "./raytrain_results"
 QUANTIZE_NOTE = {"quantize": "Repeat or comma-separate; all: every mode."}
 EXPORT_EXPERIMENT = (
     "Experiment file for the data and export: settings, instead of the one recorded with the "
@@ -226,7 +226,7 @@ def serve(
     ] = None,
     tracking_uri: Annotated[str | None, opt(f"{URI} (default: the experiment's).")] = None,
     canary: Annotated[
-        MaybeStr, opt("A second version taking --canary-percent of requests.")
+        str | None, opt("A second version taking --canary-percent of requests.")
     ] = None,
     canary_percent: Annotated[float, opt("Share of requests for --canary.")] = 10.0,
     settings: Any = None,

@@ -26,7 +26,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from raytrain.config.options import as_args
-from raytrain.config.schema import Experiment, ServeSpec
+from raytrain.config.schema import DEFAULT_TRACKING_URI, Experiment, ServeSpec
 from raytrain.errors import RaytrainError
 
 if TYPE_CHECKING:
@@ -102,7 +102,7 @@ def serve_settings(
         first = exc.errors(include_url=False)[0]
         where = ".".join(str(p) for p in first["loc"])
         raise RaytrainError(f"serve.{where}: {first['msg']}") from None
-    return reference, uri or "sqlite:///mlflow.db", spec
+    return reference, uri or DEFAULT_TRACKING_URI, spec
 
 
 def run_server(
