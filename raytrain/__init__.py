@@ -38,7 +38,7 @@ _API = {
     "Deployment": "raytrain.serve.deploy",
     "serve_model": "raytrain.serve.deploy",
     "run_server": "raytrain.serve.lifecycle",
-    "ExportReport": "raytrain.export.edge",
+    "ExportReport": "raytrain.export.report",
     "export_model": "raytrain.export.edge",
     "Submitted": "raytrain.cluster.jobs",
     "submit": "raytrain.cluster.jobs",

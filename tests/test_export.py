@@ -31,7 +31,8 @@ from raytrain.errors import (
     SpecError,
     VersionNotFoundError,
 )
-from raytrain.export.edge import ExportReport, evaluation_metric, export_model, score, to_tflite
+from raytrain.export.edge import evaluation_metric, export_model, score, to_tflite
+from raytrain.export.report import ExportReport
 from raytrain.tracking import registry
 from raytrain.train.run import export_registered
 

@@ -13,7 +13,7 @@ from rich.table import Table
 if TYPE_CHECKING:
     from raytrain.cluster.jobs import JobRecord, Submitted
     from raytrain.config.schema import Experiment
-    from raytrain.export.edge import ExportReport
+    from raytrain.export.report import ExportReport
     from raytrain.history import RunRecord
     from raytrain.serve.deploy import Deployment
     from raytrain.sweep.run import SweepSummary
