@@ -36,7 +36,7 @@ lock: install
 	  $(BIN)/python -m pip freeze --exclude-editable | grep -v '^raytrain'; } > constraints.txt
 
 docs: install  # the documentation site (mkdocs.yml, docs/), warnings as errors
-	$(BIN)/mkdocs build --strict --site-dir site
+	NO_MKDOCS_2_WARNING=1 $(BIN)/mkdocs build --strict --site-dir site
 
 bench: install
 	$(BIN)/python -m benchmarks

@@ -18,7 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is impor
 import pytest
 import ray
 
-from raytrain.cluster.connect import WORKER_ENV, ClusterInfo
+from raytrain.cluster.connection import WORKER_ENV, ClusterInfo
 
 REPO = Path(__file__).resolve().parent.parent
 BUCKET = "raytrain-test"  # created by the gcs_emulator fixture

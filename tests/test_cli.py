@@ -13,7 +13,7 @@ import pytest
 from typer.testing import CliRunner
 
 from raytrain.cli import app
-from raytrain.cluster.connect import ClusterInfo
+from raytrain.cluster.connection import ClusterInfo
 
 from .conftest import REPO, write_yaml
 

@@ -15,7 +15,7 @@ from ray.core.generated.gcs_pb2 import PlacementGroupTableData
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from raytrain.cluster.connect import ClusterInfo, connect
+from raytrain.cluster.connection import ClusterInfo, connect
 from raytrain.cluster.placement import (
     AbandonedGroupCollector,
     orphaned_groups,

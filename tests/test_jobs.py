@@ -29,7 +29,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from raytrain.cluster.connect import ClusterInfo
+from raytrain.cluster.connection import ClusterInfo
 from raytrain.cluster.jobs import cluster_nodes, list_jobs, stop_job
 from raytrain.cluster.resources import check_locality, locality_problem
 from raytrain.config.loader import load_experiment

@@ -20,7 +20,7 @@ from sklearn.datasets import load_digits
 from typer.testing import CliRunner
 
 from raytrain.cli import app
-from raytrain.cluster.connect import ClusterInfo
+from raytrain.cluster.connection import ClusterInfo
 from raytrain.config.loader import load_experiment
 from raytrain.config.schema import DataSpec
 from raytrain.data.dataset import load_dataset

@@ -19,7 +19,7 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.util.state import list_actors, list_jobs, list_placement_groups
 
 from raytrain import tracking
-from raytrain.cluster.connect import ClusterInfo
+from raytrain.cluster.connection import ClusterInfo
 from raytrain.config.loader import load_experiment
 from raytrain.data.dataset import load_dataset
 from raytrain.errors import RaytrainError

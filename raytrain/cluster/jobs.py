@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.parse import urlsplit
 
-from raytrain.cluster.connect import probe_dashboard
+from raytrain.cluster.connection import probe_dashboard
 from raytrain.cluster.resources import locality_problem
 from raytrain.config.loader import LoadedExperiment
 from raytrain.errors import ClusterError, RaytrainError

@@ -15,7 +15,7 @@ from typing import Any
 
 import ray
 
-from raytrain.cluster.connect import state_address
+from raytrain.cluster.connection import state_address
 
 __all__ = [
     "AbandonedGroupCollector",

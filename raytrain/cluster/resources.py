@@ -13,7 +13,7 @@ import time
 
 import ray
 
-from raytrain.cluster.connect import state_address
+from raytrain.cluster.connection import state_address
 from raytrain.errors import ClusterError
 
 __all__ = [

@@ -24,7 +24,7 @@ from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, Sc
 from ray.train.tensorflow import TensorflowTrainer
 
 from raytrain import storage
-from raytrain.cluster.connect import WORKER_ENV
+from raytrain.cluster.connection import WORKER_ENV
 from raytrain.cluster.resources import worker_nodes
 from raytrain.config.schema import Experiment
 from raytrain.errors import DataError, TrainingError

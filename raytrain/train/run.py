@@ -21,7 +21,7 @@ import ray
 import yaml
 
 from raytrain import tracking
-from raytrain.cluster.connect import connect
+from raytrain.cluster.connection import connect
 from raytrain.cluster.placement import release_orphaned_placement_groups
 from raytrain.cluster.resources import check_feasible, check_locality, cpus_on
 from raytrain.config.loader import LoadedExperiment
@@ -260,7 +260,7 @@ def spec_tracking_uri(spec: Any) -> str | None:
 
 def prepare(spec: Any, tracking_uri: str | None, *, address: str | None, verbose: bool) -> Any:
     """Everything that can fail fast, before any cluster time: tracking, data, then Ray."""
-    from raytrain.cluster.connect import WORKER_ENV
+    from raytrain.cluster.connection import WORKER_ENV
 
     check_location(spec.storage, what="storage")
     if tracking_uri:

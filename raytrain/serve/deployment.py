@@ -147,7 +147,7 @@ def serve_model(
     metrics_port: int | None = METRICS_PORT,
 ) -> Deployment:
     """Everything ``raytrain serve`` does before it waits: resolve, connect, deploy."""
-    from raytrain.cluster.connect import connect
+    from raytrain.cluster.connection import connect
     from raytrain.storage import forwarded_env
 
     primary = describe(reference, tracking_uri=tracking_uri)
