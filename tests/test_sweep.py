@@ -19,7 +19,7 @@ from ray.tune.search.optuna import OptunaSearch
 from ray.util.state import list_actors, list_jobs, list_placement_groups
 
 from raytrain import tracking
-from raytrain.cluster.connection import ClusterInfo
+from raytrain.cluster.connection import ClusterInfo, state_address
 from raytrain.config.loader import load_experiment
 from raytrain.data.dataset import load_dataset
 from raytrain.errors import RaytrainError
@@ -380,9 +380,14 @@ def test_the_time_budget_ends_the_sweep(workdir: Path) -> None:
 
 def _held_placement_groups() -> list[tuple]:
     """The groups still holding resources, with their creator job's status and live actors."""
-    groups = [g for g in list_placement_groups(detail=True, limit=10_000) if g.state != "REMOVED"]
-    jobs = {job.job_id: job.status for job in list_jobs(limit=10_000)}
-    actors = list_actors(filters=[("state", "!=", "DEAD")], detail=True, limit=10_000)
+    here = state_address()  # this session's Ray: others may run on the machine
+    groups = [
+        g
+        for g in list_placement_groups(address=here, detail=True, limit=10_000)
+        if g.state != "REMOVED"
+    ]
+    jobs = {job.job_id: job.status for job in list_jobs(address=here, limit=10_000)}
+    actors = list_actors(address=here, filters=[("state", "!=", "DEAD")], detail=True, limit=10_000)
     return [
         (
             g.placement_group_id,

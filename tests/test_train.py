@@ -12,6 +12,7 @@ import pytest
 import tensorflow as tf
 from ray.util.state import list_actors
 
+from raytrain.cluster.connection import state_address
 from raytrain.config.loader import load_experiment
 from raytrain.errors import ModelBuildError, TrainingError
 from raytrain.train.checkpoint import MODEL_FILE
@@ -109,7 +110,8 @@ def test_killed_worker_resumes_from_last_checkpoint(workdir: Path) -> None:
         if killed_after or event["epoch"] < 2:
             return
         workers = list_actors(
-            filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")]
+            address=state_address(),  # this session's Ray: others may run on the machine
+            filters=[("class_name", "=", "RayTrainWorker"), ("state", "=", "ALIVE")],
         )
         assert len(workers) == 2
         os.kill(int(workers[-1]["pid"]), signal.SIGKILL)
