@@ -15,7 +15,7 @@ if TYPE_CHECKING:
     from raytrain.config.schema import Experiment
     from raytrain.export.report import ExportReport
     from raytrain.history import RunRecord
-    from raytrain.serve.deploy import Deployment
+    from raytrain.serve.deployment import Deployment
     from raytrain.sweep.run import SweepSummary
     from raytrain.train.run import RunSummary
 

@@ -1,5 +1,5 @@
 """Serving a registered model over HTTP with Ray Serve: the replica's API (``app.py``), deploying
-and updating it (``deploy.py``), and the server process's lifecycle (``lifecycle.py``).
+and updating it (``deployment.py``), and the server process's lifecycle (``lifecycle.py``).
 
 Names load on first use: ``lifecycle`` (settings, detach, stop) runs without importing Ray.
 """
@@ -8,15 +8,15 @@ import importlib
 from typing import Any
 
 _API = {
-    "Deployment": "raytrain.serve.deploy",
+    "Deployment": "raytrain.serve.deployment",
     "ServedModel": "raytrain.serve.app",
     "ServerRun": "raytrain.serve.lifecycle",
-    "deploy": "raytrain.serve.deploy",
-    "describe": "raytrain.serve.deploy",
+    "deploy": "raytrain.serve.deployment",
+    "describe": "raytrain.serve.deployment",
     "run_server": "raytrain.serve.lifecycle",
-    "serve_model": "raytrain.serve.deploy",
+    "serve_model": "raytrain.serve.deployment",
     "serve_settings": "raytrain.serve.lifecycle",
-    "stop": "raytrain.serve.deploy",
+    "stop": "raytrain.serve.deployment",
     "stop_server": "raytrain.serve.lifecycle",
 }
 

@@ -30,7 +30,7 @@ from raytrain.config.schema import DEFAULT_TRACKING_URI, Experiment, ServeSpec
 from raytrain.errors import RaytrainError
 
 if TYPE_CHECKING:
-    from raytrain.serve.deploy import Deployment
+    from raytrain.serve.deployment import Deployment
 
 __all__ = [
     "ServerRun",
@@ -149,7 +149,7 @@ def run_server(
         return ServerRun(spec.port, detached=start_server(spec.port, args))
     if current is not None and address is None:
         address = current["ray_address"]  # update that server in place
-    from raytrain.serve.deploy import METRICS_PORT, serve_model, stop
+    from raytrain.serve.deployment import METRICS_PORT, serve_model, stop
 
     tell({"kind": "deploying", "reference": reference})
     deployment = serve_model(
