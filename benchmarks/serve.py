@@ -26,7 +26,7 @@ from starlette.requests import Request
 
 from raytrain.config.loader import load_experiment
 from raytrain.config.schema import ServeSpec
-from raytrain.serve.app import deploy, describe, stop
+from raytrain.serve.deployment import deploy, describe, stop
 from raytrain.tracking.registry import load_keras
 from raytrain.train.run import run_experiment
 
@@ -48,6 +48,10 @@ def run(folder: Path, *, quick: bool) -> list[dict[str, Any]]:
     predict = f"{url}/v1/models/{NAME}:predict"
     deploy(served, spec=ServeSpec(port=port))
     rows += _levels("raytrain serve", predict, one, many, duration)
+    infer = f"{url}/v2/models/{NAME}/infer"
+    for target, (body, headers) in _v2_bodies(_rows(64)).items():
+        stats = asyncio.run(_load(infer, body, 16, duration, headers))
+        rows.append(_row(target, 64, 16, stats))
     # Levers: Serve's default max_ongoing_requests (5) caps batches; no batching at all.
     deploy(served, spec=ServeSpec(port=port, max_ongoing_requests=5))
     rows.append(_row("raytrain, max_ongoing_requests=5", 1, 16, _load_sync(predict, one, duration)))
@@ -97,13 +101,41 @@ def _load_sync(url: str, body: bytes, duration: float) -> dict[str, float]:
     return asyncio.run(_load(url, body, 16, duration))
 
 
-async def _load(url: str, body: bytes, concurrency: int, duration: float) -> dict[str, float]:
+def _v2_bodies(x: np.ndarray) -> dict[str, tuple[bytes, dict[str, str]]]:
+    """A v2 infer request with JSON tensors, and with binary ones (in and out)."""
+    tensor = {"name": "input", "shape": list(x.shape), "datatype": "FP32"}
+    plain = {"inputs": [{**tensor, "data": x.ravel().tolist()}]}
+    header = json.dumps(
+        {
+            "inputs": [{**tensor, "parameters": {"binary_data_size": x.nbytes}}],
+            "outputs": [{"name": "output", "parameters": {"binary_data": True}}],
+        }
+    ).encode()
+    return {
+        "raytrain serve, v2 JSON": (json.dumps(plain).encode(), {}),
+        "raytrain serve, v2 binary": (
+            header + x.astype("<f4").tobytes(),
+            {
+                "content-type": "application/octet-stream",
+                "inference-header-content-length": str(len(header)),
+            },
+        ),
+    }
+
+
+async def _load(
+    url: str,
+    body: bytes,
+    concurrency: int,
+    duration: float,
+    headers: dict[str, str] | None = None,
+) -> dict[str, float]:
     """Keep-alive clients posting ``body`` back to back; a 1 s warm-up is not counted."""
     import aiohttp
 
     latencies: list[float] = []
     errors = 0
-    headers = {"content-type": "application/json"}
+    headers = {"content-type": "application/json", **(headers or {})}
     connector = aiohttp.TCPConnector(limit=concurrency)
     timeout = aiohttp.ClientTimeout(total=60)
     async with aiohttp.ClientSession(connector=connector, timeout=timeout) as session:

@@ -102,6 +102,57 @@ def workdir(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Path:
     return tmp_path
 
 
+SERVED = "digits-serve"  # the model the serving tests register
+
+
+@pytest.fixture(scope="session")
+def registry(tmp_path_factory: pytest.TempPathFactory, ray_cluster: ClusterInfo) -> str:
+    """Two versions of a small digits MLP, trained by raytrain and registered in MLflow: one
+    training for every serving test module."""
+    import mlflow
+
+    from raytrain.config.loader import load_experiment
+    from raytrain.train.run import run_experiment
+
+    folder = tmp_path_factory.mktemp("serve")
+    uri = f"sqlite:///{folder / 'mlflow.db'}"
+    path = write_yaml(
+        folder,
+        f"""
+        name: {SERVED}
+        data: {{source: "builtin:digits"}}
+        model: {{builder: mlp, params: {{hidden_units: [32]}}}}
+        train: {{epochs: 2, batch_size: 64}}
+        scaling: {{num_workers: 1}}
+        storage: {folder / "results"}
+        tracking: {{uri: "{uri}", register_as: {SERVED}}}
+        """,
+    )
+    with pytest.MonkeyPatch.context() as patch:
+        patch.chdir(folder)  # MLflow's artifacts go to ./mlruns
+        run_experiment(load_experiment(path))
+    # Version 2: the same files registered again (what a promotion of a retrained model looks
+    # like to the server), cheaper than a second training run.
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    first = client.get_model_version(SERVED, "1")
+    client.create_model_version(SERVED, first.source, run_id=first.run_id)
+    return uri
+
+
+@pytest.fixture(scope="session")
+def versions(registry: str) -> dict[str, Any]:
+    """The two registered versions as the server describes them."""
+    from raytrain.serve import describe
+
+    return {v: describe(f"{SERVED}/{v}", tracking_uri=registry) for v in ("1", "2")}
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
 def write_yaml(folder: Path, text: str, name: str = "exp.yaml") -> Path:
     path = folder / name
     path.write_text(textwrap.dedent(text).lstrip("\n"))

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 import subprocess
 import sys
 import threading
@@ -12,7 +11,6 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
-import mlflow
 import numpy as np
 import pytest
 import requests
@@ -24,62 +22,22 @@ from raytrain.config.loader import load_experiment
 from raytrain.config.schema import ServeSpec
 from raytrain.serve import Deployment, ServedModel, deploy, describe, serve_settings, stop
 from raytrain.tracking.registry import load_keras
-from raytrain.train.run import run_experiment
 
-from .conftest import write_yaml
+from .conftest import SERVED as NAME
+from .conftest import free_port, write_yaml
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
-NAME = "digits-serve"
-
-
-@pytest.fixture(scope="module")
-def registry(tmp_path_factory: pytest.TempPathFactory) -> str:
-    """Two versions of a small digits MLP, trained by raytrain and registered in MLflow."""
-    folder = tmp_path_factory.mktemp("serve")
-    uri = f"sqlite:///{folder / 'mlflow.db'}"
-    path = write_yaml(
-        folder,
-        f"""
-        name: {NAME}
-        data: {{source: "builtin:digits"}}
-        model: {{builder: mlp, params: {{hidden_units: [32]}}}}
-        train: {{epochs: 2, batch_size: 64}}
-        scaling: {{num_workers: 1}}
-        storage: {folder / "results"}
-        tracking: {{uri: "{uri}", register_as: {NAME}}}
-        """,
-    )
-    with pytest.MonkeyPatch.context() as patch:
-        patch.chdir(folder)  # MLflow's artifacts go to ./mlruns
-        run_experiment(load_experiment(path))
-    # Version 2: the same files registered again (what a promotion of a retrained model looks
-    # like to the server), cheaper than a second training run.
-    client = mlflow.MlflowClient(tracking_uri=uri)
-    first = client.get_model_version(NAME, "1")
-    client.create_model_version(NAME, first.source, run_id=first.run_id)
-    return uri
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="module")
 def limits() -> ServeSpec:
     return ServeSpec(
-        port=_free_port(),
+        port=free_port(),
         max_batch_size=16,
         batch_wait_timeout_s=0.02,
         max_instances_per_request=8,
         max_body_mb=0.05,
     )
-
-
-@pytest.fixture(scope="module")
-def versions(registry: str) -> dict[str, ServedModel]:
-    return {v: describe(f"{NAME}/{v}", tracking_uri=registry) for v in ("1", "2")}
 
 
 @pytest.fixture(scope="module")
@@ -100,12 +58,13 @@ def test_predictions_over_http_equal_the_model_in_process(
     x = _digits(5).reshape(5, 8, 8, 1)  # digits images; flat rows of 64 are accepted too
     model = load_keras(versions["1"].registered())
     expected = model.predict(x, verbose=0)
-    for instances in (x, x.reshape(5, 64)):
-        response = requests.post(server.predict_url, json={"instances": instances.tolist()})
+    for key, instances in [("instances", x), ("instances", x.reshape(5, 64)), ("inputs", x)]:
+        response = requests.post(server.predict_url, json={key: instances.tolist()})
         assert response.status_code == 200, response.text
         body = response.json()
         assert body["model_version"] == "1"
-        np.testing.assert_allclose(np.array(body["predictions"]), expected, atol=1e-5)
+        answer = body["outputs" if key == "inputs" else "predictions"]
+        np.testing.assert_allclose(np.array(answer), expected, atol=1e-5)
         assert body["labels"] == [str(i) for i in expected.argmax(axis=1)]
 
     info = requests.get(f"{server.url}/v1/models/{NAME}", timeout=30).json()
@@ -122,15 +81,45 @@ def test_predictions_over_http_equal_the_model_in_process(
 ROW = json.dumps([1.0] * 64)
 BAD_REQUESTS = [
     ("invalid JSON", b'{"instances": [', 400, "not valid JSON"),
-    ("missing instances", b'{"inputs": [[1]]}', 422, "missing 'instances'"),
+    ("neither", b'{"rows": [[1]]}', 422, "give one of 'instances' or 'inputs'"),
     ("not a list", b'{"instances": 3}', 422, "non-empty list"),
     ("empty list", b'{"instances": []}', 422, "non-empty list"),
     ("wrong shape", b'{"instances": [[1.0, 2.0]]}', 422, "shape [2]; expected"),
     ("ragged", f'{{"instances": [{ROW}, [1.0]]}}'.encode(), 422, "all of one shape"),
-    ("strings", b'{"instances": [["a"]]}', 422, "must be numbers"),
+    ("strings", b'{"instances": [["a"]]}', 422, 'instance 0, position [0] is a string ("a")'),
+    (
+        "numeric string",
+        ROW.replace("1.0", '"1.5"', 1).join(['{"inputs": [', "]}"]).encode(),
+        422,
+        'instance 0, position [0] is a string ("1.5"), not a number',
+    ),
+    (
+        "boolean",
+        ROW.replace("1.0]", "true]").join(['{"instances": [', "]}"]).encode(),
+        422,
+        "instance 0, position [63] is a boolean (true), not a number",
+    ),
+    (
+        "310 digits",
+        ROW.replace("1.0", "9" * 310, 1).join(['{"instances": [', "]}"]).encode(),
+        422,
+        "instance 0, position [0] is beyond float32's range",
+    ),
+    (
+        "beyond float32",
+        ROW.replace("1.0", "1e39", 1).join(['{"instances": [', "]}"]).encode(),
+        422,
+        "instance 0, position [0] is beyond float32's range",
+    ),
     ("nested deep", b'{"instances": ' + b"[" * 20_000 + b"]" * 20_000 + b"}", 400, "not valid"),
     ("too many dims", b'{"instances": [' + b"[" * 80 + b"1" + b"]" * 80 + b"]}", 422, "numbers"),
-    ("NaN", f'{{"instances": [{ROW.replace("1.0", "NaN", 1)}]}}'.encode(), 422, "NaN"),
+    ("NaN", f'{{"instances": [{ROW.replace("1.0", "NaN", 1)}]}}'.encode(), 422, "NaN is not"),
+    (
+        "Infinity",
+        ROW.replace("1.0", "-Infinity").join(['{"instances": [', "]}"]).encode(),
+        422,
+        "-Infinity is not a number",
+    ),
     ("too many", f'{{"instances": [{",".join([ROW] * 9)}]}}'.encode(), 413, "at most 8"),
     ("too big", b'{"instances": [' + b" " * 60_000 + b"]}", 413, "over 52428 bytes"),
 ]
@@ -264,7 +253,7 @@ def test_describe_refuses_a_model_that_is_not_registered(registry: str, tmp_path
 
 @pytest.mark.slow  # starts Ray (or joins it) in a subprocess
 def test_cli_serves_in_the_background_until_stopped(registry: str, tmp_path: Path) -> None:
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "RAYTRAIN_HOME": str(tmp_path)}
     raytrain = [sys.executable, "-m", "raytrain", "serve"]
     started = subprocess.run(

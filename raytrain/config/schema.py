@@ -385,7 +385,23 @@ class ServeSpec(Section):
     max_instances_per_request: int = Field(
         1024, ge=1, description="More instances in one request get a 413."
     )
-    max_body_mb: float = Field(16.0, gt=0, description="Larger request bodies get a 413.")
+    max_body_mb: float = Field(
+        16.0, gt=0, description="Larger request bodies get a 413, before any parsing."
+    )
+    max_queued_requests: int = Field(
+        256, ge=1, description="Requests waiting for a replica; more get a 503 with Retry-After."
+    )
+    request_timeout_s: float | None = Field(
+        60.0, gt=0, description="Requests not answered in time get a 408 (for all of Serve)."
+    )
+    auth_token_env: str | None = Field(
+        None,
+        description="Require `Authorization: Bearer TOKEN` on every route but health, TOKEN "
+        "read from this environment variable when the model is deployed.",
+    )
+    auth_token_file: str | None = Field(
+        None, description="As auth_token_env, TOKEN read from this file."
+    )
     host: str = Field(
         "127.0.0.1", description="Where HTTP listens; 0.0.0.0 exposes it to the network."
     )

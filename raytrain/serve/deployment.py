@@ -4,7 +4,10 @@ Re-deploying (another version, or the champion alias moved) is a Serve update of
 application, which rolls replicas over while requests keep flowing.
 """
 
+import hashlib
+import os
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any
 
 import ray
@@ -23,6 +26,7 @@ __all__ = [
     "describe",
     "serve_model",
     "stop",
+    "token_digest",
 ]
 
 METRICS_PORT = 8080  # Prometheus metrics of a Ray instance raytrain starts itself
@@ -90,6 +94,11 @@ def deploy(
         raise RaytrainError(
             f"a canary must be a version of the same model: {primary.name}, not {canary.name}"
         )
+    if canary is not None and canary.input_shape != primary.input_shape:
+        raise RaytrainError(
+            f"the canary {canary} takes input of shape {canary.input_shape}, {primary} takes "
+            f"{primary.input_shape}: a canary must take the same input"
+        )
     if canary is None:
         canary_percent = 0.0
     if not 0.0 <= canary_percent <= 100.0:
@@ -97,7 +106,9 @@ def deploy(
             f"`canary_percent` must be within 0..100, not {canary_percent:g}",
             options=("canary_percent",),
         )
-    serve.start(http_options={"host": spec.host, "port": spec.port})
+    digest = token_digest(spec)
+    http = {"host": spec.host, "port": spec.port, "request_timeout_s": spec.request_timeout_s}
+    serve.start(http_options=http)
     scaling: dict[str, Any] = (
         {"autoscaling_config": spec.autoscaling.model_dump()}
         if spec.autoscaling
@@ -106,6 +117,8 @@ def deploy(
     app = ModelServer.options(
         name=f"{primary.name}-server",
         max_ongoing_requests=spec.max_ongoing_requests,
+        max_queued_requests=spec.max_queued_requests,
+        backpressure_config={"retry_after_s": 1},
         ray_actor_options={"num_cpus": spec.num_cpus, "num_gpus": spec.num_gpus},
         **scaling,
     ).bind(
@@ -113,6 +126,7 @@ def deploy(
         canary=asdict(canary) if canary else None,
         canary_percent=canary_percent,
         limits=spec.model_dump(),
+        token_digest=digest,
     )
     serve.run(app, name=APP_NAME, route_prefix="/")
     url = client_url(spec.host, spec.port)
@@ -125,6 +139,29 @@ def deploy(
         canary_percent=canary_percent,
         ray_address=ray.get_runtime_context().gcs_address,
     )
+
+
+def token_digest(spec: ServeSpec) -> str | None:
+    """The SHA-256 of the bearer token ``spec`` names (from an environment variable or a file):
+    the replicas check tokens against it and never hold the token itself."""
+    if spec.auth_token_env and spec.auth_token_file:
+        raise RaytrainError(
+            "give one of `auth_token_env` and `auth_token_file`",
+            options=("auth_token_env", "auth_token_file"),
+        )
+    token = None
+    if spec.auth_token_env:
+        token = os.environ.get(spec.auth_token_env, "").strip()
+        where = f"environment variable {spec.auth_token_env}"
+    elif spec.auth_token_file:
+        path = Path(spec.auth_token_file).expanduser()
+        token = path.read_text().strip() if path.is_file() else ""
+        where = f"file {path}"
+    if token is None:
+        return None
+    if not token:
+        raise RaytrainError(f"no auth token in {where}")
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def stop() -> bool:
