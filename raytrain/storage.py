@@ -31,6 +31,7 @@ from raytrain.errors import StorageError
 __all__ = [
     "EMULATOR_ENV",
     "check_location",
+    "check_writable",
     "exists",
     "forwarded_env",
     "glob",
@@ -119,6 +120,25 @@ def check_location(location: str, *, what: str, options: Sequence[str] = ()) -> 
             f"`gcloud storage buckets create gs://{bucket}`, or fix the name)",
             options=options,
         )
+
+
+def check_writable(location: str, *, what: str, options: Sequence[str] = ()) -> None:
+    """``check_location``, and for a local folder: it exists or can be made, and a file can be
+    written in it (a read-only mount, a path under a file or /proc fail here in one line, not
+    deep inside Ray Train). For where raytrain writes: storage, exports."""
+    check_location(location, what=what, options=options)
+    if is_gcs(location):
+        return
+    folder = Path(location).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".raytrain-write-check-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise StorageError(
+            f"{what} '{location}': cannot write there ({exc.strerror or exc})", options=options
+        ) from None
 
 
 def glob(pattern: str) -> list[str]:

@@ -48,7 +48,8 @@ def test_validate_says_when_data_is_streamed_and_refuses_npz_streams() -> None:
 
 def test_validate_reports_problems_without_traceback(tmp_path: Path) -> None:
     bad = write_yaml(tmp_path, "train:\n  epoch: 3\n  batch_size: -1\n")
-    result = _cli("validate", str(bad), "--set", "scaling.num_workers=zero", cwd=tmp_path)
+    overrides = ["--set", "scaling.num_workers=zero", "--set", "name=t"]
+    result = _cli("validate", str(bad), *overrides, cwd=tmp_path)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr + result.stdout
     lines = result.stderr.splitlines()

@@ -145,6 +145,7 @@ def test_a_builder_failing_in_the_worker_reaches_the_user_as_itself(workdir: Pat
     exp = write_yaml(
         workdir,
         """
+        name: t
         model: {builder: "late:build"}
         train: {epochs: 1}
         scaling: {num_workers: 1}
@@ -167,6 +168,7 @@ def test_a_diverging_loss_stops_with_a_clear_error(workdir: Path) -> None:
     exp = write_yaml(
         workdir,
         """
+        name: t
         data: {source: huge.npz, normalize: none}
         train: {epochs: 2, loss: mean_squared_error, metrics: [mean_absolute_error]}
         scaling: {num_workers: 1}

@@ -158,6 +158,7 @@ def test_a_grid_search_enumerates_choices() -> None:
 def test_apply_config_sets_dotted_paths_with_plain_values() -> None:
     spec = Experiment.model_validate(
         {
+            "name": "t",
             "checkpoint": {"score": "val_accuracy", "mode": "max"},
             "tune": {"space": {"train.epochs": {"choice": [1, 2]}}},
         }
@@ -186,11 +187,12 @@ def test_apply_config_sets_dotted_paths_with_plain_values() -> None:
 def test_apply_config_ranks_checkpoints_by_the_first_of_several_metrics() -> None:
     spec = Experiment.model_validate(
         {
+            "name": "t",
             "tune": {
                 "metric": ["val_accuracy", "param_count"],
                 "mode": ["max", "min"],
                 "space": {"train.epochs": {"choice": [1, 2]}},
-            }
+            },
         }
     )
     trial = apply_config(spec, {})
@@ -198,7 +200,9 @@ def test_apply_config_ranks_checkpoints_by_the_first_of_several_metrics() -> Non
 
 
 def test_apply_config_without_a_tune_section_keeps_the_checkpoint_rule() -> None:
-    spec = Experiment.model_validate({"checkpoint": {"score": "val_accuracy", "mode": "max"}})
+    spec = Experiment.model_validate(
+        {"name": "t", "checkpoint": {"score": "val_accuracy", "mode": "max"}}
+    )
     trial = apply_config(spec, {"train.epochs": 3})
     assert (trial.checkpoint.score, trial.checkpoint.mode, trial.train.epochs) == (
         "val_accuracy",
@@ -321,7 +325,7 @@ def test_flatten_makes_dotted_string_params() -> None:
         "storage": "None",
         "export": "False",
     }
-    assert flatten(Experiment().model_dump(mode="json"))["data.source"] == "builtin:digits"
+    assert flatten(Experiment(name="t").model_dump(mode="json"))["data.source"] == "builtin:digits"
 
 
 def test_absolute_tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -19,6 +19,8 @@ __all__ = [
     "DEFAULT_STORAGE",
     "DEFAULT_TRACKING_URI",
     "EXTRA_METRICS",
+    "NAME_PATTERN",
+    "REQUIRED",
     "CNNParams",
     "CheckpointSpec",
     "DataSpec",
@@ -63,6 +65,9 @@ CLASSIFICATION_LOSSES = LOSSES[:3]
 EXTRA_METRICS = ("epoch", "epoch_time_s", "samples_per_s", "param_count", "model_bytes")
 DEFAULT_STORAGE = "./raytrain_results"  # relative to the working directory
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow's own default: ./mlflow.db
+# A name that is one safe folder name: it names storage folders, so no "/", "..", or spaces.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+REQUIRED = ("name",)  # what an experiment must say; every other field has a default
 LOCALITY_SHARE = 0.001  # of a data.locality resource, per worker, trial or job driver
 
 
@@ -244,7 +249,12 @@ class TrackingSpec(Section):
         description="MLflow tracking URI; a server (http://head:5000) on multi-node clusters.",
     )
     experiment: str | None = Field(None, description="MLflow experiment; the name by default.")
-    run_name: str | None = Field(None, description="MLflow run name; generated when omitted.")
+    run_name: str | None = Field(
+        None,
+        pattern=NAME_PATTERN,
+        description="The run's (or sweep's) name: its MLflow run name and its storage folder, so "
+        "one safe folder name; generated (<name>-<time>-<random>) when omitted.",
+    )
     register_as: str | None = Field(
         None, description="Register the best model under this name in the model registry."
     )
@@ -396,9 +406,9 @@ class Experiment(Section):
     """One experiment: what to train, on what, where, and where its results go."""
 
     name: str = Field(
-        "experiment",
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
-        description="Names the run's storage folder and, by default, its MLflow experiment.",
+        pattern=NAME_PATTERN,
+        description="Required: names the experiment's storage folder and, by default, its MLflow "
+        "experiment (a default name would pool unrelated runs in one folder and one experiment).",
     )
     description: str = Field("", description="Free text, logged to MLflow.")
     data: DataSpec = Field(default_factory=DataSpec, description="Where the examples come from.")
