@@ -130,6 +130,11 @@ BAD_FILES = [
         ],
     ),
     ("name: my experiment!\n", [], ["exp.yaml:1: name: String should match pattern"]),
+    (  # the run's storage folder: never outside the storage root
+        "tracking:\n  run_name: ../escape\n",
+        [],
+        ["exp.yaml:2: tracking.run_name: String should match pattern"],
+    ),
     ("train:\n  epochs: 3\n  epochs: 4\n", [], ["exp.yaml:3: train.epochs: duplicate key"]),
     ("- just\n- a list\n", [], ["exp.yaml:1: the experiment must be a mapping"]),
     (

@@ -75,9 +75,16 @@ def check_reachable(uri: str, *, timeout_s: float = 5.0) -> None:
                 "fix tracking.uri, or set tracking.enabled: false"
             ) from None
     elif uri.startswith("sqlite:///"):
-        folder = Path(uri.removeprefix("sqlite:///")).parent
-        if not folder.is_dir() or not os.access(folder, os.W_OK):
-            raise TrackingError(f"cannot write the MLflow database in {folder} (tracking.uri)")
+        database = Path(uri.removeprefix("sqlite:///"))
+        folder = database.parent
+        writable = folder.is_dir() and os.access(folder, os.W_OK)
+        if database.exists():
+            writable = database.is_file() and os.access(database, os.W_OK)
+        if not writable:
+            raise TrackingError(
+                f"tracking.uri '{uri}': cannot write the MLflow database {database} (its folder "
+                "must exist and be writable, and the database must be a writable file)"
+            )
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, str]:

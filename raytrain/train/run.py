@@ -263,6 +263,8 @@ def prepare(spec: Any, tracking_uri: str | None, *, address: str | None, verbose
     from raytrain.cluster.connect import WORKER_ENV
 
     check_writable(spec.storage, what="storage")
+    if spec.export is not None and spec.export.out:
+        check_writable(spec.export.out, what="export.out")
     if tracking_uri:
         tracking.check_reachable(tracking_uri)
     if not spec.data.streaming:  # read here, before any cluster time; streamed data reads on Ray
