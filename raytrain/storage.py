@@ -32,11 +32,13 @@ __all__ = [
     "EMULATOR_ENV",
     "check_location",
     "check_writable",
+    "delete_files",
     "exists",
     "forwarded_env",
     "glob",
     "is_gcs",
     "join",
+    "list_files",
     "open_input",
     "parent",
     "ray_storage",
@@ -191,16 +193,35 @@ def exists(location: str) -> bool:
 
 
 def upload_folder(folder: Path, location: str) -> None:
-    """Put a local folder's files at ``location`` in place of what it held (files written
-    locally first: TensorFlow's savers and converters want local paths)."""
+    """Copy a local folder's files to ``location``, replacing files of the same name and
+    deleting nothing (files written locally first: TensorFlow's savers and converters want local
+    paths). What else ``location`` holds is its owner's business: see ``raytrain.export``."""
     filesystem, path = resolve(location)
-    filesystem.delete_dir_contents(path, missing_dir_ok=True)
+    filesystem.create_dir(path, recursive=True)
     pafs.copy_files(
         str(folder),
         path,
         source_filesystem=pafs.LocalFileSystem(),
         destination_filesystem=filesystem,
     )
+
+
+def list_files(location: str) -> list[str]:
+    """Every file under ``location``, as a sorted path relative to it (empty if it is missing)."""
+    filesystem, path = resolve(location)
+    found = filesystem.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    prefix = path.rstrip("/") + "/"
+    return sorted(
+        info.path.removeprefix(prefix) for info in found if info.type == pafs.FileType.File
+    )
+
+
+def delete_files(location: str, relative: Sequence[str]) -> None:
+    """Delete these files under ``location``, each by name: never a whole folder, so nothing is
+    deleted that the caller did not name."""
+    filesystem, path = resolve(location)
+    for name in relative:
+        filesystem.delete_file(f"{path.rstrip('/')}/{name}")
 
 
 def forwarded_env() -> dict[str, str]:

@@ -264,7 +264,10 @@ def prepare(spec: Any, tracking_uri: str | None, *, address: str | None, verbose
 
     check_writable(spec.storage, what="storage")
     if spec.export is not None and spec.export.out:
+        from raytrain.export.destination import check_destination
+
         check_writable(spec.export.out, what="export.out")
+        check_destination(spec.export.out)  # it holds nothing raytrain may not replace
     if tracking_uri:
         tracking.check_reachable(tracking_uri)
     if not spec.data.streaming:  # read here, before any cluster time; streamed data reads on Ray
