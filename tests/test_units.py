@@ -437,3 +437,19 @@ def test_find_user_error_digs_through_wrappers() -> None:
     other = find_user_error(RuntimeError("boom"))
     assert isinstance(other, TrainingError)
     assert str(other) == "training failed: boom"
+
+
+def test_only_a_lost_worker_is_retried() -> None:
+    from ray.exceptions import ActorDiedError
+    from ray.train.v2._internal.exceptions import WorkerHealthCheckFailedError
+    from ray.train.v2.api.exceptions import WorkerGroupError
+
+    from raytrain.errors import ModelBuildError
+    from raytrain.train.failures import is_code_error
+
+    died = WorkerHealthCheckFailedError("worker died", failure=ActorDiedError())
+    bug, peer_lost = ModelBuildError("bad width"), type("UnavailableError", (Exception,), {})()
+    assert is_code_error(WorkerGroupError("", {0: bug, 1: ValueError("bad data")}))
+    assert not is_code_error(WorkerGroupError("", {0: bug, 1: died}))  # a loss wins
+    assert not is_code_error(WorkerGroupError("", {0: peer_lost}))  # MWMS without its peer
+    assert not is_code_error(ValueError("not a worker group failure"))

@@ -236,9 +236,13 @@ class CheckpointSpec(Section):
 
 class FailureSpec(Section):
     max_failures: int = Field(
-        0,
+        3,
         ge=-1,
-        description="Worker-group restarts from the latest checkpoint; -1 retries forever.",
+        description="Restarts of the worker group from the latest checkpoint after a worker or "
+        "node is lost (a crash, an OOM kill, a spot VM gone); -1 retries forever. An exception "
+        "in the model code or data is never retried, and announced preemptions are retried "
+        "without limit. 3 rides out a few losses in a long run on preemptible machines, yet a "
+        "cluster that keeps losing workers fails within minutes.",
     )
 
 
@@ -291,7 +295,7 @@ class ExportSpec(Section):
         None,
         description="Folder or gs://bucket/prefix for the SavedModel, .tflite files and report; "
         "default <storage>/<name>/export/<model>-v<version> (a folder is relative to the working "
-        "directory).",
+        "directory). It must be empty or hold only an earlier raytrain export, which is replaced.",
     )
 
 

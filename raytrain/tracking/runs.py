@@ -1,9 +1,10 @@
-"""MLflow: one run per training run, metrics logged live by rank 0, the model as an artifact.
+"""MLflow: one run per training run, metrics logged live as epochs commit, the model as an
+artifact.
 
 The driver opens the run (params, tags, spec file) and closes it (model, registration, status);
-the rank-0 worker logs each epoch's metrics into it while training runs. A tracking failure in
-a worker is logged as a warning and never stops training: losing a chart is better than losing
-the run.
+Ray Train's controller logs each committed epoch's metrics into it while training runs. A
+tracking failure during training is logged as a warning and never stops training: losing a chart
+is better than losing the run.
 """
 
 from __future__ import annotations
@@ -239,7 +240,8 @@ def promote_champion(
 
 
 class EpochLogger:
-    """Logs each epoch's metrics into the driver's run; used by the rank-0 worker."""
+    """Logs each epoch's metrics into the driver's run (on Ray Train's controller) and tags it
+    (on the rank-0 worker)."""
 
     def __init__(self, run: TrackedRun) -> None:
         self.run = run
