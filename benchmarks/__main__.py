@@ -19,7 +19,7 @@ from rich.console import Console
 from rich.table import Table
 
 from benchmarks import collectives, export, scaling, serve, sweep_efficiency, train_overhead
-from raytrain.cluster.connect import WORKER_ENV, connect
+from raytrain.cluster.connection import WORKER_ENV, connect
 
 BENCHMARKS = {
     "collectives": collectives.run,  # first: it measures with no Ray processes running

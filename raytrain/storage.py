@@ -31,11 +31,14 @@ from raytrain.errors import StorageError
 __all__ = [
     "EMULATOR_ENV",
     "check_location",
+    "check_writable",
+    "delete_files",
     "exists",
     "forwarded_env",
     "glob",
     "is_gcs",
     "join",
+    "list_files",
     "open_input",
     "parent",
     "ray_storage",
@@ -121,6 +124,25 @@ def check_location(location: str, *, what: str, options: Sequence[str] = ()) -> 
         )
 
 
+def check_writable(location: str, *, what: str, options: Sequence[str] = ()) -> None:
+    """``check_location``, and for a local folder: it exists or can be made, and a file can be
+    written in it (a read-only mount, a path under a file or /proc fail here in one line, not
+    deep inside Ray Train). For where raytrain writes: storage, exports."""
+    check_location(location, what=what, options=options)
+    if is_gcs(location):
+        return
+    folder = Path(location).expanduser()
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        probe = folder / f".raytrain-write-check-{os.getpid()}"
+        probe.write_bytes(b"")
+        probe.unlink()
+    except OSError as exc:
+        raise StorageError(
+            f"{what} '{location}': cannot write there ({exc.strerror or exc})", options=options
+        ) from None
+
+
 def glob(pattern: str) -> list[str]:
     """Files matching ``pattern``, sorted. On GCS, ``*``, ``?`` and ``[...]`` match within one
     path segment, as a local glob does."""
@@ -171,16 +193,35 @@ def exists(location: str) -> bool:
 
 
 def upload_folder(folder: Path, location: str) -> None:
-    """Put a local folder's files at ``location`` in place of what it held (files written
-    locally first: TensorFlow's savers and converters want local paths)."""
+    """Copy a local folder's files to ``location``, replacing files of the same name and
+    deleting nothing (files written locally first: TensorFlow's savers and converters want local
+    paths). What else ``location`` holds is its owner's business: see ``raytrain.export``."""
     filesystem, path = resolve(location)
-    filesystem.delete_dir_contents(path, missing_dir_ok=True)
+    filesystem.create_dir(path, recursive=True)
     pafs.copy_files(
         str(folder),
         path,
         source_filesystem=pafs.LocalFileSystem(),
         destination_filesystem=filesystem,
     )
+
+
+def list_files(location: str) -> list[str]:
+    """Every file under ``location``, as a sorted path relative to it (empty if it is missing)."""
+    filesystem, path = resolve(location)
+    found = filesystem.get_file_info(pafs.FileSelector(path, recursive=True, allow_not_found=True))
+    prefix = path.rstrip("/") + "/"
+    return sorted(
+        info.path.removeprefix(prefix) for info in found if info.type == pafs.FileType.File
+    )
+
+
+def delete_files(location: str, relative: Sequence[str]) -> None:
+    """Delete these files under ``location``, each by name: never a whole folder, so nothing is
+    deleted that the caller did not name."""
+    filesystem, path = resolve(location)
+    for name in relative:
+        filesystem.delete_file(f"{path.rstrip('/')}/{name}")
 
 
 def forwarded_env() -> dict[str, str]:

@@ -48,7 +48,8 @@ def test_validate_says_when_data_is_streamed_and_refuses_npz_streams() -> None:
 
 def test_validate_reports_problems_without_traceback(tmp_path: Path) -> None:
     bad = write_yaml(tmp_path, "train:\n  epoch: 3\n  batch_size: -1\n")
-    result = _cli("validate", str(bad), "--set", "scaling.num_workers=zero", cwd=tmp_path)
+    overrides = ["--set", "scaling.num_workers=zero", "--set", "name=t"]
+    result = _cli("validate", str(bad), *overrides, cwd=tmp_path)
     assert result.returncode == 2
     assert "Traceback" not in result.stderr + result.stdout
     lines = result.stderr.splitlines()
@@ -106,3 +107,36 @@ def test_unreachable_things_fail_fast_in_one_line(
     assert result.returncode in (1, 2)
     assert "Traceback" not in result.stderr
     assert expected in result.stderr
+
+
+@pytest.mark.parametrize(
+    ("override", "message"),
+    [
+        (
+            "storage=/proc/x",
+            "error: storage '/proc/x': cannot write there (No such file or directory)",
+        ),
+        (
+            "tracking.uri=sqlite:///db",
+            "error: tracking.uri 'sqlite:///{cwd}/db': cannot write the MLflow database {cwd}/db "
+            "(its folder must exist and be writable, and the database must be a writable file)",
+        ),
+        (
+            "export={out: /proc/x}",
+            "error: export.out '/proc/x': cannot write there (No such file or directory)",
+        ),
+    ],
+    ids=["storage", "sqlite", "export"],
+)
+def test_a_location_that_cannot_be_written_fails_before_ray_in_one_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, override: str, message: str
+) -> None:
+    """Before Ray starts (this test may not start it) and before any MLflow run exists."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "db").mkdir()  # a folder where the database file should be
+    wine = str(REPO / "experiments" / "wine.yaml")
+    args = ["run", wine, "--set", "tracking.register_as=w", "--set", override]
+    result = CliRunner().invoke(app, args, env={"COLUMNS": "300", "NO_COLOR": "1"})
+    assert result.exit_code == 1
+    assert result.stderr.strip().splitlines() == [message.format(cwd=tmp_path)]
+    assert not (tmp_path / "mlflow.db").exists()  # no MLflow run either

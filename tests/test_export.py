@@ -271,15 +271,16 @@ def test_export_section_needs_a_registered_model(tmp_path: Path) -> None:
     file = write_yaml(
         tmp_path,
         """
+        name: t
         export: {quantize: [dynamic], int8_io: true}
         """,
     )
     with pytest.raises(SpecError) as info:
         load_experiment(file)
     assert info.value.problems == [
-        f"{file}:1: export: the export reads the model from the MLflow registry: set "
+        f"{file}:2: export: the export reads the model from the MLflow registry: set "
         "tracking.register_as (with tracking.enabled: true), or drop export",
-        f"{file}:1: export.int8_io: int8_io applies to the int8 mode, but export.quantize is "
+        f"{file}:2: export.int8_io: int8_io applies to the int8 mode, but export.quantize is "
         "['dynamic']; add int8 to export.quantize or drop int8_io",
     ]
 

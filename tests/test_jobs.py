@@ -486,10 +486,10 @@ def test_locality_pins_workers_and_trials(tmp_path: Path) -> None:
 
 def test_locality_data_need_not_exist_on_the_submitting_machine(tmp_path: Path) -> None:
     """It may live only on the nodes with the resource; the job checks it again there."""
-    text = "data: {source: /data/on/prem/*.csv, locality: onprem}\n"
+    text = "name: t\ndata: {source: /data/on/prem/*.csv, locality: onprem}\n"
     assert load_experiment(write_yaml(tmp_path, text)).spec.data.locality == "onprem"
     with pytest.raises(SpecError, match="no file matches '/data/on/prem/"):
-        load_experiment(write_yaml(tmp_path, "data: {source: /data/on/prem/*.csv}\n"))
+        load_experiment(write_yaml(tmp_path, "name: t\ndata: {source: /data/on/prem/*.csv}\n"))
 
 
 def test_locality_problem_names_what_the_nodes_have() -> None:

@@ -215,6 +215,7 @@ def test_flags_override_the_experiments_serve_section(tmp_path: Path) -> None:
     experiment = write_yaml(
         tmp_path,
         """
+        name: t
         tracking:
           register_as: digits
         serve:

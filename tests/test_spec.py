@@ -130,6 +130,11 @@ BAD_FILES = [
         ],
     ),
     ("name: my experiment!\n", [], ["exp.yaml:1: name: String should match pattern"]),
+    (  # the run's storage folder: never outside the storage root
+        "tracking:\n  run_name: ../escape\n",
+        [],
+        ["exp.yaml:2: tracking.run_name: String should match pattern"],
+    ),
     ("train:\n  epochs: 3\n  epochs: 4\n", [], ["exp.yaml:3: train.epochs: duplicate key"]),
     ("- just\n- a list\n", [], ["exp.yaml:1: the experiment must be a mapping"]),
     (
@@ -266,8 +271,9 @@ def test_bad_file_reports_path_and_line(
     tmp_path: Path, text: str, overrides: list[str], expected: list[str]
 ) -> None:
     path = write_yaml(tmp_path, text)
+    named = overrides if text.startswith("name:") else ["name=t", *overrides]  # it is required
     with pytest.raises(SpecError) as caught:
-        load_experiment(path, overrides)
+        load_experiment(path, named)
     problems = caught.value.problems
     for fragment in expected:
         hits = [p for p in problems if fragment.replace("exp.yaml", str(path)) in p]
@@ -278,6 +284,7 @@ def test_every_problem_is_reported_at_once(tmp_path: Path) -> None:
     path = write_yaml(
         tmp_path,
         """
+        name: t
         data:
           validaton_split: 0.3
         train:
@@ -302,14 +309,32 @@ def test_missing_file_is_a_spec_error(tmp_path: Path) -> None:
         load_experiment(tmp_path / "nope.yaml")
 
 
-def test_empty_file_gives_all_defaults(tmp_path: Path) -> None:
-    loaded = load_experiment(write_yaml(tmp_path, ""))
-    assert loaded.spec == Experiment()
+@pytest.mark.parametrize("text", ["", "# only a comment\n", "---\n"])
+def test_an_empty_file_says_what_an_experiment_needs(tmp_path: Path, text: str) -> None:
+    path = write_yaml(tmp_path, text)
+    with pytest.raises(SpecError) as caught:
+        load_experiment(path)
+    assert caught.value.problems == [
+        f"{path}:1: the experiment is empty; an experiment needs at least name (e.g. "
+        "`name: digits-mlp`): every other field has a default, and `data.source` defaults to "
+        "builtin:digits"
+    ]
+
+
+def test_a_name_is_all_an_experiment_needs(tmp_path: Path) -> None:
+    loaded = load_experiment(write_yaml(tmp_path, "name: minimal\n"))
+    assert loaded.spec == Experiment(name="minimal")
     assert loaded.spec.data.source == "builtin:digits"
+    with pytest.raises(SpecError) as caught:
+        load_experiment(write_yaml(tmp_path, "train: {epochs: 2}\n"))
+    assert caught.value.problems == [
+        f"{tmp_path / 'exp.yaml'}:1: name: required: it names the experiment's storage folder "
+        "and MLflow experiment"
+    ]
 
 
 def test_overrides_are_parsed_as_yaml(tmp_path: Path) -> None:
-    path = write_yaml(tmp_path, "train:\n  epochs: 3\n")
+    path = write_yaml(tmp_path, "name: t\ntrain:\n  epochs: 3\n")
     loaded = load_experiment(
         path, ["train.epochs=5", "model.params={hidden_units: [8]}", "scaling.num_workers=1"]
     )
@@ -323,7 +348,7 @@ def test_relative_data_path_is_relative_to_the_file(
 ) -> None:
     (tmp_path / "exp").mkdir()
     (tmp_path / "exp" / "d.csv").write_text("a,label\n1,0\n")
-    path = write_yaml(tmp_path / "exp", "data:\n  source: d.csv\n")
+    path = write_yaml(tmp_path / "exp", "name: t\ndata:\n  source: d.csv\n")
     monkeypatch.chdir(tmp_path)
     assert load_experiment(path).spec.data.source == str(tmp_path / "exp" / "d.csv")
     # on the command line, a relative path is relative to where the user stands
@@ -333,9 +358,9 @@ def test_relative_data_path_is_relative_to_the_file(
 
 def test_user_builder_is_imported_from_the_experiment_folder(tmp_path: Path) -> None:
     (tmp_path / "mymodels.py").write_text("def build(**kw):\n    return None\n")
-    path = write_yaml(tmp_path, "model:\n  builder: mymodels:build\n")
+    path = write_yaml(tmp_path, "name: t\nmodel:\n  builder: mymodels:build\n")
     assert load_experiment(path).spec.model.builder == "mymodels:build"
-    bad = write_yaml(tmp_path, "model:\n  builder: mymodels:nothere\n", "bad.yaml")
+    bad = write_yaml(tmp_path, "name: t\nmodel:\n  builder: mymodels:nothere\n", "bad.yaml")
     with pytest.raises(SpecError, match="module 'mymodels' has no attribute 'nothere'"):
         load_experiment(bad)
 

@@ -24,13 +24,15 @@ from raytrain.cluster.connection import ClusterInfo
 from raytrain.config.loader import load_experiment
 from raytrain.config.schema import DataSpec
 from raytrain.data.dataset import load_dataset
-from raytrain.errors import DataError, StorageError
+from raytrain.errors import DataError, ExportError, StorageError
+from raytrain.export.destination import MANIFEST, publish
 from raytrain.history import list_runs
 from raytrain.storage import (
     EMULATOR_ENV,
     check_location,
     exists,
     glob,
+    list_files,
     read_text,
     resolve,
     upload_folder,
@@ -103,9 +105,40 @@ def test_files_round_trip(location: str, tmp_path: Path) -> None:
     staged = tmp_path / "staged"
     (staged / "sub").mkdir(parents=True)
     (staged / "sub" / "x.txt").write_text("x")
-    upload_folder(staged, f"{location}/b")  # replaces what was there
-    assert glob(f"{location}/b/*/*") == [f"{location}/b/sub/x.txt"]
-    assert not exists(f"{location}/b/two.json")
+    upload_folder(staged, f"{location}/b")  # adds, deletes nothing
+    assert list_files(f"{location}/b") == ["deeper/three.json", "sub/x.txt", "two.json"]
+    assert list_files(f"{location}/nothing") == []
+
+
+def test_an_export_never_deletes_what_raytrain_did_not_write(location: str, tmp_path: Path) -> None:
+    """`raytrain export --out PREFIX` used to empty PREFIX before it uploaded."""
+    out = f"{location}/exports"
+    write_text(f"{out}/sentinel.txt", "the user's")
+    write_text(f"{location}/beside.txt", "the user's too")
+    first = tmp_path / "first"
+    (first / "saved_model").mkdir(parents=True)
+    (first / "saved_model" / "saved_model.pb").write_text("pb")
+    (first / "int8.tflite").write_text("1")
+    with pytest.raises(
+        ExportError,
+        match=rf"^export destination '{out}' holds files raytrain did not write \(sentinel.txt\); "
+        r"raytrain never deletes them: export to an empty or new folder \(`out`\)$",
+    ):
+        publish(first, out)
+    assert list_files(out) == ["sentinel.txt"]
+
+    mine = f"{location}/mine"
+    publish(first, mine)
+    assert list_files(mine) == ["int8.tflite", MANIFEST, "saved_model/saved_model.pb"]
+    second = tmp_path / "second"
+    second.mkdir()
+    (second / "dynamic.tflite").write_text("2")
+    publish(second, mine)  # replaces the earlier export: raytrain's files, named in its manifest
+    assert list_files(mine) == ["dynamic.tflite", MANIFEST]
+    write_text(f"{mine}/notes.txt", "added by the user")
+    with pytest.raises(ExportError, match=r"holds files raytrain did not write \(notes\.txt\)"):
+        publish(second, mine)
+    assert read_text(f"{location}/beside.txt") == "the user's too"
 
 
 @pytest.mark.parametrize("fmt", ["csv", "parquet", "npz"])

@@ -158,6 +158,7 @@ def test_a_grid_search_enumerates_choices() -> None:
 def test_apply_config_sets_dotted_paths_with_plain_values() -> None:
     spec = Experiment.model_validate(
         {
+            "name": "t",
             "checkpoint": {"score": "val_accuracy", "mode": "max"},
             "tune": {"space": {"train.epochs": {"choice": [1, 2]}}},
         }
@@ -186,11 +187,12 @@ def test_apply_config_sets_dotted_paths_with_plain_values() -> None:
 def test_apply_config_ranks_checkpoints_by_the_first_of_several_metrics() -> None:
     spec = Experiment.model_validate(
         {
+            "name": "t",
             "tune": {
                 "metric": ["val_accuracy", "param_count"],
                 "mode": ["max", "min"],
                 "space": {"train.epochs": {"choice": [1, 2]}},
-            }
+            },
         }
     )
     trial = apply_config(spec, {})
@@ -198,7 +200,9 @@ def test_apply_config_ranks_checkpoints_by_the_first_of_several_metrics() -> Non
 
 
 def test_apply_config_without_a_tune_section_keeps_the_checkpoint_rule() -> None:
-    spec = Experiment.model_validate({"checkpoint": {"score": "val_accuracy", "mode": "max"}})
+    spec = Experiment.model_validate(
+        {"name": "t", "checkpoint": {"score": "val_accuracy", "mode": "max"}}
+    )
     trial = apply_config(spec, {"train.epochs": 3})
     assert (trial.checkpoint.score, trial.checkpoint.mode, trial.train.epochs) == (
         "val_accuracy",
@@ -321,7 +325,7 @@ def test_flatten_makes_dotted_string_params() -> None:
         "storage": "None",
         "export": "False",
     }
-    assert flatten(Experiment().model_dump(mode="json"))["data.source"] == "builtin:digits"
+    assert flatten(Experiment(name="t").model_dump(mode="json"))["data.source"] == "builtin:digits"
 
 
 def test_absolute_tracking_uri(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
@@ -433,3 +437,19 @@ def test_find_user_error_digs_through_wrappers() -> None:
     other = find_user_error(RuntimeError("boom"))
     assert isinstance(other, TrainingError)
     assert str(other) == "training failed: boom"
+
+
+def test_only_a_lost_worker_is_retried() -> None:
+    from ray.exceptions import ActorDiedError
+    from ray.train.v2._internal.exceptions import WorkerHealthCheckFailedError
+    from ray.train.v2.api.exceptions import WorkerGroupError
+
+    from raytrain.errors import ModelBuildError
+    from raytrain.train.failures import is_code_error
+
+    died = WorkerHealthCheckFailedError("worker died", failure=ActorDiedError())
+    bug, peer_lost = ModelBuildError("bad width"), type("UnavailableError", (Exception,), {})()
+    assert is_code_error(WorkerGroupError("", {0: bug, 1: ValueError("bad data")}))
+    assert not is_code_error(WorkerGroupError("", {0: bug, 1: died}))  # a loss wins
+    assert not is_code_error(WorkerGroupError("", {0: peer_lost}))  # MWMS without its peer
+    assert not is_code_error(ValueError("not a worker group failure"))

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from raytrain.config.problems import Problem
 from raytrain.config.rules import check_rules
-from raytrain.config.schema import Experiment, unknown_key_message
+from raytrain.config.schema import REQUIRED, Experiment, unknown_key_message
 from raytrain.errors import SpecError
 
 __all__ = ["LoadedExperiment", "load_experiment"]
@@ -100,8 +100,14 @@ def _parse_yaml(text: str, file: Path, where: dict[Path_, str]) -> dict[str, Any
         loc = f"{file}:{mark.line + 1}:{mark.column + 1}" if mark else str(file)
         problem = getattr(exc, "problem", None) or str(exc)
         raise SpecError([f"{loc}: YAML syntax error: {problem}"]) from None
-    if data is None:
-        return {}
+    if data is None:  # empty, or only comments: almost surely not what was meant
+        raise SpecError(
+            [
+                f"{file}:1: the experiment is empty; an experiment needs at least "
+                f"{', '.join(REQUIRED)} (e.g. `name: digits-mlp`): every other field has a "
+                "default, and `data.source` defaults to builtin:digits"
+            ]
+        )
     if not isinstance(data, dict) or node is None:
         raise SpecError(
             [f"{file}:1: the experiment must be a mapping of sections (data:, model:, ...)"]
@@ -175,6 +181,8 @@ def _pydantic_problems(exc: ValidationError) -> list[Problem]:
             problems.append(Problem(loc, unknown_key_message(loc)))
             continue
         message = err["msg"]
+        if err["type"] == "missing" and loc == ("name",):
+            message = "required: it names the experiment's storage folder and MLflow experiment"
         if err["type"] not in ("missing",) and not isinstance(err.get("input"), (dict, list)):
             message += f" (got {err.get('input')!r})"
         problems.append(Problem(loc, message))

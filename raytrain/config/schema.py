@@ -19,6 +19,8 @@ __all__ = [
     "DEFAULT_STORAGE",
     "DEFAULT_TRACKING_URI",
     "EXTRA_METRICS",
+    "NAME_PATTERN",
+    "REQUIRED",
     "CNNParams",
     "CheckpointSpec",
     "DataSpec",
@@ -63,6 +65,9 @@ CLASSIFICATION_LOSSES = LOSSES[:3]
 EXTRA_METRICS = ("epoch", "epoch_time_s", "samples_per_s", "param_count", "model_bytes")
 DEFAULT_STORAGE = "./raytrain_results"  # relative to the working directory
 DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow's own default: ./mlflow.db
+# A name that is one safe folder name: it names storage folders, so no "/", "..", or spaces.
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
+REQUIRED = ("name",)  # what an experiment must say; every other field has a default
 LOCALITY_SHARE = 0.001  # of a data.locality resource, per worker, trial or job driver
 
 
@@ -231,9 +236,13 @@ class CheckpointSpec(Section):
 
 class FailureSpec(Section):
     max_failures: int = Field(
-        0,
+        3,
         ge=-1,
-        description="Worker-group restarts from the latest checkpoint; -1 retries forever.",
+        description="Restarts of the worker group from the latest checkpoint after a worker or "
+        "node is lost (a crash, an OOM kill, a spot VM gone); -1 retries forever. An exception "
+        "in the model code or data is never retried, and announced preemptions are retried "
+        "without limit. 3 rides out a few losses in a long run on preemptible machines, yet a "
+        "cluster that keeps losing workers fails within minutes.",
     )
 
 
@@ -244,7 +253,12 @@ class TrackingSpec(Section):
         description="MLflow tracking URI; a server (http://head:5000) on multi-node clusters.",
     )
     experiment: str | None = Field(None, description="MLflow experiment; the name by default.")
-    run_name: str | None = Field(None, description="MLflow run name; generated when omitted.")
+    run_name: str | None = Field(
+        None,
+        pattern=NAME_PATTERN,
+        description="The run's (or sweep's) name: its MLflow run name and its storage folder, so "
+        "one safe folder name; generated (<name>-<time>-<random>) when omitted.",
+    )
     register_as: str | None = Field(
         None, description="Register the best model under this name in the model registry."
     )
@@ -281,7 +295,7 @@ class ExportSpec(Section):
         None,
         description="Folder or gs://bucket/prefix for the SavedModel, .tflite files and report; "
         "default <storage>/<name>/export/<model>-v<version> (a folder is relative to the working "
-        "directory).",
+        "directory). It must be empty or hold only an earlier raytrain export, which is replaced.",
     )
 
 
@@ -412,9 +426,9 @@ class Experiment(Section):
     """One experiment: what to train, on what, where, and where its results go."""
 
     name: str = Field(
-        "experiment",
-        pattern=r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$",
-        description="Names the run's storage folder and, by default, its MLflow experiment.",
+        pattern=NAME_PATTERN,
+        description="Required: names the experiment's storage folder and, by default, its MLflow "
+        "experiment (a default name would pool unrelated runs in one folder and one experiment).",
     )
     description: str = Field("", description="Free text, logged to MLflow.")
     data: DataSpec = Field(default_factory=DataSpec, description="Where the examples come from.")

@@ -30,8 +30,9 @@ from raytrain.config.rules import export_problems
 from raytrain.config.schema import CLASSIFICATION_LOSSES, EXPORT_MODES, Experiment, ExportSpec
 from raytrain.data.dataset import Dataset, load_dataset
 from raytrain.errors import DataError, ExportError, RaytrainError, SpecError, TrackingError
+from raytrain.export.destination import check_destination, publish
 from raytrain.export.report import WARMUP_RUNS, ExportReport, ModeResult
-from raytrain.storage import is_gcs, join, upload_folder
+from raytrain.storage import is_gcs, join
 from raytrain.tracking import registry
 
 __all__ = [
@@ -83,7 +84,10 @@ def export_model(
             options=("experiment",),
         )
     destination = _destination(settings, spec, model)
-    folder = _folder(destination)
+    check_destination(destination)  # before minutes of converting, not after
+    # TensorFlow's savers and the TFLite converter want local paths: the files are written to a
+    # local folder first, then published to the destination (a folder or gs://).
+    folder = Path(tempfile.mkdtemp(prefix="raytrain-export-"))
     saved_model = folder / "saved_model"
     keras_model.save(str(saved_model), save_format="tf")
     metric = evaluation_metric(spec.train.loss, spec.train.metrics)
@@ -118,8 +122,7 @@ def export_model(
     (folder / "report.json").write_text(json.dumps(report.to_json(), indent=2))
     (folder / "report.md").write_text(report.to_markdown())
     _log_to_run(model, folder)
-    if is_gcs(destination):
-        _upload(folder, destination)
+    _publish(folder, destination)
     return report
 
 
@@ -236,18 +239,6 @@ def _destination(settings: ExportSpec, spec: Experiment, model: registry.Registe
     return where if is_gcs(where) else str(Path(where).expanduser().resolve())
 
 
-def _folder(destination: str) -> Path:
-    """The local folder the files are written to: TensorFlow's savers and the TFLite converter
-    want local paths, so a gs:// destination gets a temporary one, uploaded at the end."""
-    if is_gcs(destination):
-        return Path(tempfile.mkdtemp(prefix="raytrain-export-"))
-    folder = Path(destination)
-    folder.mkdir(parents=True, exist_ok=True)
-    for name in FILE_NAMES.values():  # a file left by an earlier export is not this one's
-        (folder / name).unlink(missing_ok=True)
-    return folder
-
-
 def _measure(
     mode: str,
     content: bytes,
@@ -340,9 +331,9 @@ def _converter_message(exc: Exception, mode: str) -> str:
     return f"the TFLite converter failed (mode {mode}): {_first_line(exc)}"
 
 
-def _upload(folder: Path, destination: str) -> None:
+def _publish(folder: Path, destination: str) -> None:
     try:
-        upload_folder(folder, destination)
+        publish(folder, destination)
     except OSError as exc:  # the files are written: say where, in one line
         raise ExportError(
             f"the export is in {folder}, but uploading it to {destination} failed: "

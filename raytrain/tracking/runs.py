@@ -1,9 +1,10 @@
-"""MLflow: one run per training run, metrics logged live by rank 0, the model as an artifact.
+"""MLflow: one run per training run, metrics logged live as epochs commit, the model as an
+artifact.
 
 The driver opens the run (params, tags, spec file) and closes it (model, registration, status);
-the rank-0 worker logs each epoch's metrics into it while training runs. A tracking failure in
-a worker is logged as a warning and never stops training: losing a chart is better than losing
-the run.
+Ray Train's controller logs each committed epoch's metrics into it while training runs. A
+tracking failure during training is logged as a warning and never stops training: losing a chart
+is better than losing the run.
 """
 
 from __future__ import annotations
@@ -75,9 +76,16 @@ def check_reachable(uri: str, *, timeout_s: float = 5.0) -> None:
                 "fix tracking.uri, or set tracking.enabled: false"
             ) from None
     elif uri.startswith("sqlite:///"):
-        folder = Path(uri.removeprefix("sqlite:///")).parent
-        if not folder.is_dir() or not os.access(folder, os.W_OK):
-            raise TrackingError(f"cannot write the MLflow database in {folder} (tracking.uri)")
+        database = Path(uri.removeprefix("sqlite:///"))
+        folder = database.parent
+        writable = folder.is_dir() and os.access(folder, os.W_OK)
+        if database.exists():
+            writable = database.is_file() and os.access(database, os.W_OK)
+        if not writable:
+            raise TrackingError(
+                f"tracking.uri '{uri}': cannot write the MLflow database {database} (its folder "
+                "must exist and be writable, and the database must be a writable file)"
+            )
 
 
 def flatten(tree: Any, prefix: str = "") -> dict[str, str]:
@@ -232,7 +240,8 @@ def promote_champion(
 
 
 class EpochLogger:
-    """Logs each epoch's metrics into the driver's run; used by the rank-0 worker."""
+    """Logs each epoch's metrics into the driver's run (on Ray Train's controller) and tags it
+    (on the rank-0 worker)."""
 
     def __init__(self, run: TrackedRun) -> None:
         self.run = run

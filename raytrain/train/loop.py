@@ -5,7 +5,9 @@ loop top to bottom: the numbered comments are the distributed pitfalls it steps 
 
     trainer workers: N Ray actors, one tf.distribute replica each
     per epoch:       fit one epoch -> every worker saves -> every worker reports (a barrier)
-    on failure:      Ray restarts the group; the loop resumes from the last reported checkpoint
+    on failure:      Ray restarts the group after a lost worker (failures.py); the loop resumes
+                     from the last committed checkpoint
+    per commit:      the controller sends the epoch to MLflow and the driver (_CommittedEpochs)
 """
 
 from __future__ import annotations
@@ -20,7 +22,14 @@ from typing import TYPE_CHECKING, Any
 import ray
 import ray.train
 import tensorflow as tf
-from ray.train import Checkpoint, CheckpointConfig, FailureConfig, RunConfig, ScalingConfig
+from ray.train import (
+    Checkpoint,
+    CheckpointConfig,
+    FailureConfig,
+    RunConfig,
+    ScalingConfig,
+    UserCallback,
+)
 from ray.train.tensorflow import TensorflowTrainer
 
 from raytrain import storage
@@ -30,7 +39,7 @@ from raytrain.config.schema import Experiment
 from raytrain.errors import DataError, TrainingError
 from raytrain.tracking import names
 from raytrain.tracking.runs import EpochLogger, TrackedRun
-from raytrain.train import checkpoint
+from raytrain.train import checkpoint, failures
 
 if TYPE_CHECKING:
     from raytrain.data.dataset import Dataset
@@ -67,6 +76,9 @@ def fit(
         "base_dir": base_dir,
     }
     path, filesystem = storage.ray_storage(storage_path)
+    failures.install()
+    if tracking is not None or progress is not None:
+        callbacks = [*(callbacks or []), _CommittedEpochs(tracking, progress, spec.train.epochs)]
     trainer = TensorflowTrainer(
         train_loop,
         train_loop_config=config,
@@ -167,11 +179,7 @@ def train_loop(config: dict[str, Any]) -> None:
         logger.tag(names.NODES_TAG, ", ".join(worker_nodes(world)))
 
     reporter = _Reporter(
-        rank=rank,
-        samples_per_epoch=min(steps * batch, data.info.num_train // world) * world,
-        logger=logger,
-        progress=config["progress"] if rank == 0 else None,
-        total_epochs=spec.train.epochs,
+        rank=rank, samples_per_epoch=min(steps * batch, data.info.num_train // world) * world
     )
     model.fit(
         train_ds,
@@ -188,12 +196,9 @@ def train_loop(config: dict[str, Any]) -> None:
 class _Reporter(tf.keras.callbacks.Callback):
     """Per-epoch metrics, timing and a checkpoint, reported by every worker."""
 
-    def __init__(
-        self, *, rank: int, samples_per_epoch: int, logger: Any, progress: Any, total_epochs: int
-    ) -> None:
+    def __init__(self, *, rank: int, samples_per_epoch: int) -> None:
         super().__init__()
-        self.rank, self.samples, self.logger = rank, samples_per_epoch, logger
-        self.progress, self.total_epochs = progress, total_epochs
+        self.rank, self.samples = rank, samples_per_epoch
         self._t0 = self._train_s = 0.0
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
@@ -223,10 +228,29 @@ class _Reporter(tf.keras.callbacks.Callback):
             checkpoint.write(self.model, folder, epoch=done, metrics=metrics)
             saved = Checkpoint.from_directory(folder) if self.rank == 0 else None
             ray.train.report(metrics, checkpoint=saved)
+
+
+class _CommittedEpochs(UserCallback):
+    """On Ray Train's controller: each epoch, once all workers reported it and its checkpoint is
+    committed, to MLflow and to the driver's progress queue. An epoch that a worker reported but
+    the controller never committed (a worker died first) is trained again after the restart;
+    sent from here, it is logged once, not once per attempt."""
+
+    def __init__(self, tracking: TrackedRun | None, progress: Any, total_epochs: int) -> None:
+        self.logger = EpochLogger(tracking) if tracking else None
+        self.progress, self.total_epochs = progress, total_epochs
+
+    def after_report(self, run_context: Any, metrics: list[dict], checkpoint: Any) -> None:
+        if checkpoint is None:  # not an epoch: the final metrics of a run resumed when done
+            return
+        epoch = dict(metrics[0])  # rank 0's
         if self.logger:
-            self.logger.log(metrics, step=done)
+            self.logger.log(epoch, step=int(epoch["epoch"]))
         if self.progress is not None:
-            self.progress.put_nowait({**metrics, "total_epochs": self.total_epochs})
+            try:
+                self.progress.put_nowait({**epoch, "total_epochs": self.total_epochs})
+            except Exception:  # the driver is gone: the epoch is in MLflow, training goes on
+                self.progress = None
 
 
 def _streamed_input(

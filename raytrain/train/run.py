@@ -27,7 +27,7 @@ from raytrain.cluster.resources import check_feasible, check_locality, cpus_on
 from raytrain.config.loader import LoadedExperiment
 from raytrain.data.dataset import load_dataset
 from raytrain.errors import TrackingError, find_user_error
-from raytrain.storage import check_location, forwarded_env, is_gcs, join, to_uri
+from raytrain.storage import check_writable, forwarded_env, is_gcs, join, to_uri
 from raytrain.tracking import names
 from raytrain.train import checkpoint
 
@@ -262,7 +262,12 @@ def prepare(spec: Any, tracking_uri: str | None, *, address: str | None, verbose
     """Everything that can fail fast, before any cluster time: tracking, data, then Ray."""
     from raytrain.cluster.connection import WORKER_ENV
 
-    check_location(spec.storage, what="storage")
+    check_writable(spec.storage, what="storage")
+    if spec.export is not None and spec.export.out:
+        from raytrain.export.destination import check_destination
+
+        check_writable(spec.export.out, what="export.out")
+        check_destination(spec.export.out)  # it holds nothing raytrain may not replace
     if tracking_uri:
         tracking.check_reachable(tracking_uri)
     if not spec.data.streaming:  # read here, before any cluster time; streamed data reads on Ray

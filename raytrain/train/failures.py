@@ -1,0 +1,64 @@
+"""Which failures Ray Train retries: a lost worker or node, never a bug in the training code.
+
+Ray Train retries every worker-group failure up to ``failure.max_failures``: an exception the
+training code raised (a model builder's, unreadable data, a diverging loss) as much as a worker
+that died. A deterministic error would fail the same way on every retry, each after a restart and
+a checkpoint restore, and the user would wait for all of them to read its message. This policy
+raises such an error at once and leaves the rest to Ray's default policy: a worker whose process
+or node was lost (its health check failed or timed out), and the errors its peers see when it
+goes (a collective that lost a member). Ray counts announced node preemptions on a budget of
+their own (``FailureConfig.max_preemption_failures``, unlimited by default).
+
+Ray Train 2.60 has no public setting for the policy: ``install`` replaces the factory its
+trainer calls on the driver (``create_failure_policy``) when ``fit`` builds the controller.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from ray.exceptions import RayActorError
+from ray.train import FailureConfig
+from ray.train.v2._internal.exceptions import RayTrainError, UserExceptionWithTraceback
+from ray.train.v2._internal.execution.failure_handling import (
+    DefaultFailurePolicy,
+    FailureDecision,
+)
+from ray.train.v2.api import data_parallel_trainer
+from ray.train.v2.api.exceptions import WorkerGroupError
+
+__all__ = ["RetryLostWorkersOnly", "install", "is_code_error"]
+
+# What TensorFlow raises in a worker whose peer is gone, mid all-reduce: a loss, not a bug.
+PEER_LOSS = ("UnavailableError", "CancelledError", "AbortedError", "DeadlineExceededError")
+
+
+def is_code_error(error: Exception) -> bool:
+    """Every failed worker raised from the training code (the controller holds the code's own
+    exception), and none of them for a lost worker or peer: a failed or timed-out health check
+    is Ray Train's own error, a dead actor Ray's, a broken collective TensorFlow's."""
+    if not isinstance(error, WorkerGroupError) or not error.worker_failures:
+        return False
+    return all(
+        not isinstance(failure, RayTrainError | RayActorError | UserExceptionWithTraceback)
+        and type(failure).__name__ not in PEER_LOSS
+        for failure in error.worker_failures.values()
+    )
+
+
+class RetryLostWorkersOnly(DefaultFailurePolicy):
+    """Ray's default policy, except that an error of the training code is raised at once."""
+
+    def make_decision(self, training_failed_error: Any) -> FailureDecision:
+        if is_code_error(training_failed_error):
+            return FailureDecision.RAISE
+        return super().make_decision(training_failed_error)
+
+
+def install() -> None:
+    """Make every Ray Train run started by this process use ``RetryLostWorkersOnly``."""
+    data_parallel_trainer.create_failure_policy = _create_policy  # type: ignore[attr-defined]
+
+
+def _create_policy(failure_config: FailureConfig) -> RetryLostWorkersOnly:
+    return RetryLostWorkersOnly(failure_config)
