@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install run test test-fast lint docs format lock bench clean
+.PHONY: install system-deps run test test-fast lint docs format lock bench clean
 
 install: $(VENV)/.installed
 
@@ -12,6 +12,17 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e '.[dev]'
 	touch $@
+
+# System packages the tests use (root, Debian/Ubuntu): sshd and rsync for the two-machine
+# `ray up` test, iproute2 for its network namespaces, PostgreSQL for the tracking-store tests.
+SYSTEM_PACKAGES := openssh-server rsync iproute2 util-linux postgresql
+
+system-deps:
+	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p > /dev/null 2>&1 || echo $$p; done); \
+	if [ -n "$$missing" ]; then \
+	  echo "installing: $$missing"; \
+	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
+	fi
 
 run: install
 	$(BIN)/raytrain run experiments/quickstart.yaml
