@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from raytrain.config.problems import Problem
 from raytrain.config.rules import check_rules
-from raytrain.config.schema import REQUIRED, Experiment, unknown_key_message
+from raytrain.config.schema import REQUIRED, SECRET_INPUT, Experiment, unknown_key_message
 from raytrain.errors import SpecError
 
 __all__ = ["LoadedExperiment", "load_experiment"]
@@ -183,7 +183,8 @@ def _pydantic_problems(exc: ValidationError) -> list[Problem]:
         message = err["msg"]
         if err["type"] == "missing" and loc == ("name",):
             message = "required: it names the experiment's storage folder and MLflow experiment"
-        if err["type"] not in ("missing",) and not isinstance(err.get("input"), (dict, list)):
+        shown = err["type"] not in ("missing", SECRET_INPUT)
+        if shown and not isinstance(err.get("input"), (dict, list)):
             message += f" (got {err.get('input')!r})"
         problems.append(Problem(loc, message))
     return problems

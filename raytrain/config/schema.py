@@ -11,8 +11,10 @@ from __future__ import annotations
 import difflib
 import math
 from typing import Any, Literal, get_args, get_origin
+from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
+from pydantic_core import PydanticCustomError
 
 __all__ = [
     "BUILTIN_BUILDERS",
@@ -21,6 +23,7 @@ __all__ = [
     "EXTRA_METRICS",
     "NAME_PATTERN",
     "REQUIRED",
+    "SECRET_INPUT",
     "CNNParams",
     "CheckpointSpec",
     "DataSpec",
@@ -36,6 +39,7 @@ __all__ = [
     "TrackingSpec",
     "TrainSpec",
     "TuneSpec",
+    "credentials_in_uri",
     "unknown_key_message",
 ]
 
@@ -263,6 +267,29 @@ class TrackingSpec(Section):
         None, description="Register the best model under this name in the model registry."
     )
     tags: dict[str, str] = Field(default_factory=dict, description="Extra MLflow run tags.")
+
+    @field_validator("uri")
+    @classmethod
+    def _no_credentials(cls, uri: str) -> str:
+        problem = credentials_in_uri(uri)
+        if problem:  # a type of its own: the loader never echoes this input (a password)
+            raise PydanticCustomError(SECRET_INPUT, problem)
+        return uri
+
+
+SECRET_INPUT = "secret_input"  # pydantic error type whose input must not be shown
+
+
+def credentials_in_uri(uri: str) -> str | None:
+    """Why a tracking URI that carries a user name or password is refused: experiment files are
+    shared, committed and logged as MLflow artifacts; credentials live elsewhere."""
+    if not urlsplit(uri).username and not urlsplit(uri).password:
+        return None
+    return (
+        "the tracking URI holds a user name or password: remove them and set "
+        "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or write ~/.mlflow/credentials, "
+        "mode 600) instead"
+    )
 
 
 EXPORT_MODES = ("none", "float16", "dynamic", "int8")

@@ -21,8 +21,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from raytrain.config.schema import credentials_in_uri
 from raytrain.errors import TrackingError
-from raytrain.tracking import names
+from raytrain.tracking import credentials, names
 
 __all__ = [
     "EpochLogger",
@@ -62,19 +63,31 @@ def absolute_tracking_uri(uri: str) -> str:
 def check_reachable(uri: str, *, timeout_s: float = 5.0) -> None:
     """Fail in seconds, before any cluster time is spent, if the tracking store is unusable.
 
-    MLflow's own client retries an unreachable server for minutes before it gives up.
+    MLflow's own client retries an unreachable server for minutes before it gives up; a server
+    that wants a sign-in answers 401, which is said here in one line with what to set.
     """
+    problem = credentials_in_uri(uri)
+    if problem:
+        raise TrackingError(problem)
     if uri.startswith(("http://", "https://")):
         import requests
 
+        signed_in = credentials.current()
         try:
-            requests.get(f"{uri.rstrip('/')}/health", timeout=timeout_s)
+            answer = requests.get(
+                f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search",
+                params={"max_results": 1},
+                auth=signed_in.auth if signed_in else None,
+                timeout=timeout_s,
+            )
         except requests.RequestException as exc:
             reason = type(exc).__name__
             raise TrackingError(
                 f"cannot reach the MLflow tracking server at {uri} ({reason}); start it, "
                 "fix tracking.uri, or set tracking.enabled: false"
             ) from None
+        if answer.status_code == 401:
+            raise TrackingError(credentials.sign_in_help(uri, signed_in))
     elif uri.startswith("sqlite:///"):
         database = Path(uri.removeprefix("sqlite:///"))
         folder = database.parent
@@ -241,18 +254,22 @@ def promote_champion(
 
 class EpochLogger:
     """Logs each epoch's metrics into the driver's run (on Ray Train's controller) and tags it
-    (on the rank-0 worker)."""
+    (on the rank-0 worker), signed in as the driver is."""
 
-    def __init__(self, run: TrackedRun) -> None:
-        self.run = run
+    def __init__(self, run: TrackedRun, signed_in: credentials.Credentials | None = None) -> None:
+        self.run, self.signed_in = run, signed_in
 
     def log(self, metrics: dict[str, float], *, step: int) -> None:
+        if self.signed_in:
+            self.signed_in.use()
         try:
             log_metrics(self.run, metrics, step=step)
         except Exception as exc:  # a lost chart must not cost the run
             log.warning("MLflow logging failed at epoch %s (training goes on): %s", step, exc)
 
     def tag(self, key: str, value: str) -> None:
+        if self.signed_in:
+            self.signed_in.use()
         try:
             import mlflow
 

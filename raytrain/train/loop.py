@@ -37,7 +37,8 @@ from raytrain.cluster.connection import WORKER_ENV
 from raytrain.cluster.resources import worker_nodes
 from raytrain.config.schema import Experiment
 from raytrain.errors import DataError, TrainingError
-from raytrain.tracking import names
+from raytrain.tracking import credentials, names
+from raytrain.tracking.credentials import Credentials
 from raytrain.tracking.runs import EpochLogger, TrackedRun
 from raytrain.train import checkpoint, failures
 
@@ -68,17 +69,22 @@ def fit(
     # run would be spent waiting. Polling at 0.1 s cut a 0.02 s epoch's wall time from 2 s to
     # 0.2 s (benchmarks/README.md). The variable propagates from this driver to the controller.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
+    signed_in = credentials.current() if tracking else None
     config = {
         "spec": spec.model_dump(mode="json"),
         "data": data_ref,
         "tracking": tracking,
+        "signed_in": signed_in,  # shown (Ray Train's run details) as its repr, password hidden
         "progress": progress,
         "base_dir": base_dir,
     }
     path, filesystem = storage.ray_storage(storage_path)
     failures.install()
     if tracking is not None or progress is not None:
-        callbacks = [*(callbacks or []), _CommittedEpochs(tracking, progress, spec.train.epochs)]
+        callbacks = [
+            *(callbacks or []),
+            _CommittedEpochs(tracking, progress, spec.train.epochs, signed_in),
+        ]
     trainer = TensorflowTrainer(
         train_loop,
         train_loop_config=config,
@@ -172,7 +178,8 @@ def train_loop(config: dict[str, Any]) -> None:
         # train, but a sweep must still hear the final metrics (Tune rejects a metric-less end).
         ray.train.report(last_metrics)
         return
-    logger = EpochLogger(config["tracking"]) if rank == 0 and config["tracking"] else None
+    tracked = config["tracking"]
+    logger = EpochLogger(tracked, config["signed_in"]) if rank == 0 and tracked else None
     if logger and start_epoch:
         logger.tag(names.RESUMED_FROM_TAG, str(start_epoch))
     if logger:  # where the workers run: what data.locality promises, checked after the fact
@@ -236,8 +243,14 @@ class _CommittedEpochs(UserCallback):
     the controller never committed (a worker died first) is trained again after the restart;
     sent from here, it is logged once, not once per attempt."""
 
-    def __init__(self, tracking: TrackedRun | None, progress: Any, total_epochs: int) -> None:
-        self.logger = EpochLogger(tracking) if tracking else None
+    def __init__(
+        self,
+        tracking: TrackedRun | None,
+        progress: Any,
+        total_epochs: int,
+        signed_in: Credentials | None = None,
+    ) -> None:
+        self.logger = EpochLogger(tracking, signed_in) if tracking else None
         self.progress, self.total_epochs = progress, total_epochs
 
     def after_report(self, run_context: Any, metrics: list[dict], checkpoint: Any) -> None:
