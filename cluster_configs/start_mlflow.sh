@@ -26,6 +26,7 @@
 #                                 stay with their creator and the admin.
 #   MLFLOW_ALLOWED_HOSTS          Host headers the server accepts. Default: MLFLOW_HOST and
 #                                 localhost (an SSH tunnel or port-forward)
+#   MLFLOW_WORKERS                server processes, 4 by default
 #   MLFLOW_HOME                   the server's own files. Default ~/mlflow
 #   MLFLOW_AUTH_ADMIN_PASSWORD    the admin's password; default: generated once into
 #                                 $MLFLOW_HOME/admin_password (mode 600)
@@ -79,6 +80,10 @@ echo "http://$host:$port" > "$home/tracking_uri"
 chmod 644 "$home/tracking_uri"
 
 new_secret() { python -c 'import secrets; print(secrets.token_urlsafe(32))'; }
+healthy() {
+  python -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5)' \
+    "http://$host:$port/health" > /dev/null 2>&1
+}
 if [ -n "${MLFLOW_AUTH_ADMIN_PASSWORD:-}" ]; then
   printf '%s\n' "$MLFLOW_AUTH_ADMIN_PASSWORD" > "$home/admin_password"
 elif [ ! -s "$home/admin_password" ]; then
@@ -103,7 +108,7 @@ admin_username = admin
 authorization_function = mlflow.server.auth:authenticate_request_basic_auth
 EOF
 
-if curl -sf "http://$host:$port/health" > /dev/null 2>&1; then
+if healthy; then
   echo "MLflow is already running at http://$host:$port"
   exit 0
 fi
@@ -133,15 +138,17 @@ MLFLOW_FLASK_SERVER_SECRET_KEY=$(cat "$home/flask_secret_key")
 export MLFLOW_FLASK_SERVER_SECRET_KEY
 server=(mlflow server --app-name basic-auth --host "$host" --port "$port"
   --backend-store-uri "$backend" --artifacts-destination "$artifacts"
-  --allowed-hosts "$allowed")
+  --allowed-hosts "$allowed" --workers "${MLFLOW_WORKERS:-4}"
+  --uvicorn-opts "--timeout-worker-healthcheck 60")
 if [ "${MLFLOW_FOREGROUND:-}" = 1 ]; then
   exec "${server[@]}"
 fi
-# Detached, all output in server.log: the SSH session of `ray up` must not wait for it.
+# Detached, all output in server.log: the SSH session of `ray up` must not wait for it. Workers
+# that start slowly (a busy head) are given a minute, not uvicorn's 5 s, before being killed.
 setsid nohup "${server[@]}" >> "$home/server.log" 2>&1 < /dev/null &
 echo $! > "$home/server.pid"
-for _ in $(seq 120); do
-  if curl -sf "http://$host:$port/health" > /dev/null 2>&1; then
+for _ in $(seq 180); do
+  if healthy; then
     echo "MLflow (sign-in required) is running at http://$host:$port"
     exit 0
   fi

@@ -530,7 +530,8 @@ def test_head_mlflow_command_runs(tmp_path: Path) -> None:
     command = command.replace(
         "bash ", f"MLFLOW_ARTIFACTS_DESTINATION={artifacts} MLFLOW_PORT={port} bash ", 1
     )
-    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")} | {"HOME": str(home)}
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env |= {"HOME": str(home), "MLFLOW_WORKERS": "1"}  # one server process: tests share 2 CPUs
     folder = home / "mlflow"
     try:
         # Another loopback address: the server must listen there, and only there.
@@ -538,7 +539,7 @@ def test_head_mlflow_command_runs(tmp_path: Path) -> None:
             ["bash", "-c", command],
             env={**env, "MLFLOW_HOST": "127.0.0.2"},
             check=True,
-            timeout=180,
+            timeout=300,
             capture_output=True,
         )
         server = MlflowServer(f"http://127.0.0.2:{port}", home)
@@ -574,7 +575,7 @@ def test_head_mlflow_command_runs(tmp_path: Path) -> None:
             ["bash", "-c", command],
             env={**env, "PATH": f"{fake}{os.pathsep}{env['PATH']}"},
             check=True,
-            timeout=60,
+            timeout=120,
             capture_output=True,
             text=True,
         )

@@ -51,12 +51,13 @@ def _script_env(home: Path, port: int, **settings: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
     venv = str(Path(sys.executable).parent)
     env |= {"HOME": str(home), "PATH": f"{venv}{os.pathsep}{env['PATH']}", "MLFLOW_PORT": str(port)}
+    env["MLFLOW_WORKERS"] = "1"  # one server process: tests share 2 CPUs
     return env | settings
 
 
 def _start(server_env: dict[str, str]) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(
-        ["bash", str(SCRIPT)], env=server_env, capture_output=True, text=True, timeout=240
+        ["bash", str(SCRIPT)], env=server_env, capture_output=True, text=True, timeout=300
     )
     assert result.returncode == 0, result.stdout + result.stderr
     return result
