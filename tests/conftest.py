@@ -218,7 +218,7 @@ class MlflowServer:
         """The HTTP status of a write: creating an experiment."""
         name = f"probe-{time.monotonic_ns()}"
         url = f"{self.uri}/api/2.0/mlflow/experiments/create"
-        return requests.post(url, json={"name": name}, auth=auth, timeout=30).status_code
+        return requests.post(url, json={"name": name}, auth=auth, timeout=120).status_code
 
 
 @contextmanager
