@@ -317,7 +317,8 @@ def test_a_restarted_server_keeps_every_run_version_and_alias(server: Head) -> N
         run = client.create_run(experiment)
         client.log_metric(run.info.run_id, "loss", 0.5)
         client.create_registered_model("restart-model")
-        version = client.create_model_version("restart-model", "file:///nothing", run.info.run_id)
+        source = f"{run.info.artifact_uri}/model"
+        version = client.create_model_version("restart-model", source, run.info.run_id)
         client.set_registered_model_alias("restart-model", "champion", version.version)
     before = snapshot()
     assert before["runs"]

@@ -78,7 +78,9 @@ def check_reachable(uri: str, *, timeout_s: float = 5.0) -> None:
                 f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search",
                 params={"max_results": 1},
                 auth=signed_in.auth if signed_in else None,
-                timeout=timeout_s,
+                # Seconds to connect; a server that answers slowly (checking a password costs
+                # it CPU) is given longer.
+                timeout=(timeout_s, 60),
             )
         except requests.RequestException as exc:
             reason = type(exc).__name__
