@@ -250,7 +250,7 @@ def test_run_sweep_serve_and_export_signed_in_from_the_environment(
     run = run_experiment(load_experiment(_experiment(tmp_path, uri)))
     client = mlflow.MlflowClient(tracking_uri=uri)
     history = client.get_metric_history(run.tracking.run_id, "val_loss")
-    assert [m.step for m in history] == [0, 1]  # logged by Ray Train's controller
+    assert [m.step for m in history] == [1, 2]  # epochs, logged by Ray Train's controller
     assert client.get_run(run.tracking.run_id).data.tags.get(names.NODES_TAG)  # by rank 0
     assert run.registered_version == "1"
 
