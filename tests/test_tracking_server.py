@@ -216,6 +216,7 @@ def test_credentials_in_the_tracking_uri_are_refused_without_echoing_them(
 
 
 def _experiment(folder: Path, uri: str, **sections: str) -> Path:
+    folder.mkdir(exist_ok=True)
     extra = "".join(f"{k}: {v}\n" for k, v in sections.items())
     return write_yaml(
         folder,
