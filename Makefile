@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install system-deps run test test-fast lint docs format lock bench clean
+.PHONY: install system-deps wheelhouse run test test-fast lint docs format lock bench clean
 
 install: $(VENV)/.installed
 
@@ -15,7 +15,7 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 
 # System packages the tests use (root, Debian/Ubuntu): sshd and rsync for the two-machine
 # `ray up` test, iproute2 for its network namespaces, PostgreSQL for the tracking-store tests.
-SYSTEM_PACKAGES := openssh-server rsync iproute2 util-linux postgresql
+SYSTEM_PACKAGES := openssh-server rsync iproute2 util-linux python3-venv postgresql
 
 system-deps:
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p > /dev/null 2>&1 || echo $$p; done); \
@@ -23,6 +23,20 @@ system-deps:
 	  echo "installing: $$missing"; \
 	  apt-get update -q && DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends $$missing; \
 	fi
+
+# Every pinned wheel raytrain needs on a cluster node, raytrain's own and its build backend
+# included, in one folder: cluster_configs/onprem.yaml installs from it with no package index
+# when it is there (air-gapped sites). `make wheelhouse EXTRAS=gpu` adds TensorFlow's CUDA wheels.
+WHEELHOUSE ?= wheelhouse
+EXTRAS ?=
+
+wheelhouse: $(WHEELHOUSE)/.built$(EXTRAS)
+
+$(WHEELHOUSE)/.built$(EXTRAS): pyproject.toml constraints.txt | install
+	$(BIN)/python -m pip wheel --quiet -c constraints.txt --wheel-dir $(WHEELHOUSE) \
+	  ".$(if $(EXTRAS),[$(EXTRAS)])" setuptools wheel
+	@du -sh $(WHEELHOUSE)
+	touch $@
 
 run: install
 	$(BIN)/raytrain run experiments/quickstart.yaml

@@ -136,7 +136,9 @@ def run(
     interrupted = "[yellow]interrupted[/yellow]: the MLflow run is marked KILLED"
     score = spec.checkpoint.score
     with reported(interrupted), display.EpochProgress(spec.train.epochs, score, out) as progress:
-        summary = run_experiment(loaded, address=address, verbose=verbose, on_epoch=progress)
+        summary = run_experiment(
+            loaded, address=address, verbose=verbose, on_epoch=progress, on_notice=progress.notice
+        )
     display.print_run(summary, spec, out)
 
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import signal
 from pathlib import Path
 
@@ -117,8 +118,15 @@ def test_killed_worker_resumes_from_last_checkpoint(workdir: Path) -> None:
         os.kill(int(workers[-1]["pid"]), signal.SIGKILL)
         killed_after.append(int(event["epoch"]))
 
-    summary = run_experiment(loaded, on_epoch=kill_one_worker)
+    notices: list[str] = []
+    summary = run_experiment(loaded, on_epoch=kill_one_worker, on_notice=notices.append)
     assert killed_after == [2]
+    (notice,) = notices  # one line says what happened
+    assert re.fullmatch(
+        r"lost worker \d \(\w+\)(, worker \d \(\w+\))*: restarting the workers from the last "
+        r"checkpoint \(retry 1 of 1, failure.max_failures\)",
+        notice,
+    ), notice
     run = summary.tracking
     assert run is not None
     client = mlflow.MlflowClient(tracking_uri=run.uri)

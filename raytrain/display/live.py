@@ -64,6 +64,10 @@ class EpochProgress:
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
 
+    def notice(self, line: str) -> None:
+        """``run_experiment``'s ``on_notice``: a line above the bar (a lost worker, say)."""
+        self.progress.console.print(line, markup=False, highlight=False)
+
     def __call__(self, event: dict[str, float]) -> None:
         shown = [k for k in (self.score, "loss") if k in event]
         text = "  ".join(f"{k} {event[k]:.4f}" for k in dict.fromkeys(shown))

@@ -76,7 +76,7 @@ def fit(
         "base_dir": base_dir,
     }
     path, filesystem = storage.ray_storage(storage_path)
-    failures.install()
+    failures.install(notify=progress)
     if tracking is not None or progress is not None:
         callbacks = [*(callbacks or []), _CommittedEpochs(tracking, progress, spec.train.epochs)]
     trainer = TensorflowTrainer(

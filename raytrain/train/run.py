@@ -8,6 +8,7 @@ Everything the ``raytrain run`` command does is here, callable from Python::
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -24,6 +25,7 @@ from raytrain import tracking
 from raytrain.cluster.connection import connect
 from raytrain.cluster.placement import release_orphaned_placement_groups
 from raytrain.cluster.resources import check_feasible, check_locality, cpus_on
+from raytrain.cluster.shared import check_storage_on_nodes
 from raytrain.config.loader import LoadedExperiment
 from raytrain.data.dataset import load_dataset
 from raytrain.errors import TrackingError, find_user_error
@@ -34,6 +36,7 @@ from raytrain.train import checkpoint
 __all__ = ["RunSummary", "log_best_model", "run_experiment"]
 
 ProgressFn = Callable[[dict[str, Any]], None]
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -59,8 +62,13 @@ def run_experiment(
     address: str | None = None,
     verbose: bool = False,
     on_epoch: ProgressFn | None = None,
+    on_notice: Callable[[str], None] | None = None,
 ) -> RunSummary:
-    """Train the experiment on Ray (a local instance unless ``address`` is given) and track it."""
+    """Train the experiment on Ray (a local instance unless ``address`` is given) and track it.
+
+    ``on_epoch`` gets each committed epoch's metrics; ``on_notice`` a line for the user when
+    something happened that training survives (a lost worker, and the restart); with
+    ``on_epoch`` alone, such a line is logged as a warning."""
     from raytrain.train.loop import fit
 
     spec = loaded.spec
@@ -73,7 +81,8 @@ def run_experiment(
     run_name = spec.tracking.run_name or unique_name(spec.name)
     storage = storage_root(spec.storage, spec.name)
     tracked = start_tracking(loaded, run_name) if spec.tracking.enabled else None
-    progress = ray.util.queue.Queue(actor_options={"num_cpus": 0}) if on_epoch else None
+    wanted = on_epoch or on_notice
+    progress = ray.util.queue.Queue(actor_options={"num_cpus": 0}) if wanted else None
     epochs: list[dict[str, float]] = []
     outcome: dict[str, Any] = {}
 
@@ -97,7 +106,9 @@ def run_experiment(
     try:
         while worker.is_alive() or (progress is not None and not progress.empty()):
             event = _next_event(progress, worker)
-            if event is not None:
+            if isinstance(event, str):
+                (on_notice or log.warning)(event)
+            elif event is not None:
                 epochs.append(event)
                 if on_epoch:
                     on_epoch(event)
@@ -114,7 +125,8 @@ def run_experiment(
     return _finish(loaded, outcome["result"], run_name, storage, tracked, data, epochs)
 
 
-def _next_event(progress: Any, worker: threading.Thread) -> dict[str, Any] | None:
+def _next_event(progress: Any, worker: threading.Thread) -> dict[str, Any] | str | None:
+    """The next epoch (a dict) or notice (a str) from the run's progress queue."""
     if progress is None:
         worker.join(timeout=0.5)
         return None
@@ -276,6 +288,7 @@ def prepare(spec: Any, tracking_uri: str | None, *, address: str | None, verbose
     connect(address, verbose=verbose, env_vars={**WORKER_ENV, **forwarded_env()})
     release_orphaned_placement_groups()  # a killed driver's leftovers would block this run
     check_locality(spec.data.locality)
+    check_storage_on_nodes(spec.storage, resource=spec.data.locality)
     if spec.data.streaming:
         data = load_dataset(spec.data, loss=spec.train.loss, task_cpus=_data_task_cpus(spec))
     return data
