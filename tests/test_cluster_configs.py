@@ -166,19 +166,26 @@ def no_credentials(text: str) -> list[str]:
 
 
 def pinned_install(text: str) -> list[str]:
+    """Every pip install is pinned; TPU hosts install the `tpu` extra under constraints-tpu.txt
+    (TensorFlow's TPU build is a minor behind), every other node constraints.txt."""
     config = prepared(text)
     problems = [
-        f"pip install without -c constraints.txt: {c!r}"
+        f"pip install without -c constraints.txt or constraints-tpu.txt: {c!r}"
         for c in all_commands(config)
-        if "pip install" in c and "-c constraints.txt" not in c
+        if "pip install" in c and not re.search(r"-c constraints(-tpu)?\.txt\b", c)
     ]
     for name, setup in node_setups(config).items():
         installs = [c for c in setup if re.search(r"pip install\b.*\s-e\s+['\"]?\.", c)]
         if not installs:
             problems.append(f"node type {name}: raytrain is never installed")
-        gpus = config["available_node_types"][name]["resources"].get("GPU", 0)
-        if gpus and not any("[gpu]" in c for c in installs):
+        resources = config["available_node_types"][name]["resources"]
+        if resources.get("GPU", 0) and not any("[gpu]" in c for c in installs):
             problems.append(f"node type {name} has GPUs but not the `gpu` extra")
+        tpu_build = [c for c in installs if "[tpu]" in c and "-c constraints-tpu.txt" in c]
+        if resources.get("TPU", 0) and not tpu_build:
+            problems.append(f"node type {name} has TPUs but not the `tpu` extra")
+        if not resources.get("TPU", 0) and any("tpu" in c for c in setup):
+            problems.append(f"node type {name} has no TPU but installs TensorFlow's TPU build")
     return problems
 
 
@@ -264,6 +271,180 @@ def locality_everywhere(text: str) -> list[str]:
     ]
 
 
+def ulimit_never_blocks(text: str) -> list[str]:
+    """Each `ray start` command, its `ray start` swapped for an echo, runs to that echo where the
+    hard open-files limit is low: a failing `ulimit -n 65536 &&` stopped `ray up` with only
+    "Failed to setup head node" (seen on machines with a hard limit of 20 000)."""
+    import resource
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
+
+    problems = []
+    for cmd in ray_starts(prepared(text)):
+        probe = re.sub(r"RAY_AUTH_MODE=token ray start.*", "echo STARTED", cmd, flags=re.S)
+        probe = probe.replace("source ~/raytrain-venv/bin/activate", "true")
+        ran = subprocess.run(
+            ["bash", "-c", probe], capture_output=True, text=True, preexec_fn=low_limit
+        )
+        if "STARTED" not in ran.stdout:
+            problems.append(f"ray start not reached under a hard limit of 1024 files: {cmd!r}")
+    return problems
+
+
+def gcp_node_types(text: str) -> Iterator[tuple[str, dict[str, Any], bool]]:
+    """(name, node_config, is the head) of each node type of a GCP config."""
+    config = prepared(text)
+    if config["provider"]["type"] == "gcp":
+        for name, node_type in config["available_node_types"].items():
+            yield name, node_type["node_config"], name == config["head_node_type"]
+
+
+def workers_internal_only(text: str) -> list[str]:
+    """No worker gets an external IP, read as Ray's GCP launcher reads node configs: without
+    networkInterfaces (Compute) or networkConfig (TPU) on every node type, its
+    _configure_subnet gives each VM a ONE_TO_ONE_NAT address; a TPU VM gets one unless
+    networkConfig.enableExternalIps is false (GCPTPU.create_instance)."""
+    from ray.autoscaler._private.gcp.config import GCPNodeType, _configure_subnet, get_node_type
+
+    if not list(gcp_node_types(text)):
+        return []
+    try:
+        _configure_subnet(prepared(text), None)  # returns before using the API client, or not
+    except AttributeError:
+        return ["a node type without networkInterfaces: Ray picks a subnet and an external IP"]
+    problems = []
+    for name, node, head in gcp_node_types(text):
+        if head:
+            continue
+        if get_node_type(node) == GCPNodeType.TPU:
+            if node.get("networkConfig", {}).get("enableExternalIps") is not False:
+                problems.append(f"TPU node type {name}: networkConfig.enableExternalIps not false")
+        elif any("accessConfigs" in nic for nic in node.get("networkInterfaces", [])):
+            problems.append(f"worker node type {name} has an external IP (accessConfigs)")
+    return problems
+
+
+def gcloud_commands(text: str) -> list[str]:
+    """The gcloud commands of the top comment block, continuation lines joined."""
+    header = re.match(r"(?:#.*\n|\s*\n)*", text).group(0)
+    lines = [line.removeprefix("#").strip() for line in header.splitlines()]
+    joined = re.sub(r"\\\s*\n", " ", "\n".join(lines))
+    return [m.group(0) for m in re.finditer(r"(?m)^.*\bgcloud .*$", joined)]
+
+
+HEAD_ACCOUNT = "raytrain-head@"
+# Project-wide roles the head's account may hold: what Ray's node provider calls on the head
+# (instances insert/list/setLabels/delete and zone operations; TPU nodes create/list/delete).
+HEAD_PROJECT_ROLES = {"roles/compute.instanceAdmin.v1", "roles/compute.viewer", "roles/tpu.admin"}
+BROAD_ROLES = {"roles/owner", "roles/editor", "roles/compute.admin", "roles/storage.admin",
+               "roles/storage.objectAdmin", "roles/iam.serviceAccountAdmin"}  # fmt: skip
+
+
+def head_account_least_privilege(text: str) -> list[str]:
+    """The head runs as its own service account, not Ray's ray-autoscaler-sa-v1 (`ray up` merges
+    Ray's choice first, then the head's node_config over it: commands.py), and the header's
+    gcloud commands grant it only the roles it needs, the broad ones never, and bucket and
+    actAs rights never project-wide."""
+    from ray.autoscaler._private.gcp.config import DEFAULT_SERVICE_ACCOUNT_ID
+
+    problems = []
+    for name, node, head in gcp_node_types(text):
+        if head:
+            merged = {"serviceAccounts": [{"email": f"{DEFAULT_SERVICE_ACCOUNT_ID}@p"}], **node}
+            email = merged["serviceAccounts"][0]["email"]
+            if not email.startswith(HEAD_ACCOUNT):
+                problems.append(f"the head ({name}) runs as {email}, not {HEAD_ACCOUNT}...")
+    if not problems and not list(gcp_node_types(text)):
+        return []
+    granted = []
+    for cmd in gcloud_commands(text):
+        role = re.search(r"--role[= ](\S+)", cmd)
+        roles = re.findall(r"roles/[\w.]+", cmd) if "for role in" in cmd else []
+        roles += [role.group(1)] if role and role.group(1).startswith("roles/") else []
+        for r in roles:
+            if r in BROAD_ROLES:
+                problems.append(f"a broad role is granted: {r}")
+            if HEAD_ACCOUNT in cmd and "projects add-iam-policy-binding" in cmd:
+                granted.append(r)
+                if r not in HEAD_PROJECT_ROLES:
+                    problems.append(f"the head's account gets {r} project-wide")
+    tpu = any("acceleratorType" in node for _, node, _ in gcp_node_types(text))
+    needed = {"roles/tpu.admin"} if tpu else {"roles/compute.instanceAdmin.v1"}
+    problems += [f"the header never grants the head {r}" for r in sorted(needed - set(granted))]
+    header = re.match(r"(?:#.*\n|\s*\n)*", text).group(0)
+    problems += [
+        f"the header does not explain {r}" for r in set(granted) if f"#   {r} " not in header
+    ]
+    return problems
+
+
+def firewall_ssh_only(text: str) -> list[str]:
+    """The header's firewall rules admit from outside the cluster SSH only, to the head only,
+    from the user's range only; everything else only between the cluster's own VMs, so MLflow
+    (5000), the dashboard (8265) and Ray's ports never face the internet."""
+    if not list(gcp_node_types(text)):
+        return []
+    rules = [c for c in gcloud_commands(text) if "firewall-rules create" in c]
+    problems = [] if rules else ["the header has no gcloud firewall rules"]
+    for rule in rules:
+        ports = re.search(r"--rules[= ](\S+)", rule)
+        if "--source-ranges" in rule:
+            if (
+                ports is None
+                or ports.group(1) != "tcp:22"
+                or "--target-tags raytrain-head" not in rule
+            ):
+                problems.append(f"a rule admits more than SSH to the head from outside: {rule!r}")
+            if re.search(r"--source-ranges[= ](0\.0\.0\.0/0|::/0)", rule):
+                problems.append(f"SSH open to the whole internet: {rule!r}")
+        elif "--source-tags raytrain" not in rule:
+            problems.append(f"a rule without a source range or the cluster's tag: {rule!r}")
+    return problems
+
+
+def mlflow_internal_only(text: str) -> list[str]:
+    """MLflow never listens on an external interface: no --host / MLFLOW_HOST of all
+    interfaces or a looked-up external address (a GCE VM's external IP is not on its interface:
+    `hostname -I` names the internal one)."""
+    problems = []
+    for cmd in all_commands(prepared(text)):
+        if "mlflow" not in cmd.lower():
+            continue
+        for host in re.findall(r"(?:--host[= ]+|MLFLOW_HOST=)['\"]?([^\s'\"]+)", cmd):
+            if host in ALL_INTERFACES:
+                problems.append(f"MLflow bound to all interfaces ({host})")
+        if re.search(r"external-ip|access-configs|ifconfig\.me|ipify", cmd):
+            problems.append(f"MLflow's address looked up as an external one: {cmd!r}")
+    return problems
+
+
+def spot_workers(text: str) -> list[str]:
+    """A GCP config has a spot worker type, declared the way each API reads it (Compute:
+    scheduling object with provisioningModel SPOT, deleted when preempted; TPU:
+    schedulingConfig.spot), and its header says what failure.max_failures to set."""
+    if not list(gcp_node_types(text)):
+        return []
+    problems, spots = [], []
+    for name, node, _ in gcp_node_types(text):
+        scheduling = node.get("scheduling", {})
+        if isinstance(scheduling, list):
+            problems.append(f"{name}: scheduling is a list; the Compute API wants an object")
+        elif scheduling.get("provisioningModel") == "SPOT":
+            spots.append(name)
+            if scheduling.get("instanceTerminationAction") != "DELETE":
+                problems.append(f"{name}: a preempted spot VM is not deleted (left stopped)")
+        if node.get("schedulingConfig", {}).get("spot") or node.get("schedulingConfig", {}).get(
+            "preemptible"
+        ):
+            spots.append(name)
+    if not spots:
+        problems.append("no spot/preemptible worker type")
+    if "failure: {max_failures:" not in text:
+        problems.append("the header does not say which failure.max_failures to set")
+    return problems
+
+
 def header_block(text: str) -> list[str]:
     header = "\n".join(re.match(r"(?:#.*\n|\s*\n)*", text).group(0).splitlines()).upper()
     wanted = ("FILL IN", "COST", "TEAR DOWN")
@@ -273,6 +454,8 @@ def header_block(text: str) -> list[str]:
 RAY_UP_RULES: list[Rule] = [
     ray_schema, dashboard_local_only, token_auth, no_credentials, pinned_install, mlflow_on_head,
     gpu_terminate_on_maintenance, tpu_node_types, locality_everywhere, header_block,
+    ulimit_never_blocks, workers_internal_only, head_account_least_privilege, firewall_ssh_only,
+    mlflow_internal_only, spot_workers,
 ]  # fmt: skip
 
 
@@ -389,7 +572,10 @@ def dockerfile_pinned(text: str) -> list[str]:
 
 @pytest.mark.parametrize("path", RAY_UP_FILES, ids=lambda p: p.name)
 @pytest.mark.parametrize("rule", RAY_UP_RULES, ids=lambda r: r.__name__)
-def test_ray_up_config_keeps_rule(rule: Rule, path: Path) -> None:
+def test_ray_up_config_keeps_rule(rule: Rule, path: Path, request: pytest.FixtureRequest) -> None:
+    if rule is ulimit_never_blocks and path.name == "onprem.yaml":
+        # Strict: once the on-prem work fixes its `ulimit -n 65536 &&`, drop this marker.
+        request.applymarker(pytest.mark.xfail(strict=True, reason="onprem.yaml: on-prem work"))
     assert rule(path.read_text()) == []
 
 
@@ -445,6 +631,36 @@ BROKEN = [
     (locality_everywhere, "onprem.yaml", "6379 --resources='{\"onprem\": 1}'", "6379",
      "without a locality resource"),
     (header_block, "gcp.yaml", "# TEAR DOWN", "# AFTERWARDS", "'TEAR DOWN'"),
+    (ulimit_never_blocks, "gcp-tpu.yaml", '{ ulimit -n 65536 || ulimit -n "$(ulimit -Hn)"; }',
+     "ulimit -n 65536", "not reached"),
+    (workers_internal_only, "gcp.yaml", "      networkInterfaces: *internal_only\n", "",
+     "without networkInterfaces"),
+    (workers_internal_only, "gcp.yaml", "networkInterfaces: &internal_only\n",
+     "networkInterfaces: &internal_only\n        - accessConfigs: [{type: ONE_TO_ONE_NAT}]\n",
+     "worker node type gpu_worker has an external IP"),
+    (workers_internal_only, "gcp-tpu.yaml", "enableExternalIps: false", "enableExternalIps: true",
+     "enableExternalIps not false"),
+    (head_account_least_privilege, "gcp.yaml", "email: raytrain-head@", "email: someone@",
+     "not raytrain-head"),
+    (head_account_least_privilege, "gcp.yaml", "--role roles/compute.instanceAdmin.v1",
+     "--role roles/compute.admin", "broad role"),
+    (head_account_least_privilege, "gcp-tpu.yaml", "for role in roles/tpu.admin",
+     "for role in roles/storage.objectUser", "gets roles/storage.objectUser project-wide"),
+    (firewall_ssh_only, "gcp.yaml", "--rules tcp:22", "--rules tcp:22,tcp:5000", "more than SSH"),
+    (firewall_ssh_only, "gcp-tpu.yaml", "--source-ranges YOUR_CIDR", "--source-ranges 0.0.0.0/0",
+     "whole internet"),
+    (firewall_ssh_only, "gcp.yaml", "--source-tags raytrain", "", "without a source range"),
+    (mlflow_internal_only, "gcp.yaml", '--host "$MLFLOW_HOST"', "--host 0.0.0.0",
+     "all interfaces"),
+    (mlflow_internal_only, "gcp-tpu.yaml", "MLFLOW_HOST=$(hostname -I | awk '{print $1}')",
+     "MLFLOW_HOST=$(curl -s ifconfig.me)", "external one"),
+    (spot_workers, "gcp.yaml", "instanceTerminationAction: DELETE",
+     "instanceTerminationAction: STOP", "not deleted"),
+    (spot_workers, "gcp.yaml", "scheduling: {onHostMaintenance: TERMINATE}",
+     "scheduling: [{onHostMaintenance: TERMINATE}]", "is a list"),
+    (spot_workers, "gcp-tpu.yaml", "schedulingConfig: {spot: true}", "", "no spot"),
+    (pinned_install, "gcp-tpu.yaml", "-c constraints-tpu.txt\n        -e '.[tpu]'",
+     "-c constraints.txt\n        -e .", "not the `tpu` extra"),
     (kube_kinds, "kuberay/rayjob.yaml", "apiVersion: ray.io/v1", "apiVersion: ray.io/v1alpha1",
      "not ray.io/v1"),
     (kube_kinds, "kuberay/raycluster.yaml", "  workerGroupSpecs:", "  otherGroupSpecs:",
