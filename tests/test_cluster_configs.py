@@ -461,7 +461,9 @@ RAY_UP_RULES: list[Rule] = [
 
 # ---- rules for Kubernetes manifests -------------------------------------------------------------
 
-KINDS = {"RayCluster", "RayJob", "Deployment", "Service", "PersistentVolumeClaim"}
+KINDS = {"RayCluster", "RayJob", "Deployment", "Service", "PersistentVolumeClaim",
+         "ServiceAccount", "NetworkPolicy"}  # fmt: skip
+KUBERAY_SCHEMAS = ROOT / "tests" / "fixtures" / "kuberay-v1.7.0-schemas.yaml"
 
 
 def kube_kinds(text: str) -> list[str]:
@@ -548,9 +550,138 @@ def rayjob_entrypoint(text: str) -> list[str]:
     return problems
 
 
+def strict(schema: Any) -> Any:
+    """The schema as `kubectl apply` applies it by default (strict field validation): an object
+    with declared properties accepts no other field, unless it preserves unknown fields."""
+    if isinstance(schema, dict):
+        schema = {k: strict(v) for k, v in schema.items()}
+        declared = "properties" in schema and "additionalProperties" not in schema
+        if declared and not schema.get("x-kubernetes-preserve-unknown-fields"):
+            schema["additionalProperties"] = False
+    elif isinstance(schema, list):
+        schema = [strict(v) for v in schema]
+    return schema
+
+
+def kube_crd_schema(text: str) -> list[str]:
+    """RayCluster and RayJob against KubeRay's schema (tests/fixtures: which release, and what
+    was cut, is said there)."""
+    import jsonschema
+
+    schemas = yaml.safe_load(KUBERAY_SCHEMAS.read_text())
+    problems = []
+    for d in docs(text):
+        if d.get("kind") in ("RayCluster", "RayJob"):
+            schema = strict({**schemas[d["kind"]], "definitions": schemas["definitions"]})
+            for error in jsonschema.Draft7Validator(schema).iter_errors(d):
+                where = "/".join(str(p) for p in error.absolute_path)
+                problems.append(f"{d['kind']} {d['metadata']['name']}: {where}: {error.message}")
+    return problems
+
+
+def pod_templates(kind_docs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(name, pod template) of every Ray group and Deployment."""
+    for name, spec in ray_resources(kind_docs):
+        for group in ray_groups(spec):
+            yield f"{name}/{group.get('groupName', 'head')}", group.get("template", {})
+    for d in kind_docs:
+        if d.get("kind") == "Deployment":
+            yield d["metadata"]["name"], d["spec"]["template"]
+
+
+def container_hardened(where: str, context: dict[str, Any] | None) -> list[str]:
+    context = context or {}
+    problems = []
+    if context.get("allowPrivilegeEscalation") is not False:
+        problems.append(f"{where}: allowPrivilegeEscalation is not false")
+    if "ALL" not in context.get("capabilities", {}).get("drop", []):
+        problems.append(f"{where}: capabilities do not drop ALL")
+    if context.get("privileged"):
+        problems.append(f"{where}: privileged")
+    return problems
+
+
+def kube_security_context(text: str) -> list[str]:
+    """Every pod runs as a numeric non-root user (runAsNonRoot can only check a number), every
+    container (KubeRay's autoscaler too) without privilege escalation or capabilities."""
+    problems = []
+    for where, template in pod_templates(docs(text)):
+        spec = template.get("spec", {})
+        pod = spec.get("securityContext", {})
+        if pod.get("runAsNonRoot") is not True or not pod.get("runAsUser"):
+            problems.append(f"{where}: pod securityContext lacks runAsNonRoot and a runAsUser")
+        for c in spec.get("containers", []) + spec.get("initContainers", []):
+            problems += container_hardened(f"{where}/{c['name']}", c.get("securityContext"))
+    for name, spec in ray_resources(docs(text)):
+        if spec.get("enableInTreeAutoscaling"):
+            options = spec.get("autoscalerOptions", {})
+            problems += container_hardened(f"{name}/autoscaler", options.get("securityContext"))
+    return problems
+
+
+def kube_service_accounts(text: str) -> list[str]:
+    """Every pod runs as a ServiceAccount of its own, defined in the same file; those of pods
+    that never call the Kubernetes API (all but the head, whose autoscaler does) get no token."""
+    kind_docs = docs(text)
+    accounts = {d["metadata"]["name"]: d for d in kind_docs if d.get("kind") == "ServiceAccount"}
+    problems = []
+    for where, template in pod_templates(kind_docs):
+        spec = template.get("spec", {})
+        name = spec.get("serviceAccountName", "default")
+        if name not in accounts:
+            problems.append(f"{where}: runs as ServiceAccount {name!r}, not one of this file's")
+            continue
+        needs_api = where.endswith("/head")
+        mounted = spec.get(
+            "automountServiceAccountToken", accounts[name].get("automountServiceAccountToken")
+        )
+        if not needs_api and mounted is not False:
+            problems.append(f"{where}: gets a Kubernetes API token it does not need")
+    return problems
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+OPERATOR = {"app.kubernetes.io/name": "kuberay-operator"}
+
+
+def kube_network_policy(text: str) -> list[str]:
+    """Each Ray cluster's pods (8265, 6379, every Ray port) and the MLflow pods (5000) sit behind
+    a NetworkPolicy of the same file: Ray pods admit the same cluster's pods, and the KubeRay
+    operator on 8265 only; MLflow admits Ray pods on 5000 only."""
+    kind_docs = docs(text)
+    policies = [d["spec"] for d in kind_docs if d.get("kind") == "NetworkPolicy"]
+    problems = []
+    for where, template in pod_templates(kind_docs):
+        labels = template.get("metadata", {}).get("labels", {})
+        mine = [p for p in policies if selects(p.get("podSelector", {}), labels)]
+        mine = [p for p in mine if "Ingress" in p.get("policyTypes", ["Ingress"])]
+        if not mine:
+            problems.append(f"{where}: no NetworkPolicy selects its pods")
+        mlflow = labels.get("app.kubernetes.io/name") == "raytrain-mlflow"
+        for policy in mine:
+            for rule in policy.get("ingress", []):
+                ports = {p.get("port") for p in rule.get("ports", [])}
+                for source in rule.get("from", []) or [{}]:
+                    pods = source.get("podSelector")
+                    if mlflow:
+                        ok = pods == {"matchLabels": {"app.kubernetes.io/component": "ray"}}
+                        ok = ok and "namespaceSelector" not in source and ports == {5000}
+                    elif pods and source.get("namespaceSelector") is not None:
+                        ok = pods.get("matchLabels") == OPERATOR and ports == {8265}
+                    else:
+                        ok = bool(pods) and selects(pods, labels) and pods.get("matchLabels")
+                    if not ok:
+                        problems.append(f"{where}: admits {source or 'anyone'} on {ports or 'all'}")
+    return problems
+
+
 KUBE_RULES: list[Rule] = [
     kube_kinds, kube_ray_version, kube_images_pinned, kube_services_internal, kube_token_auth,
-    kube_locality, rayjob_entrypoint, no_credentials, header_block,
+    kube_locality, rayjob_entrypoint, no_credentials, header_block, kube_crd_schema,
+    kube_security_context, kube_service_accounts, kube_network_policy,
 ]  # fmt: skip
 
 
@@ -680,6 +811,31 @@ BROKEN = [
      "no locality resource"),
     (rayjob_entrypoint, "kuberay/rayjob.yaml", "experiments/quickstart.yaml",
      "experiments/missing.yaml", "does not run a repo experiment"),
+    (kube_crd_schema, "kuberay/raycluster.yaml", "idleTimeoutSeconds: 600",
+     "idleTimeoutSecond: 600", "'idleTimeoutSecond' was unexpected"),
+    (kube_crd_schema, "kuberay/rayjob.yaml", "submissionMode: HTTPMode",
+     "submissionMode: HttpMode", "'HttpMode' is not one of"),
+    (kube_crd_schema, "kuberay/rayjob.yaml", "replicas: 1\n", "replicas: one\n",
+     "'one' is not of type 'integer'"),
+    (kube_security_context, "kuberay/raycluster.yaml", "runAsNonRoot: true",
+     "runAsNonRoot: false", "runAsNonRoot"),
+    (kube_security_context, "kuberay/mlflow.yaml", "allowPrivilegeEscalation: false",
+     "allowPrivilegeEscalation: true", "mlflow: allowPrivilegeEscalation"),
+    (kube_security_context, "kuberay/raycluster.yaml", "capabilities: {drop: [ALL]}",
+     "capabilities: {drop: [NET_RAW]}", "raytrain/autoscaler: capabilities"),
+    (kube_service_accounts, "kuberay/rayjob.yaml",
+     "serviceAccountName: raytrain-quickstart-worker", "serviceAccountName: default",
+     "not one of this file's"),
+    (kube_service_accounts, "kuberay/raycluster.yaml", "automountServiceAccountToken: false\n",
+     "", "token it does not need"),
+    (kube_network_policy, "kuberay/raycluster.yaml", "kind: NetworkPolicy", "kind: NetPolicy",
+     "no NetworkPolicy"),
+    (kube_network_policy, "kuberay/rayjob.yaml", "- {port: 8265, protocol: TCP}",
+     "- {port: 6379, protocol: TCP}", "on {6379}"),
+    (kube_network_policy, "kuberay/mlflow.yaml", "        - podSelector:\n",
+     "        - namespaceSelector: {}\n          podSelector:\n", "admits"),
+    (kube_network_policy, "kuberay/raycluster.yaml", "    - from:\n        - podSelector:\n"
+     "            matchLabels: *cluster_pods\n", "    - {}\n", "admits anyone"),
     (dockerfile_pinned, "kuberay/Dockerfile", "\nFROM python:3.11-slim-bookworm\n",
      "\nFROM python:latest\n", "not pinned"),
     (dockerfile_pinned, "kuberay/Dockerfile", "pip install --no-cache-dir -c constraints.txt",
