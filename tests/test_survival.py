@@ -145,7 +145,9 @@ def test_a_run_whose_driver_was_killed_resumes_in_the_same_mlflow_run(
         deadline = time.monotonic() + 300
         while killed is None and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.1)
-            running = client.search_runs(["1"], "attributes.status = 'RUNNING'")
+            running = client.search_runs(
+                [reference.tracking.experiment_id], "attributes.status = 'RUNNING'"
+            )
             if running and len(client.get_metric_history(running[0].info.run_id, "epoch")) >= 2:
                 os.kill(proc.pid, signal.SIGKILL)  # the driver, as a lost session would
                 killed = running[0].info.run_id

@@ -9,35 +9,25 @@ read and written only here, as JSON validated by this model.
 
 from __future__ import annotations
 
-import time
 from typing import ClassVar
 
 from pydantic import Field
 
-from raytrain.config.schema import Experiment
-from raytrain.storage import StoredState, join
-from raytrain.tracking.runs import TrackedRun
+from raytrain.storage import join
+from raytrain.train.state import ExperimentState
 
 __all__ = ["STATE_FILE", "SweepState"]
 
 STATE_FILE = "raytrain_sweep.json"
 
 
-class SweepState(StoredState):
+class SweepState(ExperimentState):
     """One sweep: its experiment and places, and what its rounds have done so far."""
 
     FILE: ClassVar[str] = STATE_FILE
     KIND: ClassVar[str] = "sweep"
 
-    spec: Experiment = Field(description="The validated experiment the sweep runs.")
-    spec_file: str = Field(description="The experiment file it was loaded from.")
-    base_dir: str = Field(description="The experiment file's folder (user model code).")
-    storage_root: str = Field(description="<storage>/<experiment name>: the sweep's parent.")
     sweep_name: str = Field(description="The sweep's name: its folder and its first round.")
-    tracked: TrackedRun | None = Field(
-        None, alias="tracking", description="The MLflow parent run; None with tracking off."
-    )
-    created: float = Field(default_factory=time.time, description="Seconds since the epoch.")
     extensions: list[str] = Field(
         default_factory=list, description="Rounds that extended the sweep, in order."
     )

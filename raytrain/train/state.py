@@ -19,27 +19,32 @@ from raytrain.errors import RaytrainError
 from raytrain.storage import StoredState, check_location, exists, glob, is_gcs, join
 from raytrain.tracking.runs import TrackedRun
 
-__all__ = ["STATE_FILE", "RunState", "find_run"]
+__all__ = ["STATE_FILE", "ExperimentState", "RunState", "find_run"]
 
 STATE_FILE = "raytrain_run.json"
 
 
-class RunState(StoredState):
+class ExperimentState(StoredState):
+    """What a run and a sweep both know of themselves: the experiment, where, which MLflow run."""
+
+    spec: Experiment = Field(description="The validated experiment it runs.")
+    spec_file: str = Field(description="The experiment file it was loaded from.")
+    base_dir: str = Field(description="The experiment file's folder (user model code).")
+    storage_root: str = Field(description="<storage>/<experiment name>: its folder's parent.")
+    tracked: TrackedRun | None = Field(
+        None, alias="tracking", description="The MLflow run (a sweep's parent); None untracked."
+    )
+    created: float = Field(default_factory=time.time, description="Seconds since the epoch.")
+
+
+class RunState(ExperimentState):
     """One training run: its experiment, places and MLflow run, and what of it is done."""
 
     FILE: ClassVar[str] = STATE_FILE
     KIND: ClassVar[str] = "run"
 
-    spec: Experiment = Field(description="The validated experiment the run trains.")
-    spec_file: str = Field(description="The experiment file it was loaded from.")
-    base_dir: str = Field(description="The experiment file's folder (user model code).")
-    storage_root: str = Field(description="<storage>/<experiment name>: the run's parent.")
     run_name: str = Field(description="The run's name: its folder and Ray Train run's name.")
-    tracked: TrackedRun | None = Field(
-        None, alias="tracking", description="The MLflow run; None with tracking off."
-    )
     address: str | None = Field(None, description="The Ray cluster it was started on, if given.")
-    created: float = Field(default_factory=time.time, description="Seconds since the epoch.")
     trained: bool = Field(False, description="Every epoch is trained and checkpointed.")
     model_logged: bool = Field(False, description="The best checkpoint's model is in MLflow.")
     registered_version: str | None = Field(None, description="Its registered model version.")
