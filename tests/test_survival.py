@@ -3,6 +3,7 @@ a killed run in the same MLflow run, and logs afterwards what a dead server miss
 
 from __future__ import annotations
 
+import io
 import os
 import re
 import signal
@@ -15,11 +16,13 @@ from pathlib import Path
 import mlflow
 import pytest
 import requests
+from rich.console import Console
 
 from raytrain import tracking
 from raytrain.cluster.connection import ClusterInfo
 from raytrain.config.loader import load_experiment
 from raytrain.config.schema import Experiment
+from raytrain.display import EpochProgress
 from raytrain.errors import RaytrainError
 from raytrain.train.run import resume_run, run_experiment
 from raytrain.train.state import STATE_FILE, RunState, find_run
@@ -83,6 +86,18 @@ def test_a_run_is_found_by_folder_name_or_mlflow_run_id(tmp_path: Path) -> None:
     assert find_run("a-sweep", storage) is None
     assert state.resume_command == f"raytrain resume {state.folder}"
     assert RunState.load(state.folder).update(trained=True).trained
+
+
+def test_the_start_and_ctrl_c_print_the_resume_command(tmp_path: Path) -> None:
+    state = _state(tmp_path)
+    shown = io.StringIO()
+    progress = EpochProgress(3, "val_accuracy", Console(file=shown, width=300))
+    with progress:
+        progress.started(state)
+    assert f"(if it is interrupted: raytrain resume {state.folder})" in shown.getvalue()
+    assert progress.interrupted.plain == (
+        f"interrupted: continue with `raytrain resume {state.folder}`"
+    )
 
 
 def test_a_finished_run_has_nothing_to_resume(tmp_path: Path) -> None:
