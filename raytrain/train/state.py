@@ -64,7 +64,7 @@ class RunState(ExperimentState):
 def find_run(name: str, storage: str = DEFAULT_STORAGE) -> RunState | None:
     """The run ``name`` means: its folder, or its name or MLflow run id in ``storage``
     (``<storage>/<experiment>/<run>``); None if it is no run (it may be a sweep)."""
-    check_location(name if is_gcs(name) else storage, what="the run's storage")
+    check_location(name if is_gcs(name) else storage, what="the run's or sweep's storage")
     if exists(join(name, STATE_FILE)):
         return RunState.load(name)
     if "/" in name:
