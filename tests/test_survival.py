@@ -60,7 +60,8 @@ def _history(uri: str, run_id: str) -> dict[str, list[tuple[int, float]]]:
 
 def _registered(uri: str, run_id: str) -> list[str]:
     client = mlflow.MlflowClient(tracking_uri=uri)
-    return [v.version for v in client.search_model_versions("name = 'tiny'") if v.run_id == run_id]
+    versions = client.search_model_versions("name = 'tiny'")
+    return [str(v.version) for v in versions if v.run_id == run_id]  # sqlite: int; REST: str
 
 
 # --- no Ray: the state file, finding a run, logging what MLflow missed ------------------------
