@@ -187,6 +187,8 @@ def test_a_run_whose_driver_was_killed_resumes_in_the_same_mlflow_run(
     assert f"MLflow run id {killed}" in " ".join(result.stdout.split())
     run = client.get_run(killed)
     assert run.info.status == "FINISHED"
+    # Killed after epoch 2 at the earliest; on a loaded machine, possibly after its last epoch
+    # (then the resume only ends the run).
     assert int(run.data.tags["raytrain.resumed_from_epoch"]) >= 2
     # One value per epoch, every epoch, as in the run that was never killed.
     steps = {k: [s for s, _ in v] for k, v in _history(uri, killed).items()}

@@ -172,14 +172,14 @@ def train_loop(config: dict[str, Any]) -> None:
     #    start over from epoch 0.
     history = checkpoint.restore(model)
     start_epoch = int(history[-1]["epoch"]) if history else 0
+    tracked = config["tracking"] if rank == 0 else None
+    if tracked and start_epoch:
+        tag_run(tracked, names.RESUMED_FROM_TAG, str(start_epoch))
     if start_epoch >= spec.train.epochs:
         # Killed after its last checkpoint but before it was marked done: nothing is left to
         # train, but a sweep must still hear the final metrics (Tune rejects a metric-less end).
         ray.train.report(history[-1])
         return
-    tracked = config["tracking"] if rank == 0 else None
-    if tracked and start_epoch:
-        tag_run(tracked, names.RESUMED_FROM_TAG, str(start_epoch))
     if tracked:  # where the workers run: what data.locality promises, checked after the fact
         tag_run(tracked, names.NODES_TAG, ", ".join(worker_nodes(world)))
 
