@@ -130,7 +130,9 @@ def onprem() -> Iterator[OnPrem]:
             experiments.mkdir()
             cluster = OnPrem(lan, head, worker, config, key, env, "", shared, experiments, 0.0)
             start = time.monotonic()
-            up = cluster.laptop(str(BIN / "ray"), "up", "-y", str(config), timeout=1500, check=False)
+            up = cluster.laptop(
+                str(BIN / "ray"), "up", "-y", str(config), timeout=1500, check=False
+            )
             cluster.up_s = time.monotonic() - start
             assert up.returncode == 0, _tail(up) + _logs(root)
             dashboard = subprocess.Popen(

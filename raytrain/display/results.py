@@ -109,6 +109,8 @@ def print_run(summary: RunSummary, spec: Experiment, console: Console | None = N
     if summary.ui_command:
         where.append(("open the MLflow UI", summary.ui_command))
     print_where(where, console)
+    if summary.unlogged:
+        console.print(f"warning: {summary.unlogged}", style="yellow", markup=False, soft_wrap=True)
     if summary.export:
         print_export(summary.export, console)
 

@@ -33,6 +33,7 @@ from raytrain.train.run import (
     storage_root,
     unique_name,
 )
+from raytrain.train.state import STATE_FILE as RUN_STATE
 
 if TYPE_CHECKING:
     from raytrain.config.loader import LoadedExperiment
@@ -258,7 +259,7 @@ def _find_sweep(path: str, storage: str) -> str:
             folder = state_file.removesuffix(STATE_FILE).rstrip("/")
             return folder if is_gcs(folder) else str(Path(folder).resolve())
     raise RaytrainError(
-        f"no sweep at '{path}': give the sweep's folder (it holds {STATE_FILE}) or its name "
-        f"under {storage} (`storage`)",
+        f"no run or sweep at '{path}': give its folder (it holds {STATE_FILE} or "
+        f"{RUN_STATE}), its name under {storage} (`storage`) or a run's MLflow run id",
         options=("storage",),
     )

@@ -38,7 +38,7 @@ from raytrain.cluster.resources import worker_nodes
 from raytrain.config.schema import Experiment
 from raytrain.errors import DataError, TrainingError
 from raytrain.tracking import names
-from raytrain.tracking.runs import EpochLogger, TrackedRun
+from raytrain.tracking.runs import CLIENT_ENV, EpochLogger, TrackedRun, tag_run
 from raytrain.train import checkpoint, failures
 
 if TYPE_CHECKING:
@@ -98,7 +98,9 @@ def fit(
                 checkpoint_score_order=spec.checkpoint.mode,
             ),
             failure_config=FailureConfig(max_failures=spec.failure.max_failures),
-            worker_runtime_env={"env_vars": {**WORKER_ENV, **storage.forwarded_env()}},
+            worker_runtime_env={
+                "env_vars": {**WORKER_ENV, **CLIENT_ENV, **storage.forwarded_env()}
+            },
             callbacks=callbacks,
         ),
     )
@@ -164,22 +166,27 @@ def train_loop(config: dict[str, Any]) -> None:
         _all_reduce_gradients_as(allreduce_dtype, spec.scaling.bytes_per_pack, model.optimizer)
 
     # 5. Resume: after a worker failure Ray restarts the whole group and hands every worker the
-    #    last reported checkpoint. Weights, optimizer state and the epoch counter come back from
-    #    it; without it the loop would silently start over from epoch 0.
-    start_epoch, last_metrics = checkpoint.restore(model)
+    #    last reported checkpoint; so does a run resumed from its storage folder (`raytrain
+    #    resume`: the same RunConfig name and storage). Weights, optimizer state, the epoch
+    #    counter and the metrics so far come back from it; without it the loop would silently
+    #    start over from epoch 0.
+    history = checkpoint.restore(model)
+    start_epoch = int(history[-1]["epoch"]) if history else 0
+    tracked = config["tracking"] if rank == 0 else None
+    if tracked and start_epoch:
+        tag_run(tracked, names.RESUMED_FROM_TAG, str(start_epoch))
     if start_epoch >= spec.train.epochs:
         # Killed after its last checkpoint but before it was marked done: nothing is left to
         # train, but a sweep must still hear the final metrics (Tune rejects a metric-less end).
-        ray.train.report(last_metrics)
+        ray.train.report(history[-1])
         return
-    logger = EpochLogger(config["tracking"]) if rank == 0 and config["tracking"] else None
-    if logger and start_epoch:
-        logger.tag(names.RESUMED_FROM_TAG, str(start_epoch))
-    if logger:  # where the workers run: what data.locality promises, checked after the fact
-        logger.tag(names.NODES_TAG, ", ".join(worker_nodes(world)))
+    if tracked:  # where the workers run: what data.locality promises, checked after the fact
+        tag_run(tracked, names.NODES_TAG, ", ".join(worker_nodes(world)))
 
     reporter = _Reporter(
-        rank=rank, samples_per_epoch=min(steps * batch, data.info.num_train // world) * world
+        rank=rank,
+        samples_per_epoch=min(steps * batch, data.info.num_train // world) * world,
+        history=history,
     )
     model.fit(
         train_ds,
@@ -196,9 +203,11 @@ def train_loop(config: dict[str, Any]) -> None:
 class _Reporter(tf.keras.callbacks.Callback):
     """Per-epoch metrics, timing and a checkpoint, reported by every worker."""
 
-    def __init__(self, *, rank: int, samples_per_epoch: int) -> None:
+    def __init__(
+        self, *, rank: int, samples_per_epoch: int, history: list[dict[str, float]]
+    ) -> None:
         super().__init__()
-        self.rank, self.samples = rank, samples_per_epoch
+        self.rank, self.samples, self.history = rank, samples_per_epoch, list(history)
         self._t0 = self._train_s = 0.0
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
@@ -221,11 +230,12 @@ class _Reporter(tf.keras.callbacks.Callback):
         metrics["model_bytes"] = sum(int(w.nbytes) for w in self.model.get_weights())
         metrics["epoch_time_s"] = time.perf_counter() - self._t0
         metrics["samples_per_s"] = self.samples / max(self._train_s, 1e-9)
+        self.history.append(metrics)
         # 6. Every worker saves: under MWMS, saving reads mirrored variables through collective
         #    ops, and a save on rank 0 alone deadlocks. Only rank 0's copy becomes the checkpoint,
         #    but every worker calls report the same number of times: it is a barrier.
         with tempfile.TemporaryDirectory(prefix="raytrain-ckpt-") as folder:
-            checkpoint.write(self.model, folder, epoch=done, metrics=metrics)
+            checkpoint.write(self.model, folder, history=self.history)
             saved = Checkpoint.from_directory(folder) if self.rank == 0 else None
             ray.train.report(metrics, checkpoint=saved)
 
@@ -234,21 +244,27 @@ class _CommittedEpochs(UserCallback):
     """On Ray Train's controller: each epoch, once all workers reported it and its checkpoint is
     committed, to MLflow and to the driver's progress queue. An epoch that a worker reported but
     the controller never committed (a worker died first) is trained again after the restart;
-    sent from here, it is logged once, not once per attempt."""
+    sent from here, it is logged once, not once per attempt. MLflow gets it in the background
+    (``EpochLogger``); the last epoch's event says which epochs MLflow did not get."""
 
     def __init__(self, tracking: TrackedRun | None, progress: Any, total_epochs: int) -> None:
-        self.logger = EpochLogger(tracking) if tracking else None
+        self.tracking, self.logger = tracking, None  # the logger's thread starts on the controller
         self.progress, self.total_epochs = progress, total_epochs
 
     def after_report(self, run_context: Any, metrics: list[dict], checkpoint: Any) -> None:
         if checkpoint is None:  # not an epoch: the final metrics of a run resumed when done
             return
         epoch = dict(metrics[0])  # rank 0's
-        if self.logger:
+        event = {**epoch, "total_epochs": self.total_epochs}
+        if self.tracking:
+            self.logger = self.logger or EpochLogger(self.tracking)
             self.logger.log(epoch, step=int(epoch["epoch"]))
+            if epoch["epoch"] >= self.total_epochs:  # the driver logs the rest after fit
+                self.logger.flush()
+                event["unlogged_epochs"] = list(self.logger.unlogged)
         if self.progress is not None:
             try:
-                self.progress.put_nowait({**epoch, "total_epochs": self.total_epochs})
+                self.progress.put_nowait(event)
             except Exception:  # the driver is gone: the epoch is in MLflow, training goes on
                 self.progress = None
 
