@@ -8,6 +8,7 @@ Everything the ``raytrain run`` command does is here, callable from Python::
 
 from __future__ import annotations
 
+import logging
 import queue
 import threading
 import time
@@ -30,6 +31,7 @@ from raytrain.errors import TrackingError, find_user_error
 from raytrain.storage import check_writable, forwarded_env, is_gcs, join, to_uri
 from raytrain.tracking import names
 from raytrain.train import checkpoint
+from raytrain.train.evaluation import test_metrics
 
 __all__ = ["RunSummary", "log_best_model", "run_experiment"]
 
@@ -51,6 +53,10 @@ class RunSummary:
     registered_version: str | None = None
     ui_command: str | None = None
     export: Any = None  # export.ExportReport, with an ``export:`` section
+    test_metrics: dict[str, float] = field(default_factory=dict)  # with data.test
+
+
+log = logging.getLogger(__name__)
 
 
 def run_experiment(
@@ -73,6 +79,7 @@ def run_experiment(
     run_name = spec.tracking.run_name or unique_name(spec.name)
     storage = storage_root(spec.storage, spec.name)
     tracked = start_tracking(loaded, run_name) if spec.tracking.enabled else None
+    log_lineage(tracked, spec, data)
     progress = ray.util.queue.Queue(actor_options={"num_cpus": 0}) if on_epoch else None
     epochs: list[dict[str, float]] = []
     outcome: dict[str, Any] = {}
@@ -136,6 +143,12 @@ def _finish(
     spec = loaded.spec
     folder = to_uri(result.path, result.filesystem)
     best_checkpoint, best_metrics = _best(result, spec.checkpoint.score, spec.checkpoint.mode)
+    tested = test_metrics(dict(result.metrics or {}), best_epoch=best_metrics.get("epoch"))
+    if data.info.num_test and not tested:
+        log.warning(
+            "no test metrics: the run restarted after a failure and no longer held the best "
+            "epoch's weights; evaluate the registered model on the test data instead"
+        )
     version = None
     if tracked:
         version = log_best_model(
@@ -147,7 +160,8 @@ def _finish(
         )
         tags = {names.BEST_CHECKPOINT_TAG: best_checkpoint or "", names.STORAGE_TAG: folder}
         best = {f"best_{k}": v for k, v in best_metrics.items() if isinstance(v, int | float)}
-        tracking.log_metrics(tracked, best, step=int(best_metrics.get("epoch", 0)))
+        tracking.log_metrics(tracked, {**best, **tested}, step=int(best_metrics.get("epoch", 0)))
+        record_test_metrics(tracked.uri, spec.tracking.register_as, version, tested)
         tracking.end_run(tracked, status="FINISHED", tags=tags)
     return RunSummary(
         name=spec.name,
@@ -161,7 +175,34 @@ def _finish(
         registered_version=version,
         ui_command=tracking.ui_command(tracked) if tracked else None,
         export=export_registered(spec, tracked, version, data),
+        test_metrics=tested,
     )
+
+
+def log_lineage(tracked: tracking.TrackedRun | None, spec: Any, data: Any) -> None:
+    """The run's training, validation and test data, as MLflow dataset inputs (metadata only:
+    sources, digests, schema, row counts). A run is not stopped for its lineage."""
+    if tracked is None:
+        return
+    from raytrain.data.lineage import describe
+    from raytrain.tracking.lineage import log_datasets
+
+    try:
+        log_datasets(tracked, describe(spec.data, data))
+    except Exception as exc:
+        log.warning("the dataset lineage was not logged (training goes on): %s", exc)
+
+
+def record_test_metrics(
+    uri: str, name: str | None, version: str | None, tested: dict[str, float]
+) -> None:
+    """Copy the test metrics to the registered version's tags (``raytrain.test_<metric>``)."""
+    if name and version and tested:
+        from raytrain.tracking.registry import tag_version
+
+        tag_version(
+            uri, name, version, {names.metric_tag(k): f"{v:.6g}" for k, v in tested.items()}
+        )
 
 
 def log_best_model(
@@ -195,8 +236,8 @@ def _best(result: Any, score: str, mode: str) -> tuple[str | None, dict[str, flo
     ranked = [(c, m) for c, m in (result.best_checkpoints or []) if score in m]
     if not ranked:
         return None, dict(result.metrics or {})
-    pick = max if mode == "max" else min
-    checkpoint, metrics = pick(ranked, key=lambda cm: cm[1][score])
+    sign = 1 if mode == "max" else -1  # ties: the earliest epoch, as the test set's weights
+    checkpoint, metrics = max(ranked, key=lambda cm: (sign * cm[1][score], -cm[1]["epoch"]))
     return to_uri(checkpoint.path, checkpoint.filesystem), dict(metrics)
 
 
