@@ -130,8 +130,9 @@ def test_a_test_label_training_never_saw_is_named(tmp_path: Path, tables: dict[s
     frame = pd.read_csv(tables["test"])
     frame.loc[3, "label"] = "eleven"
     frame.to_csv(tmp_path / "test.csv", index=False)
-    spec = DataSpec(source=str(tables["train"]), test=HeldOutSpec(source=str(tmp_path / "test.csv")))
-    with pytest.raises(DataError, match="test label 'eleven' in '.*test.csv' never occurs in the"):
+    test = HeldOutSpec(source=str(tmp_path / "test.csv"))
+    spec = DataSpec(source=str(tables["train"]), test=test)
+    with pytest.raises(DataError, match=r"test label 'eleven' in '.*test.csv' never occurs in"):
         load_dataset(spec, loss=CE)
 
 
@@ -210,3 +211,81 @@ def test_lineage_is_metadata_with_digests_that_follow_the_files(
     assert by_context["test"].digest == records[2].digest
     assert '"num_rows": 347' in by_context["test"].profile
     assert str(tables["test"]) in by_context["test"].source
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_logged_test_accuracy_is_that_of_the_registered_model(
+    workdir: Path, tables: dict[str, Path]
+) -> None:
+    """Two workers, a CSV train/test pair and a Parquet validation set: the test metrics on
+    the run, its summary and the registered version are those of the model one can load."""
+    from raytrain.tracking.registry import load_keras, resolve
+    from raytrain.train.run import run_experiment
+
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    path = write_yaml(
+        workdir,
+        f"""
+        name: held-out
+        data:
+          source: {tables["train"]}
+          validation: {{source: {tables["validation"]}}}
+          test: {{source: {tables["test"]}}}
+        model: {{builder: mlp, params: {{hidden_units: [32]}}}}
+        train: {{epochs: 2, batch_size: 64}}
+        checkpoint: {{score: val_accuracy, mode: max}}
+        scaling: {{num_workers: 2}}
+        tracking: {{uri: "{uri}", register_as: held-out}}
+        """,
+    )
+    summary = run_experiment(load_experiment(path))
+    logged = summary.test_metrics["test_accuracy"]
+    assert summary.tracking is not None
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    run = client.get_run(summary.tracking.run_id)
+    assert run.data.metrics["test_accuracy"] == pytest.approx(logged)
+    assert "test_loss" in run.data.metrics
+    version = client.get_model_version("held-out", summary.registered_version)
+    assert float(version.tags["raytrain.test_accuracy"]) == pytest.approx(logged)
+    contexts = {i.tags[0].value: i.dataset.name for i in run.inputs.dataset_inputs}
+    assert contexts == {
+        "training": "train.csv",
+        "validation": "validation.parquet",
+        "test": "test.csv",
+    }
+
+    # An independent evaluation: the registered model, loaded from the registry, on test.csv.
+    model = load_keras(resolve(f"held-out/{summary.registered_version}", tracking_uri=uri))
+    test = pd.read_csv(tables["test"])
+    predicted = model.predict(test.drop(columns="label").to_numpy(np.float32), verbose=0)
+    names = sorted(NAMES)
+    accuracy = float(np.mean([names[i] for i in predicted.argmax(axis=1)] == test["label"]))
+    assert abs(logged - accuracy) <= 0.001, (logged, accuracy)
+    assert accuracy > 0.5
+
+
+@pytest.mark.usefixtures("ray_cluster")
+def test_streamed_image_folders_train_and_test(workdir: Path, images: dict[str, Path]) -> None:
+    from raytrain.train.run import run_experiment
+
+    path = write_yaml(
+        workdir,
+        f"""
+        name: streamed-images
+        data:
+          source: {images["train"]}/
+          test: {{source: {images["test"]}/}}
+          streaming: true
+        model: {{builder: cnn, params: {{filters: [8], dense_units: 16}}}}
+        train: {{epochs: 2, batch_size: 32}}
+        scaling: {{num_workers: 2}}
+        tracking: {{uri: "sqlite:///{workdir / "mlflow.db"}"}}
+        """,
+    )
+    summary = run_experiment(load_experiment(path))
+    assert summary.best_metrics["val_accuracy"] > 0.3
+    assert 0.3 < summary.test_metrics["test_accuracy"] <= 1.0
+    assert summary.tracking is not None
+    run = mlflow.MlflowClient(tracking_uri=summary.tracking.uri).get_run(summary.tracking.run_id)
+    test = next(i.dataset for i in run.inputs.dataset_inputs if i.tags[0].value == "test")
+    assert '"num_rows": 100' in test.profile

@@ -28,8 +28,8 @@ class LabelCoding:
             return cls(False)
         text = class_text(y)
         if y.dtype.kind in "iu" and len(y) and y.min() >= 0:
-            return cls(True, None, frozenset(text), int(y.max()) + 1)
-        names = sorted(set(text))
+            return cls(True, None, frozenset(str(t) for t in text), int(y.max()) + 1)
+        names = sorted({str(t) for t in text})
         return cls(True, names, frozenset(names), len(names))
 
     def encode(self, y: np.ndarray, *, split: str, source: str) -> np.ndarray:

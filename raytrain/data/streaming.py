@@ -375,7 +375,7 @@ def _statistics(
                 "max": [x.max(0) if len(x) else np.full(x.shape[1], -np.inf)],
                 "integer_labels": [bool(integer)],
                 "label_max": [float(labels.max()) if integer and len(labels) else 0.0],
-                "classes": [sorted(set(class_text(labels))) if classification else []],
+                "classes": [sorted({str(c) for c in class_text(labels)}) if classification else []],
                 "numeric_labels": [labels.dtype.kind in "iufb"],
             }
         )

@@ -8,18 +8,42 @@ per-epoch reports, which never hold test metrics.
 
 from __future__ import annotations
 
+import json
 import math
 from typing import TYPE_CHECKING, Any
 
+from raytrain import storage
 from raytrain.config.schema import Experiment
 
 if TYPE_CHECKING:
     from raytrain.data.dataset import Dataset
 
-__all__ = ["TEST_EPOCH", "TEST_PREFIX", "selection", "test_input", "test_metrics"]
+__all__ = [
+    "TEST_EPOCH",
+    "TEST_METRICS_FILE",
+    "TEST_PREFIX",
+    "read_test_metrics",
+    "selection",
+    "test_input",
+    "test_metrics",
+    "write_test_metrics",
+]
 
 TEST_PREFIX = "test_"
 TEST_EPOCH = "test_epoch"  # the epoch whose weights were tested, reported beside the metrics
+# In the run's folder: Ray Train's result keeps only reports that carry a checkpoint (a sweep's
+# trials hear every report through Tune).
+TEST_METRICS_FILE = "test_metrics.json"
+
+
+def write_test_metrics(run_folder: str, metrics: dict[str, Any]) -> None:
+    storage.write_text(storage.join(run_folder, TEST_METRICS_FILE), json.dumps(metrics))
+
+
+def read_test_metrics(run_folder: str) -> dict[str, Any]:
+    """What ``write_test_metrics`` left in a finished run's folder (empty when nothing)."""
+    location = storage.join(run_folder, TEST_METRICS_FILE)
+    return json.loads(storage.read_text(location)) if storage.exists(location) else {}
 
 
 def selection(spec: Experiment) -> tuple[str, str]:

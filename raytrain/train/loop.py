@@ -41,7 +41,13 @@ from raytrain.errors import DataError, TrainingError
 from raytrain.tracking import names
 from raytrain.tracking.runs import EpochLogger, TrackedRun
 from raytrain.train import checkpoint, failures
-from raytrain.train.evaluation import TEST_EPOCH, TEST_PREFIX, selection, test_input
+from raytrain.train.evaluation import (
+    TEST_EPOCH,
+    TEST_PREFIX,
+    selection,
+    test_input,
+    write_test_metrics,
+)
 
 if TYPE_CHECKING:
     from raytrain.data.dataset import Dataset
@@ -76,6 +82,7 @@ def fit(
         "tracking": tracking,
         "progress": progress,
         "base_dir": base_dir,
+        "run_folder": storage.join(storage_path, run_name),
     }
     path, filesystem = storage.ray_storage(storage_path)
     failures.install()
@@ -210,7 +217,10 @@ def train_loop(config: dict[str, Any]) -> None:
         model.set_weights(reporter.best_weights)
         scores = model.evaluate(test_ds, steps=test_steps, return_dict=True, verbose=0)
         tested = {f"{TEST_PREFIX}{k}": float(v) for k, v in scores.items()}
-        ray.train.report({**reporter.last, **tested, TEST_EPOCH: reporter.best_epoch})
+        tested[TEST_EPOCH] = reporter.best_epoch
+        if rank == 0:
+            write_test_metrics(config["run_folder"], tested)
+        ray.train.report({**reporter.last, **tested})
 
 
 class _Reporter(tf.keras.callbacks.Callback):

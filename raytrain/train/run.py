@@ -31,7 +31,7 @@ from raytrain.errors import TrackingError, find_user_error
 from raytrain.storage import check_writable, forwarded_env, is_gcs, join, to_uri
 from raytrain.tracking import names
 from raytrain.train import checkpoint
-from raytrain.train.evaluation import test_metrics
+from raytrain.train.evaluation import read_test_metrics, test_metrics
 
 __all__ = ["RunSummary", "log_best_model", "run_experiment"]
 
@@ -143,7 +143,7 @@ def _finish(
     spec = loaded.spec
     folder = to_uri(result.path, result.filesystem)
     best_checkpoint, best_metrics = _best(result, spec.checkpoint.score, spec.checkpoint.mode)
-    tested = test_metrics(dict(result.metrics or {}), best_epoch=best_metrics.get("epoch"))
+    tested = test_metrics(read_test_metrics(folder), best_epoch=best_metrics.get("epoch"))
     if data.info.num_test and not tested:
         log.warning(
             "no test metrics: the run restarted after a failure and no longer held the best "
