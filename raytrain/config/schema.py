@@ -27,6 +27,7 @@ __all__ = [
     "Experiment",
     "ExportSpec",
     "FailureSpec",
+    "HeldOutSpec",
     "MLPParams",
     "ModelSpec",
     "OptimizerSpec",
@@ -77,15 +78,33 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
+FILE_FORMAT_CHOICES = Literal["auto", "csv", "parquet", "tfrecord", "npz", "images"]
+
+
+class HeldOutSpec(Section):
+    """Examples kept apart from training: a fixed validation or test set of the user's own."""
+
+    source: str = Field(
+        description="Required: a local file, glob or image folder (relative to the experiment "
+        "file), or gs://BUCKET/PATH, read as data.source is (same label, features, shape and "
+        "streaming).",
+    )
+    format: FILE_FORMAT_CHOICES = Field(  # type: ignore[valid-type]
+        "auto", description="File format; auto infers it from the file extension."
+    )
+
+
 class DataSpec(Section):
     source: str = Field(
         "builtin:digits",
         description="builtin:<name> (digits, wine, breast_cancer, iris, diabetes), a local "
-        "file path or glob (relative to the experiment file), or gs://BUCKET/PATH (a glob too, "
-        "e.g. gs://bucket/data/*.parquet).",
+        "file path or glob (relative to the experiment file), gs://BUCKET/PATH (a glob too, "
+        "e.g. gs://bucket/data/*.parquet), or a folder of images with one sub-folder per class "
+        "(a path ending in /).",
     )
-    format: Literal["auto", "csv", "parquet", "tfrecord", "npz"] = Field(
-        "auto", description="File format; auto infers it from the file extension."
+    format: FILE_FORMAT_CHOICES = Field(  # type: ignore[valid-type]
+        "auto",
+        description="File format; auto infers it from the file extension (a folder: images).",
     )
     label: str = Field(
         "label", description="Label column (CSV/Parquet), feature key (TFRecord) or array (NPZ)."
@@ -97,20 +116,35 @@ class DataSpec(Section):
     )
     shape: list[int] | None = Field(
         None,
-        description="Reshape each example's features to this shape, e.g. [8, 8, 1] for a CNN.",
+        description="Reshape each example's features to this shape, e.g. [8, 8, 1] for a CNN; "
+        "images are resized to [height, width, channels].",
+    )
+    validation: HeldOutSpec | None = Field(
+        None,
+        description="A fixed validation set; absent: validation_split of the training source.",
+    )
+    test: HeldOutSpec | None = Field(
+        None,
+        description="A test set, evaluated once with the best checkpoint after training and "
+        "never used to choose one; absent: no test metrics.",
     )
     validation_split: float = Field(
-        0.2, gt=0.0, lt=1.0, description="Fraction of examples held out for validation."
+        0.2,
+        gt=0.0,
+        lt=1.0,
+        description="Fraction of the training source held out for validation (without "
+        "data.validation).",
     )
     seed: int = Field(0, description="Seed of the train/validation split (deterministic).")
     normalize: Literal["none", "standard", "minmax"] = Field(
         "standard",
-        description="Feature scaling fitted on the training split only (never on validation).",
+        description="Feature scaling fitted on the training examples only (never on validation "
+        "or test).",
     )
     streaming: bool = Field(
         False,
-        description="Stream CSV/Parquet/TFRecord files with Ray Data (data larger than one "
-        "machine's memory) instead of reading them whole on the driver.",
+        description="Stream CSV/Parquet/TFRecord files or image folders with Ray Data (data "
+        "larger than one machine's memory) instead of reading them whole on the driver.",
     )
     locality: str | None = Field(
         None,
@@ -118,6 +152,15 @@ class DataSpec(Section):
         description="Custom Ray resource (e.g. onprem) of the nodes that may read the data: "
         "workers, sweep trials and the submitted job's driver run only there; null: any node.",
     )
+
+    def sources(self) -> dict[str, tuple[str, str]]:
+        """Each split's (source, format), by split name: train, and validation and test when
+        they are files of their own."""
+        found = {"train": (self.source, self.format)}
+        for split, held_out in (("validation", self.validation), ("test", self.test)):
+            if held_out is not None:
+                found[split] = (held_out.source, held_out.format)
+        return found
 
     def placement(self) -> dict[str, float]:
         """The Ray resources that pin a process (worker, trial, job driver, read task) to the

@@ -37,8 +37,14 @@ __all__ = [
 def experiment_summary(spec: Experiment) -> str:
     """What an experiment will do, in a few lines: data, model, training, scale, where to."""
     data, train = spec.data, spec.train
+    validation = (
+        f"validation {data.validation.source}"
+        if data.validation
+        else f"validation {data.validation_split:.0%}"
+    )
+    test = f", test {data.test.source}" if data.test else ""
     lines = [
-        f"  data      {data.source} (validation {data.validation_split:.0%})"
+        f"  data      {data.source} ({validation}{test})"
         f"{', streamed with Ray Data' if data.streaming else ''}"
         f"{f', read only on nodes with {data.locality!r}' if data.locality else ''}",
         f"  model     {spec.model.builder} {json.dumps(spec.model.params)}",
@@ -90,12 +96,16 @@ def print_run(summary: RunSummary, spec: Experiment, console: Console | None = N
     """A training run: best and last value of each metric, then where its results are."""
     console = console or Console()
     table = Table(title=f"best checkpoint by {spec.checkpoint.score}", title_justify="left")
-    for column, justify in (("metric", "left"), ("best", "right"), ("last epoch", "right")):
+    columns = [("metric", "left"), ("best", "right"), ("last epoch", "right")]
+    tested = summary.test_metrics
+    if tested:  # the best checkpoint's, on data.test
+        columns.append(("test", "right"))
+    for column, justify in columns:
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for key in sorted(summary.best_metrics):
         last = summary.final_metrics.get(key)
-        last_cell = f"{last:.4g}" if isinstance(last, float | int) else ""
-        table.add_row(key, f"{summary.best_metrics[key]:.4g}", last_cell)
+        cells = [key, f"{summary.best_metrics[key]:.4g}", _number(last)]
+        table.add_row(*cells, *([_number(tested.get(f"test_{key}"))] if tested else []))
     console.print(table)
     where: list[tuple[str, str]] = []
     tracked = summary.tracking
@@ -113,6 +123,10 @@ def print_run(summary: RunSummary, spec: Experiment, console: Console | None = N
         console.print(f"warning: {summary.unlogged}", style="yellow", markup=False, soft_wrap=True)
     if summary.export:
         print_export(summary.export, console)
+
+
+def _number(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float | int) else ""
 
 
 def print_sweep(summary: SweepSummary, console: Console | None = None) -> None:

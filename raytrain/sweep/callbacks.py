@@ -21,6 +21,7 @@ from raytrain import tracking
 from raytrain.config.schema import EXTRA_METRICS, Experiment
 from raytrain.sweep.results import error_reason, trial_status
 from raytrain.tracking import names
+from raytrain.train.evaluation import TEST_EPOCH, TEST_PREFIX, test_metrics
 
 __all__ = [
     "EVENT_SINKS",
@@ -123,14 +124,19 @@ class TrialTracker(tune.Callback):
     def on_trial_result(
         self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
     ) -> None:
-        metrics = {
-            k: float(v)
-            for k, v in result.items()
-            if k in self.metric_names and isinstance(v, int | float) and math.isfinite(v)
-        }
+        if TEST_EPOCH in result:  # after the last epoch: only the test metrics are new
+            metrics = test_metrics(result, best_epoch=result[TEST_EPOCH])
+            step = int(result[TEST_EPOCH])
+        else:
+            metrics = {
+                k: float(v)
+                for k, v in result.items()
+                if k in self.metric_names and isinstance(v, int | float) and math.isfinite(v)
+            }
+            step = int(result.get("epoch", 0))
         if metrics:
             run = self._child_run(trial)
-            tracking.log_metrics(run, metrics, step=int(result.get("epoch", 0)))
+            tracking.log_metrics(run, metrics, step=step)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         epoch = int((trial.last_result or {}).get("epoch", 0))
@@ -262,7 +268,9 @@ def log_sweep_summary(
                 for key in spec.tune.space
             }
         )
-        best_metrics = {k: v for k, v in best.items() if k.startswith("best_") and v is not None}
+        best_metrics = {
+            k: v for k, v in best.items() if k.startswith(("best_", TEST_PREFIX)) and v is not None
+        }
         tracking.log_metrics(parent, best_metrics, step=int(best.get("epochs", 0)))
     if front:
         tags[names.PARETO_TAG] = ",".join(str(r["trial_id"]) for r in front)

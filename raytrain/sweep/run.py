@@ -23,11 +23,14 @@ from raytrain.sweep.results import best_trial
 from raytrain.sweep.search import Extension
 from raytrain.sweep.state import STATE_FILE, SweepState
 from raytrain.tracking import names
+from raytrain.train.evaluation import TEST_PREFIX
 from raytrain.train.run import (
     ProgressFn,
     export_registered,
     log_best_model,
+    log_lineage,
     prepare,
+    record_test_metrics,
     spec_tracking_uri,
     start_tracking,
     storage_root,
@@ -79,6 +82,7 @@ def run_sweep(
         sweep_name=sweep_name,
         tracked=start_tracking(loaded, sweep_name) if spec.tracking.enabled else None,
     )
+    log_lineage(state.tracked, spec, data)  # once, on the parent run: every trial reads it
     return _run_and_finish(state, data, on_event=on_event, earlier=[])
 
 
@@ -238,13 +242,16 @@ def _register(state: SweepState, best: dict[str, Any], data: Any) -> str | None:
         tracked.experiment_id,
         find_child(tracked, best["trial_id"]) or tracked.run_id,
     )
-    return log_best_model(
+    version = log_best_model(
         child,
         best["checkpoint"],
         data=data,
         loss=spec.train.loss,
         register_as=spec.tracking.register_as,
     )
+    tested = {k: v for k, v in best.items() if k.startswith(TEST_PREFIX)}
+    record_test_metrics(tracked.uri, spec.tracking.register_as, version, tested)
+    return version
 
 
 def _find_sweep(path: str, storage: str) -> str:

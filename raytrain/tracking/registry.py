@@ -35,6 +35,7 @@ __all__ = [
     "parse_reference",
     "recorded_experiment",
     "resolve",
+    "tag_version",
 ]
 
 
@@ -152,6 +153,14 @@ def recorded_experiment(model: RegisteredModel) -> Experiment:
         "pass `experiment`",
         options=("experiment",),
     )
+
+
+def tag_version(tracking_uri: str, name: str, version: str, tags: dict[str, str]) -> None:
+    """Set tags on a registered model version (e.g. its test metrics, for the registry's UI
+    and whoever promotes it)."""
+    client = _client(tracking_uri)
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
 
 
 def _open_store(tracking_uri: str) -> str:

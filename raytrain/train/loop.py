@@ -5,6 +5,7 @@ loop top to bottom: the numbered comments are the distributed pitfalls it steps 
 
     trainer workers: N Ray actors, one tf.distribute replica each
     per epoch:       fit one epoch -> every worker saves -> every worker reports (a barrier)
+    after the last:  with data.test, the best epoch's weights on the test rows, reported once
     on failure:      Ray restarts the group after a lost worker (failures.py); the loop resumes
                      from the last committed checkpoint
     per commit:      the controller sends the epoch to MLflow and the driver (_CommittedEpochs)
@@ -40,6 +41,13 @@ from raytrain.errors import DataError, TrainingError
 from raytrain.tracking import names
 from raytrain.tracking.runs import CLIENT_ENV, EpochLogger, TrackedRun, tag_run
 from raytrain.train import checkpoint, failures
+from raytrain.train.evaluation import (
+    TEST_EPOCH,
+    TEST_PREFIX,
+    selection,
+    test_input,
+    write_test_metrics,
+)
 
 if TYPE_CHECKING:
     from raytrain.data.dataset import Dataset
@@ -74,6 +82,7 @@ def fit(
         "tracking": tracking,
         "progress": progress,
         "base_dir": base_dir,
+        "run_folder": storage.join(storage_path, run_name),
     }
     path, filesystem = storage.ray_storage(storage_path)
     failures.install(notify=progress)
@@ -187,7 +196,11 @@ def train_loop(config: dict[str, Any]) -> None:
         rank=rank,
         samples_per_epoch=min(steps * batch, data.info.num_train // world) * world,
         history=history,
+        keep_best=selection(spec) if data.info.num_test else None,
     )
+    if start_epoch:  # the restored weights are the best this attempt knows of
+        reporter.set_model(model)
+        reporter.on_best_candidate(start_epoch, history[-1])
     model.fit(
         train_ds,
         validation_data=val_ds,
@@ -199,16 +212,56 @@ def train_loop(config: dict[str, Any]) -> None:
         verbose=0,
     )
 
+    # 7. Test: once, with the best epoch's weights, each worker on its share of the test rows;
+    #    evaluate's metrics are all-reduced, so every worker holds those of all rows. Reported
+    #    after the last epoch with no checkpoint: no selection (checkpoints, ASHA) ever sees it,
+    #    and with the last epoch's metrics, so that Tune's searcher reads the same values.
+    if data.info.num_test and reporter.best_weights is not None:
+        test_ds, test_steps = test_input(spec, data, rank=rank, world=world)
+        if world > 1:
+            test_ds = strategy.distribute_datasets_from_function(lambda _: test_ds)
+        model.set_weights(reporter.best_weights)
+        scores = model.evaluate(test_ds, steps=test_steps, return_dict=True, verbose=0)
+        tested = {f"{TEST_PREFIX}{k}": float(v) for k, v in scores.items()}
+        tested[TEST_EPOCH] = reporter.best_epoch
+        if rank == 0:
+            write_test_metrics(config["run_folder"], tested)
+        ray.train.report({**reporter.last, **tested})
+
 
 class _Reporter(tf.keras.callbacks.Callback):
-    """Per-epoch metrics, timing and a checkpoint, reported by every worker."""
+    """Per-epoch metrics, timing and a checkpoint, reported by every worker; with ``keep_best``
+    (metric, mode), the weights of the best epoch so far, kept in memory for the test set."""
 
     def __init__(
-        self, *, rank: int, samples_per_epoch: int, history: list[dict[str, float]]
+        self,
+        *,
+        rank: int,
+        samples_per_epoch: int,
+        history: list[dict[str, float]],
+        keep_best: tuple[str, str] | None = None,
     ) -> None:
         super().__init__()
         self.rank, self.samples, self.history = rank, samples_per_epoch, list(history)
         self._t0 = self._train_s = 0.0
+        self.keep_best = keep_best
+        self.best_epoch: int | None = None
+        self.best_weights: list[Any] | None = None
+        self._best_score: float | None = None
+        self.last: dict[str, float] = {}
+
+    def on_best_candidate(self, epoch: int, metrics: dict[str, float]) -> None:
+        """Keep this epoch's weights if its score beats the best so far (ties: the earlier
+        epoch, as the run's choice of its best checkpoint)."""
+        self.last = metrics
+        if self.keep_best is None or self.keep_best[0] not in metrics:
+            return
+        score, mode = metrics[self.keep_best[0]], self.keep_best[1]
+        best = self._best_score
+        if best is None or (score > best if mode == "max" else score < best):
+            # Reads each worker's local copy of the mirrored variables: no collective op.
+            self._best_score, self.best_epoch = score, epoch
+            self.best_weights = self.model.get_weights()
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._t0 = time.perf_counter()
@@ -231,6 +284,7 @@ class _Reporter(tf.keras.callbacks.Callback):
         metrics["epoch_time_s"] = time.perf_counter() - self._t0
         metrics["samples_per_s"] = self.samples / max(self._train_s, 1e-9)
         self.history.append(metrics)
+        self.on_best_candidate(done, metrics)
         # 6. Every worker saves: under MWMS, saving reads mirrored variables through collective
         #    ops, and a save on rank 0 alone deadlocks. Only rank 0's copy becomes the checkpoint,
         #    but every worker calls report the same number of times: it is a barrier.

@@ -32,6 +32,7 @@ from raytrain.errors import RaytrainError, TrackingError, find_user_error
 from raytrain.storage import check_writable, exists, forwarded_env, is_gcs, join, to_uri
 from raytrain.tracking import names
 from raytrain.train import checkpoint
+from raytrain.train.evaluation import read_test_metrics, test_metrics
 from raytrain.train.state import STATE_FILE, RunState, find_run
 
 __all__ = ["RunSummary", "find_run", "log_best_model", "resume_run", "run_experiment"]
@@ -57,6 +58,7 @@ class RunSummary:
     ui_command: str | None = None
     export: Any = None  # export.ExportReport, with an ``export:`` section
     unlogged: str | None = None  # what MLflow did not get (it was unreachable), and what logs it
+    test_metrics: dict[str, float] = field(default_factory=dict)  # with data.test
 
 
 def run_experiment(
@@ -99,6 +101,7 @@ def run_experiment(
         tracked=start_tracking(loaded, run_name) if spec.tracking.enabled else None,
     )
     state.save()
+    log_lineage(state.tracked, spec, data)
     return _train(state, data, on_epoch=on_epoch, on_start=on_start, on_notice=on_notice)
 
 
@@ -218,16 +221,23 @@ def _finish(
 ) -> RunSummary:
     spec, tracked = state.spec, state.tracked
     best_checkpoint, best_metrics = _best(result, spec.checkpoint.score, spec.checkpoint.mode)
+    folder = to_uri(result.path, result.filesystem)
+    tested = test_metrics(read_test_metrics(folder), best_epoch=best_metrics.get("epoch"))
+    if data.info.num_test and not tested:
+        log.warning(
+            "no test metrics: the run restarted after a failure and no longer held the best "
+            "epoch's weights; evaluate the registered model on the test data instead"
+        )
     unlogged = None
     if tracked:
         try:
-            state = _log_end(state, result, best_checkpoint, best_metrics, data)
+            state = _log_end(state, result, best_checkpoint, best_metrics, data, tested)
         except Exception as exc:  # MLflow raises many types; the trained run is kept
             unlogged = _unlogged(state, exc, missed)
     return RunSummary(
         name=spec.name,
         run_name=state.run_name,
-        storage_path=to_uri(result.path, result.filesystem),
+        storage_path=folder,
         best_checkpoint=best_checkpoint,
         best_metrics=best_metrics,
         final_metrics=dict(result.metrics or {}),
@@ -239,6 +249,7 @@ def _finish(
         if state.logged
         else None,
         unlogged=unlogged,
+        test_metrics=tested,
     )
 
 
@@ -248,6 +259,7 @@ def _log_end(
     best_checkpoint: str | None,
     best_metrics: dict[str, float],
     data: Any,
+    tested: dict[str, float],
 ) -> RunState:
     """Everything MLflow lacks of a trained run: the epochs it missed (from the latest
     checkpoint's history), the best checkpoint's model (registered), the best metrics and the
@@ -265,12 +277,17 @@ def _log_end(
             loss=spec.train.loss,
             register_as=spec.tracking.register_as,
         )
+        record_test_metrics(tracked.uri, spec.tracking.register_as, version, tested)
         state = state.update(model_logged=True, registered_version=version)
     folder = to_uri(result.path, result.filesystem)
     tags = {names.BEST_CHECKPOINT_TAG: best_checkpoint or "", names.STORAGE_TAG: folder}
     best = {f"best_{k}": v for k, v in best_metrics.items() if isinstance(v, int | float)}
     tracking.end_run(
-        tracked, status="FINISHED", tags=tags, metrics=best, step=int(best_metrics.get("epoch", 0))
+        tracked,
+        status="FINISHED",
+        tags=tags,
+        metrics={**best, **tested},
+        step=int(best_metrics.get("epoch", 0)),
     )
     return state.update(logged=True)
 
@@ -301,6 +318,32 @@ def _spans(numbers: list[int]) -> str:
         else:
             spans.append([n, n])
     return ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in spans)
+
+
+def log_lineage(tracked: tracking.TrackedRun | None, spec: Any, data: Any) -> None:
+    """The run's training, validation and test data, as MLflow dataset inputs (metadata only:
+    sources, digests, schema, row counts). A run is not stopped for its lineage."""
+    if tracked is None:
+        return
+    from raytrain.data.lineage import describe
+    from raytrain.tracking.lineage import log_datasets
+
+    try:
+        log_datasets(tracked, describe(spec.data, data))
+    except Exception as exc:
+        log.warning("the dataset lineage was not logged (training goes on): %s", exc)
+
+
+def record_test_metrics(
+    uri: str, name: str | None, version: str | None, tested: dict[str, float]
+) -> None:
+    """Copy the test metrics to the registered version's tags (``raytrain.test_<metric>``)."""
+    if name and version and tested:
+        from raytrain.tracking.registry import tag_version
+
+        tag_version(
+            uri, name, version, {names.metric_tag(k): f"{v:.6g}" for k, v in tested.items()}
+        )
 
 
 def log_best_model(
@@ -334,8 +377,8 @@ def _best(result: Any, score: str, mode: str) -> tuple[str | None, dict[str, flo
     ranked = [(c, m) for c, m in (result.best_checkpoints or []) if score in m]
     if not ranked:
         return None, dict(result.metrics or {})
-    pick = max if mode == "max" else min
-    checkpoint, metrics = pick(ranked, key=lambda cm: cm[1][score])
+    sign = 1 if mode == "max" else -1  # ties: the earliest epoch, as the test set's weights
+    checkpoint, metrics = max(ranked, key=lambda cm: (sign * cm[1][score], -cm[1]["epoch"]))
     return to_uri(checkpoint.path, checkpoint.filesystem), dict(metrics)
 
 
