@@ -92,6 +92,21 @@ def test_errors_mask_their_messages() -> None:
     assert CANARY not in str(pickle.loads(pickle.dumps(caught.value)))
 
 
+def test_mlflows_pickle_of_tf_keras_classes_is_inert_and_nothing_else_is() -> None:
+    """MLflow pickles tf_keras' registry of its own classes with every model: read, not run."""
+    import cloudpickle
+    import tf_keras
+
+    from raytrain.tracking.registry import inert_pickle
+
+    assert inert_pickle(cloudpickle.dumps({"Custom>Adam": tf_keras.optimizers.Adam}))
+    assert inert_pickle(pickle.dumps({"a": "b", "c": "d"}, protocol=2))
+    assert not inert_pickle(cloudpickle.dumps({"layer": lambda x: x}))  # code, by value
+    assert not inert_pickle(pickle.dumps({"x": pickle.Pickler}))  # a class from elsewhere
+    assert not inert_pickle(pickle.dumps(exec))
+    assert not inert_pickle(b"not a pickle")
+
+
 def _sweep_state(tmp_path: Path) -> SweepState:
     spec = {"name": "s", "tune": {"space": {"train.optimizer.learning_rate": {"choice": [0.1]}}}}
     state = SweepState(
@@ -137,14 +152,14 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[st
         [
             *(sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1"),
             *("--port", str(port), "--backend-store-uri", f"sqlite:///{folder / 'mlflow.db'}"),
-            *("--artifacts-destination", str(folder / "artifacts")),
+            *("--artifacts-destination", str(folder / "artifacts"), "--workers", "1"),
         ],
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 120
+    deadline = time.monotonic() + 300  # minutes on a loaded machine: it imports a lot
     while True:
         try:
             if requests.get(f"{url}/health", timeout=2).ok:
@@ -152,7 +167,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[st
         except requests.RequestException:
             pass
         assert proc.poll() is None, "mlflow server exited"
-        assert time.monotonic() < deadline, "mlflow server did not start in 120 s"
+        assert time.monotonic() < deadline, "mlflow server did not start in 300 s"
         time.sleep(0.5)
     yield url, folder
     proc.terminate()
@@ -205,7 +220,7 @@ def test_a_submitted_job_shows_no_secret(ray_cluster: ClusterInfo, tmp_path: Pat
 
     from raytrain.cluster.jobs import _auth_headers, list_jobs, stop_job, submit
 
-    assert ray_cluster.dashboard is not None
+    assert ray_cluster.dashboard_url is not None
     path = write_yaml(
         tmp_path,
         f"""
@@ -218,17 +233,17 @@ def test_a_submitted_job_shows_no_secret(ray_cluster: ClusterInfo, tmp_path: Pat
     )
     secret = load_experiment(path, [f"tracking.tags.api_key={CANARY}"])
     with pytest.raises(ClusterError, match=r"--set tracking\.tags\.api_key=\*\*\*: a secret"):
-        submit(secret, address=ray_cluster.dashboard)
-    job = submit(load_experiment(path, ["train.epochs=1"]), address=ray_cluster.dashboard)
-    client = JobSubmissionClient(ray_cluster.dashboard, headers=_auth_headers())
+        submit(secret, address=ray_cluster.dashboard_url)
+    job = submit(load_experiment(path, ["train.epochs=1"]), address=ray_cluster.dashboard_url)
+    client = JobSubmissionClient(ray_cluster.dashboard_url, headers=_auth_headers())
     deadline = time.monotonic() + 120  # the job fails fast: its tracking server is not there
     while not client.get_job_status(job.job_id).is_terminal() and time.monotonic() < deadline:
         time.sleep(1)
-    stop_job(job.job_id, address=ray_cluster.dashboard)
+    stop_job(job.job_id, address=ray_cluster.dashboard_url)
     info = client.get_job_info(job.job_id)
     everything = [repr(d) for d in client.list_jobs()]
     everything += [repr(info), client.get_job_logs(job.job_id)]
-    everything += [str(r) for r in list_jobs(address=ray_cluster.dashboard)]
+    everything += [str(r) for r in list_jobs(address=ray_cluster.dashboard_url)]
     assert info.entrypoint == "python -m raytrain run exp.yaml --set train.epochs=1"
     assert all(CANARY not in text for text in everything)
 

@@ -131,17 +131,6 @@ def submit(loaded: LoadedExperiment, *, address: str | None = None) -> Submitted
     return Submitted(job_id, url, entrypoint, upload, warnings)
 
 
-def _refuse_secret_overrides(overrides: tuple[str, ...]) -> None:
-    for item in overrides:
-        if mask_override(item) != item:
-            raise ClusterError(
-                f"--set {mask_override(item)}: a secret in an override would be shown in plain "
-                "text with the job (its entrypoint, in Ray's dashboard and `ray job list`); put it "
-                "in the experiment file, which is uploaded, not shown, or in the nodes' "
-                "environment (e.g. MLFLOW_TRACKING_PASSWORD)"
-            )
-
-
 def follow(job_id: str, *, address: str | None = None, write: Callable[[str], None]) -> str:
     """Stream the job's logs to ``write`` until it ends; return its final status.
 
@@ -354,6 +343,18 @@ def _folder_bytes(folder: Path, excludes: list[str]) -> int:
             if f not in excludes and os.path.isfile(os.path.join(root, f))
         )
     return total
+
+
+def _refuse_secret_overrides(overrides: tuple[str, ...]) -> None:
+    """The entrypoint is how overrides reach the job: a secret there cannot be masked."""
+    for item in overrides:
+        if mask_override(item) != item:
+            raise ClusterError(
+                f"--set {mask_override(item)}: a secret in an override would be shown in plain "
+                "text with the job (its entrypoint, in Ray's dashboard and `ray job list`); put it "
+                "in the experiment file, which is uploaded, not shown, or in the nodes' "
+                "environment (e.g. MLFLOW_TRACKING_PASSWORD)"
+            )
 
 
 def _warnings(loaded: LoadedExperiment, upload: int) -> list[str]:

@@ -125,7 +125,8 @@ def print_sweep(summary: SweepSummary, console: Console | None = None) -> None:
     console.print(_table(f"{len(rows)} trial(s)", columns, rows))
     for row in rows:
         if row.get("error"):
-            console.print(f"trial {row['trial_id']} failed: {row['error']}", markup=False)
+            reason = mask_text(str(row["error"]))
+            console.print(f"trial {row['trial_id']} failed: {reason}", markup=False)
     where: list[tuple[str, str]] = []
     if summary.best:
         where.append(("best trial", f"{summary.best['trial_id']}"))

@@ -36,6 +36,7 @@ __all__ = [
     "RegisteredModel",
     "check_trusted",
     "download",
+    "inert_pickle",
     "load_keras",
     "parse_reference",
     "pickled_files",
@@ -130,21 +131,64 @@ def download(model: RegisteredModel, path: str = "") -> str:
 
 def pickled_files(model: RegisteredModel) -> list[str]:
     """The files of the version's model that hold pickled Python objects (paths in the model),
-    found by listing its artifacts, without downloading them."""
+    found by listing its artifacts; only pickle files themselves are downloaded, to be read
+    (never unpickled) by ``inert_pickle``."""
     import mlflow
 
     location = _client(model.tracking_uri).get_model_version_download_uri(model.name, model.version)
+    location = location.rstrip("/")
     found, folders = [], [""]
     while folders:
         folder = folders.pop()
-        where = f"{location.rstrip('/')}/{folder}" if folder else location
+        where = f"{location}/{folder}" if folder else location
         for item in mlflow.artifacts.list_artifacts(artifact_uri=where) or []:
             path = f"{folder}/{item.path.rsplit('/', 1)[-1]}".lstrip("/")
             if item.is_dir:
                 folders.append(path)
             elif _is_pickled(path):
-                found.append(path)
+                local = mlflow.artifacts.download_artifacts(artifact_uri=f"{location}/{path}")
+                if not inert_pickle(Path(local).read_bytes()):
+                    found.append(path)
     return sorted(found)
+
+
+def inert_pickle(data: bytes) -> bool:
+    """Whether a pickle only maps names to classes of tf_keras itself and calls nothing, read
+    with ``pickletools`` (never unpickled). MLflow pickles tf_keras' global custom-object
+    registry (its own optimizers) with every tf_keras model it logs, as
+    ``global_custom_objects.cloudpickle``: that file runs no one's code, and raytrain does not
+    load it anyway. Anything else (a call, a class from elsewhere, code) is not inert."""
+    import pickletools
+
+    mark, mapping, known_class = object(), object(), object()
+    stack: list[object] = []
+    memo: dict[int, object] = {}
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            if op.name in ("PROTO", "FRAME", "STOP"):
+                continue
+            if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"):
+                stack.append(arg)
+            elif op.name in ("MARK", "EMPTY_DICT"):
+                stack.append(mark if op.name == "MARK" else mapping)
+            elif op.name in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"):
+                memo[len(memo) if op.name == "MEMOIZE" else int(arg)] = stack[-1]
+            elif op.name in ("GET", "BINGET", "LONG_BINGET"):
+                stack.append(memo[int(arg)])
+            elif op.name == "STACK_GLOBAL":
+                module = stack[-2]
+                if not (isinstance(module, str) and module.startswith("tf_keras.")):
+                    return False
+                stack[-2:] = [known_class]
+            elif op.name == "SETITEM":
+                del stack[-2:]
+            elif op.name == "SETITEMS":
+                del stack[len(stack) - stack[::-1].index(mark) - 1 :]
+            else:
+                return False
+    except (ValueError, IndexError, KeyError):  # not a pickle, or one this reading rejects
+        return False
+    return stack == [mapping]
 
 
 def check_trusted(model: RegisteredModel, found: list[str], *, trust_pickled_models: bool) -> None:
@@ -172,7 +216,9 @@ def load_keras(model: RegisteredModel, *, trust_pickled_models: bool = False) ->
 
         return mlflow.tensorflow.load_model(str(folder), keras_model_kwargs={"compile": False})
     found = sorted(
-        str(p.relative_to(folder)) for p in folder.rglob("*") if _is_pickled(p.name) and p.is_file()
+        str(p.relative_to(folder))
+        for p in folder.rglob("*")
+        if _is_pickled(p.name) and p.is_file() and not inert_pickle(p.read_bytes())
     )
     check_trusted(model, found, trust_pickled_models=False)
     path = folder / KERAS_FILE
