@@ -79,6 +79,8 @@ def mask_text(text: str) -> str:
         start = match.end()
         if start < done or not is_secret_key(match["key"]):
             continue
+        if text.startswith((MASK, f'"{MASK}"'), start):
+            continue  # masked already: masking again changes nothing
         colon = ":" in match["sep"]
         if colon and not (match["quote"] or _starts_an_entry(text, match.start())):
             continue  # prose ("the auth token: ..."), not a key and its value
