@@ -235,7 +235,15 @@ def test_a_submitted_job_shows_no_secret(ray_cluster: ClusterInfo, tmp_path: Pat
     secret = load_experiment(path, [f"tracking.tags.api_key={CANARY}"])
     with pytest.raises(ClusterError, match=r"--set tracking\.tags\.api_key=\*\*\*: a secret"):
         submit(secret, address=ray_cluster.dashboard_url)
-    job = submit(load_experiment(path, ["train.epochs=1"]), address=ray_cluster.dashboard_url)
+    deadline = time.monotonic() + 120  # a fresh instance's job agent registers a moment late
+    while True:
+        try:
+            job = submit(load_experiment(path, ["train.epochs=1"]), address=ray_cluster.dashboard_url)
+            break
+        except ClusterError as exc:
+            if "No available agent" not in str(exc) or time.monotonic() > deadline:
+                raise
+            time.sleep(2)
     client = JobSubmissionClient(ray_cluster.dashboard_url, headers=_auth_headers())
     deadline = time.monotonic() + 120  # the job fails fast: its tracking server is not there
     while not client.get_job_status(job.job_id).is_terminal() and time.monotonic() < deadline:
