@@ -235,10 +235,11 @@ def test_a_submitted_job_shows_no_secret(ray_cluster: ClusterInfo, tmp_path: Pat
     secret = load_experiment(path, [f"tracking.tags.api_key={CANARY}"])
     with pytest.raises(ClusterError, match=r"--set tracking\.tags\.api_key=\*\*\*: a secret"):
         submit(secret, address=ray_cluster.dashboard_url)
+    plain = load_experiment(path, ["train.epochs=1"])
     deadline = time.monotonic() + 120  # a fresh instance's job agent registers a moment late
     while True:
         try:
-            job = submit(load_experiment(path, ["train.epochs=1"]), address=ray_cluster.dashboard_url)
+            job = submit(plain, address=ray_cluster.dashboard_url)
             break
         except ClusterError as exc:
             if "No available agent" not in str(exc) or time.monotonic() > deadline:
