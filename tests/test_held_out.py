@@ -202,7 +202,7 @@ def test_lineage_is_metadata_with_digests_that_follow_the_files(
 
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     run = tracking.start_run(
-        uri=uri, experiment="e", run_name="r", params={}, tags={}, spec_file=None, spec_text=""
+        uri=uri, experiment="e", run_name="r", spec={}, tags={}, spec_file=None
     )
     log_datasets(run, records)
     inputs = mlflow.MlflowClient(tracking_uri=uri).get_run(run.run_id).inputs.dataset_inputs

@@ -340,6 +340,12 @@ class ExportSpec(Section):
         "default <storage>/<name>/export/<model>-v<version> (a folder is relative to the working "
         "directory). It must be empty or hold only an earlier raytrain export, which is replaced.",
     )
+    trust_pickled_models: bool = Field(
+        False,
+        description="Load a model version whose files hold pickled Python objects (e.g. MLflow's "
+        "custom_objects.cloudpickle), which run code when loaded; only for registries whose "
+        "writers you trust. Never read from an experiment recorded in MLflow.",
+    )
 
 
 SPACE_KINDS = ("uniform", "loguniform", "quniform", "qloguniform", "randint", "choice", "grid")
@@ -463,6 +469,12 @@ class ServeSpec(Section):
         "127.0.0.1", description="Where HTTP listens; 0.0.0.0 exposes it to the network."
     )
     port: int = Field(8000, ge=1, le=65535, description="HTTP port.")
+    trust_pickled_models: bool = Field(
+        False,
+        description="Load a model version whose files hold pickled Python objects (e.g. MLflow's "
+        "custom_objects.cloudpickle), which run code when loaded; only for registries whose "
+        "writers you trust. Never read from an experiment recorded in MLflow.",
+    )
 
 
 class Experiment(Section):

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
+from raytrain.masking import mask_text, mask_tree
+
 if TYPE_CHECKING:
     from raytrain.cluster.jobs import JobRecord, Submitted
     from raytrain.config.schema import Experiment
@@ -47,7 +49,7 @@ def experiment_summary(spec: Experiment) -> str:
         f"  data      {data.source} ({validation}{test})"
         f"{', streamed with Ray Data' if data.streaming else ''}"
         f"{f', read only on nodes with {data.locality!r}' if data.locality else ''}",
-        f"  model     {spec.model.builder} {json.dumps(spec.model.params)}",
+        f"  model     {spec.model.builder} {json.dumps(mask_tree(spec.model.params))}",
         f"  train     {train.epochs} epochs, global batch {train.batch_size} "
         f"({spec.per_worker_batch_size} per worker), {train.optimizer.name} "
         f"lr={train.optimizer.learning_rate:g}",
@@ -65,7 +67,7 @@ def experiment_summary(spec: Experiment) -> str:
         )
     if spec.export is not None:
         lines.append(f"  export    {spec.export.format}: {', '.join(spec.export.quantize)}")
-    return "\n".join(lines)
+    return mask_text("\n".join(lines))
 
 
 def headline(spec: Experiment) -> str:
@@ -85,11 +87,12 @@ def headline(spec: Experiment) -> str:
 
 
 def print_where(where: list[tuple[str, str]], console: Console | None = None) -> None:
-    """Label/value lines, never cut: paths and commands are copied from here."""
+    """Label/value lines, never cut: paths and commands are copied from here (secrets masked)."""
     console = console or Console()
     width = max(len(label) for label, _ in where) + 2
     for label, value in where:
-        console.print(f"[bold]{label:<{width}}[/bold]{value}", soft_wrap=True, highlight=False)
+        line = f"[bold]{label:<{width}}[/bold]{mask_text(str(value))}"
+        console.print(line, soft_wrap=True, highlight=False)
 
 
 def print_run(summary: RunSummary, spec: Experiment, console: Console | None = None) -> None:
@@ -138,7 +141,8 @@ def print_sweep(summary: SweepSummary, console: Console | None = None) -> None:
     console.print(_table(f"{len(rows)} trial(s)", columns, rows))
     for row in rows:
         if row.get("error"):
-            console.print(f"trial {row['trial_id']} failed: {row['error']}", markup=False)
+            reason = mask_text(str(row["error"]))
+            console.print(f"trial {row['trial_id']} failed: {reason}", markup=False)
     where: list[tuple[str, str]] = []
     if summary.best:
         where.append(("best trial", f"{summary.best['trial_id']}"))

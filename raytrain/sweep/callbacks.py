@@ -19,6 +19,7 @@ from ray import tune
 
 from raytrain import tracking
 from raytrain.config.schema import EXTRA_METRICS, Experiment
+from raytrain.masking import is_secret_key, mask_tree
 from raytrain.sweep.results import error_reason, trial_status
 from raytrain.tracking import names
 from raytrain.train.evaluation import TEST_EPOCH, TEST_PREFIX, test_metrics
@@ -112,7 +113,7 @@ class TrialTracker(tune.Callback):
                 },
             )
             run_id = run.info.run_id
-            params = {k: str(v) for k, v in (config or {}).items()}
+            params = mask_tree({k: str(v) for k, v in (config or {}).items()})
             for key, value in params.items():
                 self._client.log_param(run_id, key, value[:6000])
         self.children[trial_id] = run_id
@@ -245,7 +246,7 @@ def log_sweep_summary(
 
     assert spec.tune is not None
     client = mlflow.MlflowClient(tracking_uri=parent.uri)
-    table = rows
+    table = mask_tree(rows)
     columns = list(dict.fromkeys(k for r in table for k in r))
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=columns)
@@ -274,8 +275,9 @@ def log_sweep_summary(
         tracking.log_metrics(parent, best_metrics, step=int(best.get("epochs", 0)))
     if front:
         tags[names.PARETO_TAG] = ",".join(str(r["trial_id"]) for r in front)
+    tags = mask_tree(tags)
     client.log_batch(parent.run_id, tags=[mlflow.entities.RunTag(k, v) for k, v in tags.items()])
-    for name, html in optuna_plots(spec, table).items():
+    for name, html in optuna_plots(spec, rows).items():
         client.log_text(parent.run_id, html, f"{names.PLOTS_FOLDER}/{name}.html")
 
 
@@ -283,12 +285,15 @@ def optuna_plots(spec: Experiment, rows: list[dict[str, Any]]) -> dict[str, str]
     """Optuna's optimization history, parameter importances and parallel coordinates, as HTML.
 
     The study is rebuilt from the trial table, so the plots exist whatever the search algorithm.
+    A swept value whose key names a secret (``raytrain.masking``) is left out of them.
     """
     import optuna
 
     assert spec.tune is not None
     metric, mode = spec.tune.metrics[0], spec.tune.modes[0]
-    distributions = {k: _distribution(entry) for k, entry in spec.tune.space.items()}
+    distributions = {
+        k: _distribution(entry) for k, entry in spec.tune.space.items() if not is_secret_key(k)
+    }
     study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
     for row in rows:
         value = row.get(f"best_{metric}")

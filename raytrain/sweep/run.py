@@ -21,7 +21,7 @@ from raytrain.errors import RaytrainError
 from raytrain.storage import check_location, exists, glob, is_gcs, join
 from raytrain.sweep.results import best_trial
 from raytrain.sweep.search import Extension
-from raytrain.sweep.state import STATE_FILE, SweepState
+from raytrain.sweep.state import STATE_FILE, SweepState, check_private
 from raytrain.tracking import names
 from raytrain.train.evaluation import TEST_PREFIX
 from raytrain.train.run import (
@@ -104,6 +104,7 @@ def resume_sweep(
     from raytrain.sweep.results import past_rows
 
     state = SweepState.load(_find_sweep(path, storage))
+    check_private(state)
     spec, rounds = state.spec, state.rounds
     assert spec.tune is not None
     interrupted = rounds[-1] not in state.finished

@@ -24,7 +24,10 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import yaml
+
 from raytrain.errors import TrackingError
+from raytrain.masking import mask_text, mask_tree
 from raytrain.tracking import names
 
 __all__ = [
@@ -131,14 +134,14 @@ def start_run(
     uri: str,
     experiment: str,
     run_name: str,
-    params: dict[str, str],
+    spec: dict[str, Any],
     tags: dict[str, str],
     spec_file: Path | None,
-    spec_text: str,
     description: str = "",
     artifact_location: str | None = None,
 ) -> TrackedRun:
-    """Create the run (and its experiment) with params, tags and the spec as artifacts.
+    """Create the run (and its experiment) with the experiment ``spec`` (a resolved
+    experiment, as JSON-like data) as params and artifacts, and ``tags``; secrets masked.
 
     ``artifact_location`` applies only when the experiment is new: MLflow fixes an
     experiment's artifact root when it creates it.
@@ -157,24 +160,44 @@ def start_run(
             tags={names.EXPERIMENT_KIND_TAG: names.EXPERIMENT_KIND},
         )
     )
+    spec = mask_tree(spec)
+    spec_text = yaml.safe_dump(spec, sort_keys=False)
     spec_hash = hashlib.sha256(spec_text.encode()).hexdigest()[:12]
     run = client.create_run(
         experiment_id,
         run_name=run_name,
-        tags={**_version_tags(spec_file), names.SPEC_HASH_TAG: spec_hash, **tags},
+        tags={**_version_tags(spec_file), names.SPEC_HASH_TAG: spec_hash, **mask_tree(tags)},
     )
     run_id = run.info.run_id
-    items = [Param(k, v[:6000]) for k, v in params.items()]
+    items = [Param(k, v[:6000]) for k, v in flatten(spec).items()]
     for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
         client.log_batch(run_id, params=items[start : start + 100])
     client.log_text(run_id, spec_text, names.SPEC_ARTIFACT)
-    if spec_file is not None and spec_file.is_file():
-        client.log_artifact(run_id, str(spec_file), names.SPEC_FOLDER)
+    original = _masked_file(spec_file) if spec_file is not None else None
+    if spec_file is not None and original is not None:
+        client.log_text(run_id, original, f"{names.SPEC_FOLDER}/{spec_file.name}")
     if description:
-        client.set_tag(run_id, names.NOTE_TAG, description)  # the UI's run description
+        client.set_tag(run_id, names.NOTE_TAG, mask_text(description))  # the UI's description
     return TrackedRun(
         uri=uri, experiment_name=experiment, experiment_id=experiment_id, run_id=run_id
     )
+
+
+def _masked_file(path: Path) -> str | None:
+    """The user's experiment file as it may be stored beside the resolved one: masked, and
+    only when its masked text still parses to the masked experiment (a secret in a YAML form
+    the text rule does not read, e.g. a block list under a secret key, keeps it out)."""
+    if not path.is_file():
+        return None
+    text = path.read_text()
+    masked = mask_text(text)
+    try:
+        same = yaml.safe_load(masked) == mask_tree(yaml.safe_load(text))
+    except yaml.YAMLError:
+        same = False
+    if not same:
+        log.warning("%s is not logged to MLflow: its secrets could not be masked", path.name)
+    return masked if same else None
 
 
 def child_runs(client: Any, experiment_id: str, parent_id: str, *, trial_id: str = "") -> list:
@@ -200,9 +223,8 @@ def end_run(
     client = mlflow.MlflowClient(tracking_uri=run.uri)
     if tags or metrics:
         batch = _metrics(metrics or {}, step)
-        client.log_batch(
-            run.run_id, metrics=batch, tags=[RunTag(k, v) for k, v in (tags or {}).items()]
-        )
+        masked = mask_tree(tags or {})
+        client.log_batch(run.run_id, metrics=batch, tags=[RunTag(k, v) for k, v in masked.items()])
     client.set_terminated(run.run_id, status=status)
 
 
@@ -232,7 +254,7 @@ def log_model(
             model,
             name=names.MODEL_ARTIFACT,
             signature=signature,
-            metadata=metadata,
+            metadata=mask_tree(metadata),
             registered_model_name=register_as,
         )
     version = info.registered_model_version
@@ -334,7 +356,10 @@ class EpochLogger:
             except Exception as exc:  # a lost chart must not cost the run
                 self.unlogged.append(step)
                 self._retry_at = time.monotonic() + self.pause_s
-                log.warning("MLflow logging failed at epoch %s (training goes on): %s", step, exc)
+                reason = mask_text(str(exc))
+                log.warning(
+                    "MLflow logging failed at epoch %s (training goes on): %s", step, reason
+                )
             finally:
                 self._queue.task_done()
 
@@ -345,20 +370,22 @@ def tag_run(run: TrackedRun, key: str, value: str) -> None:
         import mlflow
 
         bound_client()
-        mlflow.MlflowClient(tracking_uri=run.uri).set_tag(run.run_id, key, value)
+        masked = mask_tree({key: value})[key]
+        mlflow.MlflowClient(tracking_uri=run.uri).set_tag(run.run_id, key, masked)
     except Exception as exc:
-        log.warning("MLflow tag %s failed (training goes on): %s", key, exc)
+        log.warning("MLflow tag %s failed (training goes on): %s", key, mask_text(str(exc)))
 
 
 def ui_command(run: TrackedRun) -> str:
-    """The command (or URL) that shows this run in the MLflow UI."""
+    """The command (or URL) that shows this run in the MLflow UI (secrets in the URI masked)."""
     if run.uri.startswith(("http://", "https://")):
-        return f"{run.uri.rstrip('/')}/#/experiments/{run.experiment_id}/runs/{run.run_id}"
+        url = mask_text(run.uri.rstrip("/"))
+        return f"{url}/#/experiments/{run.experiment_id}/runs/{run.run_id}"
     # Name the mlflow next to this Python when it is not on PATH (a venv that is not activated).
     mlflow_bin = (
         "mlflow" if shutil.which("mlflow") else str(Path(sys.executable).with_name("mlflow"))
     )
-    return f"{mlflow_bin} ui --backend-store-uri {run.uri}"
+    return f"{mlflow_bin} ui --backend-store-uri {mask_text(run.uri)}"
 
 
 def _version_tags(spec_file: Path | None) -> dict[str, str]:

@@ -19,7 +19,6 @@ from pathlib import Path
 from typing import Any
 
 import ray
-import yaml
 
 from raytrain import tracking
 from raytrain.cluster.connection import connect
@@ -29,6 +28,7 @@ from raytrain.cluster.shared import check_storage_on_nodes
 from raytrain.config.loader import LoadedExperiment
 from raytrain.data.dataset import load_dataset
 from raytrain.errors import RaytrainError, TrackingError, find_user_error
+from raytrain.masking import mask_override
 from raytrain.storage import check_writable, exists, forwarded_env, is_gcs, join, to_uri
 from raytrain.tracking import names
 from raytrain.train import checkpoint
@@ -383,18 +383,19 @@ def _best(result: Any, score: str, mode: str) -> tuple[str | None, dict[str, flo
 
 
 def start_tracking(loaded: LoadedExperiment, run_name: str) -> tracking.TrackedRun:
+    """The run's MLflow run. Everything stored there is masked: a run that needs the real
+    experiment again (a resumed sweep) reads it from its storage folder, never from MLflow."""
     spec = loaded.spec
-    spec_dict = spec.model_dump(mode="json")
+    overrides = " ".join(mask_override(item) for item in loaded.overrides)
     try:
         return tracking.start_run(
             uri=tracking.absolute_tracking_uri(spec.tracking.uri),
             experiment=spec.experiment_name,
             run_name=run_name,
-            params=tracking.flatten(spec_dict),
-            tags={**spec.tracking.tags, names.OVERRIDES_TAG: " ".join(loaded.overrides)},
+            spec=spec.model_dump(mode="json"),
+            tags={**spec.tracking.tags, names.OVERRIDES_TAG: overrides},
             description=spec.description,
             spec_file=loaded.path,
-            spec_text=yaml.safe_dump(spec_dict, sort_keys=False),
             artifact_location=_artifact_location(spec),
         )
     except TrackingError:
