@@ -54,16 +54,26 @@ def _no_ray_in_the_fast_lane(request: pytest.FixtureRequest) -> Iterator[None]:
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[ClusterInfo]:
     """A real local Ray instance with 2 CPUs (tests count on exactly 2 concurrent workers or
-    trials) and the dashboard on (Train V2 needs its State API), shared by every test."""
+    trials) and the dashboard on (Train V2 needs its State API), shared by every test.
+
+    Train V2's placement-group cleaner calls the State API without an address: Ray then looks
+    for the machine's clusters and fails with "Found multiple active Ray instances" where
+    several run (a shared CI runner), and the cleaner's thread dies. RAY_API_SERVER_ADDRESS in
+    the workers' environment names this instance's dashboard."""
+    port = free_port()
     ctx = ray.init(
         address="local",
         num_cpus=2,
         include_dashboard=True,
-        runtime_env={"env_vars": WORKER_ENV},
+        dashboard_port=port,
+        runtime_env={
+            "env_vars": {**WORKER_ENV, "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
+        },
         log_to_driver=False,
         logging_level=logging.ERROR,
     )
     dashboard = f"http://{ctx.dashboard_url}" if ctx.dashboard_url else None
+    assert dashboard == f"http://127.0.0.1:{port}", f"the dashboard took another port: {dashboard}"
     yield ClusterInfo(ctx.address_info["gcs_address"], dashboard)
     ray.shutdown()
 

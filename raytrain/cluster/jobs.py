@@ -263,6 +263,7 @@ def _errors(url: str, job_id: str | None = None) -> Iterator[None]:
     import aiohttp
     import requests
     from ray.exceptions import AuthenticationError
+    from ray.util.state.exception import ServerUnavailable
 
     try:
         yield
@@ -277,7 +278,13 @@ def _errors(url: str, job_id: str | None = None) -> Iterator[None]:
             "RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH, or write ~/.ray/auth_token) to the "
             "token that `ray get-auth-token` prints on the head node"
         ) from None
-    except (ConnectionError, requests.RequestException, aiohttp.ClientError) as exc:
+    # ServerUnavailable: the dashboard answered, its State API not (yet): a head still starting.
+    except (
+        ConnectionError,
+        requests.RequestException,
+        aiohttp.ClientError,
+        ServerUnavailable,
+    ) as exc:
         raise ClusterError(f"cannot connect to Ray at {url}: {_first_line(exc)}") from None
     except RuntimeError as exc:
         if job_id and "status code 404" in str(exc):
