@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import ray
+from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from raytrain import tracking
 from raytrain.cluster.connection import connect
@@ -153,7 +154,11 @@ def _train(
     if on_start:
         on_start(state)
     wanted = on_epoch or on_notice
-    progress = ray.util.queue.Queue(actor_options={"num_cpus": 0}) if wanted else None
+    # On this process's node: anywhere else, losing that node (a worker machine) would end the
+    # run with it, though Ray Train restarts the workers (seen on a two-machine cluster).
+    here = NodeAffinitySchedulingStrategy(ray.get_runtime_context().get_node_id(), soft=False)
+    queue_options = {"num_cpus": 0, "scheduling_strategy": here}
+    progress = ray.util.queue.Queue(actor_options=queue_options) if wanted else None
     epochs: list[dict[str, float]] = []
     missed: list[int] = []  # the epochs the controller could not log
     outcome: dict[str, Any] = {}
