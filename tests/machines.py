@@ -39,6 +39,29 @@ def available() -> str | None:
     return None
 
 
+def _inside(namespace: str, private_tmp: Path, *args: str, pid: bool = False) -> list[str]:
+    """``args`` run in network namespace ``namespace`` with ``private_tmp`` as their /tmp, and
+    with ``pid``, as PID 1 of a PID namespace of their own."""
+    boot = f'mount --bind {private_tmp} /tmp && exec "$@"'
+    pid_flags = ["--pid", "--fork", "--mount-proc"] if pid else []
+    return [
+        "ip",
+        "netns",
+        "exec",
+        namespace,
+        "unshare",
+        *pid_flags,
+        "--mount",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        boot,
+        "sh",
+        *args,
+    ]
+
+
 def _run(*args: str) -> None:
     subprocess.run(args, check=True, capture_output=True, text=True)
 
@@ -211,26 +234,11 @@ class Lan:
             )
         )
         Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation folder
-        private_tmp = machine.root / "tmp"
-        boot = f"mount --bind {private_tmp} /tmp && exec {SSHD} -D -e -f {config}"
         log = (machine.root / "sshd.log").open("wb")
         return subprocess.Popen(
-            [
-                "ip",
-                "netns",
-                "exec",
-                machine.name,
-                "unshare",
-                "--pid",
-                "--fork",
-                "--mount-proc",
-                "--mount",
-                "--propagation",
-                "private",
-                "sh",
-                "-c",
-                boot,
-            ],
+            _inside(
+                machine.name, machine.root / "tmp", SSHD, "-D", "-e", "-f", str(config), pid=True
+            ),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
@@ -256,22 +264,7 @@ class Lan:
         the cluster's state file there)."""
         private_tmp = self.root / "laptop-tmp"
         private_tmp.mkdir(mode=0o1777, exist_ok=True)
-        boot = f'mount --bind {private_tmp} /tmp && exec "$@"'
-        return [
-            "ip",
-            "netns",
-            "exec",
-            self.laptop,
-            "unshare",
-            "--mount",
-            "--propagation",
-            "private",
-            "sh",
-            "-c",
-            boot,
-            "sh",
-            *args,
-        ]
+        return _inside(self.laptop, private_tmp, *args)
 
     def on_laptop(
         self,
