@@ -39,18 +39,19 @@ def available() -> str | None:
     return None
 
 
-def _inside(namespace: str, private_tmp: Path, *args: str, pid: bool = False) -> list[str]:
-    """``args`` run in network namespace ``namespace`` with ``private_tmp`` as their /tmp, and
-    with ``pid``, as PID 1 of a PID namespace of their own."""
+def _inside(namespace: str, private_tmp: Path, *args: str) -> list[str]:
+    """``args`` run in network namespace ``namespace`` as PID 1 of a PID namespace of their own,
+    with ``private_tmp`` as their /tmp."""
     boot = f'mount --bind {private_tmp} /tmp && exec "$@"'
-    pid_flags = ["--pid", "--fork", "--mount-proc"] if pid else []
     return [
         "ip",
         "netns",
         "exec",
         namespace,
         "unshare",
-        *pid_flags,
+        "--pid",
+        "--fork",
+        "--mount-proc",
         "--mount",
         "--propagation",
         "private",
@@ -260,11 +261,9 @@ class Lan:
 
     # ---- the laptop -------------------------------------------------------------------
     def laptop_command(self, args: list[str]) -> list[str]:
-        """``args`` run on the laptop: its network namespace and its own /tmp (``ray up`` keeps
-        the cluster's state file there)."""
-        private_tmp = self.root / "laptop-tmp"
-        private_tmp.mkdir(mode=0o1777, exist_ok=True)
-        return _inside(self.laptop, private_tmp, *args)
+        """``args`` run on the laptop (its network namespace; the host's files, /tmp included:
+        give it a TMPDIR of its own for ``ray up``'s cluster state)."""
+        return ["ip", "netns", "exec", self.laptop, *args]
 
     def on_laptop(
         self,

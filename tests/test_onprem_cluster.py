@@ -89,8 +89,10 @@ def onprem() -> Iterator[OnPrem]:
     root.chmod(0o755)
     home = root / "laptop"
     (home / ".ssh").mkdir(parents=True, mode=0o700)
+    (root / "laptop-tmp").mkdir()  # `ray up` keeps the cluster's state under $TMPDIR/ray
     env = {
         "HOME": str(home),
+        "TMPDIR": str(root / "laptop-tmp"),
         "PATH": f"{BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
         "RAY_AUTH_MODE": "token",
         "LANG": "C.UTF-8",
