@@ -237,9 +237,7 @@ class Lan:
         Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege-separation folder
         log = (machine.root / "sshd.log").open("wb")
         return subprocess.Popen(
-            _inside(
-                machine.name, machine.root / "tmp", SSHD, "-D", "-e", "-f", str(config), pid=True
-            ),
+            _inside(machine.name, machine.root / "tmp", SSHD, "-D", "-e", "-f", str(config)),
             stdout=log,
             stderr=subprocess.STDOUT,
             start_new_session=True,
