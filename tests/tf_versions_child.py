@@ -56,9 +56,8 @@ def write(folder: Path) -> dict:
     loss, accuracy = model.evaluate(X, Y, verbose=0)
     folder.mkdir(parents=True)
     metrics = {"loss": loss, "accuracy": accuracy, "probe": model.predict(X[:4], verbose=0)}
-    checkpoint.write(
-        model, str(folder), epoch=1, metrics={**metrics, "probe": metrics["probe"].tolist()}
-    )
+    epoch = {"epoch": 1, **metrics, "probe": metrics["probe"].tolist()}
+    checkpoint.write(model, str(folder), history=[epoch])
     return {"step": "write", "tensorflow": tf.__version__, "loss": loss}
 
 
