@@ -163,6 +163,23 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def wait_for_mlflow(url: str, server: subprocess.Popen[bytes], timeout: float = 300) -> None:
+    """Until the ``mlflow server`` at ``url`` answers /health: about 15 s alone, minutes on a
+    loaded machine (it imports a lot)."""
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if requests.get(f"{url}/health", timeout=2).ok:
+                return
+        except requests.RequestException:
+            pass
+        assert server.poll() is None, "mlflow server exited"
+        assert time.monotonic() < deadline, f"mlflow server did not start in {timeout:.0f} s"
+        time.sleep(0.3)
+
+
 def write_yaml(folder: Path, text: str, name: str = "exp.yaml") -> Path:
     path = folder / name
     path.write_text(textwrap.dedent(text).lstrip("\n"))

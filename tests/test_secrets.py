@@ -19,7 +19,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
-import requests
 from rich.console import Console
 from typer.testing import CliRunner
 
@@ -32,7 +31,7 @@ from raytrain.masking import MASK, is_secret_key, mask_override, mask_text, mask
 from raytrain.sweep.state import SweepState, check_private
 from raytrain.tracking.runs import check_reachable
 
-from .conftest import SERVED, free_port, write_yaml
+from .conftest import SERVED, free_port, wait_for_mlflow, write_yaml
 
 CANARY = "canary-Zq81vXk"
 
@@ -160,16 +159,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[st
         start_new_session=True,
     )
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 300  # minutes on a loaded machine: it imports a lot
-    while True:
-        try:
-            if requests.get(f"{url}/health", timeout=2).ok:
-                break
-        except requests.RequestException:
-            pass
-        assert proc.poll() is None, "mlflow server exited"
-        assert time.monotonic() < deadline, "mlflow server did not start in 300 s"
-        time.sleep(0.5)
+    wait_for_mlflow(url, proc)
     yield url, folder
     proc.terminate()
     proc.wait(timeout=30)

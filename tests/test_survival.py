@@ -15,7 +15,6 @@ from pathlib import Path
 
 import mlflow
 import pytest
-import requests
 from rich.console import Console
 
 from raytrain import tracking
@@ -27,7 +26,7 @@ from raytrain.errors import RaytrainError
 from raytrain.train.run import resume_run, run_experiment
 from raytrain.train.state import STATE_FILE, RunState, find_run
 
-from .conftest import free_port, write_yaml
+from .conftest import free_port, wait_for_mlflow, write_yaml
 
 EPOCHS = 6
 # What training computes (the same for the same seed); times and throughput vary run to run.
@@ -227,16 +226,7 @@ class Server:
             stderr=subprocess.DEVNULL,
             start_new_session=True,  # its workers are its process group: killed with it
         )
-        deadline = time.monotonic() + 300  # about 15 s alone; minutes on a loaded machine (seen)
-        while True:
-            try:
-                if requests.get(f"{self.uri}/health", timeout=1).ok:
-                    return
-            except requests.RequestException:
-                pass
-            assert self.proc.poll() is None, "mlflow server exited"
-            assert time.monotonic() < deadline, "mlflow server did not start in 300 s"
-            time.sleep(0.2)
+        wait_for_mlflow(self.uri, self.proc)
 
     def kill(self) -> None:
         if self.proc is not None and self.proc.poll() is None:
