@@ -120,46 +120,46 @@ def run(
 ) -> None:
     """Train an experiment on Ray and track it in MLflow."""
     loaded = _load(file, overrides)
-    if verbose:
-        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
-    else:
-        display.quiet_tensorflow()
+    display.quiet_tensorflow(not verbose)
     spec = loaded.spec
     out.print(display.headline(spec))
     if spec.tune is not None:
         from raytrain.sweep.run import run_sweep
 
-        _report_sweep(functools.partial(run_sweep, loaded), address=address, verbose=verbose)
-        return
+        return _report_sweep(functools.partial(run_sweep, loaded), address=address, verbose=verbose)
     from raytrain.train.run import run_experiment
 
-    interrupted = "[yellow]interrupted[/yellow]: the MLflow run is marked KILLED"
-    score = spec.checkpoint.score
-    with reported(interrupted), display.EpochProgress(spec.train.epochs, score, out) as progress:
-        summary = run_experiment(loaded, address=address, verbose=verbose, on_epoch=progress)
-    display.print_run(summary, spec, out)
+    _report_run(functools.partial(run_experiment, loaded), spec, address=address, verbose=verbose)
 
 
 @command()
 def resume(
-    sweep: Annotated[str, arg("The sweep's folder (local or gs://), or its name in --storage.")],
-    num_samples: Annotated[
-        int | None, opt("Grow the sweep to this many trials in all (same search).", min=1)
-    ] = None,
-    address: Annotated[str | None, opt("Ray cluster to join.")] = None,
+    target: Annotated[str, arg("A run's or sweep's folder or name, or a run's MLflow id.")],
+    num_samples: Annotated[int | None, opt("Grow a sweep to N trials in all.", min=1)] = None,
+    address: Annotated[str | None, opt("Ray cluster to join (default: the run's).")] = None,
     verbose: VerboseOpt = False,
-    storage: Annotated[
-        str, opt("Where a sweep given by name is: a folder or gs://bucket/prefix.")
-    ] = STORAGE,
+    storage: Annotated[str, opt("Where a run or sweep given by name is.")] = STORAGE,
 ) -> None:
-    """Continue an interrupted sweep (finished trials stay, unfinished ones resume), or run
-    more trials of a finished one with --num-samples."""
-    if not verbose:
-        display.quiet_tensorflow()
+    """Continue an interrupted run (in the same MLflow run) or sweep, or log what MLflow missed of a
+    run while it was down; run more trials of a finished sweep with --num-samples."""
+    display.quiet_tensorflow(not verbose)
     from raytrain.sweep.run import resume_sweep
+    from raytrain.train.run import find_run, resume_run
 
-    start = functools.partial(resume_sweep, sweep, num_samples=num_samples, storage=storage)
-    _report_sweep(start, address=address, verbose=verbose)
+    settings = {"num_samples": num_samples, "address": address, "verbose": verbose}
+    if (state := find_run(target, storage)) is None:
+        return _report_sweep(functools.partial(resume_sweep, target, storage=storage), **settings)
+    _report_run(functools.partial(resume_run, state), state.spec, **settings)
+
+
+def _report_run(start: Callable[..., Any], spec: Experiment, **settings: Any) -> None:
+    """``start(on_epoch=, on_start=, on_notice=, **settings)`` under a progress display, then
+    its summary."""
+    progress = display.EpochProgress(spec.train.epochs, spec.checkpoint.score, out)
+    with reported(progress.interrupted), progress:
+        callbacks = {"on_start": progress.started, "on_notice": progress.notice}
+        summary = start(on_epoch=progress, **callbacks, **settings)
+    display.print_run(summary, spec, out)
 
 
 def _report_sweep(start: Callable[..., Any], **settings: Any) -> None:

@@ -7,11 +7,16 @@ survives pickling unchanged.
 A message names a setting the user can change by its Python name, written `name` (a parameter of
 the function called, or a spec field), and lists it in ``options``: the library does not know
 how its caller spells settings. ``spelled`` shows them the caller's way, e.g. the CLI's ``--name``.
+
+A message is masked (``raytrain.masking``) when the error is made: an error names URIs and
+settings, and it is printed, logged and stored in MLflow run tags.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+
+from raytrain.masking import mask_text
 
 __all__ = [
     "AliasNotFoundError",
@@ -26,6 +31,7 @@ __all__ = [
     "StorageError",
     "TrackingError",
     "TrainingError",
+    "UntrustedModelError",
     "VersionNotFoundError",
     "find_user_error",
     "spell_options",
@@ -40,7 +46,7 @@ class RaytrainError(Exception):
     """
 
     def __init__(self, *args: object, options: Sequence[str] = ()) -> None:
-        super().__init__(*args)
+        super().__init__(*(mask_text(a) if isinstance(a, str) else a for a in args))
         self.options = tuple(options)
 
     def spelled(self, spell: Callable[[str], str]) -> str:
@@ -52,6 +58,7 @@ class SpecError(RaytrainError):
     """The experiment file or its overrides are invalid; ``problems`` holds one line per mistake."""
 
     def __init__(self, problems: list[str], *, options: Sequence[str] = ()) -> None:
+        problems = [mask_text(p) for p in problems]
         super().__init__(problems, options=options)
         self.problems = problems
 
@@ -98,6 +105,11 @@ class AliasNotFoundError(RegistryError):
 
 class VersionNotFoundError(RegistryError):
     """The registered model has no such version."""
+
+
+class UntrustedModelError(RegistryError):
+    """A model version holds files that would run code when loaded (pickled objects), and the
+    caller did not say it trusts them."""
 
 
 class ExportError(RaytrainError):

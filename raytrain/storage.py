@@ -22,14 +22,16 @@ from contextlib import contextmanager
 from datetime import timedelta
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import IO
+from typing import IO, ClassVar, Self
 
 from pyarrow import fs as pafs
+from pydantic import BaseModel, ConfigDict, ValidationError
 
-from raytrain.errors import StorageError
+from raytrain.errors import RaytrainError, StorageError
 
 __all__ = [
     "EMULATOR_ENV",
+    "StoredState",
     "check_location",
     "check_writable",
     "delete_files",
@@ -252,3 +254,39 @@ def _reason(exc: BaseException) -> str:
     text = str(exc)
     found = re.search(r"last message of (.+?)(?: error_info=|\. |$)", text)
     return (found.group(1) if found else text.strip().splitlines()[0])[:300]
+
+
+class StoredState(BaseModel):
+    """A JSON file of raytrain's own in a run's or sweep's storage folder, validated when read
+    back: what ``raytrain resume`` and ``raytrain list`` know about it besides Ray's state."""
+
+    model_config = ConfigDict(extra="forbid", populate_by_name=True, frozen=True)
+
+    FILE: ClassVar[str]  # the file's name in ``folder``
+    KIND: ClassVar[str]  # what it is the state of, for messages
+
+    @property
+    def folder(self) -> str:
+        raise NotImplementedError
+
+    def save(self) -> None:
+        write_text(join(self.folder, self.FILE), self.model_dump_json(by_alias=True, indent=2))
+
+    def update(self, **changes: object) -> Self:
+        """This state with ``changes``, saved."""
+        state = self.model_copy(update=changes)
+        state.save()
+        return state
+
+    @classmethod
+    def load(cls, folder: str) -> Self:
+        """The state in ``folder`` (local or gs://)."""
+        path = join(folder, cls.FILE)
+        try:
+            return cls.model_validate_json(read_text(path))
+        except ValidationError as exc:
+            first = exc.errors(include_url=False)[0]
+            where = ".".join(str(p) for p in first["loc"])
+            raise RaytrainError(
+                f"{path} is not a {cls.KIND} state this raytrain can read ({where}: {first['msg']})"
+            ) from None

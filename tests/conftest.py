@@ -60,16 +60,26 @@ def _no_ray_in_the_fast_lane(request: pytest.FixtureRequest) -> Iterator[None]:
 @pytest.fixture(scope="session")
 def ray_cluster() -> Iterator[ClusterInfo]:
     """A real local Ray instance with 2 CPUs (tests count on exactly 2 concurrent workers or
-    trials) and the dashboard on (Train V2 needs its State API), shared by every test."""
+    trials) and the dashboard on (Train V2 needs its State API), shared by every test.
+
+    Train V2's placement-group cleaner calls the State API without an address: Ray then looks
+    for the machine's clusters and fails with "Found multiple active Ray instances" where
+    several run (a shared CI runner), and the cleaner's thread dies. RAY_API_SERVER_ADDRESS in
+    the workers' environment names this instance's dashboard."""
+    port = free_port()
     ctx = ray.init(
         address="local",
         num_cpus=2,
         include_dashboard=True,
-        runtime_env={"env_vars": WORKER_ENV},
+        dashboard_port=port,
+        runtime_env={
+            "env_vars": {**WORKER_ENV, "RAY_API_SERVER_ADDRESS": f"http://127.0.0.1:{port}"}
+        },
         log_to_driver=False,
         logging_level=logging.ERROR,
     )
     dashboard = f"http://{ctx.dashboard_url}" if ctx.dashboard_url else None
+    assert dashboard == f"http://127.0.0.1:{port}", f"the dashboard took another port: {dashboard}"
     yield ClusterInfo(ctx.address_info["gcs_address"], dashboard)
     ray.shutdown()
 
@@ -157,6 +167,23 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
+
+
+def wait_for_mlflow(url: str, server: subprocess.Popen[bytes], timeout: float = 300) -> None:
+    """Until the ``mlflow server`` at ``url`` answers /health: about 15 s alone, minutes on a
+    loaded machine (it imports a lot)."""
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if requests.get(f"{url}/health", timeout=2).ok:
+                return
+        except requests.RequestException:
+            pass
+        assert server.poll() is None, "mlflow server exited"
+        assert time.monotonic() < deadline, f"mlflow server did not start in {timeout:.0f} s"
+        time.sleep(0.3)
 
 
 def write_yaml(folder: Path, text: str, name: str = "exp.yaml") -> Path:

@@ -4,8 +4,9 @@ Every rule is a function from a file's text to the problems it finds (none: the 
 rule). The positive tests run each rule on each file, so a new file is covered by being there;
 the negative tests feed each rule a file broken on purpose, so a rule that stopped looking fails.
 Nothing here brings up a cluster or calls a cloud API: `ray up` on GCP and `kubectl apply` were
-not run. One test runs the head's MLflow start command on this machine, because that command is
-shell that only running it can check.
+not run. The KubeRay manifests are checked against KubeRay's own schema (tests/fixtures/). Two
+rules run shell: every `ray start` command under a low open-files limit, and one test the head's
+MLflow start command, because only running them can check them.
 """
 
 from __future__ import annotations
@@ -165,19 +166,26 @@ def no_credentials(text: str) -> list[str]:
 
 
 def pinned_install(text: str) -> list[str]:
+    """Every pip install is pinned; TPU hosts install the `tpu` extra under constraints-tpu.txt
+    (TensorFlow's TPU build is a minor behind), every other node constraints.txt."""
     config = prepared(text)
     problems = [
-        f"pip install without -c constraints.txt: {c!r}"
+        f"pip install without -c constraints.txt or constraints-tpu.txt: {c!r}"
         for c in all_commands(config)
-        if "pip install" in c and "-c constraints.txt" not in c
+        if "pip install" in c and not re.search(r"-c constraints(-tpu)?\.txt\b", c)
     ]
     for name, setup in node_setups(config).items():
         installs = [c for c in setup if re.search(r"pip install\b.*\s-e\s+['\"]?\.", c)]
         if not installs:
             problems.append(f"node type {name}: raytrain is never installed")
-        gpus = config["available_node_types"][name]["resources"].get("GPU", 0)
-        if gpus and not any("[gpu]" in c for c in installs):
+        resources = config["available_node_types"][name]["resources"]
+        if resources.get("GPU", 0) and not any("[gpu]" in c for c in installs):
             problems.append(f"node type {name} has GPUs but not the `gpu` extra")
+        tpu_build = [c for c in installs if "[tpu]" in c and "-c constraints-tpu.txt" in c]
+        if resources.get("TPU", 0) and not tpu_build:
+            problems.append(f"node type {name} has TPUs but not the `tpu` extra")
+        if not resources.get("TPU", 0) and any("tpu" in c for c in setup):
+            problems.append(f"node type {name} has no TPU but installs TensorFlow's TPU build")
     return problems
 
 
@@ -271,6 +279,180 @@ def locality_everywhere(text: str) -> list[str]:
     ]
 
 
+def ulimit_never_blocks(text: str) -> list[str]:
+    """Each `ray start` command, its `ray start` swapped for an echo, runs to that echo where the
+    hard open-files limit is low: a failing `ulimit -n 65536 &&` stopped `ray up` with only
+    "Failed to setup head node" (seen on machines with a hard limit of 20 000)."""
+    import resource
+
+    def low_limit() -> None:
+        resource.setrlimit(resource.RLIMIT_NOFILE, (1024, 1024))
+
+    problems = []
+    for cmd in ray_starts(prepared(text)):
+        probe = re.sub(r"RAY_AUTH_MODE=token ray start.*", "echo STARTED", cmd, flags=re.S)
+        probe = probe.replace("source ~/raytrain-venv/bin/activate", "true")
+        ran = subprocess.run(
+            ["bash", "-c", probe], capture_output=True, text=True, preexec_fn=low_limit
+        )
+        if "STARTED" not in ran.stdout:
+            problems.append(f"ray start not reached under a hard limit of 1024 files: {cmd!r}")
+    return problems
+
+
+def gcp_node_types(text: str) -> Iterator[tuple[str, dict[str, Any], bool]]:
+    """(name, node_config, is the head) of each node type of a GCP config."""
+    config = prepared(text)
+    if config["provider"]["type"] == "gcp":
+        for name, node_type in config["available_node_types"].items():
+            yield name, node_type["node_config"], name == config["head_node_type"]
+
+
+def workers_internal_only(text: str) -> list[str]:
+    """No worker gets an external IP, read as Ray's GCP launcher reads node configs: without
+    networkInterfaces (Compute) or networkConfig (TPU) on every node type, its
+    _configure_subnet gives each VM a ONE_TO_ONE_NAT address; a TPU VM gets one unless
+    networkConfig.enableExternalIps is false (GCPTPU.create_instance)."""
+    from ray.autoscaler._private.gcp.config import GCPNodeType, _configure_subnet, get_node_type
+
+    if not list(gcp_node_types(text)):
+        return []
+    try:
+        _configure_subnet(prepared(text), None)  # returns before using the API client, or not
+    except AttributeError:
+        return ["a node type without networkInterfaces: Ray picks a subnet and an external IP"]
+    problems = []
+    for name, node, head in gcp_node_types(text):
+        if head:
+            continue
+        if get_node_type(node) == GCPNodeType.TPU:
+            if node.get("networkConfig", {}).get("enableExternalIps") is not False:
+                problems.append(f"TPU node type {name}: networkConfig.enableExternalIps not false")
+        elif any("accessConfigs" in nic for nic in node.get("networkInterfaces", [])):
+            problems.append(f"worker node type {name} has an external IP (accessConfigs)")
+    return problems
+
+
+def gcloud_commands(text: str) -> list[str]:
+    """The gcloud commands of the top comment block, continuation lines joined."""
+    header = re.match(r"(?:#.*\n|\s*\n)*", text).group(0)
+    lines = [line.removeprefix("#").strip() for line in header.splitlines()]
+    joined = re.sub(r"\\\s*\n", " ", "\n".join(lines))
+    return [m.group(0) for m in re.finditer(r"(?m)^.*\bgcloud .*$", joined)]
+
+
+HEAD_ACCOUNT = "raytrain-head@"
+# Project-wide roles the head's account may hold: what Ray's node provider calls on the head
+# (instances insert/list/setLabels/delete and zone operations; TPU nodes create/list/delete).
+HEAD_PROJECT_ROLES = {"roles/compute.instanceAdmin.v1", "roles/compute.viewer", "roles/tpu.admin"}
+BROAD_ROLES = {"roles/owner", "roles/editor", "roles/compute.admin", "roles/storage.admin",
+               "roles/storage.objectAdmin", "roles/iam.serviceAccountAdmin"}  # fmt: skip
+
+
+def head_account_least_privilege(text: str) -> list[str]:
+    """The head runs as its own service account, not Ray's ray-autoscaler-sa-v1 (`ray up` merges
+    Ray's choice first, then the head's node_config over it: commands.py), and the header's
+    gcloud commands grant it only the roles it needs, the broad ones never, and bucket and
+    actAs rights never project-wide."""
+    from ray.autoscaler._private.gcp.config import DEFAULT_SERVICE_ACCOUNT_ID
+
+    problems = []
+    for name, node, head in gcp_node_types(text):
+        if head:
+            merged = {"serviceAccounts": [{"email": f"{DEFAULT_SERVICE_ACCOUNT_ID}@p"}], **node}
+            email = merged["serviceAccounts"][0]["email"]
+            if not email.startswith(HEAD_ACCOUNT):
+                problems.append(f"the head ({name}) runs as {email}, not {HEAD_ACCOUNT}...")
+    if not problems and not list(gcp_node_types(text)):
+        return []
+    granted = []
+    for cmd in gcloud_commands(text):
+        role = re.search(r"--role[= ](\S+)", cmd)
+        roles = re.findall(r"roles/[\w.]+", cmd) if "for role in" in cmd else []
+        roles += [role.group(1)] if role and role.group(1).startswith("roles/") else []
+        for r in roles:
+            if r in BROAD_ROLES:
+                problems.append(f"a broad role is granted: {r}")
+            if HEAD_ACCOUNT in cmd and "projects add-iam-policy-binding" in cmd:
+                granted.append(r)
+                if r not in HEAD_PROJECT_ROLES:
+                    problems.append(f"the head's account gets {r} project-wide")
+    tpu = any("acceleratorType" in node for _, node, _ in gcp_node_types(text))
+    needed = {"roles/tpu.admin"} if tpu else {"roles/compute.instanceAdmin.v1"}
+    problems += [f"the header never grants the head {r}" for r in sorted(needed - set(granted))]
+    header = re.match(r"(?:#.*\n|\s*\n)*", text).group(0)
+    problems += [
+        f"the header does not explain {r}" for r in set(granted) if f"#   {r} " not in header
+    ]
+    return problems
+
+
+def firewall_ssh_only(text: str) -> list[str]:
+    """The header's firewall rules admit from outside the cluster SSH only, to the head only,
+    from the user's range only; everything else only between the cluster's own VMs, so MLflow
+    (5000), the dashboard (8265) and Ray's ports never face the internet."""
+    if not list(gcp_node_types(text)):
+        return []
+    rules = [c for c in gcloud_commands(text) if "firewall-rules create" in c]
+    problems = [] if rules else ["the header has no gcloud firewall rules"]
+    for rule in rules:
+        ports = re.search(r"--rules[= ](\S+)", rule)
+        if "--source-ranges" in rule:
+            if (
+                ports is None
+                or ports.group(1) != "tcp:22"
+                or "--target-tags raytrain-head" not in rule
+            ):
+                problems.append(f"a rule admits more than SSH to the head from outside: {rule!r}")
+            if re.search(r"--source-ranges[= ](0\.0\.0\.0/0|::/0)", rule):
+                problems.append(f"SSH open to the whole internet: {rule!r}")
+        elif "--source-tags raytrain" not in rule:
+            problems.append(f"a rule without a source range or the cluster's tag: {rule!r}")
+    return problems
+
+
+def mlflow_internal_only(text: str) -> list[str]:
+    """MLflow never listens on an external interface: no --host / MLFLOW_HOST of all
+    interfaces or a looked-up external address (a GCE VM's external IP is not on its interface:
+    `hostname -I` names the internal one)."""
+    problems = []
+    for cmd in all_commands(prepared(text)):
+        if "mlflow" not in cmd.lower():
+            continue
+        for host in re.findall(r"(?:--host[= ]+|MLFLOW_HOST=)['\"]?([^\s'\"]+)", cmd):
+            if host in ALL_INTERFACES:
+                problems.append(f"MLflow bound to all interfaces ({host})")
+        if re.search(r"external-ip|access-configs|ifconfig\.me|ipify", cmd):
+            problems.append(f"MLflow's address looked up as an external one: {cmd!r}")
+    return problems
+
+
+def spot_workers(text: str) -> list[str]:
+    """A GCP config has a spot worker type, declared the way each API reads it (Compute:
+    scheduling object with provisioningModel SPOT, deleted when preempted; TPU:
+    schedulingConfig.spot), and its header says what failure.max_failures to set."""
+    if not list(gcp_node_types(text)):
+        return []
+    problems, spots = [], []
+    for name, node, _ in gcp_node_types(text):
+        scheduling = node.get("scheduling", {})
+        if isinstance(scheduling, list):
+            problems.append(f"{name}: scheduling is a list; the Compute API wants an object")
+        elif scheduling.get("provisioningModel") == "SPOT":
+            spots.append(name)
+            if scheduling.get("instanceTerminationAction") != "DELETE":
+                problems.append(f"{name}: a preempted spot VM is not deleted (left stopped)")
+        if node.get("schedulingConfig", {}).get("spot") or node.get("schedulingConfig", {}).get(
+            "preemptible"
+        ):
+            spots.append(name)
+    if not spots:
+        problems.append("no spot/preemptible worker type")
+    if "failure: {max_failures:" not in text:
+        problems.append("the header does not say which failure.max_failures to set")
+    return problems
+
+
 def header_block(text: str) -> list[str]:
     header = "\n".join(re.match(r"(?:#.*\n|\s*\n)*", text).group(0).splitlines()).upper()
     wanted = ("FILL IN", "COST", "TEAR DOWN")
@@ -280,12 +462,16 @@ def header_block(text: str) -> list[str]:
 RAY_UP_RULES: list[Rule] = [
     ray_schema, dashboard_local_only, token_auth, no_credentials, pinned_install, mlflow_on_head,
     gpu_terminate_on_maintenance, tpu_node_types, locality_everywhere, header_block,
+    ulimit_never_blocks, workers_internal_only, head_account_least_privilege, firewall_ssh_only,
+    mlflow_internal_only, spot_workers,
 ]  # fmt: skip
 
 
 # ---- rules for Kubernetes manifests -------------------------------------------------------------
 
-KINDS = {"RayCluster", "RayJob", "Deployment", "Service", "PersistentVolumeClaim"}
+KINDS = {"RayCluster", "RayJob", "Deployment", "Service", "PersistentVolumeClaim",
+         "ServiceAccount", "NetworkPolicy"}  # fmt: skip
+KUBERAY_SCHEMAS = ROOT / "tests" / "fixtures" / "kuberay-v1.7.0-schemas.yaml"
 
 
 def kube_kinds(text: str) -> list[str]:
@@ -372,9 +558,138 @@ def rayjob_entrypoint(text: str) -> list[str]:
     return problems
 
 
+def strict(schema: Any) -> Any:
+    """The schema as `kubectl apply` applies it by default (strict field validation): an object
+    with declared properties accepts no other field, unless it preserves unknown fields."""
+    if isinstance(schema, dict):
+        schema = {k: strict(v) for k, v in schema.items()}
+        declared = "properties" in schema and "additionalProperties" not in schema
+        if declared and not schema.get("x-kubernetes-preserve-unknown-fields"):
+            schema["additionalProperties"] = False
+    elif isinstance(schema, list):
+        schema = [strict(v) for v in schema]
+    return schema
+
+
+def kube_crd_schema(text: str) -> list[str]:
+    """RayCluster and RayJob against KubeRay's schema (tests/fixtures: which release, and what
+    was cut, is said there)."""
+    import jsonschema
+
+    schemas = yaml.safe_load(KUBERAY_SCHEMAS.read_text())
+    problems = []
+    for d in docs(text):
+        if d.get("kind") in ("RayCluster", "RayJob"):
+            schema = strict({**schemas[d["kind"]], "definitions": schemas["definitions"]})
+            for error in jsonschema.Draft7Validator(schema).iter_errors(d):
+                where = "/".join(str(p) for p in error.absolute_path)
+                problems.append(f"{d['kind']} {d['metadata']['name']}: {where}: {error.message}")
+    return problems
+
+
+def pod_templates(kind_docs: list[dict[str, Any]]) -> Iterator[tuple[str, dict[str, Any]]]:
+    """(name, pod template) of every Ray group and Deployment."""
+    for name, spec in ray_resources(kind_docs):
+        for group in ray_groups(spec):
+            yield f"{name}/{group.get('groupName', 'head')}", group.get("template", {})
+    for d in kind_docs:
+        if d.get("kind") == "Deployment":
+            yield d["metadata"]["name"], d["spec"]["template"]
+
+
+def container_hardened(where: str, context: dict[str, Any] | None) -> list[str]:
+    context = context or {}
+    problems = []
+    if context.get("allowPrivilegeEscalation") is not False:
+        problems.append(f"{where}: allowPrivilegeEscalation is not false")
+    if "ALL" not in context.get("capabilities", {}).get("drop", []):
+        problems.append(f"{where}: capabilities do not drop ALL")
+    if context.get("privileged"):
+        problems.append(f"{where}: privileged")
+    return problems
+
+
+def kube_security_context(text: str) -> list[str]:
+    """Every pod runs as a numeric non-root user (runAsNonRoot can only check a number), every
+    container (KubeRay's autoscaler too) without privilege escalation or capabilities."""
+    problems = []
+    for where, template in pod_templates(docs(text)):
+        spec = template.get("spec", {})
+        pod = spec.get("securityContext", {})
+        if pod.get("runAsNonRoot") is not True or not pod.get("runAsUser"):
+            problems.append(f"{where}: pod securityContext lacks runAsNonRoot and a runAsUser")
+        for c in spec.get("containers", []) + spec.get("initContainers", []):
+            problems += container_hardened(f"{where}/{c['name']}", c.get("securityContext"))
+    for name, spec in ray_resources(docs(text)):
+        if spec.get("enableInTreeAutoscaling"):
+            options = spec.get("autoscalerOptions", {})
+            problems += container_hardened(f"{name}/autoscaler", options.get("securityContext"))
+    return problems
+
+
+def kube_service_accounts(text: str) -> list[str]:
+    """Every pod runs as a ServiceAccount of its own, defined in the same file; those of pods
+    that never call the Kubernetes API (all but the head, whose autoscaler does) get no token."""
+    kind_docs = docs(text)
+    accounts = {d["metadata"]["name"]: d for d in kind_docs if d.get("kind") == "ServiceAccount"}
+    problems = []
+    for where, template in pod_templates(kind_docs):
+        spec = template.get("spec", {})
+        name = spec.get("serviceAccountName", "default")
+        if name not in accounts:
+            problems.append(f"{where}: runs as ServiceAccount {name!r}, not one of this file's")
+            continue
+        needs_api = where.endswith("/head")
+        mounted = spec.get(
+            "automountServiceAccountToken", accounts[name].get("automountServiceAccountToken")
+        )
+        if not needs_api and mounted is not False:
+            problems.append(f"{where}: gets a Kubernetes API token it does not need")
+    return problems
+
+
+def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
+    return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
+
+
+OPERATOR = {"app.kubernetes.io/name": "kuberay-operator"}
+
+
+def kube_network_policy(text: str) -> list[str]:
+    """Each Ray cluster's pods (8265, 6379, every Ray port) and the MLflow pods (5000) sit behind
+    a NetworkPolicy of the same file: Ray pods admit the same cluster's pods, and the KubeRay
+    operator on 8265 only; MLflow admits Ray pods on 5000 only."""
+    kind_docs = docs(text)
+    policies = [d["spec"] for d in kind_docs if d.get("kind") == "NetworkPolicy"]
+    problems = []
+    for where, template in pod_templates(kind_docs):
+        labels = template.get("metadata", {}).get("labels", {})
+        mine = [p for p in policies if selects(p.get("podSelector", {}), labels)]
+        mine = [p for p in mine if "Ingress" in p.get("policyTypes", ["Ingress"])]
+        if not mine:
+            problems.append(f"{where}: no NetworkPolicy selects its pods")
+        mlflow = labels.get("app.kubernetes.io/name") == "raytrain-mlflow"
+        for policy in mine:
+            for rule in policy.get("ingress", []):
+                ports = {p.get("port") for p in rule.get("ports", [])}
+                for source in rule.get("from", []) or [{}]:
+                    pods = source.get("podSelector")
+                    if mlflow:
+                        ok = pods == {"matchLabels": {"app.kubernetes.io/component": "ray"}}
+                        ok = ok and "namespaceSelector" not in source and ports == {5000}
+                    elif pods and source.get("namespaceSelector") is not None:
+                        ok = pods.get("matchLabels") == OPERATOR and ports == {8265}
+                    else:
+                        ok = bool(pods) and selects(pods, labels) and pods.get("matchLabels")
+                    if not ok:
+                        problems.append(f"{where}: admits {source or 'anyone'} on {ports or 'all'}")
+    return problems
+
+
 KUBE_RULES: list[Rule] = [
     kube_kinds, kube_ray_version, kube_images_pinned, kube_services_internal, kube_token_auth,
-    kube_locality, rayjob_entrypoint, no_credentials, header_block,
+    kube_locality, rayjob_entrypoint, no_credentials, header_block, kube_crd_schema,
+    kube_security_context, kube_service_accounts, kube_network_policy,
 ]  # fmt: skip
 
 
@@ -458,6 +773,36 @@ BROKEN = [
     (locality_everywhere, "onprem.yaml", "6379 --resources='{\"onprem\": 1}'", "6379",
      "without a locality resource"),
     (header_block, "gcp.yaml", "# TEAR DOWN", "# AFTERWARDS", "'TEAR DOWN'"),
+    (ulimit_never_blocks, "gcp-tpu.yaml", '{ ulimit -n 65536 || ulimit -n "$(ulimit -Hn)"; }',
+     "ulimit -n 65536", "not reached"),
+    (workers_internal_only, "gcp.yaml", "      networkInterfaces: *internal_only\n", "",
+     "without networkInterfaces"),
+    (workers_internal_only, "gcp.yaml", "networkInterfaces: &internal_only\n",
+     "networkInterfaces: &internal_only\n        - accessConfigs: [{type: ONE_TO_ONE_NAT}]\n",
+     "worker node type gpu_worker has an external IP"),
+    (workers_internal_only, "gcp-tpu.yaml", "enableExternalIps: false", "enableExternalIps: true",
+     "enableExternalIps not false"),
+    (head_account_least_privilege, "gcp.yaml", "email: raytrain-head@", "email: someone@",
+     "not raytrain-head"),
+    (head_account_least_privilege, "gcp.yaml", "--role roles/compute.instanceAdmin.v1",
+     "--role roles/compute.admin", "broad role"),
+    (head_account_least_privilege, "gcp-tpu.yaml", "for role in roles/tpu.admin",
+     "for role in roles/storage.objectUser", "gets roles/storage.objectUser project-wide"),
+    (firewall_ssh_only, "gcp.yaml", "--rules tcp:22", "--rules tcp:22,tcp:5000", "more than SSH"),
+    (firewall_ssh_only, "gcp-tpu.yaml", "--source-ranges YOUR_CIDR", "--source-ranges 0.0.0.0/0",
+     "whole internet"),
+    (firewall_ssh_only, "gcp.yaml", "--source-tags raytrain", "", "without a source range"),
+    (mlflow_internal_only, "gcp.yaml", START_MLFLOW, f"MLFLOW_HOST=0.0.0.0 {START_MLFLOW}",
+     "all interfaces"),
+    (mlflow_internal_only, "gcp-tpu.yaml", START_MLFLOW,
+     f"MLFLOW_HOST=$(curl -s ifconfig.me) {START_MLFLOW}", "external one"),
+    (spot_workers, "gcp.yaml", "instanceTerminationAction: DELETE",
+     "instanceTerminationAction: STOP", "not deleted"),
+    (spot_workers, "gcp.yaml", "scheduling: {onHostMaintenance: TERMINATE}",
+     "scheduling: [{onHostMaintenance: TERMINATE}]", "is a list"),
+    (spot_workers, "gcp-tpu.yaml", "schedulingConfig: {spot: true}", "", "no spot"),
+    (pinned_install, "gcp-tpu.yaml", "-c constraints-tpu.txt\n        -e '.[tpu]'",
+     "-c constraints.txt\n        -e .", "not the `tpu` extra"),
     (kube_kinds, "kuberay/rayjob.yaml", "apiVersion: ray.io/v1", "apiVersion: ray.io/v1alpha1",
      "not ray.io/v1"),
     (kube_kinds, "kuberay/raycluster.yaml", "  workerGroupSpecs:", "  otherGroupSpecs:",
@@ -477,6 +822,31 @@ BROKEN = [
      "no locality resource"),
     (rayjob_entrypoint, "kuberay/rayjob.yaml", "experiments/quickstart.yaml",
      "experiments/missing.yaml", "does not run a repo experiment"),
+    (kube_crd_schema, "kuberay/raycluster.yaml", "idleTimeoutSeconds: 600",
+     "idleTimeoutSecond: 600", "'idleTimeoutSecond' was unexpected"),
+    (kube_crd_schema, "kuberay/rayjob.yaml", "submissionMode: HTTPMode",
+     "submissionMode: HttpMode", "'HttpMode' is not one of"),
+    (kube_crd_schema, "kuberay/rayjob.yaml", "replicas: 1\n", "replicas: one\n",
+     "'one' is not of type 'integer'"),
+    (kube_security_context, "kuberay/raycluster.yaml", "runAsNonRoot: true",
+     "runAsNonRoot: false", "runAsNonRoot"),
+    (kube_security_context, "kuberay/mlflow.yaml", "allowPrivilegeEscalation: false",
+     "allowPrivilegeEscalation: true", "mlflow: allowPrivilegeEscalation"),
+    (kube_security_context, "kuberay/raycluster.yaml", "capabilities: {drop: [ALL]}",
+     "capabilities: {drop: [NET_RAW]}", "raytrain/autoscaler: capabilities"),
+    (kube_service_accounts, "kuberay/rayjob.yaml",
+     "serviceAccountName: raytrain-quickstart-worker", "serviceAccountName: default",
+     "not one of this file's"),
+    (kube_service_accounts, "kuberay/raycluster.yaml", "automountServiceAccountToken: false\n",
+     "", "token it does not need"),
+    (kube_network_policy, "kuberay/raycluster.yaml", "kind: NetworkPolicy", "kind: NetPolicy",
+     "no NetworkPolicy"),
+    (kube_network_policy, "kuberay/rayjob.yaml", "- {port: 8265, protocol: TCP}",
+     "- {port: 6379, protocol: TCP}", "on {6379}"),
+    (kube_network_policy, "kuberay/mlflow.yaml", "        - podSelector:\n",
+     "        - namespaceSelector: {}\n          podSelector:\n", "admits"),
+    (kube_network_policy, "kuberay/raycluster.yaml", "    - from:\n        - podSelector:\n"
+     "            matchLabels: *cluster_pods\n", "    - {}\n", "admits anyone"),
     (dockerfile_pinned, "kuberay/Dockerfile", "\nFROM python:3.11-slim-bookworm\n",
      "\nFROM python:latest\n", "not pinned"),
     (dockerfile_pinned, "kuberay/Dockerfile", "pip install --no-cache-dir -c constraints.txt",

@@ -13,7 +13,6 @@ from typing import Any
 import mlflow
 import numpy as np
 import pytest
-import yaml
 from ai_edge_litert.interpreter import Interpreter
 from typer.testing import CliRunner
 
@@ -73,10 +72,9 @@ def store(tmp_path_factory: pytest.TempPathFactory) -> Iterator[dict[str, Any]]:
             uri=uri,
             experiment="digits",
             run_name="cnn",
-            params=tracking.flatten(tree),
+            spec=tree,
             tags={},
             spec_file=None,
-            spec_text=yaml.safe_dump(tree),
         )
         version = tracking.log_model(
             run, model, example=data.x_val[:5], metadata={}, register_as=NAME

@@ -168,13 +168,13 @@ def _cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProc
     )
 
 
-def _experiment(folder: Path, *, epochs: int = 2) -> Path:
+def _experiment(folder: Path, *, epochs: int = 2, data: str = '{source: "builtin:digits"}') -> Path:
     """A tiny experiment whose results land in ``folder`` (both nodes share this disk)."""
     return write_yaml(
         folder,
         f"""
         name: tiny-remote
-        data: {{source: "builtin:digits"}}
+        data: {data}
         model: {{builder: mlp, params: {{hidden_units: [16]}}}}
         train: {{epochs: {epochs}, batch_size: 64}}
         scaling:
@@ -204,11 +204,22 @@ class Submitted:
 
 @pytest.fixture(scope="module")
 def onprem_job(two_nodes: TwoNodes, tmp_path_factory: pytest.TempPathFactory) -> Submitted:
-    """One experiment submitted with data.locality: onprem, run to the end."""
+    """One experiment submitted with data.locality: onprem, run to the end: its data streamed
+    (data.streaming) from Parquet files outside the experiment's folder, so not uploaded. One
+    job for every test of a remote run: each job costs a driver and a worker group."""
+    from sklearn.datasets import load_digits
+
+    digits = load_digits()
+    frame = pd.DataFrame(digits.data, columns=[f"p{i}" for i in range(64)])
+    data = tmp_path_factory.mktemp("data")
+    for part, rows in enumerate(np.array_split(np.arange(len(frame)), 2)):
+        frame.assign(label=digits.target).iloc[rows].to_parquet(data / f"part-{part}.parquet")
     folder = tmp_path_factory.mktemp("remote")
     (folder / "raytrain_results").mkdir()  # a local result folder: it must not be uploaded
     (folder / "raytrain_results" / "big.bin").write_bytes(b"0" * 1_000_000)
-    experiment = _experiment(folder)
+    experiment = _experiment(
+        folder, epochs=1, data=f'{{source: "{data}/*.parquet", streaming: true}}'
+    )
     start = time.monotonic()
     result = _cli(
         "submit",
@@ -265,40 +276,17 @@ def test_jobs_lists_the_job_with_its_experiment(two_nodes: TwoNodes, onprem_job:
 
 
 @pytest.mark.slow  # starts Ray (or joins it) in a subprocess
-def test_streamed_data_is_read_only_on_the_onprem_node(two_nodes: TwoNodes, tmp_path: Path) -> None:
+def test_streamed_data_is_read_only_on_the_onprem_node(
+    two_nodes: TwoNodes, onprem_job: Submitted
+) -> None:
     """data.streaming with data.locality: every Ray Data task that reads the files ran on the
     node with the resource, though the head node has a CPU of its own."""
-    from sklearn.datasets import load_digits
-
-    digits = load_digits()
-    frame = pd.DataFrame(digits.data, columns=[f"p{i}" for i in range(64)])
-    data = tmp_path / "data"  # outside the experiment's folder: it is not uploaded
-    data.mkdir()
-    for part, rows in enumerate(np.array_split(np.arange(len(frame)), 2)):
-        frame.assign(label=digits.target).iloc[rows].to_parquet(data / f"part-{part}.parquet")
-    folder = tmp_path / "experiment"
-    folder.mkdir()
-    experiment = write_yaml(
-        folder,
-        f"""
-        name: streamed-remote
-        data: {{source: "{data}/*.parquet", streaming: true, locality: onprem}}
-        model: {{builder: mlp, params: {{hidden_units: [16]}}}}
-        train: {{epochs: 2, batch_size: 64}}
-        scaling:
-          num_workers: 2
-          resources_per_worker: {{CPU: 0.5}}
-        storage: {folder / "results"}
-        tracking: {{uri: "sqlite:///{folder / "mlflow.db"}", experiment: streamed-remote}}
-        """,
-    )
-    result = _cli(
-        "submit", str(experiment), "--address", two_nodes.url, env=two_nodes.env, cwd=folder
-    )
+    result = onprem_job.result
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "SUCCEEDED" in result.stdout
-    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{folder / 'mlflow.db'}")
-    (run,) = client.search_runs([client.get_experiment_by_name("streamed-remote").experiment_id])
+    client = mlflow.MlflowClient(tracking_uri=f"sqlite:///{onprem_job.folder / 'mlflow.db'}")
+    (run,) = client.search_runs([client.get_experiment_by_name("remote").experiment_id])
+    assert run.data.params["data.streaming"] == "True"
     assert re.findall(r"\((\w+)\)", run.data.tags["raytrain.nodes"]) == [two_nodes.onprem] * 2
     # The State API from a process of its own: this one cached Ray's auth mode long ago.
     listed = subprocess.run(

@@ -61,10 +61,12 @@ def test_streamed_parquet_trains_two_workers_with_statistics_of_the_train_rows(
           streaming: true
           shape: [8, 8, 1]
         model:
-          builder: cnn
+          builder: mlp
+          params: {{hidden_units: [32]}}
         train:
           epochs: 3
           batch_size: 64
+          optimizer: {{learning_rate: 0.01}}
           loss: {CE}
         scaling:
           num_workers: 2

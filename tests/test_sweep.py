@@ -14,6 +14,7 @@ import mlflow
 import pytest
 import ray
 from ray import tune
+from ray.tune.experiment import Experiment as TuneExperiment
 from ray.tune.integration.ray_train import TuneReportCallback
 from ray.tune.search.optuna import OptunaSearch
 from ray.util.state import list_actors, list_jobs, list_placement_groups
@@ -26,6 +27,8 @@ from raytrain.errors import RaytrainError
 from raytrain.history import list_runs, show_run
 from raytrain.sweep.callbacks import TrialTracker, discard_lost_trials
 from raytrain.sweep.run import resume_sweep, run_sweep
+from raytrain.sweep.search import tune_config
+from raytrain.sweep.space import search_space
 from raytrain.sweep.state import STATE_FILE as SWEEP_STATE
 from raytrain.sweep.tuner import TRIAL_RESOURCES
 from raytrain.train.loop import fit
@@ -44,9 +47,12 @@ def _children(client: mlflow.MlflowClient, parent: mlflow.entities.Run) -> list:
 
 
 def test_optuna_asha_sweep_tracks_trials_and_promotes_the_champion(workdir: Path) -> None:
-    summary = run_sweep(load_experiment(SWEEP))
+    # 1-worker trials, 4 epochs (ASHA's rungs at 1 and 2): what the test needs, at a third of
+    # the example's cost.
+    cheaper = ["scaling.num_workers=1", "train.epochs=4", "tune.num_samples=5"]
+    summary = run_sweep(load_experiment(SWEEP, cheaper))
     rows = summary.rows
-    assert len(rows) == 6
+    assert len(rows) == 5
     statuses = {r["status"] for r in rows}
     assert "stopped_early" in statuses, rows  # ASHA stopped at least one trial mid-training
     assert statuses <= {"finished", "stopped_early"}
@@ -69,7 +75,7 @@ def test_optuna_asha_sweep_tracks_trials_and_promotes_the_champion(workdir: Path
     assert "plots/optimization_history.html" in plots
 
     children = _children(client, parent)
-    assert len(children) == 6
+    assert len(children) == 5
     by_trial = {c.data.tags["raytrain.trial_id"]: c for c in children}
     for row in rows:
         child = by_trial[row["trial_id"]]
@@ -82,7 +88,7 @@ def test_optuna_asha_sweep_tracks_trials_and_promotes_the_champion(workdir: Path
     listed = list_runs(tracking_uri="sqlite:///mlflow.db", storage="raytrain_results")
     assert [r.kind for r in listed if r.name == summary.sweep_name] == ["sweep"]
     shown = show_run(summary.sweep_name, tracking_uri="sqlite:///mlflow.db")
-    assert len(shown.trials) == 6
+    assert len(shown.trials) == 5
     assert shown.best["best_val_accuracy"] == pytest.approx(summary.best["best_val_accuracy"])
 
     champion = client.get_model_version_by_alias("digits-mlp", "champion")
@@ -93,6 +99,7 @@ def test_optuna_asha_sweep_tracks_trials_and_promotes_the_champion(workdir: Path
     worse = load_experiment(
         SWEEP,
         [
+            "scaling.num_workers=1",
             "tune.num_samples=1",
             "train.epochs=1",
             "tune.space={train.optimizer.learning_rate: {choice: [1.0e-5]}}",
@@ -104,60 +111,81 @@ def test_optuna_asha_sweep_tracks_trials_and_promotes_the_champion(workdir: Path
     assert client.get_model_version_by_alias("digits-mlp", "champion").version == champion.version
 
 
-def test_grid_runs_exactly_the_grid(workdir: Path) -> None:
-    loaded = load_experiment(
-        SWEEP,
-        [
-            "scaling.num_workers=1",
-            "train.epochs=1",
-            "tracking.enabled=false",
-            "tune.search.algorithm=grid",
-            "tune.scheduler.name=none",
-            "tune.space={train.optimizer.learning_rate: {grid: [0.001, 0.01]}, "
-            "model.params.hidden_units: {choice: [[8], [16]]}}",
-        ],
+def _suggested(overrides: list[str]) -> list[tuple]:
+    """The (learning rate, hidden units) a grid or random sweep's searcher hands out, asked
+    directly: the searcher a sweep builds, without running its trials."""
+    spec = load_experiment(SWEEP, overrides).spec
+    assert spec.tune is not None
+    config = tune_config(spec.tune, spec.train.epochs, concurrent=2, extension=None)
+    space = search_space(spec.tune)
+    searcher = config.search_alg
+    searcher.add_configurations(
+        TuneExperiment("suggested", run=_no_trial, config=space, num_samples=config.num_samples)
     )
+    configs = []
+    while (trial := searcher.next_trial()) is not None:
+        values = trial.config
+        configs.append(
+            (values["train.optimizer.learning_rate"], tuple(values["model.params.hidden_units"]))
+        )
+        searcher.on_trial_complete(trial.trial_id)  # as Tune does: the next one may start
+    return configs
+
+
+def _no_trial(config: dict) -> None:
+    """The trainable _suggested registers: never run."""
+
+
+def test_grid_runs_exactly_the_grid(workdir: Path) -> None:
+    grid = [
+        "scaling.num_workers=1",
+        "train.epochs=1",
+        "tracking.enabled=false",
+        "tune.search.algorithm=grid",
+        "tune.scheduler.name=none",
+    ]
+    # A choice in a grid sweep is one more axis of the grid: every combination, once.
+    four = "{train.optimizer.learning_rate: {grid: [0.001, 0.01]}, "
+    four += "model.params.hidden_units: {choice: [[8], [16]]}}"
+    combos = [(0.001, (8,)), (0.001, (16,)), (0.01, (8,)), (0.01, (16,))]
+    assert sorted(_suggested([*grid, f"tune.space={four}"])) == combos
+    # The grid run: 2 trials are enough to show that it runs the grid and no more.
+    two = "{train.optimizer.learning_rate: {grid: [0.001, 0.01]}, "
+    two += "model.params.hidden_units: {choice: [[8]]}}"
     events: list[dict] = []
-    summary = run_sweep(loaded, on_event=events.append)
+    summary = run_sweep(
+        load_experiment(SWEEP, [*grid, f"tune.space={two}"]), on_event=events.append
+    )
     # 2 CPUs, 1 worker per trial: never more than 2 trials at once (trials hold ~no resources
     # themselves, so only the computed limit keeps the rest waiting).
     assert summary.concurrent == 2
     assert events[0]["kind"] == "sweep_started"
     assert max(e["running"] for e in events[1:]) == 2
-    combos = sorted(
+    ran = sorted(
         (r["train.optimizer.learning_rate"], tuple(r["model.params.hidden_units"]))
         for r in summary.rows
     )
-    assert combos == [(0.001, (8,)), (0.001, (16,)), (0.01, (8,)), (0.01, (16,))]
+    assert ran == [(0.001, (8,)), (0.01, (8,))]
     assert all(r["status"] == "finished" for r in summary.rows)
     with pytest.raises(RaytrainError, match="grid search"):
         resume_sweep(summary.sweep_name, num_samples=6)  # a grid has nothing more to try
 
 
-def test_the_same_seed_samples_the_same_configs(workdir: Path) -> None:
-    overrides = [
-        "scaling.num_workers=1",
-        "train.epochs=1",
-        "tracking.enabled=false",
-        "tune.num_samples=2",
-        "tune.scheduler.name=none",
-        "tune.search.algorithm=random",
-        "tune.search.seed=7",
-    ]
-    configs = []
-    for _ in range(2):
-        rows = run_sweep(load_experiment(SWEEP, overrides)).rows
-        configs.append(sorted(r["train.optimizer.learning_rate"] for r in rows))
-    assert configs[0] == configs[1]
-    assert len(set(configs[0])) == 2
+def test_the_same_seed_samples_the_same_configs() -> None:
+    # The searcher a sweep builds decides the configs: asked directly, no trial needs to run.
+    overrides = ["tune.num_samples=2", "tune.search.algorithm=random"]
+    first = _suggested([*overrides, "tune.search.seed=7"])
+    assert first == _suggested([*overrides, "tune.search.seed=7"])
+    assert len({lr for lr, _ in first}) == 2
+    assert _suggested([*overrides, "tune.search.seed=8"]) != first
 
 
 @pytest.mark.slow  # starts Ray (or joins it) in a subprocess
 def test_a_killed_sweep_resumes_without_duplicates(ray_cluster: ClusterInfo, workdir: Path) -> None:
     args = [
         "--set", "scaling.num_workers=1",
-        "--set", "train.epochs=3",
-        "--set", "tune.num_samples=4",
+        "--set", "train.epochs=2",
+        "--set", "tune.num_samples=3",
         "--set", "tune.scheduler.name=none",
         "--set", "tune.max_concurrent_trials=1",
         "--address", ray_cluster.address,
@@ -178,7 +206,7 @@ def test_a_killed_sweep_resumes_without_duplicates(ray_cluster: ClusterInfo, wor
     time.sleep(8)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
-    assert _finished_children(uri) < 4, "the sweep ended before it could be killed"
+    assert _finished_children(uri) < 3, "the sweep ended before it could be killed"
 
     (folder,) = [p.parent for p in workdir.glob(f"raytrain_results/*/*/{SWEEP_STATE}")]
     result = subprocess.run(
@@ -189,14 +217,14 @@ def test_a_killed_sweep_resumes_without_duplicates(ray_cluster: ClusterInfo, wor
         timeout=600,
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "4 trial(s)" in result.stdout
+    assert "3 trial(s)" in result.stdout
     client = mlflow.MlflowClient(tracking_uri=uri)
     (parent,) = client.search_runs(
         [e.experiment_id for e in client.search_experiments()],
         filter_string="tags.`raytrain.kind` = 'sweep'",
     )
     children = _children(client, parent)
-    assert len(children) == 4, [(c.data.tags, c.info.status) for c in children]
+    assert len(children) == 3, [(c.data.tags, c.info.status) for c in children]
     assert {c.data.tags["raytrain.trial_status"] for c in children} == {"finished"}
     # The killed driver's trial held a worker group's CPU after the driver died; the resume
     # released it (otherwise every later run on this cluster waits for it forever).
@@ -207,15 +235,15 @@ def test_num_samples_extends_a_finished_sweep_with_a_warm_started_search(workdir
     overrides = [
         "scaling.num_workers=1",
         "train.epochs=1",
-        "tune.num_samples=2",
+        "tune.num_samples=1",
         "tune.scheduler.name=none",
     ]
     first = run_sweep(load_experiment(SWEEP, overrides))
-    with pytest.raises(RaytrainError, match="finished with 2 trial"):
+    with pytest.raises(RaytrainError, match="finished with 1 trial"):
         resume_sweep(first.sweep_name)
 
-    more = resume_sweep(first.sweep_name, num_samples=4)
-    assert len(more.rows) == 4
+    more = resume_sweep(first.sweep_name, num_samples=2)
+    assert len(more.rows) == 2
     assert {r["trial_id"] for r in first.rows} < {r["trial_id"] for r in more.rows}
     assert more.best is not None
     assert more.best["best_val_accuracy"] >= first.best["best_val_accuracy"]
@@ -224,19 +252,19 @@ def test_num_samples_extends_a_finished_sweep_with_a_warm_started_search(workdir
     (extension,) = state["extensions"]
     searcher = OptunaSearch()
     searcher.restore_from_dir(str(Path(more.storage_path).parent / extension))
-    assert len(searcher._ot_study.trials) == 4
+    assert len(searcher._ot_study.trials) == 2
 
     assert more.tracking is not None
     assert more.tracking.run_id == first.tracking.run_id
     client = mlflow.MlflowClient(tracking_uri=more.tracking.uri)
     parent = client.get_run(more.tracking.run_id)
     assert parent.info.status == "FINISHED"
-    assert len(_children(client, parent)) == 4
+    assert len(_children(client, parent)) == 2
     assert parent.data.metrics["best_val_accuracy"] == pytest.approx(more.best["best_val_accuracy"])
     versions = client.search_model_versions("name = 'digits-mlp'")
     assert len(versions) == (1 if more.best["trial_id"] == first.best["trial_id"] else 2)
-    with pytest.raises(RaytrainError, match="finished with 4 trial"):
-        resume_sweep(first.sweep_name, num_samples=3)
+    with pytest.raises(RaytrainError, match="finished with 2 trial"):
+        resume_sweep(first.sweep_name, num_samples=1)
 
 
 def _finished_children(uri: str) -> int:
@@ -290,7 +318,7 @@ def test_multi_objective_sweep_reports_the_pareto_front(workdir: Path) -> None:
         SWEEP,
         [
             "scaling.num_workers=1",
-            "train.epochs=2",
+            "train.epochs=1",
             "tracking.enabled=false",
             "tune.num_samples=3",
             "tune.metric=[val_accuracy, param_count]",

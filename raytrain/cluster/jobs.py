@@ -29,6 +29,7 @@ from raytrain.cluster.connection import probe_dashboard
 from raytrain.cluster.resources import locality_problem
 from raytrain.config.loader import LoadedExperiment
 from raytrain.errors import ClusterError, RaytrainError
+from raytrain.masking import mask_override, mask_text
 
 if TYPE_CHECKING:
     from ray.job_submission import JobSubmissionClient
@@ -98,10 +99,14 @@ def resolve_address(address: str | None) -> str:
 def submit(loaded: LoadedExperiment, *, address: str | None = None) -> Submitted:
     """Upload the experiment's folder and start ``raytrain run`` on the cluster; return at once.
 
+    The entrypoint and metadata are shown to anyone who can see the cluster (Ray's dashboard,
+    ``ray job list``): an override holding a secret is refused, since masking it there would
+    run the job with the mask. The experiment file travels in the uploaded folder instead.
     With ``data.locality``, the job's driver (which reads the data) runs on a node carrying that
     resource too, and the data must not sit in the uploaded folder.
     """
     spec, folder = loaded.spec, loaded.path.parent.resolve()
+    _refuse_secret_overrides(loaded.overrides)
     url = resolve_address(address)
     client = _client(url)
     if spec.data.locality:
@@ -118,8 +123,8 @@ def submit(loaded: LoadedExperiment, *, address: str | None = None) -> Submitted
             runtime_env={"working_dir": str(folder), "excludes": EXCLUDES},
             metadata={
                 EXPERIMENT_KEY: spec.name,
-                "raytrain.file": loaded.path.name,
-                "raytrain.overrides": " ".join(loaded.overrides),
+                "raytrain.file": mask_text(loaded.path.name),
+                "raytrain.overrides": " ".join(mask_override(o) for o in loaded.overrides),
             },
             entrypoint_resources=spec.locality_resources() or None,
         )
@@ -258,6 +263,7 @@ def _errors(url: str, job_id: str | None = None) -> Iterator[None]:
     import aiohttp
     import requests
     from ray.exceptions import AuthenticationError
+    from ray.util.state.exception import ServerUnavailable
 
     try:
         yield
@@ -272,7 +278,13 @@ def _errors(url: str, job_id: str | None = None) -> Iterator[None]:
             "RAY_AUTH_TOKEN (or RAY_AUTH_TOKEN_PATH, or write ~/.ray/auth_token) to the "
             "token that `ray get-auth-token` prints on the head node"
         ) from None
-    except (ConnectionError, requests.RequestException, aiohttp.ClientError) as exc:
+    # ServerUnavailable: the dashboard answered, its State API not (yet): a head still starting.
+    except (
+        ConnectionError,
+        requests.RequestException,
+        aiohttp.ClientError,
+        ServerUnavailable,
+    ) as exc:
         raise ClusterError(f"cannot connect to Ray at {url}: {_first_line(exc)}") from None
     except RuntimeError as exc:
         if job_id and "status code 404" in str(exc):
@@ -306,7 +318,7 @@ def _record(details: Any) -> JobRecord:
         job_id=details.submission_id,
         status=str(details.status.value),
         experiment=(details.metadata or {}).get(EXPERIMENT_KEY),
-        entrypoint=details.entrypoint,
+        entrypoint=mask_text(details.entrypoint or ""),
         start_time=seconds(details.start_time),
         end_time=seconds(details.end_time),
         driver_node_id=details.driver_node_id or None,
@@ -340,6 +352,18 @@ def _folder_bytes(folder: Path, excludes: list[str]) -> int:
     return total
 
 
+def _refuse_secret_overrides(overrides: tuple[str, ...]) -> None:
+    """The entrypoint is how overrides reach the job: a secret there cannot be masked."""
+    for item in overrides:
+        if mask_override(item) != item:
+            raise ClusterError(
+                f"--set {mask_override(item)}: a secret in an override would be shown in plain "
+                "text with the job (its entrypoint, in Ray's dashboard and `ray job list`); put it "
+                "in the experiment file, which is uploaded, not shown, or in the nodes' "
+                "environment (e.g. MLFLOW_TRACKING_PASSWORD)"
+            )
+
+
 def _warnings(loaded: LoadedExperiment, upload: int) -> list[str]:
     """Settings that work on a laptop but lose results on a cluster."""
     spec, found = loaded.spec, []
@@ -357,7 +381,7 @@ def _warnings(loaded: LoadedExperiment, upload: int) -> list[str]:
     uri = spec.tracking.uri
     if spec.tracking.enabled and urlsplit(uri).scheme not in ("http", "https", "databricks"):
         found.append(
-            f"tracking.uri '{uri}' is a store on the disk of the node that runs the job; use "
-            "the cluster's MLflow server (--set tracking.uri=http://HEAD:5000)"
+            f"tracking.uri '{mask_text(uri)}' is a store on the disk of the node that runs the "
+            "job; use the cluster's MLflow server (--set tracking.uri=http://HEAD:5000)"
         )
     return found

@@ -17,7 +17,7 @@ from pydantic import ValidationError
 
 from raytrain.config.problems import Problem
 from raytrain.config.rules import check_rules
-from raytrain.config.schema import REQUIRED, SECRET_INPUT, Experiment, unknown_key_message
+from raytrain.config.schema import REQUIRED, Experiment, unknown_key_message
 from raytrain.errors import SpecError
 
 __all__ = ["LoadedExperiment", "load_experiment"]
@@ -46,7 +46,7 @@ def load_experiment(
     where: dict[Path_, str] = {}
     raw = _parse_yaml(text, file, where)
     problems: list[str] = []
-    source_overridden = False
+    overridden: set[str] = set()  # data paths given by --set: relative to the cwd
     for item, (key_path, value) in zip(
         overrides, _parse_override_items(overrides, problems), strict=True
     ):
@@ -56,10 +56,10 @@ def load_experiment(
         for indexed in [p for p in where if p[: len(key_path)] == key_path]:
             del where[indexed]
         where[key_path] = f"--set {item}"
-        source_overridden |= ("data", "source")[: len(key_path)] == key_path[:2]
+        overridden |= {p for p in _DATA_PATHS if p[: len(key_path)] == key_path[: len(p)]}
     if problems:
         raise SpecError(problems)
-    _anchor_data_paths(raw, file.parent, from_override=source_overridden)
+    _anchor_data_paths(raw, file.parent, overridden=overridden)
     try:
         spec = Experiment.model_validate(raw)
     except ValidationError as exc:
@@ -161,16 +161,24 @@ def _set_path(
     node[key_path[-1]] = value
 
 
-def _anchor_data_paths(raw: dict[str, Any], base: Path, *, from_override: bool) -> None:
-    """Relative data paths in a file are relative to that file; on ``--set``, to the cwd."""
-    data = raw.get("data")
-    if not isinstance(data, dict) or not isinstance(data.get("source"), str):
-        return
-    source = data["source"]
-    if source.startswith("builtin:") or "://" in source or os.path.isabs(source):
-        return
-    anchor = Path.cwd() if from_override else base
-    data["source"] = str((anchor / source).resolve())
+_DATA_PATHS = (("data", "source"), ("data", "validation", "source"), ("data", "test", "source"))
+
+
+def _anchor_data_paths(raw: dict[str, Any], base: Path, *, overridden: set[Path_]) -> None:
+    """Relative data paths in a file are relative to that file; on ``--set``, to the cwd. A
+    folder keeps its trailing / (it says: a folder of images)."""
+    for key_path in _DATA_PATHS:
+        node: Any = raw
+        for key in key_path[:-1]:
+            node = node.get(key) if isinstance(node, dict) else None
+        source = node.get(key_path[-1]) if isinstance(node, dict) else None
+        if not isinstance(source, str) or not source:
+            continue
+        if source.startswith("builtin:") or "://" in source or os.path.isabs(source):
+            continue
+        anchor = Path.cwd() if key_path in overridden else base
+        folder = "/" if source.endswith("/") else ""
+        node[key_path[-1]] = str((anchor / source).resolve()) + folder
 
 
 def _pydantic_problems(exc: ValidationError) -> list[Problem]:
@@ -183,8 +191,7 @@ def _pydantic_problems(exc: ValidationError) -> list[Problem]:
         message = err["msg"]
         if err["type"] == "missing" and loc == ("name",):
             message = "required: it names the experiment's storage folder and MLflow experiment"
-        shown = err["type"] not in ("missing", SECRET_INPUT)
-        if shown and not isinstance(err.get("input"), (dict, list)):
+        if err["type"] not in ("missing",) and not isinstance(err.get("input"), (dict, list)):
             message += f" (got {err.get('input')!r})"
         problems.append(Problem(loc, message))
     return problems

@@ -7,12 +7,14 @@ Both the validator and the runtime resolve these names, so their meaning lives h
 from __future__ import annotations
 
 import importlib
+import os
 import sys
 from pathlib import Path
 
 __all__ = [
     "BUILTIN_DATASETS",
     "FILE_FORMATS",
+    "IMAGE_EXTENSIONS",
     "STREAMED_FORMATS",
     "infer_format",
     "load_builder",
@@ -28,13 +30,17 @@ FILE_FORMATS = {
     ".tfr": "tfrecord",
     ".npz": "npz",
 }
-STREAMED_FORMATS = ("csv", "parquet", "tfrecord")
+STREAMED_FORMATS = ("csv", "parquet", "tfrecord", "images")
+IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg")  # in an image folder's class sub-folders
 
 
 def infer_format(source: str, declared: str) -> str | None:
-    """The file format named by ``declared`` or, for ``auto``, by the source's extension."""
+    """The file format named by ``declared`` or, for ``auto``, by the source's extension; a
+    folder (a local one, or any path ending in /) is a folder of images."""
     if declared != "auto":
         return declared
+    if source.endswith("/") or ("://" not in source and os.path.isdir(source)):
+        return "images"
     path = Path(source.lower())
     if path.suffix == ".gz" and FILE_FORMATS.get(path.with_suffix("").suffix) == "tfrecord":
         return "tfrecord"  # GZIP-compressed TFRecords (TFRecordWriter's options="GZIP")

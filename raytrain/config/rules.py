@@ -6,6 +6,7 @@ They live in one place so that each message can name every key involved and say 
 from __future__ import annotations
 
 import glob
+import os
 from pathlib import Path
 
 from pydantic import ValidationError
@@ -23,7 +24,7 @@ from raytrain.config.schema import (
     Experiment,
     ExportSpec,
 )
-from raytrain.config.space_rules import check_tune
+from raytrain.config.space_rules import TEST_ONLY, check_tune
 
 __all__ = [
     "Problem",
@@ -57,13 +58,42 @@ def check_rules(spec: Experiment, *, base_dir: Path) -> list[Problem]:
 
 
 def _check_data(spec: Experiment) -> list[Problem]:
-    data, loc = spec.data, ("data", "source")
-    if data.source.startswith("builtin:"):
-        name = data.source.removeprefix("builtin:")
+    data = spec.data
+    problems = []
+    for split, (source, fmt) in data.sources().items():
+        loc: tuple[str, ...] = ("data",) if split == "train" else ("data", split)
+        problems += _check_source(spec, loc, source, fmt, train=split == "train")
+    if data.validation is not None and "validation_split" in data.model_fields_set:
+        problems.append(
+            Problem(
+                ("data", "validation_split"),
+                "data.validation is a fixed validation set, which replaces the split; drop "
+                "data.validation_split or data.validation",
+            )
+        )
+    return problems
+
+
+def _check_source(
+    spec: Experiment, loc: tuple[str, ...], source: str, declared: str, *, train: bool
+) -> list[Problem]:
+    """One split's source: it exists (gs:// is listed when the run starts), its format is known
+    and it can be read the way data.streaming asks."""
+    data, where = spec.data, (*loc, "source")
+    if source.startswith("builtin:"):
+        name = source.removeprefix("builtin:")
+        if not train:
+            return [
+                Problem(
+                    where,
+                    "a built-in dataset is split by data.validation_split; a held-out set is "
+                    "a file, glob or image folder",
+                )
+            ]
         if name not in BUILTIN_DATASETS:
             return [
                 Problem(
-                    loc,
+                    where,
                     f"unknown built-in dataset '{name}'; expected one of: "
                     f"{', '.join(BUILTIN_DATASETS)}",
                 )
@@ -73,46 +103,54 @@ def _check_data(spec: Experiment) -> list[Problem]:
                 Problem(
                     ("data", "streaming"),
                     "built-in datasets are small and read whole; data.streaming reads CSV, "
-                    "Parquet or TFRecord files",
+                    "Parquet, TFRecord files or image folders",
                 )
             ]
         return []
-    if "://" in data.source and not data.source.startswith("gs://"):
+    if "://" in source and not source.startswith("gs://"):
         return [
             Problem(
-                loc,
-                f"'{data.source}': a data source is builtin:<name>, a local file or glob, "
+                where,
+                f"'{source}': a data source is builtin:<name>, a local file, glob or folder, "
                 "or gs://BUCKET/PATH (a glob too)",
             )
         ]
     # A gs:// source is listed when the run starts (that takes credentials); here, its format.
-    matches = [data.source] if data.source.startswith("gs://") else sorted(glob.glob(data.source))
+    matches = [source] if source.startswith("gs://") or os.path.isdir(source) else []
+    matches = matches or sorted(glob.glob(source))
     if not matches and data.locality:
         # The data may live only on the nodes with that resource, and is checked there again:
         # a submitted job re-validates the experiment on the node that reads it.
-        matches = [data.source]
+        matches = [source]
     if not matches:
         return [
             Problem(
-                loc,
-                f"no file matches '{data.source}' (relative paths are relative to "
-                "the experiment file)",
+                where,
+                f"no file matches '{source}' (relative paths are relative to the experiment file)",
             )
         ]
-    fmt = infer_format(matches[0], data.format)
+    fmt = infer_format(matches[0], declared)
     if fmt is None:
         return [
             Problem(
-                ("data", "format"),
+                (*loc, "format"),
                 f"cannot infer the format of '{matches[0]}'; set "
-                f"data.format to one of: csv, parquet, tfrecord, npz",
+                f"{'.'.join(loc)}.format to one of: csv, parquet, tfrecord, npz, images",
             )
         ]
     if data.streaming and fmt not in STREAMED_FORMATS:
         return [
             Problem(
                 ("data", "streaming"),
-                f"{fmt} files are read whole; data.streaming reads CSV, Parquet or TFRecord files",
+                f"{fmt} files are read whole; data.streaming reads CSV, Parquet, TFRecord files "
+                "or image folders",
+            )
+        ]
+    if fmt == "images" and data.shape is not None and len(data.shape) != 3:
+        return [
+            Problem(
+                ("data", "shape"),
+                f"images are resized to [height, width, channels], got {data.shape}",
             )
         ]
     return []
@@ -183,7 +221,9 @@ def _check_train(spec: Experiment) -> list[Problem]:
             )
         )
     scores = spec.reported_metrics()
-    if spec.checkpoint.score not in scores:
+    if spec.checkpoint.score.startswith("test_"):
+        problems.append(Problem(("checkpoint", "score"), TEST_ONLY))
+    elif spec.checkpoint.score not in scores:
         problems.append(
             Problem(
                 ("checkpoint", "score"),

@@ -11,10 +11,8 @@ from __future__ import annotations
 import difflib
 import math
 from typing import Any, Literal, get_args, get_origin
-from urllib.parse import urlsplit
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, field_validator, model_validator
-from pydantic_core import PydanticCustomError
+from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
 
 __all__ = [
     "BUILTIN_BUILDERS",
@@ -23,13 +21,13 @@ __all__ = [
     "EXTRA_METRICS",
     "NAME_PATTERN",
     "REQUIRED",
-    "SECRET_INPUT",
     "CNNParams",
     "CheckpointSpec",
     "DataSpec",
     "Experiment",
     "ExportSpec",
     "FailureSpec",
+    "HeldOutSpec",
     "MLPParams",
     "ModelSpec",
     "OptimizerSpec",
@@ -39,7 +37,6 @@ __all__ = [
     "TrackingSpec",
     "TrainSpec",
     "TuneSpec",
-    "credentials_in_uri",
     "unknown_key_message",
 ]
 
@@ -81,15 +78,33 @@ class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
 
+FILE_FORMAT_CHOICES = Literal["auto", "csv", "parquet", "tfrecord", "npz", "images"]
+
+
+class HeldOutSpec(Section):
+    """Examples kept apart from training: a fixed validation or test set of the user's own."""
+
+    source: str = Field(
+        description="Required: a local file, glob or image folder (relative to the experiment "
+        "file), or gs://BUCKET/PATH, read as data.source is (same label, features, shape and "
+        "streaming).",
+    )
+    format: FILE_FORMAT_CHOICES = Field(  # type: ignore[valid-type]
+        "auto", description="File format; auto infers it from the file extension."
+    )
+
+
 class DataSpec(Section):
     source: str = Field(
         "builtin:digits",
         description="builtin:<name> (digits, wine, breast_cancer, iris, diabetes), a local "
-        "file path or glob (relative to the experiment file), or gs://BUCKET/PATH (a glob too, "
-        "e.g. gs://bucket/data/*.parquet).",
+        "file path or glob (relative to the experiment file), gs://BUCKET/PATH (a glob too, "
+        "e.g. gs://bucket/data/*.parquet), or a folder of images with one sub-folder per class "
+        "(a path ending in /).",
     )
-    format: Literal["auto", "csv", "parquet", "tfrecord", "npz"] = Field(
-        "auto", description="File format; auto infers it from the file extension."
+    format: FILE_FORMAT_CHOICES = Field(  # type: ignore[valid-type]
+        "auto",
+        description="File format; auto infers it from the file extension (a folder: images).",
     )
     label: str = Field(
         "label", description="Label column (CSV/Parquet), feature key (TFRecord) or array (NPZ)."
@@ -101,20 +116,35 @@ class DataSpec(Section):
     )
     shape: list[int] | None = Field(
         None,
-        description="Reshape each example's features to this shape, e.g. [8, 8, 1] for a CNN.",
+        description="Reshape each example's features to this shape, e.g. [8, 8, 1] for a CNN; "
+        "images are resized to [height, width, channels].",
+    )
+    validation: HeldOutSpec | None = Field(
+        None,
+        description="A fixed validation set; absent: validation_split of the training source.",
+    )
+    test: HeldOutSpec | None = Field(
+        None,
+        description="A test set, evaluated once with the best checkpoint after training and "
+        "never used to choose one; absent: no test metrics.",
     )
     validation_split: float = Field(
-        0.2, gt=0.0, lt=1.0, description="Fraction of examples held out for validation."
+        0.2,
+        gt=0.0,
+        lt=1.0,
+        description="Fraction of the training source held out for validation (without "
+        "data.validation).",
     )
     seed: int = Field(0, description="Seed of the train/validation split (deterministic).")
     normalize: Literal["none", "standard", "minmax"] = Field(
         "standard",
-        description="Feature scaling fitted on the training split only (never on validation).",
+        description="Feature scaling fitted on the training examples only (never on validation "
+        "or test).",
     )
     streaming: bool = Field(
         False,
-        description="Stream CSV/Parquet/TFRecord files with Ray Data (data larger than one "
-        "machine's memory) instead of reading them whole on the driver.",
+        description="Stream CSV/Parquet/TFRecord files or image folders with Ray Data (data "
+        "larger than one machine's memory) instead of reading them whole on the driver.",
     )
     locality: str | None = Field(
         None,
@@ -122,6 +152,15 @@ class DataSpec(Section):
         description="Custom Ray resource (e.g. onprem) of the nodes that may read the data: "
         "workers, sweep trials and the submitted job's driver run only there; null: any node.",
     )
+
+    def sources(self) -> dict[str, tuple[str, str]]:
+        """Each split's (source, format), by split name: train, and validation and test when
+        they are files of their own."""
+        found = {"train": (self.source, self.format)}
+        for split, held_out in (("validation", self.validation), ("test", self.test)):
+            if held_out is not None:
+                found[split] = (held_out.source, held_out.format)
+        return found
 
     def placement(self) -> dict[str, float]:
         """The Ray resources that pin a process (worker, trial, job driver, read task) to the
@@ -268,29 +307,6 @@ class TrackingSpec(Section):
     )
     tags: dict[str, str] = Field(default_factory=dict, description="Extra MLflow run tags.")
 
-    @field_validator("uri")
-    @classmethod
-    def _no_credentials(cls, uri: str) -> str:
-        problem = credentials_in_uri(uri)
-        if problem:  # a type of its own: the loader never echoes this input (a password)
-            raise PydanticCustomError(SECRET_INPUT, problem)
-        return uri
-
-
-SECRET_INPUT = "secret_input"  # pydantic error type whose input must not be shown
-
-
-def credentials_in_uri(uri: str) -> str | None:
-    """Why a tracking URI that carries a user name or password is refused: experiment files are
-    shared, committed and logged as MLflow artifacts; credentials live elsewhere."""
-    if not urlsplit(uri).username and not urlsplit(uri).password:
-        return None
-    return (
-        "the tracking URI holds a user name or password: remove them and set "
-        "MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD (or write ~/.mlflow/credentials, "
-        "mode 600) instead"
-    )
-
 
 EXPORT_MODES = ("none", "float16", "dynamic", "int8")
 
@@ -323,6 +339,12 @@ class ExportSpec(Section):
         description="Folder or gs://bucket/prefix for the SavedModel, .tflite files and report; "
         "default <storage>/<name>/export/<model>-v<version> (a folder is relative to the working "
         "directory). It must be empty or hold only an earlier raytrain export, which is replaced.",
+    )
+    trust_pickled_models: bool = Field(
+        False,
+        description="Load a model version whose files hold pickled Python objects (e.g. MLflow's "
+        "custom_objects.cloudpickle), which run code when loaded; only for registries whose "
+        "writers you trust. Never read from an experiment recorded in MLflow.",
     )
 
 
@@ -447,6 +469,12 @@ class ServeSpec(Section):
         "127.0.0.1", description="Where HTTP listens; 0.0.0.0 exposes it to the network."
     )
     port: int = Field(8000, ge=1, le=65535, description="HTTP port.")
+    trust_pickled_models: bool = Field(
+        False,
+        description="Load a model version whose files hold pickled Python objects (e.g. MLflow's "
+        "custom_objects.cloudpickle), which run code when loaded; only for registries whose "
+        "writers you trust. Never read from an experiment recorded in MLflow.",
+    )
 
 
 class Experiment(Section):

@@ -18,6 +18,11 @@ from pydantic import ValidationError
 from raytrain.config.problems import Problem
 from raytrain.config.schema import EXTRA_METRICS, SPACE_KINDS, Experiment, unknown_key_message
 
+TEST_ONLY = (
+    "test metrics are measured once, after training, on the best checkpoint; choose by a "
+    "validation metric (val_<name>)"
+)
+
 __all__ = ["PROBES", "check_tune", "sampled_values"]
 
 Rules = Callable[..., list[Problem]]
@@ -64,8 +69,10 @@ def check_tune(spec: Experiment, base_dir: Path, *, rules: Rules) -> list[Proble
     problems = []
     known = [*spec.reported_metrics(), *EXTRA_METRICS]
     for i, metric in enumerate(tune.metrics):
-        if metric not in known:
-            loc = ("tune", "metric", i) if isinstance(tune.metric, list) else ("tune", "metric")
+        loc = ("tune", "metric", i) if isinstance(tune.metric, list) else ("tune", "metric")
+        if metric.startswith("test_"):
+            problems.append(Problem(loc, TEST_ONLY))
+        elif metric not in known:
             problems.append(
                 Problem(
                     loc, f"'{metric}' is not a reported metric; expected one of: {', '.join(known)}"

@@ -16,14 +16,22 @@ from typing import Any
 
 import numpy as np
 
-from raytrain.config.resolve import infer_format
 from raytrain.config.schema import CLASSIFICATION_LOSSES, DataSpec
+from raytrain.data.images import pixel_names, read_images
+from raytrain.data.labels import LabelCoding
+from raytrain.data.sources import source_files
 from raytrain.data.streaming import Streams, feature_columns, open_streams
 from raytrain.data.tfrecord import read_frames
-from raytrain.errors import DataError, StorageError
-from raytrain.storage import check_location, glob, open_input
+from raytrain.errors import DataError
+from raytrain.storage import open_input
 
-__all__ = ["DataInfo", "Dataset", "load_dataset", "make_tf_dataset", "shard"]
+__all__ = [
+    "DataInfo",
+    "Dataset",
+    "load_dataset",
+    "make_tf_dataset",
+    "shard",
+]
 
 
 @dataclass(frozen=True)
@@ -38,18 +46,21 @@ class DataInfo:
     num_val: int
     scale_offset: np.ndarray = field(repr=False)
     scale_variance: np.ndarray = field(repr=False)
+    num_test: int = 0
 
 
 @dataclass(frozen=True)
 class Dataset:
     """The examples, or with ``streams`` (``data.streaming``) the first rows of each split and
-    the Ray Data datasets that hold them all."""
+    the Ray Data datasets that hold them all. ``x_test`` is None without ``data.test``."""
 
     x_train: np.ndarray
     y_train: np.ndarray
     x_val: np.ndarray
     y_val: np.ndarray
     info: DataInfo
+    x_test: np.ndarray | None = None
+    y_test: np.ndarray | None = None
     streams: Streams | None = None
     ray_datasets: dict[str, Any] | None = field(default=None, repr=False)
 
@@ -59,41 +70,68 @@ class Dataset:
 
 
 def load_dataset(spec: DataSpec, *, loss: str, task_cpus: float | None = None) -> Dataset:
-    """Read the source, split it deterministically and fit feature scaling on the train split.
+    """Read the sources, split off validation (unless it has a source of its own), encode labels
+    as the training data does and fit feature scaling on the training examples only.
 
     ``task_cpus``: what each Ray Data task holds when the source is streamed."""
     if spec.streaming:
         return _open_streamed(spec, loss=loss, task_cpus=task_cpus)
-    x, y, feature_names = _read(spec)
-    classification = loss in CLASSIFICATION_LOSSES
-    x = _as_float(x, feature_names)
-    y, label_names = _encode_labels(y, classification=classification)
-    if spec.shape:
-        x = _reshape(x, spec.shape)
-    rng = np.random.default_rng(spec.seed)
-    order = rng.permutation(len(x))
+    x, y, feature_names = _read(spec, spec.source, spec.format)
+    labels = LabelCoding.fit(y, classification=loss in CLASSIFICATION_LOSSES)
+    y = labels.encode(y, split="training", source=spec.source)
+    if spec.validation is None:
+        x, y, x_val, y_val = _split(x, y, spec)
+    else:
+        x_val, y_val = _held_out(spec, "validation", x, feature_names, labels)
+    x_test = y_test = None
+    if spec.test is not None:
+        x_test, y_test = _held_out(spec, "test", x, feature_names, labels)
+    offset, variance = _scaling(x, spec.normalize)
+    info = DataInfo(
+        input_shape=tuple(int(d) for d in x.shape[1:]),
+        num_classes=labels.num_classes if loss != "binary_crossentropy" else None,
+        feature_names=feature_names,
+        label_names=labels.names,
+        num_train=len(x),
+        num_val=len(x_val),
+        scale_offset=offset,
+        scale_variance=variance,
+        num_test=0 if x_test is None else len(x_test),
+    )
+    return Dataset(x, y, x_val, y_val, info, x_test, y_test)
+
+
+def _split(x: np.ndarray, y: np.ndarray, spec: DataSpec) -> tuple[np.ndarray, ...]:
+    """Deterministic train/validation split of one source: (x, y, x_val, y_val)."""
+    order = np.random.default_rng(spec.seed).permutation(len(x))
     n_val = max(1, round(len(x) * spec.validation_split))
     if len(x) - n_val < 1:
         raise DataError(f"{spec.source}: {len(x)} examples are too few to split")
     val, train = order[:n_val], order[n_val:]
-    offset, variance = _scaling(x[train], spec.normalize)
-    num_classes = int(y.max()) + 1 if classification and loss != "binary_crossentropy" else None
-    info = DataInfo(
-        input_shape=tuple(int(d) for d in x.shape[1:]),
-        num_classes=num_classes,
-        feature_names=feature_names,
-        label_names=label_names,
-        num_train=len(train),
-        num_val=len(val),
-        scale_offset=offset,
-        scale_variance=variance,
-    )
-    return Dataset(x[train], y[train], x[val], y[val], info)
+    return x[train], y[train], x[val], y[val]
+
+
+def _held_out(
+    spec: DataSpec, split: str, x_train: np.ndarray, features: list[str], labels: LabelCoding
+) -> tuple[np.ndarray, np.ndarray]:
+    """A validation or test set of its own, read and checked against the training data."""
+    held = spec.validation if split == "validation" else spec.test
+    assert held is not None
+    x, y, names = _read(spec, held.source, held.format)
+    if x.shape[1:] != x_train.shape[1:] or names != features:
+        differ = [n for n in names if n not in features][:5]
+        detail = f" (columns not in training: {', '.join(differ)})" if differ else ""
+        raise DataError(
+            f"data.{split}: examples of '{held.source}' have shape {list(x.shape[1:])} and "
+            f"{len(names)} features, the training data's {list(x_train.shape[1:])} and "
+            f"{len(features)}{detail}"
+        )
+    return x, labels.encode(y, split=split, source=held.source)
 
 
 def _open_streamed(spec: DataSpec, *, loss: str, task_cpus: float | None) -> Dataset:
-    files = _match(spec.source)
-    streams, datasets, stats, sample = open_streams(spec, files, loss=loss, task_cpus=task_cpus)
+    splits = {name: source_files(*where) for name, where in spec.sources().items()}
+    streams, datasets, stats, sample = open_streams(spec, splits, loss=loss, task_cpus=task_cpus)
     lo, hi = stats["min"], stats["max"]
     if spec.normalize == "none":
         offset, variance = np.zeros_like(lo), np.ones_like(lo)
@@ -110,6 +148,7 @@ def _open_streamed(spec: DataSpec, *, loss: str, task_cpus: float | None) -> Dat
         num_val=stats["num_val"],
         scale_offset=offset.astype(np.float32).reshape(streams.shape),
         scale_variance=variance.astype(np.float32).reshape(streams.shape),
+        num_test=stats.get("num_test", 0),
     )
     return Dataset(*sample, info, streams=streams, ray_datasets=datasets)
 
@@ -139,44 +178,42 @@ def make_tf_dataset(
     return ds.with_options(options)
 
 
-def _read(spec: DataSpec) -> tuple[np.ndarray, np.ndarray, list[str]]:
-    if spec.source.startswith("builtin:"):
-        return _builtin(spec.source.removeprefix("builtin:"))
-    files = _match(spec.source)
-    fmt = infer_format(files[0], spec.format)
-    if fmt == "npz":
-        return _read_npz(files, spec.label)
+def _read(spec: DataSpec, source: str, declared: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
+    """Float32 examples (shaped by ``data.shape``), raw labels and feature names of a source."""
+    if source.startswith("builtin:"):
+        x, y, features = _builtin(source.removeprefix("builtin:"))
+        return _shaped(spec, x, features), y, features
+    found = source_files(source, declared)
+    if found.fmt == "images":
+        assert found.labels is not None
+        x = read_images(found.files, shape=spec.shape, like=None)
+        return x, np.asarray(found.labels), pixel_names(x.shape[1:])
+    if found.fmt == "npz":
+        x, y, features = _read_npz(found.files, spec.label)
+        return _shaped(spec, x, features), y, features
     import pandas as pd
 
     frames = []
     try:
-        for f in files:
+        for f in found.files:
             with open_input(f) as stream:
-                if fmt == "tfrecord":
+                if found.fmt == "tfrecord":
                     frames.extend(read_frames(stream, name=f))
                 else:
-                    frames.append((pd.read_csv if fmt == "csv" else pd.read_parquet)(stream))
+                    frames.append((pd.read_csv if found.fmt == "csv" else pd.read_parquet)(stream))
         frame = pd.concat(frames, ignore_index=True)
     except DataError:
         raise
     except Exception as exc:
-        raise DataError(f"cannot read {fmt} data from '{spec.source}': {exc}") from None
-    features = feature_columns(spec, [str(c) for c in frame.columns])
-    return frame[features].to_numpy(), frame[spec.label].to_numpy(), features
+        raise DataError(f"cannot read {found.fmt} data from '{source}': {exc}") from None
+    features = feature_columns(spec, [str(c) for c in frame.columns], source=source)
+    x = _shaped(spec, frame[features].to_numpy(), features)
+    return x, frame[spec.label].to_numpy(), features
 
 
-def _match(source: str) -> list[str]:
-    """The files a path or glob names, local or ``gs://`` (read through pyarrow, whole)."""
-    try:
-        check_location(source, what="data.source")
-        files = glob(source)
-    except StorageError as exc:
-        raise DataError(str(exc)) from None
-    except OSError as exc:  # e.g. no permission to list the bucket
-        raise DataError(f"cannot list '{source}': {exc}") from None
-    if not files:
-        raise DataError(f"no file matches '{source}'")
-    return files
+def _shaped(spec: DataSpec, x: np.ndarray, features: list[str]) -> np.ndarray:
+    x = _as_float(x, features)
+    return _reshape(x, spec.shape) if spec.shape else x
 
 
 def _read_npz(files: list[str], label: str) -> tuple[np.ndarray, np.ndarray, list[str]]:
@@ -243,18 +280,6 @@ def _is_numeric(column: np.ndarray) -> bool:
     except (TypeError, ValueError):
         return False
     return True
-
-
-def _encode_labels(y: np.ndarray, *, classification: bool) -> tuple[np.ndarray, list[str] | None]:
-    if not classification:
-        try:
-            return y.astype(np.float32), None
-        except (TypeError, ValueError):
-            raise DataError("regression labels must be numeric") from None
-    if y.dtype.kind in "iu" and len(y) and y.min() >= 0:
-        return y.astype(np.int32), None
-    classes, encoded = np.unique(y.astype(str), return_inverse=True)
-    return encoded.astype(np.int32), [str(c) for c in classes]
 
 
 def _reshape(x: np.ndarray, shape: list[int]) -> np.ndarray:

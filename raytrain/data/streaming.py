@@ -21,8 +21,10 @@ from typing import Any
 
 import numpy as np
 
-from raytrain.config.resolve import infer_format
 from raytrain.config.schema import CLASSIFICATION_LOSSES, DataSpec
+from raytrain.data.images import decode, pixel_names, read_images
+from raytrain.data.labels import check_classes, class_text
+from raytrain.data.sources import SourceFiles
 from raytrain.data.tfrecord import expand_features, read_frames
 from raytrain.errors import DataError
 from raytrain.storage import forwarded_env, resolve
@@ -31,6 +33,7 @@ __all__ = ["SAMPLE_ROWS", "Streams", "open_streams", "worker_dataset"]
 
 SAMPLE_ROWS = 2000  # rows of each split kept in memory: the model signature, export's checks
 _BUCKETS = 1_000_000  # resolution of the validation fraction
+_IMAGES_PER_BATCH = 64  # images one read task decodes into one block of rows
 
 
 @dataclass(frozen=True)
@@ -48,72 +51,129 @@ class Streams:
         x = frame[self.features].to_numpy(dtype=np.float32).reshape(len(frame), *self.shape)
         labels = frame[self.label].to_numpy()
         if self.label_names is not None:
-            codes = np.searchsorted(self.label_names, labels.astype(str))
+            codes = np.searchsorted(self.label_names, class_text(labels))
             return x, codes.astype(np.int32)
         return x, labels.astype(np.int32 if self.classification else np.float32)
 
 
 def open_streams(
-    spec: DataSpec, files: list[str], *, loss: str, task_cpus: float | None = None
+    spec: DataSpec,
+    splits: dict[str, SourceFiles],
+    *,
+    loss: str,
+    task_cpus: float | None = None,
 ) -> tuple[Streams, dict[str, Any], dict[str, Any], tuple]:
-    """Plan the reads of ``files``, split rows by hash and run the one statistics pass.
+    """Plan the reads of each split's files, split rows by hash (unless validation has files of
+    its own) and run the statistics passes.
 
     ``task_cpus``: CPUs each read/decode task holds (None: Ray Data's default, one). Training
     workers that hold every CPU of the cluster would otherwise leave the tasks that feed them
     waiting for a CPU forever; with 0 they run beside the workers.
 
-    Returns the decoding, the lazy Ray Data datasets ``{"train": ..., "val": ...}``, the
-    statistics (counts, scaling, classes) and the first rows of each split as arrays
-    ``(x_train, y_train, x_val, y_val)``.
+    Returns the decoding, the lazy Ray Data datasets ``{"train", "val"[, "test"]}``, the
+    statistics (counts, scaling, classes) and the first rows of training and validation as
+    arrays ``(x_train, y_train, x_val, y_val)``.
     """
     import ray
     import ray.data
 
     _follow_ray_log_level()
 
-    fmt = infer_format(files[0], spec.format)
+    train = splits["train"]
     remote: dict[str, Any] = {"resources": spec.placement()} if spec.locality else {}
     if task_cpus is not None:
         remote["num_cpus"] = task_cpus
     if task_cpus == 0:  # tasks that hold no CPU: as many at once as there are CPUs, not more
         cpus = max(1, int(ray.cluster_resources().get("CPU", 1)))
         remote["compute"] = ray.data.TaskPoolStrategy(size=cpus)
-    try:
-        columns = _columns(files[0], fmt)
-    except DataError:
-        raise
-    except Exception as exc:
-        raise DataError(f"cannot read {fmt} data from '{files[0]}': {exc}") from None
-    features = feature_columns(spec, columns)
-    # Our own read tasks rather than ray.data.read_parquet/read_csv: those list files in tasks
-    # that always hold a CPU, and workers holding every CPU would wait for them forever.
-    reader = _FileReader(fmt=fmt, columns=[*features, spec.label], env=forwarded_env())
-    rows = ray.data.from_items([{"path": f} for f in files]).map_batches(
-        reader, batch_size=1, batch_format="pandas", **remote
+    features, shape = _layout(spec, train)
+    map_args = {"batch_format": "pandas", **remote}
+
+    def rows_of(found: SourceFiles) -> Any:
+        # Our own read tasks rather than ray.data.read_parquet/read_csv: those list files in
+        # tasks that always hold a CPU, and workers holding every CPU would wait for them forever.
+        if found is not train and found.fmt != "images":
+            columns = _columns_of(found.files[0], found.fmt)
+            held = feature_columns(spec, columns, source=found.source)
+            if held != features:
+                raise DataError(
+                    f"'{found.source}' has the features {held[:8]}, the training data "
+                    f"{features[:8]}: held-out files need the training data's columns"
+                )
+        reader = _FileReader(
+            fmt=found.fmt,
+            columns=[*features, spec.label],
+            env=forwarded_env(),
+            resize=spec.shape,
+            like=(train.files[0], shape) if found.fmt == "images" else None,
+        )
+        labels = found.labels or [""] * len(found.files)
+        items = [{"path": f, "label": c} for f, c in zip(found.files, labels, strict=True)]
+        per_task = _IMAGES_PER_BATCH if found.fmt == "images" else 1
+        return ray.data.from_items(items).map_batches(reader, batch_size=per_task, **map_args)
+
+    held_out = "validation" in splits
+    fraction = 0.0 if held_out else spec.validation_split
+    split = _Split(features=features, seed=spec.seed, fraction=fraction)
+    classification = loss in CLASSIFICATION_LOSSES
+    rows = rows_of(train)
+    stats = _statistics(rows, split, features, spec.label, classification, map_args)
+    if not held_out and stats["num_val"] < 1:
+        raise DataError(f"{stats['num_train']} examples are too few to split")
+    datasets = {"train": rows.map_batches(split.keep, fn_kwargs={"validation": False}, **map_args)}
+    if held_out:
+        datasets["val"] = rows_of(splits["validation"])
+    else:
+        datasets["val"] = rows.map_batches(split.keep, fn_kwargs={"validation": True}, **map_args)
+    whole = _Split(features=features, seed=spec.seed, fraction=0.0)
+    for name, key in (("validation", "val"), ("test", "test")):
+        if name not in splits:
+            continue
+        if key == "test":
+            datasets["test"] = rows_of(splits["test"])
+        counted = _statistics(datasets[key], whole, features, spec.label, classification, map_args)
+        if classification:
+            check_classes(
+                set(counted["classes"]),
+                frozenset(stats["classes"]),
+                split=name,
+                source=splits[name].source,
+            )
+        stats["num_val" if key == "val" else "num_test"] = counted["num_train"]
+    streams = Streams(
+        features=features,
+        label=spec.label,
+        shape=shape,
+        label_names=stats["label_names"],
+        classification=classification,
     )
+    sample = (*_sample(streams, datasets["train"]), *_sample(streams, datasets["val"]))
+    datasets["train"] = datasets["train"].randomize_block_order(seed=spec.seed)
+    return streams, datasets, stats, sample
+
+
+def _layout(spec: DataSpec, train: SourceFiles) -> tuple[list[str], tuple[int, ...]]:
+    """The feature columns and the shape of one example, from the first training file."""
+    if train.fmt == "images":
+        shape = tuple(int(d) for d in decode(train.files[0], shape=spec.shape).shape)
+        return pixel_names(shape), shape
+    features = feature_columns(spec, _columns_of(train.files[0], train.fmt), source=train.source)
     shape = tuple(spec.shape) if spec.shape else (len(features),)
     if int(np.prod(shape)) != len(features):
         raise DataError(
             f"data.shape {list(shape)} holds {int(np.prod(shape))} values, but each example "
             f"has {len(features)} features"
         )
-    split = _Split(features=features, seed=spec.seed, fraction=spec.validation_split)
-    map_args = {"batch_format": "pandas", **remote}
-    train = rows.map_batches(split.keep, fn_kwargs={"validation": False}, **map_args)
-    val = rows.map_batches(split.keep, fn_kwargs={"validation": True}, **map_args)
-    classification = loss in CLASSIFICATION_LOSSES
-    stats = _statistics(rows, split, features, spec.label, classification, map_args)
-    label_names = stats["label_names"]
-    streams = Streams(
-        features=features,
-        label=spec.label,
-        shape=shape,
-        label_names=label_names,
-        classification=classification,
-    )
-    sample = (*_sample(streams, train), *_sample(streams, val))
-    datasets = {"train": train.randomize_block_order(seed=spec.seed), "val": val}
-    return streams, datasets, stats, sample
+    return features, shape
+
+
+def _columns_of(location: str, fmt: str) -> list[str]:
+    try:
+        return _columns(location, fmt)
+    except DataError:
+        raise
+    except Exception as exc:
+        raise DataError(f"cannot read {fmt} data from '{location}': {exc}") from None
 
 
 def worker_dataset(
@@ -125,8 +185,10 @@ def worker_dataset(
     shuffle: bool,
     seed: int,
     repeat: bool,
+    drop_last: bool = True,
 ) -> Any:
-    """A tf.data pipeline over this worker's shard: exactly ``steps`` batches per pass.
+    """A tf.data pipeline over this worker's shard: exactly ``steps`` batches per pass (the
+    last one partial with ``drop_last`` off: all rows, for a test set).
 
     Each pass is one epoch of Ray Data's split, which starts on every worker together (a barrier
     across workers), so each worker must open exactly one pass at a time. Keras keeps one
@@ -145,7 +207,7 @@ def worker_dataset(
         for frame in shard.iter_batches(
             batch_size=batch_size,
             batch_format="pandas",
-            drop_last=True,
+            drop_last=drop_last,
             prefetch_batches=4,
             local_shuffle_buffer_size=batch_size * 8 if shuffle else None,
             local_shuffle_seed=seed if shuffle else None,
@@ -158,9 +220,10 @@ def worker_dataset(
         while True:
             yield from one_pass()
 
+    rows = batch_size if drop_last else None
     signature = (
-        tf.TensorSpec([batch_size, *streams.shape], tf.float32),
-        tf.TensorSpec([batch_size], label_dtype),
+        tf.TensorSpec([rows, *streams.shape], tf.float32),
+        tf.TensorSpec([rows], label_dtype),
     )
     ds = tf.data.Dataset.from_generator(passes if repeat else one_pass, output_signature=signature)
     options = tf.data.Options()
@@ -182,18 +245,18 @@ def _follow_ray_log_level() -> None:
         DataContext.get_current().enable_progress_bars = False
 
 
-def feature_columns(spec: DataSpec, columns: list[str]) -> list[str]:
+def feature_columns(spec: DataSpec, columns: list[str], *, source: str) -> list[str]:
     """The feature columns ``spec`` asks for (all but the label when it names none), checked
-    against what the files hold."""
+    against what the files of ``source`` hold."""
     if spec.label not in columns:
         raise DataError(
-            f"label column '{spec.label}' is not in '{spec.source}'; columns: "
+            f"label column '{spec.label}' is not in '{source}'; columns: "
             f"{', '.join(columns)} (set data.label)"
         )
     features = expand_features(spec.features or [c for c in columns if c != spec.label], columns)
     missing = [c for c in features if c not in columns]
     if missing:
-        raise DataError(f"feature columns not in '{spec.source}': {', '.join(missing)}")
+        raise DataError(f"feature columns not in '{source}': {', '.join(missing)}")
     return features
 
 
@@ -216,18 +279,26 @@ def _columns(location: str, fmt: str | None) -> list[str]:
 @dataclass(frozen=True)
 class _FileReader:
     """A Ray Data task: the rows of one file, a bounded batch at a time (a large file never
-    sits whole in one task's memory)."""
+    sits whole in one task's memory), or of a batch of images, one row each."""
 
     fmt: str | None
     columns: list[str]
     env: dict[str, str]  # the driver's storage settings (an emulator's address)
+    resize: list[int] | None = None  # images: data.shape
+    like: tuple[str, tuple[int, ...]] | None = None  # images: the first one and its shape
     rows_per_block: int = 65_536
 
     def __call__(self, frame: Any) -> Iterator[Any]:
+        import pandas as pd
         import pyarrow.csv
         import pyarrow.parquet as pq
 
         os.environ.update(self.env)
+        if self.fmt == "images":
+            x = read_images(list(frame["path"]), shape=self.resize, like=self.like)
+            rows = pd.DataFrame(x.reshape(len(x), -1), columns=self.columns[:-1])
+            yield rows.assign(**{self.columns[-1]: list(frame["label"])})
+            return
         for location in frame["path"]:
             filesystem, path = resolve(location)
             with filesystem.open_input_file(path) as stream:
@@ -304,12 +375,18 @@ def _statistics(
                 "max": [x.max(0) if len(x) else np.full(x.shape[1], -np.inf)],
                 "integer_labels": [bool(integer)],
                 "label_max": [float(labels.max()) if integer and len(labels) else 0.0],
-                "classes": [sorted(set(labels.astype(str))) if classification else []],
+                "classes": [sorted({str(c) for c in class_text(labels)}) if classification else []],
                 "numeric_labels": [labels.dtype.kind in "iufb"],
             }
         )
 
-    parts = rows.map_batches(partial, **map_args).to_pandas()
+    try:
+        parts = rows.map_batches(partial, **map_args).to_pandas()
+    except Exception as exc:  # a read task's DataError (a corrupt image), as Ray wraps it
+        cause = getattr(exc, "cause", None)
+        if isinstance(cause, DataError):
+            raise DataError(str(cause)) from None
+        raise
     bad = sorted({c for cols in parts["bad"] for c in cols})
     if bad:
         raise DataError(
@@ -320,8 +397,8 @@ def _statistics(
     if nonfinite:
         raise DataError(f"features contain NaN or infinite values (columns: {nonfinite[:10]})")
     n_train, n_val = int(parts["n_train"].sum()), int(parts["n_val"].sum())
-    if n_train < 1 or n_val < 1:
-        raise DataError(f"{n_train + n_val} examples are too few to split")
+    if n_train < 1:
+        raise DataError(f"{n_train + n_val} examples are too few to train on")
     total, squares = np.sum(list(parts["sum"]), 0), np.sum(list(parts["sumsq"]), 0)
     mean = total / n_train
     stats: dict[str, Any] = {
@@ -333,6 +410,7 @@ def _statistics(
         "max": np.max(list(parts["max"]), 0),
         "label_names": None,
         "num_classes": None,
+        "classes": sorted({c for classes in parts["classes"] for c in classes}),
     }
     if not classification:
         if not parts["numeric_labels"].all():

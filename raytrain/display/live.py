@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
 from rich.progress import (
@@ -17,19 +17,27 @@ from rich.progress import (
     TextColumn,
     TimeElapsedColumn,
 )
+from rich.text import Text
 
 from raytrain.display.results import print_deployment
+
+if TYPE_CHECKING:
+    from raytrain.train.state import RunState
 
 __all__ = ["EpochProgress", "ServeProgress", "SweepProgress", "quiet_tensorflow"]
 
 
-def quiet_tensorflow() -> None:
-    """Import TensorFlow with file descriptor 2 muted, and keep MLflow to warnings.
+def quiet_tensorflow(quiet: bool = True) -> None:
+    """Import TensorFlow with file descriptor 2 muted, and keep MLflow to warnings; with
+    ``quiet`` false (``--verbose``), let TensorFlow's native logs through instead.
 
     TensorFlow's native libraries log CUDA probes and CPU features while loading, before any log
     level applies (TF_CPP_MIN_LOG_LEVEL does not stop them). An import error still raises.
     MLflow reads its level when it is imported.
     """
+    if not quiet:
+        os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
+        return
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     try:
@@ -43,10 +51,12 @@ def quiet_tensorflow() -> None:
 
 class EpochProgress:
     """A progress bar over epochs showing the latest score, loss and throughput: pass it as
-    ``run_experiment(..., on_epoch=...)`` inside ``with``."""
+    ``run_experiment(..., on_epoch=..., on_start=.started)`` inside ``with``. ``interrupted``:
+    what Ctrl-C should print, the command that resumes the run once it has one."""
 
     def __init__(self, epochs: int, score: str, console: Console | None = None) -> None:
         self.score = score
+        self.interrupted = Text("interrupted", style="yellow")
         self.progress = Progress(
             TextColumn("epoch"),
             MofNCompleteColumn(),
@@ -63,6 +73,21 @@ class EpochProgress:
 
     def __exit__(self, *exc: object) -> None:
         self.progress.stop()
+
+    def notice(self, line: str) -> None:
+        """``run_experiment``'s ``on_notice``: a line above the bar (a lost worker, say)."""
+        self.progress.console.print(line, markup=False, highlight=False)
+
+    def started(self, state: RunState) -> None:
+        """Say where the run lives and how to continue it if its driver is lost."""
+        self.progress.console.print(
+            f"run {state.run_name} in {state.folder}\n(if it is interrupted: "
+            f"{state.resume_command})",
+            soft_wrap=True,
+            highlight=False,
+            markup=False,
+        )
+        self.interrupted.append(f": continue with `{state.resume_command}`", style="")
 
     def __call__(self, event: dict[str, float]) -> None:
         shown = [k for k in (self.score, "loss") if k in event]

@@ -10,6 +10,8 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console
 from rich.table import Table
 
+from raytrain.masking import mask_text, mask_tree
+
 if TYPE_CHECKING:
     from raytrain.cluster.jobs import JobRecord, Submitted
     from raytrain.config.schema import Experiment
@@ -37,11 +39,17 @@ __all__ = [
 def experiment_summary(spec: Experiment) -> str:
     """What an experiment will do, in a few lines: data, model, training, scale, where to."""
     data, train = spec.data, spec.train
+    validation = (
+        f"validation {data.validation.source}"
+        if data.validation
+        else f"validation {data.validation_split:.0%}"
+    )
+    test = f", test {data.test.source}" if data.test else ""
     lines = [
-        f"  data      {data.source} (validation {data.validation_split:.0%})"
+        f"  data      {data.source} ({validation}{test})"
         f"{', streamed with Ray Data' if data.streaming else ''}"
         f"{f', read only on nodes with {data.locality!r}' if data.locality else ''}",
-        f"  model     {spec.model.builder} {json.dumps(spec.model.params)}",
+        f"  model     {spec.model.builder} {json.dumps(mask_tree(spec.model.params))}",
         f"  train     {train.epochs} epochs, global batch {train.batch_size} "
         f"({spec.per_worker_batch_size} per worker), {train.optimizer.name} "
         f"lr={train.optimizer.learning_rate:g}",
@@ -59,7 +67,7 @@ def experiment_summary(spec: Experiment) -> str:
         )
     if spec.export is not None:
         lines.append(f"  export    {spec.export.format}: {', '.join(spec.export.quantize)}")
-    return "\n".join(lines)
+    return mask_text("\n".join(lines))
 
 
 def headline(spec: Experiment) -> str:
@@ -79,23 +87,28 @@ def headline(spec: Experiment) -> str:
 
 
 def print_where(where: list[tuple[str, str]], console: Console | None = None) -> None:
-    """Label/value lines, never cut: paths and commands are copied from here."""
+    """Label/value lines, never cut: paths and commands are copied from here (secrets masked)."""
     console = console or Console()
     width = max(len(label) for label, _ in where) + 2
     for label, value in where:
-        console.print(f"[bold]{label:<{width}}[/bold]{value}", soft_wrap=True, highlight=False)
+        line = f"[bold]{label:<{width}}[/bold]{mask_text(str(value))}"
+        console.print(line, soft_wrap=True, highlight=False)
 
 
 def print_run(summary: RunSummary, spec: Experiment, console: Console | None = None) -> None:
     """A training run: best and last value of each metric, then where its results are."""
     console = console or Console()
     table = Table(title=f"best checkpoint by {spec.checkpoint.score}", title_justify="left")
-    for column, justify in (("metric", "left"), ("best", "right"), ("last epoch", "right")):
+    columns = [("metric", "left"), ("best", "right"), ("last epoch", "right")]
+    tested = summary.test_metrics
+    if tested:  # the best checkpoint's, on data.test
+        columns.append(("test", "right"))
+    for column, justify in columns:
         table.add_column(column, justify=justify)  # type: ignore[arg-type]
     for key in sorted(summary.best_metrics):
         last = summary.final_metrics.get(key)
-        last_cell = f"{last:.4g}" if isinstance(last, float | int) else ""
-        table.add_row(key, f"{summary.best_metrics[key]:.4g}", last_cell)
+        cells = [key, f"{summary.best_metrics[key]:.4g}", _number(last)]
+        table.add_row(*cells, *([_number(tested.get(f"test_{key}"))] if tested else []))
     console.print(table)
     where: list[tuple[str, str]] = []
     tracked = summary.tracking
@@ -109,8 +122,14 @@ def print_run(summary: RunSummary, spec: Experiment, console: Console | None = N
     if summary.ui_command:
         where.append(("open the MLflow UI", summary.ui_command))
     print_where(where, console)
+    if summary.unlogged:
+        console.print(f"warning: {summary.unlogged}", style="yellow", markup=False, soft_wrap=True)
     if summary.export:
         print_export(summary.export, console)
+
+
+def _number(value: Any) -> str:
+    return f"{value:.4g}" if isinstance(value, float | int) else ""
 
 
 def print_sweep(summary: SweepSummary, console: Console | None = None) -> None:
@@ -122,7 +141,8 @@ def print_sweep(summary: SweepSummary, console: Console | None = None) -> None:
     console.print(_table(f"{len(rows)} trial(s)", columns, rows))
     for row in rows:
         if row.get("error"):
-            console.print(f"trial {row['trial_id']} failed: {row['error']}", markup=False)
+            reason = mask_text(str(row["error"]))
+            console.print(f"trial {row['trial_id']} failed: {reason}", markup=False)
     where: list[tuple[str, str]] = []
     if summary.best:
         where.append(("best trial", f"{summary.best['trial_id']}"))

@@ -70,12 +70,17 @@ def export_model(
     ``experiment`` gives the data (validation split, int8 calibration) and the ``export:``
     settings; by default it is the one recorded with the model's run. ``options`` overrides
     settings by field name, as ``raytrain export`` does with its options.
+    A version holding pickled objects (code) loads only with ``trust_pickled_models`` in
+    ``options`` or ``experiment``, never in the experiment recorded in MLflow.
     """
     model = registry.resolve(reference, tracking_uri=tracking_uri)
     spec = experiment or registry.recorded_experiment(model)
-    settings = _settings(spec.export, options or {})
+    base = spec.export
+    if experiment is None and base is not None:  # the registry's writers may not trust them
+        base = base.model_copy(update={"trust_pickled_models": False})
+    settings = _settings(base, options or {})
     data = data or _load_data(spec, model)
-    keras_model = registry.load_keras(model)
+    keras_model = registry.load_keras(model, trust_pickled_models=settings.trust_pickled_models)
     if tuple(keras_model.input_shape[1:]) != data.info.input_shape:
         raise ExportError(
             f"{model} takes examples of shape {tuple(keras_model.input_shape[1:])}, but "

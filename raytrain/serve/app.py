@@ -53,6 +53,7 @@ class ServedModel:
     input_shape: list[int]
     label_names: list[str] | None
     metrics: dict[str, float] = field(default_factory=dict)
+    trust_pickled_models: bool = False  # replicas may load it with MLflow's unpickling loader
 
     def __str__(self) -> str:
         return f"{self.name} version {self.version}"
@@ -142,7 +143,9 @@ class _Version:
         import tensorflow as tf
 
         self.info = ServedModel(**served)
-        model = load_keras(self.info.registered())
+        model = load_keras(
+            self.info.registered(), trust_pickled_models=self.info.trust_pickled_models
+        )
         signature = tf.TensorSpec([None, *self.info.input_shape], tf.float32)
         self._call = tf.function(lambda x: model(x, training=False), input_signature=[signature])
         traced = self._call(np.zeros([1, *self.info.input_shape], np.float32))  # before traffic

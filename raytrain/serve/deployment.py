@@ -17,7 +17,7 @@ from raytrain.config.schema import ServeSpec
 from raytrain.errors import RaytrainError
 from raytrain.serve.app import APP_NAME, ModelServer, ServedModel
 from raytrain.tracking import credentials
-from raytrain.tracking.registry import download, resolve
+from raytrain.tracking.registry import check_trusted, download, pickled_files, resolve
 
 __all__ = [
     "METRICS_PORT",
@@ -51,11 +51,16 @@ def client_url(host: str, port: int) -> str:
     return f"http://{'127.0.0.1' if host in ('0.0.0.0', '::') else host}:{port}"
 
 
-def describe(reference: str, *, tracking_uri: str) -> ServedModel:
-    """Resolve ``reference`` in the registry and read what the API reports about it."""
+def describe(
+    reference: str, *, tracking_uri: str, trust_pickled_models: bool = False
+) -> ServedModel:
+    """Resolve ``reference`` in the registry and read what the API reports about it; refuse it
+    here, before any replica starts, if it holds pickled objects the caller does not trust."""
     import mlflow
 
     model = resolve(reference, tracking_uri=tracking_uri)
+    pickled = pickled_files(model)
+    check_trusted(model, pickled, trust_pickled_models=trust_pickled_models)
     client = mlflow.MlflowClient(tracking_uri=model.tracking_uri)
     info = mlflow.models.Model.load(download(model, "MLmodel"))
     meta = info.metadata or {}
@@ -71,6 +76,7 @@ def describe(reference: str, *, tracking_uri: str) -> ServedModel:
         input_shape=[int(d) for d in meta["input_shape"]],
         label_names=_label_names(meta),
         metrics={k: float(v) for k, v in run.data.metrics.items()},
+        trust_pickled_models=trust_pickled_models,
     )
 
 
@@ -189,7 +195,8 @@ def serve_model(
     from raytrain.cluster.connection import connect
     from raytrain.storage import forwarded_env
 
-    primary = describe(reference, tracking_uri=tracking_uri)
-    challenger = describe(canary, tracking_uri=tracking_uri) if canary else None
+    trust = {"trust_pickled_models": bool(spec and spec.trust_pickled_models)}
+    primary = describe(reference, tracking_uri=tracking_uri, **trust)
+    challenger = describe(canary, tracking_uri=tracking_uri, **trust) if canary else None
     connect(address, verbose=verbose, metrics_port=metrics_port, env_vars=forwarded_env())
     return deploy(primary, spec=spec, canary=challenger, canary_percent=canary_percent)

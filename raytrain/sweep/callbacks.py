@@ -19,8 +19,10 @@ from ray import tune
 
 from raytrain import tracking
 from raytrain.config.schema import EXTRA_METRICS, Experiment
+from raytrain.masking import is_secret_key, mask_tree
 from raytrain.sweep.results import error_reason, trial_status
 from raytrain.tracking import names
+from raytrain.train.evaluation import TEST_EPOCH, TEST_PREFIX, test_metrics
 
 __all__ = [
     "EVENT_SINKS",
@@ -111,7 +113,7 @@ class TrialTracker(tune.Callback):
                 },
             )
             run_id = run.info.run_id
-            params = {k: str(v) for k, v in (config or {}).items()}
+            params = mask_tree({k: str(v) for k, v in (config or {}).items()})
             for key, value in params.items():
                 self._client.log_param(run_id, key, value[:6000])
         self.children[trial_id] = run_id
@@ -123,14 +125,19 @@ class TrialTracker(tune.Callback):
     def on_trial_result(
         self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
     ) -> None:
-        metrics = {
-            k: float(v)
-            for k, v in result.items()
-            if k in self.metric_names and isinstance(v, int | float) and math.isfinite(v)
-        }
+        if TEST_EPOCH in result:  # after the last epoch: only the test metrics are new
+            metrics = test_metrics(result, best_epoch=result[TEST_EPOCH])
+            step = int(result[TEST_EPOCH])
+        else:
+            metrics = {
+                k: float(v)
+                for k, v in result.items()
+                if k in self.metric_names and isinstance(v, int | float) and math.isfinite(v)
+            }
+            step = int(result.get("epoch", 0))
         if metrics:
             run = self._child_run(trial)
-            tracking.log_metrics(run, metrics, step=int(result.get("epoch", 0)))
+            tracking.log_metrics(run, metrics, step=step)
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         epoch = int((trial.last_result or {}).get("epoch", 0))
@@ -239,7 +246,7 @@ def log_sweep_summary(
 
     assert spec.tune is not None
     client = mlflow.MlflowClient(tracking_uri=parent.uri)
-    table = rows
+    table = mask_tree(rows)
     columns = list(dict.fromkeys(k for r in table for k in r))
     out = io.StringIO()
     writer = csv.DictWriter(out, fieldnames=columns)
@@ -262,12 +269,15 @@ def log_sweep_summary(
                 for key in spec.tune.space
             }
         )
-        best_metrics = {k: v for k, v in best.items() if k.startswith("best_") and v is not None}
+        best_metrics = {
+            k: v for k, v in best.items() if k.startswith(("best_", TEST_PREFIX)) and v is not None
+        }
         tracking.log_metrics(parent, best_metrics, step=int(best.get("epochs", 0)))
     if front:
         tags[names.PARETO_TAG] = ",".join(str(r["trial_id"]) for r in front)
+    tags = mask_tree(tags)
     client.log_batch(parent.run_id, tags=[mlflow.entities.RunTag(k, v) for k, v in tags.items()])
-    for name, html in optuna_plots(spec, table).items():
+    for name, html in optuna_plots(spec, rows).items():
         client.log_text(parent.run_id, html, f"{names.PLOTS_FOLDER}/{name}.html")
 
 
@@ -275,12 +285,15 @@ def optuna_plots(spec: Experiment, rows: list[dict[str, Any]]) -> dict[str, str]
     """Optuna's optimization history, parameter importances and parallel coordinates, as HTML.
 
     The study is rebuilt from the trial table, so the plots exist whatever the search algorithm.
+    A swept value whose key names a secret (``raytrain.masking``) is left out of them.
     """
     import optuna
 
     assert spec.tune is not None
     metric, mode = spec.tune.metrics[0], spec.tune.modes[0]
-    distributions = {k: _distribution(entry) for k, entry in spec.tune.space.items()}
+    distributions = {
+        k: _distribution(entry) for k, entry in spec.tune.space.items() if not is_secret_key(k)
+    }
     study = optuna.create_study(direction="maximize" if mode == "max" else "minimize")
     for row in rows:
         value = row.get(f"best_{metric}")

@@ -8,6 +8,7 @@ from typing import Any
 
 from raytrain.config.schema import Experiment
 from raytrain.storage import exists, join, ray_storage, to_uri
+from raytrain.train.evaluation import test_metrics
 
 __all__ = ["best_trial", "error_reason", "pareto_front", "past_rows", "trial_rows", "trial_status"]
 
@@ -84,6 +85,7 @@ def trial_rows(results: Any, spec: Experiment) -> list[dict[str, Any]]:
             row[metric] = metrics.get(metric)
             if series is not None and len(series):
                 row[f"best_{metric}"] = float(series.max() if mode == "max" else series.min())
+        row |= test_metrics(metrics, best_epoch=_best_epoch(frame, *_first(tune_spec)))
         if result.error is not None:
             row["error"] = error_reason(str(result.error))[:300]
         row["checkpoint"] = _best_checkpoint(
@@ -91,6 +93,21 @@ def trial_rows(results: Any, spec: Experiment) -> list[dict[str, Any]]:
         )
         rows.append(row)
     return rows
+
+
+def _first(tune_spec: Any) -> tuple[str, str]:
+    return tune_spec.metrics[0], tune_spec.modes[0]
+
+
+def _best_epoch(frame: Any, metric: str, mode: str) -> Any:
+    """The epoch of the trial's best report (ties: the earliest, as its test weights)."""
+    if frame is None or metric not in frame or "epoch" not in frame:
+        return None
+    scored = frame.dropna(subset=[metric])
+    if not len(scored):
+        return None
+    ranked = scored.sort_values(metric, ascending=mode == "min", kind="stable")
+    return ranked["epoch"].iloc[0]
 
 
 def past_rows(state: Any, names: list[str]) -> list[dict[str, Any]]:
@@ -110,7 +127,9 @@ def _best_checkpoint(frame: Any, metric: str, mode: str, filesystem: Any) -> str
     gs:// URI: Tune records paths on ``filesystem`` without their scheme)."""
     if frame is None or "checkpoint_path" not in frame or metric not in frame:
         return None
-    ranked = frame.dropna(subset=["checkpoint_path"]).sort_values(metric, ascending=mode == "min")
+    ranked = frame.dropna(subset=["checkpoint_path"]).sort_values(
+        metric, ascending=mode == "min", kind="stable"
+    )
     for path in ranked["checkpoint_path"]:
         location = to_uri(str(path), filesystem)
         if exists(location):

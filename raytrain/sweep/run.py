@@ -21,18 +21,22 @@ from raytrain.errors import RaytrainError
 from raytrain.storage import check_location, exists, glob, is_gcs, join
 from raytrain.sweep.results import best_trial
 from raytrain.sweep.search import Extension
-from raytrain.sweep.state import STATE_FILE, SweepState
+from raytrain.sweep.state import STATE_FILE, SweepState, check_private
 from raytrain.tracking import names
+from raytrain.train.evaluation import TEST_PREFIX
 from raytrain.train.run import (
     ProgressFn,
     export_registered,
     log_best_model,
+    log_lineage,
     prepare,
+    record_test_metrics,
     spec_tracking_uri,
     start_tracking,
     storage_root,
     unique_name,
 )
+from raytrain.train.state import STATE_FILE as RUN_STATE
 
 if TYPE_CHECKING:
     from raytrain.config.loader import LoadedExperiment
@@ -78,6 +82,7 @@ def run_sweep(
         sweep_name=sweep_name,
         tracked=start_tracking(loaded, sweep_name) if spec.tracking.enabled else None,
     )
+    log_lineage(state.tracked, spec, data)  # once, on the parent run: every trial reads it
     return _run_and_finish(state, data, on_event=on_event, earlier=[])
 
 
@@ -99,6 +104,7 @@ def resume_sweep(
     from raytrain.sweep.results import past_rows
 
     state = SweepState.load(_find_sweep(path, storage))
+    check_private(state)
     spec, rounds = state.spec, state.rounds
     assert spec.tune is not None
     interrupted = rounds[-1] not in state.finished
@@ -237,13 +243,16 @@ def _register(state: SweepState, best: dict[str, Any], data: Any) -> str | None:
         tracked.experiment_id,
         find_child(tracked, best["trial_id"]) or tracked.run_id,
     )
-    return log_best_model(
+    version = log_best_model(
         child,
         best["checkpoint"],
         data=data,
         loss=spec.train.loss,
         register_as=spec.tracking.register_as,
     )
+    tested = {k: v for k, v in best.items() if k.startswith(TEST_PREFIX)}
+    record_test_metrics(tracked.uri, spec.tracking.register_as, version, tested)
+    return version
 
 
 def _find_sweep(path: str, storage: str) -> str:
@@ -258,7 +267,7 @@ def _find_sweep(path: str, storage: str) -> str:
             folder = state_file.removesuffix(STATE_FILE).rstrip("/")
             return folder if is_gcs(folder) else str(Path(folder).resolve())
     raise RaytrainError(
-        f"no sweep at '{path}': give the sweep's folder (it holds {STATE_FILE}) or its name "
-        f"under {storage} (`storage`)",
+        f"no run or sweep at '{path}': give its folder (it holds {STATE_FILE} or "
+        f"{RUN_STATE}), its name under {storage} (`storage`) or a run's MLflow run id",
         options=("storage",),
     )

@@ -119,6 +119,9 @@ def _scheduler(tune_spec: TuneSpec, epochs: int) -> Any:
             max_t=epochs,
             grace_period=min(sched.grace_period, epochs),
             reduction_factor=sched.reduction_factor,
+            # A trial at its last epoch ends by itself: stopped there, it would never report
+            # its test metrics (measured after the last epoch).
+            stop_last_trials=False,
         )
     if sched.name == "median":
         from ray.tune.schedulers import MedianStoppingRule

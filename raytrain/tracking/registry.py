@@ -23,19 +23,32 @@ from raytrain.errors import (
     ModelNotFoundError,
     RegistryError,
     TrackingError,
+    UntrustedModelError,
     VersionNotFoundError,
 )
+from raytrain.masking import masked_paths
 from raytrain.tracking.names import CHAMPION, PARENT_TAG, SPEC_ARTIFACT, SPEC_FOLDER
 from raytrain.tracking.runs import absolute_tracking_uri, check_reachable
 
 __all__ = [
+    "KERAS_FILE",
+    "PICKLE_SUFFIXES",
     "RegisteredModel",
+    "check_trusted",
     "download",
+    "inert_pickle",
     "load_keras",
     "parse_reference",
+    "pickled_files",
     "recorded_experiment",
     "resolve",
+    "tag_version",
 ]
+
+# Where MLflow's tensorflow flavor puts the tf_keras model ``runs.log_model`` logs.
+KERAS_FILE = "data/model.keras"
+# Files of pickled Python objects (MLflow writes custom objects as *.cloudpickle).
+PICKLE_SUFFIXES = (".pkl", ".pickle", ".cloudpickle", ".joblib", ".dill")
 
 
 @dataclass(frozen=True)
@@ -117,11 +130,110 @@ def download(model: RegisteredModel, path: str = "") -> str:
     return mlflow.artifacts.download_artifacts(artifact_uri=location)
 
 
-def load_keras(model: RegisteredModel) -> Any:
-    """The version's tf_keras model for inference (not compiled: no optimizer or metrics)."""
+def pickled_files(model: RegisteredModel) -> list[str]:
+    """The files of the version's model that hold pickled Python objects (paths in the model),
+    found by listing its artifacts; only pickle files themselves are downloaded, to be read
+    (never unpickled) by ``inert_pickle``."""
     import mlflow
 
-    return mlflow.tensorflow.load_model(download(model), keras_model_kwargs={"compile": False})
+    location = _client(model.tracking_uri).get_model_version_download_uri(model.name, model.version)
+    location = location.rstrip("/")
+    found, folders = [], [""]
+    while folders:
+        folder = folders.pop()
+        where = f"{location}/{folder}" if folder else location
+        for item in mlflow.artifacts.list_artifacts(artifact_uri=where) or []:
+            path = f"{folder}/{item.path.rsplit('/', 1)[-1]}".lstrip("/")
+            if item.is_dir:
+                folders.append(path)
+            elif _is_pickled(path):
+                local = mlflow.artifacts.download_artifacts(artifact_uri=f"{location}/{path}")
+                if not inert_pickle(Path(local).read_bytes()):
+                    found.append(path)
+    return sorted(found)
+
+
+def inert_pickle(data: bytes) -> bool:
+    """Whether a pickle only maps names to classes of tf_keras itself and calls nothing, read
+    with ``pickletools`` (never unpickled). MLflow pickles tf_keras' global custom-object
+    registry (its own optimizers) with every tf_keras model it logs, as
+    ``global_custom_objects.cloudpickle``: that file runs no one's code, and raytrain does not
+    load it anyway. Anything else (a call, a class from elsewhere, code) is not inert."""
+    import pickletools
+
+    mark, mapping, known_class = object(), object(), object()
+    stack: list[object] = []
+    memo: dict[int, object] = {}
+    try:
+        for op, arg, _ in pickletools.genops(data):
+            if op.name in ("PROTO", "FRAME", "STOP"):
+                continue
+            if op.name in ("SHORT_BINUNICODE", "BINUNICODE", "BINUNICODE8", "UNICODE"):
+                stack.append(arg)
+            elif op.name in ("MARK", "EMPTY_DICT"):
+                stack.append(mark if op.name == "MARK" else mapping)
+            elif op.name in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"):
+                memo[len(memo) if op.name == "MEMOIZE" else int(arg)] = stack[-1]
+            elif op.name in ("GET", "BINGET", "LONG_BINGET"):
+                stack.append(memo[int(arg)])
+            elif op.name == "STACK_GLOBAL":
+                module = stack[-2]
+                if not (isinstance(module, str) and module.startswith("tf_keras.")):
+                    return False
+                stack[-2:] = [known_class]
+            elif op.name == "SETITEM":
+                del stack[-2:]
+            elif op.name == "SETITEMS":
+                del stack[len(stack) - stack[::-1].index(mark) - 1 :]
+            else:
+                return False
+    except (ValueError, IndexError, KeyError):  # not a pickle, or one this reading rejects
+        return False
+    return stack == [mapping]
+
+
+def check_trusted(model: RegisteredModel, found: list[str], *, trust_pickled_models: bool) -> None:
+    """Refuse a model whose files hold pickled objects unless the caller trusts it."""
+    if found and not trust_pickled_models:
+        raise UntrustedModelError(
+            f"refused to load {model}: its model holds pickled Python objects ({found[0]}), "
+            "which run code when loaded; pass `trust_pickled_models` only if you trust everyone "
+            "who can write to this registry",
+            options=("trust_pickled_models",),
+        )
+
+
+def load_keras(model: RegisteredModel, *, trust_pickled_models: bool = False) -> Any:
+    """The version's tf_keras model for inference (not compiled: no optimizer or metrics).
+
+    Loaded from the file raytrain logged (``data/model.keras``) in Keras' safe mode, which
+    deserializes no Python code; MLflow's own loader, which unpickles the custom objects a model
+    may carry, only with ``trust_pickled_models``."""
+    import tensorflow as tf
+
+    folder = Path(download(model))
+    if trust_pickled_models:
+        import mlflow
+
+        return mlflow.tensorflow.load_model(str(folder), keras_model_kwargs={"compile": False})
+    found = sorted(
+        str(p.relative_to(folder))
+        for p in folder.rglob("*")
+        if _is_pickled(p.name) and p.is_file() and not inert_pickle(p.read_bytes())
+    )
+    check_trusted(model, found, trust_pickled_models=False)
+    path = folder / KERAS_FILE
+    if not path.is_file():
+        raise UntrustedModelError(
+            f"refused to load {model}: it has no {KERAS_FILE}, the file raytrain logs; pass "
+            "`trust_pickled_models` to load it with MLflow's loader if you trust who wrote it",
+            options=("trust_pickled_models",),
+        )
+    return tf.keras.models.load_model(str(path), compile=False, safe_mode=True)
+
+
+def _is_pickled(name: str) -> bool:
+    return name.lower().endswith(PICKLE_SUFFIXES)
 
 
 def recorded_experiment(model: RegisteredModel) -> Experiment:
@@ -137,8 +249,10 @@ def recorded_experiment(model: RegisteredModel) -> Experiment:
         ):
             with tempfile.TemporaryDirectory() as folder:
                 text = Path(client.download_artifacts(run_id, SPEC_ARTIFACT, folder)).read_text()
+            tree = yaml.safe_load(text)
+            _refuse_masked(model, tree)
             try:
-                return Experiment.model_validate(yaml.safe_load(text))
+                return Experiment.model_validate(tree)
             except ValidationError as exc:
                 first = exc.errors(include_url=False)[0]
                 where = ".".join(str(p) for p in first["loc"])
@@ -152,6 +266,26 @@ def recorded_experiment(model: RegisteredModel) -> Experiment:
         "pass `experiment`",
         options=("experiment",),
     )
+
+
+def tag_version(tracking_uri: str, name: str, version: str, tags: dict[str, str]) -> None:
+    """Set tags on a registered model version (e.g. its test metrics, for the registry's UI
+    and whoever promotes it)."""
+    client = _client(tracking_uri)
+    for key, value in tags.items():
+        client.set_model_version_tag(name, version, key, value)
+
+
+def _refuse_masked(model: RegisteredModel, tree: Any) -> None:
+    """MLflow holds the experiment with its secrets masked: a mask is never used as a value.
+    Masked tracking settings and description are not read back (the caller names its store)."""
+    used = [p for p in masked_paths(tree) if not p.startswith(("tracking.", "description"))]
+    if used:
+        raise RegistryError(
+            f"the experiment recorded with {model} has masked secrets ({', '.join(used)}): "
+            "MLflow never holds them; pass `experiment`",
+            options=("experiment",),
+        )
 
 
 def _open_store(tracking_uri: str) -> str:

@@ -3,8 +3,9 @@ artifact.
 
 The driver opens the run (params, tags, spec file) and closes it (model, registration, status);
 Ray Train's controller logs each committed epoch's metrics into it while training runs. A
-tracking failure during training is logged as a warning and never stops training: losing a chart
-is better than losing the run.
+tracking failure during training is logged as a warning and never stops training: each epoch's
+metrics are also kept with the run's checkpoints, and ``log_missing_epochs`` sends what MLflow
+missed once it is back (``raytrain resume``).
 """
 
 from __future__ import annotations
@@ -13,34 +14,63 @@ import hashlib
 import json
 import logging
 import os
+import queue
 import shutil
 import subprocess
 import sys
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from raytrain.config.schema import credentials_in_uri
+import yaml
+
 from raytrain.errors import TrackingError
+from raytrain.masking import mask_text, mask_tree
 from raytrain.tracking import credentials, names
 
 __all__ = [
+    "CLIENT_ENV",
+    "EPOCH_METRIC",
     "EpochLogger",
     "TrackedRun",
     "absolute_tracking_uri",
+    "bound_client",
     "check_reachable",
     "child_runs",
     "end_run",
     "flatten",
     "log_metrics",
+    "log_missing_epochs",
     "log_model",
     "promote_champion",
     "start_run",
+    "tag_run",
     "ui_command",
 ]
 
 log = logging.getLogger(__name__)
+
+# MLflow's HTTP client waits up to 120 s for an answer and retries a failed request 7 times with
+# exponential backoff (MLFLOW_HTTP_REQUEST_* in mlflow/environment_variables.py): minutes per
+# call on a dead server (seen: a run whose server died after epoch 1 still waited 30 minutes
+# later). Bounded here to ~3 s per call on a refused connection, 10 s per answer; values the
+# user set win. What a call cannot log stays in the run's storage folder for ``raytrain resume``.
+CLIENT_ENV = {
+    "MLFLOW_HTTP_REQUEST_TIMEOUT": "10",
+    "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "2",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
+    "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
+}
+EPOCH_METRIC = "epoch"  # every epoch logs it, last: MLflow has an epoch when it has this step
+
+
+def bound_client() -> None:
+    """Bound this process's MLflow HTTP calls (``CLIENT_ENV``), except where the user set them.
+    MLflow reads the variables at each request."""
+    for key, value in CLIENT_ENV.items():
+        os.environ.setdefault(key, value)
 
 
 @dataclass(frozen=True)
@@ -66,9 +96,6 @@ def check_reachable(uri: str, *, timeout_s: float = 5.0) -> None:
     MLflow's own client retries an unreachable server for minutes before it gives up; a server
     that wants a sign-in answers 401, which is said here in one line with what to set.
     """
-    problem = credentials_in_uri(uri)
-    if problem:
-        raise TrackingError(problem)
     if uri.startswith(("http://", "https://")):
         import requests
 
@@ -118,14 +145,14 @@ def start_run(
     uri: str,
     experiment: str,
     run_name: str,
-    params: dict[str, str],
+    spec: dict[str, Any],
     tags: dict[str, str],
     spec_file: Path | None,
-    spec_text: str,
     description: str = "",
     artifact_location: str | None = None,
 ) -> TrackedRun:
-    """Create the run (and its experiment) with params, tags and the spec as artifacts.
+    """Create the run (and its experiment) with the experiment ``spec`` (a resolved
+    experiment, as JSON-like data) as params and artifacts, and ``tags``; secrets masked.
 
     ``artifact_location`` applies only when the experiment is new: MLflow fixes an
     experiment's artifact root when it creates it.
@@ -144,24 +171,44 @@ def start_run(
             tags={names.EXPERIMENT_KIND_TAG: names.EXPERIMENT_KIND},
         )
     )
+    spec = mask_tree(spec)
+    spec_text = yaml.safe_dump(spec, sort_keys=False)
     spec_hash = hashlib.sha256(spec_text.encode()).hexdigest()[:12]
     run = client.create_run(
         experiment_id,
         run_name=run_name,
-        tags={**_version_tags(spec_file), names.SPEC_HASH_TAG: spec_hash, **tags},
+        tags={**_version_tags(spec_file), names.SPEC_HASH_TAG: spec_hash, **mask_tree(tags)},
     )
     run_id = run.info.run_id
-    items = [Param(k, v[:6000]) for k, v in params.items()]
+    items = [Param(k, v[:6000]) for k, v in flatten(spec).items()]
     for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
         client.log_batch(run_id, params=items[start : start + 100])
     client.log_text(run_id, spec_text, names.SPEC_ARTIFACT)
-    if spec_file is not None and spec_file.is_file():
-        client.log_artifact(run_id, str(spec_file), names.SPEC_FOLDER)
+    original = _masked_file(spec_file) if spec_file is not None else None
+    if spec_file is not None and original is not None:
+        client.log_text(run_id, original, f"{names.SPEC_FOLDER}/{spec_file.name}")
     if description:
-        client.set_tag(run_id, names.NOTE_TAG, description)  # the UI's run description
+        client.set_tag(run_id, names.NOTE_TAG, mask_text(description))  # the UI's description
     return TrackedRun(
         uri=uri, experiment_name=experiment, experiment_id=experiment_id, run_id=run_id
     )
+
+
+def _masked_file(path: Path) -> str | None:
+    """The user's experiment file as it may be stored beside the resolved one: masked, and
+    only when its masked text still parses to the masked experiment (a secret in a YAML form
+    the text rule does not read, e.g. a block list under a secret key, keeps it out)."""
+    if not path.is_file():
+        return None
+    text = path.read_text()
+    masked = mask_text(text)
+    try:
+        same = yaml.safe_load(masked) == mask_tree(yaml.safe_load(text))
+    except yaml.YAMLError:
+        same = False
+    if not same:
+        log.warning("%s is not logged to MLflow: its secrets could not be masked", path.name)
+    return masked if same else None
 
 
 def child_runs(client: Any, experiment_id: str, parent_id: str, *, trial_id: str = "") -> list:
@@ -172,14 +219,23 @@ def child_runs(client: Any, experiment_id: str, parent_id: str, *, trial_id: str
     return client.search_runs([experiment_id], filter_string=where)
 
 
-def end_run(run: TrackedRun, *, status: str, tags: dict[str, str] | None = None) -> None:
-    """Close the run as FINISHED, FAILED or KILLED."""
+def end_run(
+    run: TrackedRun,
+    *,
+    status: str,
+    tags: dict[str, str] | None = None,
+    metrics: dict[str, float] | None = None,
+    step: int = 0,
+) -> None:
+    """Close the run as FINISHED, FAILED or KILLED, with its last tags and metrics in one batch."""
     import mlflow
     from mlflow.entities import RunTag
 
     client = mlflow.MlflowClient(tracking_uri=run.uri)
-    if tags:
-        client.log_batch(run.run_id, tags=[RunTag(k, v) for k, v in tags.items()])
+    if tags or metrics:
+        batch = _metrics(metrics or {}, step)
+        masked = mask_tree(tags or {})
+        client.log_batch(run.run_id, metrics=batch, tags=[RunTag(k, v) for k, v in masked.items()])
     client.set_terminated(run.run_id, status=status)
 
 
@@ -209,7 +265,7 @@ def log_model(
             model,
             name=names.MODEL_ARTIFACT,
             signature=signature,
-            metadata=metadata,
+            metadata=mask_tree(metadata),
             registered_model_name=register_as,
         )
     version = info.registered_model_version
@@ -219,11 +275,33 @@ def log_model(
 def log_metrics(run: TrackedRun, metrics: dict[str, float], *, step: int) -> None:
     """Log several metrics at one step in one request."""
     import mlflow
+
+    batch = _metrics(metrics, step)
+    mlflow.MlflowClient(tracking_uri=run.uri).log_batch(run.run_id, metrics=batch)
+
+
+def log_missing_epochs(run: TrackedRun, epochs: list[dict[str, float]]) -> list[int]:
+    """Log the epochs (each with its ``epoch`` number) that MLflow lacks: what the run could not
+    log while its server was away, or sent by a driver that died first. Returns their numbers."""
+    import mlflow
+
+    client = mlflow.MlflowClient(tracking_uri=run.uri)
+    have = {m.step for m in client.get_metric_history(run.run_id, EPOCH_METRIC)}
+    missing = [e for e in epochs if int(e[EPOCH_METRIC]) not in have]
+    batch = [m for e in missing for m in _metrics(e, int(e[EPOCH_METRIC]))]
+    for start in range(0, len(batch), 1000):  # MLflow takes at most 1000 metrics per batch
+        client.log_batch(run.run_id, metrics=batch[start : start + 1000])
+    return [int(e[EPOCH_METRIC]) for e in missing]
+
+
+def _metrics(metrics: dict[str, float], step: int) -> list[Any]:
+    """MLflow metrics at ``step``, ``EPOCH_METRIC`` last: an epoch cut short in a failed batch
+    does not count as logged."""
     from mlflow.entities import Metric
 
     now = int(time.time() * 1000)
-    batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]
-    mlflow.MlflowClient(tracking_uri=run.uri).log_batch(run.run_id, metrics=batch)
+    keys = sorted(metrics, key=lambda k: k == EPOCH_METRIC)
+    return [Metric(k, float(metrics[k]), now, step) for k in keys]
 
 
 def promote_champion(
@@ -255,40 +333,70 @@ def promote_champion(
 
 
 class EpochLogger:
-    """Logs each epoch's metrics into the driver's run (on Ray Train's controller) and tags it
-    (on the rank-0 worker), signed in as the driver is."""
+    """Sends each epoch's metrics into the driver's run from a thread of its own (on Ray Train's
+    controller): training never waits on the server. After a failed send, the epochs of the next
+    ``pause_s`` seconds are not tried (each would cost the client's retries on a dead server).
+    ``unlogged``: the epochs MLflow did not get; ``log_missing_epochs`` sends them later."""
 
-    def __init__(self, run: TrackedRun, signed_in: credentials.Credentials | None = None) -> None:
-        self.run, self.signed_in = run, signed_in
+    def __init__(self, run: TrackedRun, *, pause_s: float = 30.0) -> None:
+        bound_client()
+        self.run, self.pause_s = run, pause_s
+        self.unlogged: list[int] = []
+        self._queue: queue.Queue[tuple[dict[str, float], int]] = queue.Queue()
+        self._retry_at = 0.0
+        threading.Thread(target=self._send_all, name="raytrain-mlflow", daemon=True).start()
 
     def log(self, metrics: dict[str, float], *, step: int) -> None:
-        if self.signed_in:
-            self.signed_in.use()
-        try:
-            log_metrics(self.run, metrics, step=step)
-        except Exception as exc:  # a lost chart must not cost the run
-            log.warning("MLflow logging failed at epoch %s (training goes on): %s", step, exc)
+        self._queue.put((dict(metrics), step))
 
-    def tag(self, key: str, value: str) -> None:
-        if self.signed_in:
-            self.signed_in.use()
-        try:
-            import mlflow
+    def flush(self, timeout_s: float = 10.0) -> None:
+        """Wait, ``timeout_s`` at most, until each epoch so far was sent or given up."""
+        deadline = time.monotonic() + timeout_s
+        with self._queue.all_tasks_done:
+            while self._queue.unfinished_tasks and time.monotonic() < deadline:
+                self._queue.all_tasks_done.wait(max(0.0, deadline - time.monotonic()))
 
-            mlflow.MlflowClient(tracking_uri=self.run.uri).set_tag(self.run.run_id, key, value)
-        except Exception as exc:
-            log.warning("MLflow tag %s failed (training goes on): %s", key, exc)
+    def _send_all(self) -> None:
+        while True:
+            metrics, step = self._queue.get()
+            try:
+                if time.monotonic() < self._retry_at:
+                    self.unlogged.append(step)
+                else:
+                    log_metrics(self.run, metrics, step=step)
+            except Exception as exc:  # a lost chart must not cost the run
+                self.unlogged.append(step)
+                self._retry_at = time.monotonic() + self.pause_s
+                reason = mask_text(str(exc))
+                log.warning(
+                    "MLflow logging failed at epoch %s (training goes on): %s", step, reason
+                )
+            finally:
+                self._queue.task_done()
+
+
+def tag_run(run: TrackedRun, key: str, value: str) -> None:
+    """Set a tag, or log a warning: for code that must go on without MLflow (a worker)."""
+    try:
+        import mlflow
+
+        bound_client()
+        masked = mask_tree({key: value})[key]
+        mlflow.MlflowClient(tracking_uri=run.uri).set_tag(run.run_id, key, masked)
+    except Exception as exc:
+        log.warning("MLflow tag %s failed (training goes on): %s", key, mask_text(str(exc)))
 
 
 def ui_command(run: TrackedRun) -> str:
-    """The command (or URL) that shows this run in the MLflow UI."""
+    """The command (or URL) that shows this run in the MLflow UI (secrets in the URI masked)."""
     if run.uri.startswith(("http://", "https://")):
-        return f"{run.uri.rstrip('/')}/#/experiments/{run.experiment_id}/runs/{run.run_id}"
+        url = mask_text(run.uri.rstrip("/"))
+        return f"{url}/#/experiments/{run.experiment_id}/runs/{run.run_id}"
     # Name the mlflow next to this Python when it is not on PATH (a venv that is not activated).
     mlflow_bin = (
         "mlflow" if shutil.which("mlflow") else str(Path(sys.executable).with_name("mlflow"))
     )
-    return f"{mlflow_bin} ui --backend-store-uri {run.uri}"
+    return f"{mlflow_bin} ui --backend-store-uri {mask_text(run.uri)}"
 
 
 def _version_tags(spec_file: Path | None) -> dict[str, str]:

@@ -2,7 +2,12 @@
 
     model.keras             the whole tf_keras model (what MLflow logs and serving loads)
     weights.*               the weights and optimizer state, for resuming training in place
-    raytrain_state.json     {"epoch": epochs completed, "metrics": what that epoch reported}
+    raytrain_state.json     {"epoch": epochs completed, "metrics": what that epoch reported,
+                             "history": what every epoch so far reported, in order}
+
+The history makes the latest checkpoint the run's record of its metrics: Ray Train commits it with
+the weights, so it never holds an epoch the run will train again, and a run whose tracking server
+was away logs its epochs from it afterwards (``read_history``).
 
 Only this module knows the layout: the training loop writes and restores through it, the driver
 loads the best checkpoint's model through it.
@@ -15,36 +20,51 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MODEL_FILE", "load_model", "restore", "write"]
+__all__ = ["MODEL_FILE", "load_model", "read_history", "restore", "write"]
 
 MODEL_FILE = "model.keras"
 WEIGHTS = "weights"
 STATE_FILE = "raytrain_state.json"
 
 
-def write(model: Any, folder: str, *, epoch: int, metrics: dict[str, float]) -> None:
-    """Fill ``folder`` with the model after ``epoch`` epochs.
+def write(model: Any, folder: str, *, history: list[dict[str, float]]) -> None:
+    """Fill ``folder`` with the model after the epochs of ``history`` (each with its ``epoch``).
 
     Under MultiWorkerMirroredStrategy every worker must call this, not only rank 0: saving reads
     mirrored variables through collective ops, and a save on rank 0 alone deadlocks (no error).
     """
     model.save_weights(os.path.join(folder, WEIGHTS))
     model.save(os.path.join(folder, MODEL_FILE))
-    Path(folder, STATE_FILE).write_text(json.dumps({"epoch": epoch, "metrics": metrics}))
+    last = history[-1]
+    state = {"epoch": int(last["epoch"]), "metrics": last, "history": history}
+    Path(folder, STATE_FILE).write_text(json.dumps(state))
 
 
-def restore(model: Any) -> tuple[int, dict[str, float]]:
+def restore(model: Any) -> list[dict[str, float]]:
     """Load the run's last reported checkpoint into ``model``, if Ray Train hands one to this
-    worker (after a restart); return the epochs it completed and the metrics it reported."""
+    worker (after a restart, or a run resumed from its storage folder); return the metrics of
+    the epochs it completed (none without a checkpoint)."""
     import ray.train
 
     checkpoint = ray.train.get_checkpoint()
     if checkpoint is None:
-        return 0, {}
+        return []
     with checkpoint.as_directory() as folder:
         state = json.loads(Path(folder, STATE_FILE).read_text())
         model.load_weights(os.path.join(folder, WEIGHTS))
-    return int(state["epoch"]), state["metrics"]
+    return _history(state)
+
+
+def read_history(location: str) -> list[dict[str, float]]:
+    """The metrics of every epoch up to the checkpoint at ``location`` (local or gs://)."""
+    from raytrain.storage import join, read_text
+
+    return _history(json.loads(read_text(join(location, STATE_FILE))))
+
+
+def _history(state: dict[str, Any]) -> list[dict[str, float]]:
+    # A checkpoint written before the history was kept knows its own epoch only.
+    return state.get("history") or [state["metrics"]]
 
 
 def load_model(location: str) -> Any:

@@ -10,11 +10,15 @@ goes (a collective that lost a member). Ray counts announced node preemptions on
 their own (``FailureConfig.max_preemption_failures``, unlimited by default).
 
 Ray Train 2.60 has no public setting for the policy: ``install`` replaces the factory its
-trainer calls on the driver (``create_failure_policy``) when ``fit`` builds the controller.
+trainer calls on the driver (``create_failure_policy``) when ``fit`` builds the controller. Ray
+logs a retry only to the controller's log file; the policy also tells the user, in one line on
+the driver's progress queue (a str there, where epochs are dicts), what was lost and that
+training goes on.
 """
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from ray.exceptions import RayActorError
@@ -27,7 +31,7 @@ from ray.train.v2._internal.execution.failure_handling import (
 from ray.train.v2.api import data_parallel_trainer
 from ray.train.v2.api.exceptions import WorkerGroupError
 
-__all__ = ["RetryLostWorkersOnly", "install", "is_code_error"]
+__all__ = ["RetryLostWorkersOnly", "install", "is_code_error", "restart_notice"]
 
 # What TensorFlow raises in a worker whose peer is gone, mid all-reduce: a loss, not a bug.
 PEER_LOSS = ("UnavailableError", "CancelledError", "AbortedError", "DeadlineExceededError")
@@ -46,19 +50,44 @@ def is_code_error(error: Exception) -> bool:
     )
 
 
+def restart_notice(error: Exception, retry: int, limit: int) -> str:
+    """One line: which workers were lost and why, and that the run goes on."""
+    failures = getattr(error, "worker_failures", None) or {}
+    lost = ", ".join(
+        f"worker {rank} ({type(failure).__name__})" for rank, failure in sorted(failures.items())
+    )
+    return (
+        f"lost {lost or type(error).__name__}: restarting the workers from the last checkpoint "
+        f"(retry {retry} of {limit}, failure.max_failures)"
+    )
+
+
 class RetryLostWorkersOnly(DefaultFailurePolicy):
-    """Ray's default policy, except that an error of the training code is raised at once."""
+    """Ray's default policy, except that an error of the training code is raised at once; a
+    retry is announced on ``notify`` (a queue the driver reads), when given."""
+
+    def __init__(self, failure_config: FailureConfig, notify: Any = None) -> None:
+        super().__init__(failure_config)
+        self.notify = notify
+        self.retries = 0
 
     def make_decision(self, training_failed_error: Any) -> FailureDecision:
         if is_code_error(training_failed_error):
             return FailureDecision.RAISE
-        return super().make_decision(training_failed_error)
+        decision = super().make_decision(training_failed_error)
+        if decision == FailureDecision.RETRY and self.notify is not None:
+            self.retries += 1
+            line = restart_notice(
+                training_failed_error, self.retries, self.failure_config.max_failures
+            )
+            try:
+                self.notify.put_nowait(line)
+            except Exception:  # the driver is gone: training goes on without it
+                self.notify = None
+        return decision
 
 
-def install() -> None:
+def install(notify: Any = None) -> None:
     """Make every Ray Train run started by this process use ``RetryLostWorkersOnly``."""
-    data_parallel_trainer.create_failure_policy = _create_policy  # type: ignore[attr-defined]
-
-
-def _create_policy(failure_config: FailureConfig) -> RetryLostWorkersOnly:
-    return RetryLostWorkersOnly(failure_config)
+    create = functools.partial(RetryLostWorkersOnly, notify=notify)
+    data_parallel_trainer.create_failure_policy = create  # type: ignore[attr-defined]

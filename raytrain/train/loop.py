@@ -5,6 +5,7 @@ loop top to bottom: the numbered comments are the distributed pitfalls it steps 
 
     trainer workers: N Ray actors, one tf.distribute replica each
     per epoch:       fit one epoch -> every worker saves -> every worker reports (a barrier)
+    after the last:  with data.test, the best epoch's weights on the test rows, reported once
     on failure:      Ray restarts the group after a lost worker (failures.py); the loop resumes
                      from the last committed checkpoint
     per commit:      the controller sends the epoch to MLflow and the driver (_CommittedEpochs)
@@ -39,8 +40,15 @@ from raytrain.config.schema import Experiment
 from raytrain.errors import DataError, TrainingError
 from raytrain.tracking import credentials, names
 from raytrain.tracking.credentials import Credentials
-from raytrain.tracking.runs import EpochLogger, TrackedRun
+from raytrain.tracking.runs import CLIENT_ENV, EpochLogger, TrackedRun, tag_run
 from raytrain.train import checkpoint, failures
+from raytrain.train.evaluation import (
+    TEST_EPOCH,
+    TEST_PREFIX,
+    selection,
+    test_input,
+    write_test_metrics,
+)
 
 if TYPE_CHECKING:
     from raytrain.data.dataset import Dataset
@@ -77,9 +85,10 @@ def fit(
         "signed_in": signed_in,  # shown (Ray Train's run details) as its repr, password hidden
         "progress": progress,
         "base_dir": base_dir,
+        "run_folder": storage.join(storage_path, run_name),
     }
     path, filesystem = storage.ray_storage(storage_path)
-    failures.install()
+    failures.install(notify=progress)
     if tracking is not None or progress is not None:
         callbacks = [
             *(callbacks or []),
@@ -104,7 +113,9 @@ def fit(
                 checkpoint_score_order=spec.checkpoint.mode,
             ),
             failure_config=FailureConfig(max_failures=spec.failure.max_failures),
-            worker_runtime_env={"env_vars": {**WORKER_ENV, **storage.forwarded_env()}},
+            worker_runtime_env={
+                "env_vars": {**WORKER_ENV, **CLIENT_ENV, **storage.forwarded_env()}
+            },
             callbacks=callbacks,
         ),
     )
@@ -170,24 +181,34 @@ def train_loop(config: dict[str, Any]) -> None:
         _all_reduce_gradients_as(allreduce_dtype, spec.scaling.bytes_per_pack, model.optimizer)
 
     # 5. Resume: after a worker failure Ray restarts the whole group and hands every worker the
-    #    last reported checkpoint. Weights, optimizer state and the epoch counter come back from
-    #    it; without it the loop would silently start over from epoch 0.
-    start_epoch, last_metrics = checkpoint.restore(model)
+    #    last reported checkpoint; so does a run resumed from its storage folder (`raytrain
+    #    resume`: the same RunConfig name and storage). Weights, optimizer state, the epoch
+    #    counter and the metrics so far come back from it; without it the loop would silently
+    #    start over from epoch 0.
+    history = checkpoint.restore(model)
+    start_epoch = int(history[-1]["epoch"]) if history else 0
+    tracked = config["tracking"] if rank == 0 else None
+    if tracked and config["signed_in"]:  # rank 0 tags the run, signed in as the driver is
+        config["signed_in"].use()
+    if tracked and start_epoch:
+        tag_run(tracked, names.RESUMED_FROM_TAG, str(start_epoch))
     if start_epoch >= spec.train.epochs:
         # Killed after its last checkpoint but before it was marked done: nothing is left to
         # train, but a sweep must still hear the final metrics (Tune rejects a metric-less end).
-        ray.train.report(last_metrics)
+        ray.train.report(history[-1])
         return
-    tracked = config["tracking"]
-    logger = EpochLogger(tracked, config["signed_in"]) if rank == 0 and tracked else None
-    if logger and start_epoch:
-        logger.tag(names.RESUMED_FROM_TAG, str(start_epoch))
-    if logger:  # where the workers run: what data.locality promises, checked after the fact
-        logger.tag(names.NODES_TAG, ", ".join(worker_nodes(world)))
+    if tracked:  # where the workers run: what data.locality promises, checked after the fact
+        tag_run(tracked, names.NODES_TAG, ", ".join(worker_nodes(world)))
 
     reporter = _Reporter(
-        rank=rank, samples_per_epoch=min(steps * batch, data.info.num_train // world) * world
+        rank=rank,
+        samples_per_epoch=min(steps * batch, data.info.num_train // world) * world,
+        history=history,
+        keep_best=selection(spec) if data.info.num_test else None,
     )
+    if start_epoch:  # the restored weights are the best this attempt knows of
+        reporter.set_model(model)
+        reporter.on_best_candidate(start_epoch, history[-1])
     model.fit(
         train_ds,
         validation_data=val_ds,
@@ -199,14 +220,56 @@ def train_loop(config: dict[str, Any]) -> None:
         verbose=0,
     )
 
+    # 7. Test: once, with the best epoch's weights, each worker on its share of the test rows;
+    #    evaluate's metrics are all-reduced, so every worker holds those of all rows. Reported
+    #    after the last epoch with no checkpoint: no selection (checkpoints, ASHA) ever sees it,
+    #    and with the last epoch's metrics, so that Tune's searcher reads the same values.
+    if data.info.num_test and reporter.best_weights is not None:
+        test_ds, test_steps = test_input(spec, data, rank=rank, world=world)
+        if world > 1:
+            test_ds = strategy.distribute_datasets_from_function(lambda _: test_ds)
+        model.set_weights(reporter.best_weights)
+        scores = model.evaluate(test_ds, steps=test_steps, return_dict=True, verbose=0)
+        tested = {f"{TEST_PREFIX}{k}": float(v) for k, v in scores.items()}
+        tested[TEST_EPOCH] = reporter.best_epoch
+        if rank == 0:
+            write_test_metrics(config["run_folder"], tested)
+        ray.train.report({**reporter.last, **tested})
+
 
 class _Reporter(tf.keras.callbacks.Callback):
-    """Per-epoch metrics, timing and a checkpoint, reported by every worker."""
+    """Per-epoch metrics, timing and a checkpoint, reported by every worker; with ``keep_best``
+    (metric, mode), the weights of the best epoch so far, kept in memory for the test set."""
 
-    def __init__(self, *, rank: int, samples_per_epoch: int) -> None:
+    def __init__(
+        self,
+        *,
+        rank: int,
+        samples_per_epoch: int,
+        history: list[dict[str, float]],
+        keep_best: tuple[str, str] | None = None,
+    ) -> None:
         super().__init__()
-        self.rank, self.samples = rank, samples_per_epoch
+        self.rank, self.samples, self.history = rank, samples_per_epoch, list(history)
         self._t0 = self._train_s = 0.0
+        self.keep_best = keep_best
+        self.best_epoch: int | None = None
+        self.best_weights: list[Any] | None = None
+        self._best_score: float | None = None
+        self.last: dict[str, float] = {}
+
+    def on_best_candidate(self, epoch: int, metrics: dict[str, float]) -> None:
+        """Keep this epoch's weights if its score beats the best so far (ties: the earlier
+        epoch, as the run's choice of its best checkpoint)."""
+        self.last = metrics
+        if self.keep_best is None or self.keep_best[0] not in metrics:
+            return
+        score, mode = metrics[self.keep_best[0]], self.keep_best[1]
+        best = self._best_score
+        if best is None or (score > best if mode == "max" else score < best):
+            # Reads each worker's local copy of the mirrored variables: no collective op.
+            self._best_score, self.best_epoch = score, epoch
+            self.best_weights = self.model.get_weights()
 
     def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
         self._t0 = time.perf_counter()
@@ -228,11 +291,13 @@ class _Reporter(tf.keras.callbacks.Callback):
         metrics["model_bytes"] = sum(int(w.nbytes) for w in self.model.get_weights())
         metrics["epoch_time_s"] = time.perf_counter() - self._t0
         metrics["samples_per_s"] = self.samples / max(self._train_s, 1e-9)
+        self.history.append(metrics)
+        self.on_best_candidate(done, metrics)
         # 6. Every worker saves: under MWMS, saving reads mirrored variables through collective
         #    ops, and a save on rank 0 alone deadlocks. Only rank 0's copy becomes the checkpoint,
         #    but every worker calls report the same number of times: it is a barrier.
         with tempfile.TemporaryDirectory(prefix="raytrain-ckpt-") as folder:
-            checkpoint.write(self.model, folder, epoch=done, metrics=metrics)
+            checkpoint.write(self.model, folder, history=self.history)
             saved = Checkpoint.from_directory(folder) if self.rank == 0 else None
             ray.train.report(metrics, checkpoint=saved)
 
@@ -241,7 +306,8 @@ class _CommittedEpochs(UserCallback):
     """On Ray Train's controller: each epoch, once all workers reported it and its checkpoint is
     committed, to MLflow and to the driver's progress queue. An epoch that a worker reported but
     the controller never committed (a worker died first) is trained again after the restart;
-    sent from here, it is logged once, not once per attempt."""
+    sent from here, it is logged once, not once per attempt. MLflow gets it in the background
+    (``EpochLogger``); the last epoch's event says which epochs MLflow did not get."""
 
     def __init__(
         self,
@@ -250,18 +316,27 @@ class _CommittedEpochs(UserCallback):
         total_epochs: int,
         signed_in: Credentials | None = None,
     ) -> None:
-        self.logger = EpochLogger(tracking, signed_in) if tracking else None
+        self.tracking, self.logger = tracking, None  # the logger's thread starts on the controller
+        self.signed_in = signed_in
         self.progress, self.total_epochs = progress, total_epochs
 
     def after_report(self, run_context: Any, metrics: list[dict], checkpoint: Any) -> None:
         if checkpoint is None:  # not an epoch: the final metrics of a run resumed when done
             return
         epoch = dict(metrics[0])  # rank 0's
-        if self.logger:
+        event = {**epoch, "total_epochs": self.total_epochs}
+        if self.tracking:
+            if self.logger is None:
+                if self.signed_in:  # the controller signs in as the driver did
+                    self.signed_in.use()
+                self.logger = EpochLogger(self.tracking)
             self.logger.log(epoch, step=int(epoch["epoch"]))
+            if epoch["epoch"] >= self.total_epochs:  # the driver logs the rest after fit
+                self.logger.flush()
+                event["unlogged_epochs"] = list(self.logger.unlogged)
         if self.progress is not None:
             try:
-                self.progress.put_nowait({**epoch, "total_epochs": self.total_epochs})
+                self.progress.put_nowait(event)
             except Exception:  # the driver is gone: the epoch is in MLflow, training goes on
                 self.progress = None
 

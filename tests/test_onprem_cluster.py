@@ -1,0 +1,340 @@
+"""`ray up` of the shipped cluster_configs/onprem.yaml on two machines, used as a user uses it.
+
+The machines are Linux network namespaces with their own sshd, PID namespace and /tmp
+(tests/machines.py); they have no route to a package index, so the nodes install from the
+wheelhouse (`make wheelhouse`), as an air-gapped site does. The config is filled in only where its
+header says, and every other step is the header's or docs/clusters.md's: a key made for the
+cluster, Ray's token, `ray up`, `ray dashboard`, `raytrain submit`, `ray down`. The machines share
+one filesystem (their home folder, and the results folder the experiments use): a real cluster
+needs shared storage or gs:// for that, which a test below checks raytrain says.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import tempfile
+import textwrap
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+
+from tests import machines
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(2400)]  # `ray up` installs TensorFlow
+
+REPO = Path(__file__).resolve().parents[1]
+CONFIG = REPO / "cluster_configs" / "onprem.yaml"
+BIN = Path(sys.executable).parent
+DASHBOARD = "http://127.0.0.1:8265"  # `ray dashboard`'s tunnel on the laptop
+RAY_PROCESSES = ("raylet", "gcs_server", "ray::", "dashboard", "mlflow", "log_monitor", "ray/")
+
+
+@dataclass
+class OnPrem:
+    lan: machines.Lan
+    head: machines.Machine
+    worker: machines.Machine
+    config: Path  # the filled-in copy of onprem.yaml
+    key: Path
+    env: dict[str, str]  # the laptop's shell: its HOME (key, Ray's token) and the repo's venv
+    tracking_uri: str
+    docs_uri: str  # what the docs' MLFLOW_URI=$(ray exec ...) line gives
+    shared: Path  # a folder both machines see: the experiments' storage
+    experiments: Path
+    up_s: float
+
+    def laptop(
+        self, *args: str, timeout: float = 600, check: bool = True
+    ) -> subprocess.CompletedProcess[str]:
+        return self.lan.on_laptop(list(args), env=self.env, cwd=REPO, timeout=timeout, check=check)
+
+    def raytrain(self, *args: str, timeout: float = 600) -> subprocess.CompletedProcess[str]:
+        return self.laptop(str(BIN / "raytrain"), *args, timeout=timeout, check=False)
+
+    def python(self, code: str) -> object:
+        """``code``'s printed JSON, run on the laptop (only it reaches the LAN's addresses)."""
+        done = self.laptop(str(BIN / "python"), "-c", textwrap.dedent(code), timeout=120)
+        return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+def _filled_in(text: str, head: str, worker: str, user: str, key: Path) -> str:
+    """The header's FILL IN, done as a user does it."""
+    for placeholder, value in [
+        ("head_ip: HEAD_IP", f"head_ip: {head}"),
+        ("worker_ips: [WORKER_IP_1, WORKER_IP_2]", f"worker_ips: [{worker}]"),
+        ("ssh_user: YOUR_SSH_USER", f"ssh_user: {user}"),
+        ("ssh_private_key: ~/.ssh/raytrain_cluster", f"ssh_private_key: {key}"),
+    ]:
+        assert placeholder in text, f"onprem.yaml no longer has '{placeholder}'"
+        text = text.replace(placeholder, value)
+    return text
+
+
+@pytest.fixture(scope="module")
+def onprem() -> Iterator[OnPrem]:
+    why = machines.available()
+    if why:
+        pytest.skip(why)
+    # Namespaces have no route to a package index: the nodes install from the wheelhouse.
+    subprocess.run(["make", "wheelhouse"], cwd=REPO, check=True, capture_output=True)
+    root = Path(tempfile.mkdtemp(prefix="raytrain-lan-", dir="/var/tmp"))  # not /tmp: private
+    root.chmod(0o755)
+    home = root / "laptop"
+    (home / ".ssh").mkdir(parents=True, mode=0o700)
+    (root / "laptop-tmp").mkdir()  # `ray up` keeps the cluster's state under $TMPDIR/ray
+    env = {
+        "HOME": str(home),
+        "TMPDIR": str(root / "laptop-tmp"),
+        "PATH": f"{BIN}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+        "RAY_AUTH_MODE": "token",
+        "LANG": "C.UTF-8",
+    }
+    dashboard = None
+    try:
+        with machines.Lan(root) as lan:
+            key = home / ".ssh" / "raytrain_cluster"
+            lan.on_laptop(["ssh-keygen", "-t", "ed25519", "-N", "", "-f", str(key)], env=env)
+            public = key.with_suffix(".pub").read_text()
+            head, worker = lan.add_machine(public), lan.add_machine(public)
+            for machine in (head, worker):  # the header's SSH check
+                check = lan.on_laptop(
+                    [
+                        "ssh",
+                        "-i",
+                        str(key),
+                        "-o",
+                        "BatchMode=yes",
+                        "-o",
+                        "StrictHostKeyChecking=accept-new",
+                        f"{lan.user}@{machine.address}",
+                        "python3.11 --version",
+                    ],
+                    env=env,
+                )
+                assert check.stdout.startswith("Python 3.11"), check.stdout + check.stderr
+            lan.on_laptop([str(BIN / "ray"), "get-auth-token", "--generate"], env=env)
+            (home / ".ray" / "auth_token").chmod(0o600)
+            config = root / "onprem.yaml"
+            config.write_text(
+                _filled_in(CONFIG.read_text(), head.address, worker.address, lan.user, key)
+            )
+            shared = root / "shared"
+            shared.mkdir()
+            shutil.chown(shared, lan.user)
+            experiments = root / "experiments"
+            experiments.mkdir()
+            cluster = OnPrem(lan, head, worker, config, key, env, "", "", shared, experiments, 0.0)
+            start = time.monotonic()
+            up = cluster.laptop(
+                str(BIN / "ray"), "up", "-y", str(config), timeout=1500, check=False
+            )
+            cluster.up_s = time.monotonic() - start
+            assert up.returncode == 0, _tail(up) + _logs(root)
+            dashboard = subprocess.Popen(
+                lan.laptop_command([str(BIN / "ray"), "dashboard", str(config)]),
+                env=env,
+                cwd=REPO,
+                stdout=subprocess.DEVNULL,
+                stderr=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            # docs/clusters.md's line, as written there (checked in a test of its own)
+            read = f"ray exec {config} 'cat ~/mlflow/tracking_uri' | tr -d '\\r' | grep -m1 '^http'"
+            cluster.docs_uri = cluster.laptop("bash", "-c", read).stdout.strip()
+            cluster.tracking_uri = f"http://{head.address}:5000"
+            yield cluster
+    finally:
+        if dashboard is not None and dashboard.poll() is None:
+            os.killpg(dashboard.pid, 9)
+        shutil.rmtree(root, ignore_errors=True)
+
+
+def _tail(done: subprocess.CompletedProcess[str]) -> str:
+    return f"exit {done.returncode}\n{done.stdout[-5000:]}\n{done.stderr[-5000:]}"
+
+
+def _logs(root: Path) -> str:
+    """Ray's and sshd's logs on the machines, for a failure's message."""
+    found = []
+    for log in [*root.glob("m*/sshd.log"), *root.glob("m*/tmp/ray/session_latest/logs/monitor.*")]:
+        found.append(f"--- {log}\n{log.read_text(errors='replace')[-3000:]}")
+    return "\n".join(found)
+
+
+def _nodes(cluster: OnPrem, count: int, timeout: float = 240) -> list[dict[str, object]]:
+    """The cluster's alive nodes, once there are ``count`` of them."""
+    deadline = time.monotonic() + timeout
+    nodes: list[dict[str, object]] = []
+    while time.monotonic() < deadline:
+        try:
+            nodes = cluster.python(
+                f"""
+                import json
+                from raytrain.cluster.jobs import cluster_nodes
+                print(json.dumps(cluster_nodes(address="{DASHBOARD}")))
+                """
+            )  # type: ignore[assignment]
+        except AssertionError:  # the tunnel or the dashboard is not up yet
+            nodes = []
+        if len(nodes) == count:
+            return nodes
+        time.sleep(3)
+    found = f"{len(nodes)} nodes, not {count}, after {timeout:.0f} s: {nodes}"
+    raise AssertionError(f"{found}\n{_logs(cluster.lan.root)}")
+
+
+def _experiment(cluster: OnPrem, name: str, body: str) -> Path:
+    path = cluster.experiments / f"{name}.yaml"
+    path.write_text(
+        textwrap.dedent(
+            f"""
+            name: {name}
+            data: {{source: "builtin:digits"}}
+            model: {{builder: mlp, params: {{hidden_units: [16]}}}}
+            scaling: {{num_workers: 2, resources_per_worker: {{CPU: 2}}}}  # one per machine
+            tracking: {{experiment: onprem, register_as: {name}}}
+            """
+        )
+        + textwrap.dedent(body)
+    )
+    return path
+
+
+def _submit(cluster: OnPrem, experiment: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
+    """`raytrain submit` as docs/clusters.md writes it."""
+    sets = [f"tracking.uri={cluster.tracking_uri}", f"storage={cluster.shared}", *overrides]
+    args = [arg for value in sets for arg in ("--set", value)]
+    return cluster.raytrain("submit", str(experiment), "--address", DASHBOARD, *args)
+
+
+def _runs(cluster: OnPrem, experiment: str) -> list[dict[str, object]]:
+    """Every run of ``experiment`` in the head's MLflow: status, tags, metric histories."""
+    return cluster.python(  # type: ignore[return-value]
+        f"""
+        import json
+        from mlflow import MlflowClient
+        client = MlflowClient("{cluster.tracking_uri}")
+        found = client.get_experiment_by_name("{experiment}")
+        runs = client.search_runs([found.experiment_id]) if found else []
+        def history(run, key):
+            return sorted((m.step, m.value) for m in client.get_metric_history(run, key))
+        print(json.dumps([
+            {{"name": r.info.run_name, "status": r.info.status, "tags": r.data.tags,
+              "parent": r.data.tags.get("mlflow.parentRunId"),
+              "history": {{key: history(r.info.run_id, key) for key in r.data.metrics}},
+              "versions": [v.version for v in
+                           client.search_model_versions(f"run_id='{{r.info.run_id}}'")]}}
+            for r in runs
+        ]))
+        """
+    )
+
+
+def _worker_ips(run: dict[str, object]) -> list[str]:
+    tags = run["tags"]
+    assert isinstance(tags, dict)
+    return re.findall(r"(\d+\.\d+\.\d+\.\d+) \(", tags["raytrain.nodes"])
+
+
+def test_ray_up_brings_up_both_machines(onprem: OnPrem) -> None:
+    nodes = _nodes(onprem, 2)
+    assert sorted(str(n["ip"]) for n in nodes) == sorted(
+        [onprem.head.address, onprem.worker.address]
+    )
+    for node in nodes:
+        resources = node["resources"]
+        assert isinstance(resources, dict)
+        assert resources.get("onprem") == 1, node
+    # Installed from the wheelhouse: the machines have no route to an index.
+    assert (onprem.lan.home / "raytrain-wheelhouse").is_dir()
+    print(f"ray up (cold, wheelhouse install): {onprem.up_s:.0f} s")
+
+
+def test_the_docs_read_the_mlflow_uri(onprem: OnPrem) -> None:
+    assert onprem.docs_uri == onprem.tracking_uri, repr(onprem.docs_uri)
+
+
+def test_two_workers_train_on_both_machines(onprem: OnPrem) -> None:
+    _nodes(onprem, 2)
+    experiment = _experiment(onprem, "two-machines", "train: {epochs: 2, batch_size: 64}\n")
+    done = _submit(onprem, experiment)
+    assert done.returncode == 0, _tail(done)
+    assert "Traceback" not in done.stdout + done.stderr
+    (run,) = _runs(onprem, "onprem")
+    assert run["status"] == "FINISHED"
+    assert sorted(_worker_ips(run)) == sorted([onprem.head.address, onprem.worker.address])
+    assert run["versions"], "the model is registered in the head's MLflow"
+    history = run["history"]
+    assert isinstance(history, dict)
+    assert [step for step, _ in history["val_accuracy"]] == [1, 2]
+
+
+def test_a_sweep_runs_on_the_cluster(onprem: OnPrem) -> None:
+    _nodes(onprem, 2)
+    experiment = _experiment(
+        onprem,
+        "sweep-machines",
+        """
+        train: {epochs: 1, batch_size: 64}
+        tune:
+          metric: val_accuracy
+          mode: max
+          num_samples: 2
+          search: {algorithm: random, seed: 0}
+          space: {train.optimizer.learning_rate: {loguniform: [1.0e-3, 1.0e-2]}}
+        """,
+    )
+    done = _submit(onprem, experiment, "scaling.num_workers=1", "tracking.experiment=onprem-sweep")
+    assert done.returncode == 0, _tail(done)
+    runs = _runs(onprem, "onprem-sweep")
+    parents = [r for r in runs if not r["parent"]]
+    trials = [r for r in runs if r["parent"]]
+    assert len(parents) == 1, runs
+    assert len(trials) == 2, runs
+    assert all(t["status"] == "FINISHED" for t in trials)
+    assert any(r["versions"] for r in runs), "the sweep's best model is registered"
+
+
+def test_storage_only_local_to_each_machine_fails_in_one_line(onprem: OnPrem) -> None:
+    """/tmp is each machine's own: the same path, not the same folder."""
+    _nodes(onprem, 2)
+    experiment = _experiment(onprem, "not-shared", "train: {epochs: 1}\n")
+    done = _submit(
+        onprem, experiment, "storage=/tmp/raytrain-results", "tracking.experiment=not-shared"
+    )
+    assert done.returncode == 1, _tail(done)
+    assert re.search(
+        r"error: storage '/tmp/raytrain-results' is not shared: node [\d.]+ does not see",
+        done.stdout,
+    ), _tail(done)
+    assert "Traceback" not in done.stdout + done.stderr
+    assert _runs(onprem, "not-shared") == []  # no FAILED run left behind
+
+
+def test_ray_down_stops_ray_on_both_machines(onprem: OnPrem) -> None:
+    # The header's TEAR DOWN, in its order.
+    onprem.laptop(
+        str(BIN / "ray"), "exec", str(onprem.config), "kill -- -$(cat ~/mlflow/server.pid)"
+    )
+    down = onprem.laptop(str(BIN / "ray"), "down", "-y", str(onprem.config))
+    assert down.returncode == 0, _tail(down)
+    deadline = time.monotonic() + 90
+    left: dict[str, list[str]] = {}
+    while time.monotonic() < deadline:
+        left = {
+            m.address: [p for p in m.processes() if any(name in p for name in RAY_PROCESSES)]
+            for m in (onprem.head, onprem.worker)
+        }
+        if not any(left.values()):
+            break
+        time.sleep(2)
+    assert not any(left.values()), f"still running after ray down: {left}"
+    print(f"ray down: nothing left after {90 - (deadline - time.monotonic()):.0f} s")
