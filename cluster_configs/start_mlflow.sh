@@ -27,6 +27,7 @@
 #   MLFLOW_ALLOWED_HOSTS          Host headers the server accepts. Default: MLFLOW_HOST and
 #                                 localhost (an SSH tunnel or port-forward)
 #   MLFLOW_WORKERS                server processes, 4 by default
+#   MLFLOW_SERVER_ENABLE_JOB_EXECUTION   MLflow's GenAI job runner: false by default (unused)
 #   MLFLOW_HOME                   the server's own files. Default ~/mlflow
 #   MLFLOW_AUTH_ADMIN_PASSWORD    the admin's password; default: generated once into
 #                                 $MLFLOW_HOME/admin_password (mode 600)
@@ -136,6 +137,9 @@ EOF
 export MLFLOW_AUTH_CONFIG_PATH=$home/basic_auth.ini
 MLFLOW_FLASK_SERVER_SECRET_KEY=$(cat "$home/flask_secret_key")
 export MLFLOW_FLASK_SERVER_SECRET_KEY
+# MLflow 3's job runner (GenAI scorers and trace roll-ups, which raytrain does not use) would add
+# three huey consumer processes with 25 polling threads beside the server, on the head's CPUs.
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION=${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}
 server=(mlflow server --app-name basic-auth --host "$host" --port "$port"
   --backend-store-uri "$backend" --artifacts-destination "$artifacts"
   --allowed-hosts "$allowed" --workers "${MLFLOW_WORKERS:-4}"
