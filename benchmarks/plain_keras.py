@@ -15,7 +15,7 @@ import raytrain  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads
 from raytrain.config.loader import load_experiment
 from raytrain.data.dataset import load_dataset, make_tf_dataset
 from raytrain.models import build_model
-from raytrain.train.loop import build_optimizer
+from raytrain.train.worker import build_optimizer
 
 
 class _Timer(tf.keras.callbacks.Callback):
