@@ -32,7 +32,7 @@ from raytrain.cluster.connection import WORKER_ENV, connect
 
 BENCHMARKS = {
     "collectives": collectives.run,  # first: it measures with no Ray processes running
-    "small_run": small_run.run,  # its runs start their own Ray, or join one it starts
+    "small_run": small_run.run,  # each side starts its own Ray, or joins one this starts
     "train_overhead": train_overhead.run,
     "scaling": scaling.run,
     "sweep_efficiency": sweep_efficiency.run,

@@ -10,8 +10,9 @@ timed from its start to its exit:
 
 The phases come from timestamps the child takes around the library calls the command makes:
 imports, Ray (``ray.init``), the MLflow run, the Train controller and worker group up to the
-first epoch's start, the first epoch (with tracing), the other epochs, the model's logging and
-registration, and the exit (Ray's shutdown). Goals: cold <= 2.5x plain, warm <= 1.5x.
+first epoch's start, the first epoch (with tracing), the other epochs, the workers' shutdown,
+the model's logging and registration, and the exit (Ray's shutdown). Goals: cold <= 2.5x plain,
+warm <= 1.5x.
 """
 
 from __future__ import annotations

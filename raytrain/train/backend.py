@@ -4,8 +4,8 @@ What ``ray.train.tensorflow.TensorflowConfig`` does: before training, give every
 ``TF_CONFIG`` that MultiWorkerMirroredStrategy reads (the workers' addresses and its own index).
 Ray's class lives in the ``ray.train.tensorflow`` package, whose ``__init__`` imports TensorFlow;
 Ray Train's controller unpickles the backend config, so with Ray's class the controller (which
-never trains) imported TensorFlow before starting the workers: 3-6 s of CPU on 2 cores, on the
-path to the first epoch of every run and every sweep trial (benchmarks/README.md, small_run).
+never trains) imported TensorFlow before starting the workers: seconds of CPU on the path to
+the first epoch of every run and every sweep trial (benchmarks/README.md, small_run).
 """
 
 from __future__ import annotations

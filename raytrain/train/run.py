@@ -475,7 +475,7 @@ def prepare(
     env = {**WORKER_ENV, **tracking.CLIENT_ENV, **forwarded_env()}
     cluster = connect(address, verbose=verbose, env_vars=env, on_notice=on_notice)
     if not cluster.started:  # a killed driver's leftovers would block this run
-        release_orphaned_placement_groups()  # (a State API query: seconds on a new instance)
+        release_orphaned_placement_groups()  # (none on an instance this run just started)
     check_locality(spec.data.locality)
     check_storage_on_nodes(spec.storage, resource=spec.data.locality)
     if spec.data.streaming:

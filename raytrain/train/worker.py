@@ -3,8 +3,8 @@ all-reduce and the per-epoch reporter.
 
 Apart from ``loop.py`` so that no process but a worker imports TensorFlow for a run: the
 driver, Ray Train's controller (which unpickles the run's callbacks, defined in ``loop.py``) and
-each sweep trial's function import ``loop.py`` only. TensorFlow's import takes seconds of CPU
-(3-6 s on 2 loaded cores), paid once per process that imports it.
+each sweep trial's function import ``loop.py`` only. TensorFlow's import takes seconds of CPU,
+paid by every process that imports it (benchmarks/README.md, small_run).
 """
 
 from __future__ import annotations
