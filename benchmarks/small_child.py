@@ -19,23 +19,11 @@ from typing import Any
 
 def plain(spec_file: str, out: str) -> None:
     marks: dict[str, float] = {"python": time.time()}
-    import raytrain  # noqa: F401, I001  (sets TF_USE_LEGACY_KERAS before TensorFlow loads)
-    import tensorflow as tf
+    from benchmarks.plain_keras import compiled, tf
     from raytrain.config.loader import load_experiment
-    from raytrain.data.dataset import load_dataset, make_tf_dataset
-    from raytrain.models import build_model
-    from raytrain.train.worker import build_optimizer
 
     marks["imported"] = time.time()
-    spec = load_experiment(spec_file).spec
-    tf.keras.utils.set_random_seed(spec.train.seed)
-    data = load_dataset(spec.data, loss=spec.train.loss)
-    batch = spec.train.batch_size
-    train = make_tf_dataset(data.x_train, data.y_train, batch_size=batch, shuffle=True, seed=0)
-    val = make_tf_dataset(data.x_val, data.y_val, batch_size=batch, shuffle=False, seed=0)
-    model = build_model(spec.model, data.info, loss=spec.train.loss)
-    metrics = list(spec.train.metrics)
-    model.compile(optimizer=build_optimizer(spec), loss=spec.train.loss, metrics=metrics)
+    model, _, train, val = compiled(spec := load_experiment(spec_file).spec)
     epochs: list[dict[str, float]] = []
     ended = tf.keras.callbacks.LambdaCallback(
         on_epoch_end=lambda epoch, logs: epochs.append({**logs, "t": time.time()})
