@@ -70,7 +70,8 @@ def _trials(events: list[dict[str, Any]], epochs: int) -> list[dict[str, float]]
     """Per trial: wall time from its start to its end, and its epochs' time."""
     by_trial: dict[str, list[dict[str, Any]]] = {}
     for event in events:
-        by_trial.setdefault(event["trial_id"], []).append(event)
+        if "trial_id" in event:  # not the sweep's own events
+            by_trial.setdefault(event["trial_id"], []).append(event)
     out = []
     for trial in by_trial.values():
         results = [e["t"] for e in trial if e["kind"] == "result"]
