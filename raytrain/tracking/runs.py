@@ -267,9 +267,29 @@ def log_model(
             signature=signature,
             metadata=mask_tree(metadata),
             registered_model_name=register_as,
+            pip_requirements=_model_requirements(),
         )
     version = info.registered_model_version
     return str(version) if version is not None else None
+
+
+# What MLflow's tensorflow flavor writes to a tf_keras model's requirements.txt when it infers
+# them, which it does by loading the model in a new Python process that imports TensorFlow again:
+# seconds after every run (benchmarks/README.md, small_run). Pinned here to this process's versions.
+_MODEL_REQUIREMENTS = ("mlflow", "cloudpickle", "numpy", "tensorflow", "tf-keras")
+
+
+def _model_requirements() -> list[str]:
+    """``_MODEL_REQUIREMENTS`` pinned to the installed versions (those installed only)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = []
+    for name in _MODEL_REQUIREMENTS:
+        try:
+            pins.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            continue
+    return pins
 
 
 def log_metrics(run: TrackedRun, metrics: dict[str, float], *, step: int) -> None:
