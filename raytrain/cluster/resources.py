@@ -7,13 +7,10 @@ into an error in seconds that names what is missing; ``check_locality`` does the
 
 from __future__ import annotations
 
-import logging
 import math
-import time
 
 import ray
 
-from raytrain.cluster.connection import state_address
 from raytrain.errors import ClusterError
 
 __all__ = [
@@ -24,8 +21,6 @@ __all__ = [
     "worker_nodes",
     "worker_slots",
 ]
-
-log = logging.getLogger(__name__)
 
 
 def check_feasible(*, num_workers: int, per_worker: dict[str, float], what: str) -> None:
@@ -74,33 +69,10 @@ def locality_problem(resource: str, nodes: list[dict[str, float]]) -> str | None
     )
 
 
-def worker_nodes(world_size: int, *, timeout_s: float = 10.0) -> list[str]:
-    """Where this Ray Train worker group runs: ``IP (node ID)`` of each worker, sorted.
-
-    Called from a worker: its peers are the actors in its placement group (the State API lists
-    them, a moment late under load; Ray Train does not tell a worker where the others are).
-    """
-    from ray.util.state import list_actors
-
-    ctx = ray.get_runtime_context()
-    group = ctx.get_placement_group_id()
-    nodes = [ctx.get_node_id()]
-    deadline = time.monotonic() + timeout_s
-    while group is not None and len(nodes) < world_size:
-        try:
-            actors = list_actors(
-                address=state_address(),
-                filters=[("placement_group_id", "=", group), ("state", "!=", "DEAD")],
-            )
-        except Exception as exc:  # informational: never worth a training run
-            log.warning("cannot list this run's workers, naming this one's node only: %s", exc)
-            break
-        if len(actors) >= world_size or time.monotonic() > deadline:
-            nodes = [actor.node_id for actor in actors] or nodes
-            break
-        time.sleep(0.5)
+def worker_nodes(node_ids: list[str]) -> list[str]:
+    """``IP (node ID)`` of each node in ``node_ids`` (a worker group's nodes), sorted."""
     ips = {node["NodeID"]: node["NodeManagerAddress"] for node in ray.nodes()}
-    return sorted(f"{ips.get(node, '?')} ({node})" for node in nodes)
+    return sorted(f"{ips.get(node, '?')} ({node})" for node in node_ids)
 
 
 def worker_slots(per_worker: dict[str, float]) -> int:

@@ -21,7 +21,11 @@ from ray.train._internal.utils import get_address_and_port
 from ray.train.backend import Backend, BackendConfig
 from ray.train.v2._internal.util import TrainingFramework
 
-__all__ = ["KerasBackendConfig"]
+__all__ = ["WORKER_NODES_ENV", "KerasBackendConfig"]
+
+# Each worker's environment: the Ray node IDs of all workers, by rank (comma-separated). Ray
+# Train tells a worker nothing about where its peers run; the backend knows when it starts them.
+WORKER_NODES_ENV = "RAYTRAIN_WORKER_NODES"
 
 
 @dataclass
@@ -39,21 +43,26 @@ class KerasBackendConfig(BackendConfig):
 
 class _KerasBackend(Backend):
     def on_start(self, worker_group: Any, backend_config: BackendConfig) -> None:
-        urls = worker_group.execute(_address)
+        places = worker_group.execute(_place)
+        urls = [url for url, _ in places]
+        nodes = ",".join(node for _, node in places)
         ray.get(
             [
-                worker_group.execute_single_async(i, _set_tf_config, urls, i)
+                worker_group.execute_single_async(i, _set_tf_config, urls, i, nodes)
                 for i in range(len(worker_group))
             ]
         )
 
 
-def _address() -> str:
-    return build_address(*get_address_and_port())
+def _place() -> tuple[str, str]:
+    """This worker's address for MultiWorkerMirroredStrategy, and its Ray node."""
+    return build_address(*get_address_and_port()), ray.get_runtime_context().get_node_id()
 
 
-def _set_tf_config(urls: list[str], index: int) -> None:
-    """As Ray's backend: this worker's place in the cluster, and tf_keras as tf.keras."""
+def _set_tf_config(urls: list[str], index: int, nodes: str) -> None:
+    """As Ray's backend: this worker's place in the cluster, and tf_keras as tf.keras; and where
+    every worker runs (WORKER_NODES_ENV)."""
     cluster = {"cluster": {"worker": urls}, "task": {"type": "worker", "index": index}}
     os.environ["TF_CONFIG"] = json.dumps(cluster)
     os.environ["TF_USE_LEGACY_KERAS"] = "1"
+    os.environ[WORKER_NODES_ENV] = nodes

@@ -38,7 +38,7 @@ from raytrain.tracking import credentials, names
 from raytrain.tracking.credentials import Credentials
 from raytrain.tracking.runs import CLIENT_ENV, EpochLogger, TrackedRun, tag_run
 from raytrain.train import checkpoint, failures
-from raytrain.train.backend import KerasBackendConfig
+from raytrain.train.backend import WORKER_NODES_ENV, KerasBackendConfig
 from raytrain.train.evaluation import (
     TEST_EPOCH,
     TEST_PREFIX,
@@ -206,7 +206,8 @@ def train_loop(config: dict[str, Any]) -> None:
         ray.train.report(history[-1])
         return
     if tracked:  # where the workers run: what data.locality promises, checked after the fact
-        tag_run(tracked, names.NODES_TAG, ", ".join(worker_nodes(world)))
+        nodes = os.environ[WORKER_NODES_ENV].split(",")
+        tag_run(tracked, names.NODES_TAG, ", ".join(worker_nodes(nodes)))
 
     reporter = Reporter(
         rank=rank,
