@@ -12,24 +12,36 @@ their own (``FailureConfig.max_preemption_failures``, unlimited by default).
 Ray Train 2.60 has no public setting for the policy: ``install`` replaces the factory its
 trainer calls on the driver (``create_failure_policy``) when ``fit`` builds the controller. Ray
 logs a retry only to the controller's log file; the policy also tells the user, in one line on
-the driver's progress queue (a str there, where epochs are dicts), what was lost and that
-training goes on.
+the driver's progress queue (a str there, where epochs are dicts), which workers were lost, on
+which node, and that training goes on.
+
+After a lost node the new group may not fit on the nodes left (``scaling`` asks for a fixed
+number of workers): Ray then waits for room, 60 s at a time (``WorkerGroupStartupTimeoutError``,
+retried without limit as a controller error, never counted against ``max_failures``), until the
+node is back (the on-prem config's autoscaler restarts Ray on a machine that stopped answering)
+or another joins. Those waits are not losses: the one line already said the run goes on.
 """
 
 from __future__ import annotations
 
 import functools
+import re
 from typing import Any
 
 from ray.exceptions import RayActorError
 from ray.train import FailureConfig
-from ray.train.v2._internal.exceptions import RayTrainError, UserExceptionWithTraceback
+from ray.train.v2._internal.exceptions import (
+    RayTrainError,
+    UserExceptionWithTraceback,
+    WorkerHealthCheckFailedError,
+)
 from ray.train.v2._internal.execution.failure_handling import (
     DefaultFailurePolicy,
     FailureDecision,
 )
+from ray.train.v2._internal.execution.failure_handling.default import _is_preemption_failure
 from ray.train.v2.api import data_parallel_trainer
-from ray.train.v2.api.exceptions import WorkerGroupError
+from ray.train.v2.api.exceptions import PreemptionError, WorkerGroupError
 
 __all__ = ["RetryLostWorkersOnly", "install", "is_code_error", "restart_notice"]
 
@@ -50,15 +62,35 @@ def is_code_error(error: Exception) -> bool:
     )
 
 
+def _is_loss(failure: Exception) -> bool:
+    """The worker itself is gone (its process or node), not a peer that saw it go."""
+    return isinstance(failure, RayTrainError | RayActorError)
+
+
+def _described(rank: int, failure: Exception) -> str:
+    """``worker 1 on 10.0.0.2 (ActorDiedError)``: the node from Ray's message, when it says."""
+    if isinstance(failure, WorkerHealthCheckFailedError):
+        cause = failure.health_check_failure
+    else:
+        cause = failure
+    node = re.search(r"node_ip='([^']+)'|\bip: (\S+)", str(failure))
+    where = f" on {node.group(1) or node.group(2)}" if node else ""
+    return f"worker {rank}{where} ({type(cause).__name__})"
+
+
 def restart_notice(error: Exception, retry: int, limit: int) -> str:
-    """One line: which workers were lost and why, and that the run goes on."""
+    """One line: which workers were lost, where and why, and that the run goes on."""
     failures = getattr(error, "worker_failures", None) or {}
-    lost = ", ".join(
-        f"worker {rank} ({type(failure).__name__})" for rank, failure in sorted(failures.items())
+    lost = {rank: f for rank, f in failures.items() if _is_loss(f)} or failures
+    named = ", ".join(_described(rank, failure) for rank, failure in sorted(lost.items()))
+    budget = (
+        "a preemption, not counted in failure.max_failures"
+        if _is_preemption_failure(error)
+        else f"retry {retry} of {limit}, failure.max_failures"
     )
     return (
-        f"lost {lost or type(error).__name__}: restarting the workers from the last checkpoint "
-        f"(retry {retry} of {limit}, failure.max_failures)"
+        f"lost {named or type(error).__name__}: restarting the workers from the last "
+        f"checkpoint once the cluster has room for them ({budget})"
     )
 
 
@@ -75,8 +107,10 @@ class RetryLostWorkersOnly(DefaultFailurePolicy):
         if is_code_error(training_failed_error):
             return FailureDecision.RAISE
         decision = super().make_decision(training_failed_error)
-        if decision == FailureDecision.RETRY and self.notify is not None:
-            self.retries += 1
+        lost = isinstance(training_failed_error, WorkerGroupError | PreemptionError)
+        if decision == FailureDecision.RETRY and lost and self.notify is not None:
+            if not _is_preemption_failure(training_failed_error):
+                self.retries += 1
             line = restart_notice(
                 training_failed_error, self.retries, self.failure_config.max_failures
             )
