@@ -453,3 +453,23 @@ def test_only_a_lost_worker_is_retried() -> None:
     assert not is_code_error(WorkerGroupError("", {0: bug, 1: died}))  # a loss wins
     assert not is_code_error(WorkerGroupError("", {0: peer_lost}))  # MWMS without its peer
     assert not is_code_error(ValueError("not a worker group failure"))
+
+
+def test_the_restart_notice_names_the_lost_worker_and_its_node() -> None:
+    from ray.exceptions import ActorDiedError
+    from ray.train.v2._internal.exceptions import WorkerHealthCheckFailedError
+    from ray.train.v2.api.exceptions import WorkerGroupError
+
+    from raytrain.train.failures import restart_notice
+
+    info = "A worker health check failed.\nWorker(metadata=ActorMetadata(node_ip='10.1.2.3'))"
+    died = WorkerHealthCheckFailedError(info, failure=ActorDiedError())
+    peer_lost = type("UnavailableError", (Exception,), {})("collective lost a member")
+    line = restart_notice(WorkerGroupError("", {0: peer_lost, 1: died}), retry=1, limit=3)
+    assert line == (  # the peer that saw it go is not named
+        "lost worker 1 on 10.1.2.3 (ActorDiedError): restarting the workers from the last "
+        "checkpoint once the cluster has room for them (retry 1 of 3, failure.max_failures)"
+    )
+    assert restart_notice(WorkerGroupError("", {0: peer_lost}), retry=2, limit=3).startswith(
+        "lost worker 0 (UnavailableError): "
+    )
