@@ -191,6 +191,16 @@ def _nodes(cluster: OnPrem, count: int, timeout: float = 240) -> list[dict[str, 
     raise AssertionError(f"{found}\n{_logs(cluster.lan.root)}")
 
 
+def _mlflow_answers(cluster: OnPrem, timeout: float = 300) -> None:
+    """Until the head's MLflow server answers: `ray up` starts it in the background, and it
+    takes minutes to import on a loaded machine (a job's check allows it 5 s)."""
+    health = ["curl", "-sf", "--max-time", "5", f"{cluster.tracking_uri}/health"]
+    deadline = time.monotonic() + timeout
+    while cluster.laptop(*health, check=False).returncode != 0:
+        assert time.monotonic() < deadline, f"MLflow did not answer in {timeout:.0f} s"
+        time.sleep(2)
+
+
 def _experiment(cluster: OnPrem, name: str, body: str) -> Path:
     path = cluster.experiments / f"{name}.yaml"
     path.write_text(
@@ -334,6 +344,7 @@ def test_a_lost_worker_machine_does_not_end_the_run(onprem: OnPrem) -> None:
     (failures.py); the head's autoscaler (v1) restarts Ray on a machine whose raylet stopped
     answering for 30 s (its `worker_start_ray_commands` over SSH), and the run goes on there."""
     _nodes(onprem, 2)
+    _mlflow_answers(onprem)
     epochs = 6
     # Small batches, one step per call: epochs of seconds, so that the loss lands mid-run.
     body = f"train: {{epochs: {epochs}, batch_size: 8, steps_per_execution: 1}}\n"
