@@ -462,14 +462,17 @@ def test_the_restart_notice_names_the_lost_worker_and_its_node() -> None:
 
     from raytrain.train.failures import restart_notice
 
-    info = "A worker health check failed.\nWorker(metadata=ActorMetadata(node_ip='10.1.2.3'))"
-    died = WorkerHealthCheckFailedError(info, failure=ActorDiedError())
-    peer_lost = type("UnavailableError", (Exception,), {})("collective lost a member")
-    line = restart_notice(WorkerGroupError("", {0: peer_lost, 1: died}), retry=1, limit=3)
+    died = WorkerHealthCheckFailedError("A worker health check failed.", failure=ActorDiedError())
+    peer_lost = type("UnavailableError", (Exception,), {})(
+        "Collective ops is aborted by: Socket closed\nAdditional GRPC error information from "
+        "remote target /job:worker/replica:0/task:1 while calling RecvBuf"
+    )
+    nodes = {0: "10.0.0.1", 1: "10.0.0.2"}
+    line = restart_notice(WorkerGroupError("", {0: peer_lost, 1: died}), 1, 3, nodes)
     assert line == (  # the peer that saw it go is not named
-        "lost worker 1 on 10.1.2.3 (ActorDiedError): restarting the workers from the last "
+        "lost worker 1 on 10.0.0.2 (ActorDiedError): restarting the workers from the last "
         "checkpoint once the cluster has room for them (retry 1 of 3, failure.max_failures)"
     )
-    assert restart_notice(WorkerGroupError("", {0: peer_lost}), retry=2, limit=3).startswith(
-        "lost worker 0 (UnavailableError): "
-    )
+    # Only the survivor's error reached the controller: TensorFlow names the peer it lost.
+    line = restart_notice(WorkerGroupError("", {0: peer_lost}), 2, 3, nodes)
+    assert line.startswith("lost worker 1 on 10.0.0.2 (its peers saw UnavailableError): ")

@@ -52,6 +52,12 @@ def connect(
     }
     if target:
         _probe(target)
+    # Ray's driver prints every error the cluster publishes, whatever log_to_driver says: a
+    # lost node is ~25 lines of its raylet's last log (seen). The run says what a loss means
+    # in one line (raytrain/train/failures.py); --verbose shows Ray's own.
+    listener = ray._private.worker.listen_error_messages
+    if not verbose:
+        ray._private.worker.listen_error_messages = _unprinted
     try:
         if target:
             ctx = ray.init(address=target, **options)
@@ -66,8 +72,15 @@ def connect(
         where = target or "a local instance"
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ClusterError(f"cannot connect to Ray at {where}: {first_line}") from None
+    finally:
+        ray._private.worker.listen_error_messages = listener
     dashboard = f"http://{ctx.dashboard_url}" if ctx.dashboard_url else None
     return ClusterInfo(ctx.address_info["gcs_address"], dashboard)
+
+
+def _unprinted(worker: Any, threads_stopped: Any) -> None:
+    """The driver's error-message listener (``ray.init`` starts it in a thread), printing
+    nothing."""
 
 
 def _probe(address: str, timeout_s: float = 5.0) -> None:

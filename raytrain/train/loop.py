@@ -85,9 +85,11 @@ def fit(
         "run_folder": storage.join(storage_path, run_name),
     }
     path, filesystem = storage.ray_storage(storage_path)
-    failures.install(notify=progress)
+    failures.install()
     if tracking is not None or progress is not None:
         callbacks = [*(callbacks or []), _CommittedEpochs(tracking, progress, spec.train.epochs)]
+    if progress is not None:
+        callbacks = [*(callbacks or []), failures.LossNotice(progress, spec.failure.max_failures)]
     trainer = TensorflowTrainer(
         train_loop,
         train_loop_config=config,
