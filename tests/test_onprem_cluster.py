@@ -385,10 +385,11 @@ def test_a_lost_worker_machine_does_not_end_the_run(onprem: OnPrem) -> None:
     said = output.read_text()
     assert submit.returncode == 0, said[-5000:]  # the job SUCCEEDED
     assert "Traceback" not in said
+    assert "(raylet)" not in said  # Ray's own ~25 lines on the lost node: with --verbose only
     lines = [line for line in said.splitlines() if "lost" in line]
     assert len(lines) == 1, said[-5000:]  # one line says what happened
     assert re.fullmatch(
-        rf"lost worker \d on {re.escape(onprem.worker.address)} \(\w+\): restarting the workers "
+        rf"lost worker \d on {re.escape(onprem.worker.address)} \([\w ]+\): restarting the workers "
         r"from the last checkpoint once the cluster has room for them \(retry 1 of 1, "
         r"failure.max_failures\)",
         lines[0].strip(),
