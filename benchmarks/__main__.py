@@ -18,18 +18,29 @@ from pathlib import Path
 from rich.console import Console
 from rich.table import Table
 
-from benchmarks import collectives, export, scaling, serve, sweep_efficiency, train_overhead
+from benchmarks import (
+    collectives,
+    export,
+    scaling,
+    serve,
+    small_run,
+    sweep_efficiency,
+    sweep_overhead,
+    train_overhead,
+)
 from raytrain.cluster.connection import WORKER_ENV, connect
 
 BENCHMARKS = {
     "collectives": collectives.run,  # first: it measures with no Ray processes running
+    "small_run": small_run.run,  # each side starts its own Ray, or joins one this starts
     "train_overhead": train_overhead.run,
     "scaling": scaling.run,
     "sweep_efficiency": sweep_efficiency.run,
+    "sweep_overhead": sweep_overhead.run,
     "export": export.run,
     "serve": serve.run,
 }
-WITHOUT_RAY = {"collectives"}
+WITHOUT_RAY = {"collectives", "small_run"}
 RESULTS = Path(__file__).resolve().parent / "results"
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import sys
 import time
+from typing import Any
 
 import tensorflow as tf
 
@@ -15,7 +16,7 @@ import raytrain  # noqa: F401  (sets TF_USE_LEGACY_KERAS before TensorFlow loads
 from raytrain.config.loader import load_experiment
 from raytrain.data.dataset import load_dataset, make_tf_dataset
 from raytrain.models import build_model
-from raytrain.train.loop import build_optimizer
+from raytrain.train.worker import build_optimizer
 
 
 class _Timer(tf.keras.callbacks.Callback):
@@ -35,10 +36,8 @@ class _Timer(tf.keras.callbacks.Callback):
         self.epochs.append({**logs, "samples_per_s": self.samples / self.train_s})
 
 
-def main(spec_file: str, threads: int, out: str) -> None:
-    spec = load_experiment(spec_file).spec
-    tf.config.threading.set_intra_op_parallelism_threads(threads)
-    tf.config.threading.set_inter_op_parallelism_threads(threads)  # "1 thread" means one core
+def compiled(spec: Any) -> tuple[Any, Any, Any, Any]:
+    """The experiment's model, compiled, with its data and train and validation pipelines."""
     tf.keras.utils.set_random_seed(spec.train.seed)
     data = load_dataset(spec.data, loss=spec.train.loss)
     batch = spec.train.batch_size
@@ -51,6 +50,14 @@ def main(spec_file: str, threads: int, out: str) -> None:
         metrics=list(spec.train.metrics),
         steps_per_execution=spec.train.steps_per_execution,
     )
+    return model, data, train, val
+
+
+def main(spec_file: str, threads: int, out: str) -> None:
+    spec = load_experiment(spec_file).spec
+    tf.config.threading.set_intra_op_parallelism_threads(threads)
+    tf.config.threading.set_inter_op_parallelism_threads(threads)  # "1 thread" means one core
+    model, data, train, val = compiled(spec)
     timer = _Timer(len(data.x_train))
     model.fit(train, validation_data=val, epochs=spec.train.epochs, callbacks=[timer], verbose=0)
     with open(out, "w") as f:

@@ -29,7 +29,7 @@ def main(spec_file: str, rank: int, world: int, port: int, dtype: str, shuffle: 
     from raytrain.config.loader import load_experiment
     from raytrain.data.dataset import load_dataset, make_tf_dataset, shard
     from raytrain.models import build_model
-    from raytrain.train.loop import _all_reduce_gradients_as, build_optimizer
+    from raytrain.train.worker import all_reduce_gradients_as, build_optimizer
 
     spec = load_experiment(spec_file).spec
     tf.config.threading.set_intra_op_parallelism_threads(1)
@@ -51,7 +51,7 @@ def main(spec_file: str, rank: int, world: int, port: int, dtype: str, shuffle: 
             steps_per_execution=spec.train.steps_per_execution,
         )
     if world > 1 and dtype != "float32":
-        _all_reduce_gradients_as(dtype, 0, model.optimizer)
+        all_reduce_gradients_as(dtype, 0, model.optimizer)
     stamps: list[float] = []
     record = tf.keras.callbacks.LambdaCallback(
         on_train_batch_end=lambda *_: stamps.append(time.perf_counter())

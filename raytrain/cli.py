@@ -114,14 +114,14 @@ def run(
     file: FileArg,
     overrides: SetOpt = None,
     address: Annotated[
-        str | None, opt("Ray cluster to join (default: $RAY_ADDRESS, else a local instance).")
+        str | None, opt("Ray to join (default: $RAY_ADDRESS, a local `ray start`, else a new one).")
     ] = None,
     verbose: VerboseOpt = False,
 ) -> None:
     """Train an experiment on Ray and track it in MLflow."""
-    loaded = _load(file, overrides)
-    display.quiet_tensorflow(not verbose)
-    spec = loaded.spec
+    spec = (loaded := _load(file, overrides)).spec
+    # This process needs TensorFlow only to log or export the model (seconds to import).
+    display.quiet_tensorflow(not verbose, load=spec.tracking.enabled or spec.export is not None)
     out.print(display.headline(spec))
     if spec.tune is not None:
         from raytrain.sweep.run import run_sweep

@@ -2,14 +2,19 @@
 
 from __future__ import annotations
 
+import configparser
+import contextlib
 import logging
 import os
+import signal
 import socket
 import subprocess
 import sys
 import textwrap
 import time
 from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -17,6 +22,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is impor
 
 import pytest
 import ray
+import requests
 
 from raytrain.cluster.connection import WORKER_ENV, ClusterInfo
 
@@ -214,3 +220,55 @@ def write_tfrecord(path: Path, frame: Any, *, vectors: dict[str, list[str]] | No
             }
             example = tf.train.Example(features=tf.train.Features(feature=features))
             writer.write(example.SerializeToString())
+
+
+@dataclass(frozen=True)
+class MlflowServer:
+    """An MLflow server that cluster_configs/start_mlflow.sh started with HOME ``home``, and the
+    two users it made (passwords read from the files it wrote)."""
+
+    uri: str
+    home: Path
+
+    @property
+    def admin(self) -> tuple[str, str]:
+        return "admin", (self.home / "mlflow" / "admin_password").read_text().strip()
+
+    @property
+    def jobs(self) -> tuple[str, str]:
+        ini = configparser.ConfigParser()
+        ini.read(self.home / ".mlflow" / "credentials")
+        found = ini["mlflow"]
+        return found["mlflow_tracking_username"], found["mlflow_tracking_password"]
+
+    def create_experiment(self, auth: tuple[str, str] | None = None) -> int:
+        """The HTTP status of a write: creating an experiment."""
+        name = f"probe-{time.monotonic_ns()}"
+        url = f"{self.uri}/api/2.0/mlflow/experiments/create"
+        return requests.post(url, json={"name": name}, auth=auth, timeout=120).status_code
+
+
+@contextmanager
+def signed_in_as(user: tuple[str, str]) -> Iterator[None]:
+    """MLflow clients of this process sign in as ``user``, through MLflow's own variables."""
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setenv("MLFLOW_TRACKING_USERNAME", user[0])
+        patch.setenv("MLFLOW_TRACKING_PASSWORD", user[1])
+        yield
+
+
+def stop_mlflow(home: Path) -> None:
+    """End the server start_mlflow.sh started, by the pid it wrote (setsid made it the leader of
+    its own process group, with its workers)."""
+    pid_file = home / "mlflow" / "server.pid"
+    if not pid_file.exists():
+        return
+    pid = int(pid_file.read_text())
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        with contextlib.suppress(ProcessLookupError):
+            os.killpg(pid, sig)
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline and Path(f"/proc/{pid}").exists():
+            time.sleep(0.2)
+        if not Path(f"/proc/{pid}").exists():
+            return

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import subprocess
 import sys
 import time
@@ -15,7 +16,7 @@ from ray.core.generated.gcs_pb2 import PlacementGroupTableData
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from raytrain.cluster.connection import ClusterInfo, connect
+from raytrain.cluster.connection import ClusterInfo, connect, running_local_instance
 from raytrain.cluster.placement import (
     AbandonedGroupCollector,
     orphaned_groups,
@@ -31,6 +32,23 @@ from .conftest import REPO
 
 def test_connect_keeps_an_existing_connection(ray_cluster: ClusterInfo) -> None:
     assert connect().address == ray_cluster.address
+
+
+def test_a_running_local_instance_is_found_only_while_it_answers(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """`ray start` writes its address to Ray's temp dir; the file outlives a killed instance.
+    (A listening socket stands in for the instance: only its port is checked.)"""
+    monkeypatch.setenv("RAY_TMPDIR", str(tmp_path))
+    assert running_local_instance() is None  # no `ray start` here
+    (tmp_path / "ray").mkdir()
+    with socket.socket() as listening:
+        listening.bind(("127.0.0.1", 0))
+        listening.listen()
+        address = f"127.0.0.1:{listening.getsockname()[1]}"
+        (tmp_path / "ray" / "ray_current_cluster").write_text(address)
+        assert running_local_instance() == address
+    assert running_local_instance() is None  # the instance is gone, its file is not
 
 
 def test_infeasible_worker_count_fails_fast(ray_cluster: ClusterInfo, workdir: Path) -> None:

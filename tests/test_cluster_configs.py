@@ -15,19 +15,18 @@ import copy
 import json
 import os
 import re
-import signal
 import socket
 import subprocess
 import sys
-import time
 import tomllib
-import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
 import pytest
 import yaml
+
+from .conftest import MlflowServer, free_port, signed_in_as, stop_mlflow
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "cluster_configs"
@@ -190,20 +189,31 @@ def pinned_install(text: str) -> list[str]:
     return problems
 
 
+START_MLFLOW = "bash ~/raytrain/cluster_configs/start_mlflow.sh"
+
+
 def mlflow_on_head(text: str) -> list[str]:
+    """The head starts MLflow through the shared script, once, before Ray (workers that join
+    copy its credentials file); nothing starts an MLflow server another way, and no database URI
+    carries a password."""
     config = prepared(text)
-    servers = [c for c in config["head_start_ray_commands"] if "mlflow server" in c]
+    head = config["head_start_ray_commands"]
+    servers = [i for i, c in enumerate(head) if START_MLFLOW in c]
     problems = (
         [f"{len(servers)} MLflow servers started on the head, not 1"] if len(servers) != 1 else []
     )
-    for cmd in servers:  # its address: mlflow_internal_only
-        if "--backend-store-uri" not in cmd or "--artifacts-destination" not in cmd:
-            problems.append("MLflow without --backend-store-uri or --artifacts-destination")
-    problems += [
-        f"MLflow started on workers: {c!r}"
-        for c in all_commands(config)
-        if "mlflow server" in c and c not in servers
-    ]
+    ray_start = [i for i, c in enumerate(head) if "ray start --head" in c]
+    if servers and ray_start and servers[0] > ray_start[0]:
+        problems.append("MLflow starts after Ray: joining workers would miss its credentials")
+    if "~/.mlflow/credentials" not in config.get("cluster_synced_files", []):
+        problems.append("cluster_synced_files lacks ~/.mlflow/credentials")
+    for cmd in all_commands(config):
+        if "mlflow server" in cmd:
+            problems.append(f"MLflow started without start_mlflow.sh: {cmd!r}")
+        if START_MLFLOW in cmd and cmd not in (head[i] for i in servers):
+            problems.append(f"MLflow started on workers: {cmd!r}")
+        if re.search(r"MLFLOW_\w+=\S*://[^\s/@]*:[^\s/@]*@", cmd):
+            problems.append("a database password in an MLflow setting")
     return problems
 
 
@@ -743,7 +753,14 @@ BROKEN = [
     (pinned_install, "gcp.yaml", "pip install -q -c constraints.txt -e '.[gcp]'",
      "pip install -q -e '.[gcp]'", "without -c constraints.txt"),
     (pinned_install, "gcp.yaml", "-e '.[gpu]'", "-e .", "not the `gpu` extra"),
-    (mlflow_on_head, "onprem.yaml", "setsid nohup mlflow server", "setsid nohup true", "0 MLflow"),
+    (mlflow_on_head, "onprem.yaml", "bash ~/raytrain/cluster_configs/start_mlflow.sh",
+     "true", "0 MLflow"),
+    (mlflow_on_head, "gcp.yaml", "postgresql://mlflow@CLOUD_SQL_IP",
+     "postgresql://mlflow:pw@CLOUD_SQL_IP", "database password"),
+    (mlflow_on_head, "gcp-tpu.yaml", 'cluster_synced_files: ["~/.mlflow/credentials"]', "",
+     "cluster_synced_files"),
+    (mlflow_on_head, "gcp.yaml", "  - ray stop\n",
+     "  - ray stop\n  - mlflow server --host 0.0.0.0\n", "without start_mlflow.sh"),
     (gpu_terminate_on_maintenance, "gcp.yaml", "onHostMaintenance: TERMINATE",
      "onHostMaintenance: MIGRATE", "onHostMaintenance TERMINATE"),
     (tpu_node_types, "gcp-tpu.yaml", "      acceleratorType: v4-8",
@@ -775,10 +792,10 @@ BROKEN = [
     (firewall_ssh_only, "gcp-tpu.yaml", "--source-ranges YOUR_CIDR", "--source-ranges 0.0.0.0/0",
      "whole internet"),
     (firewall_ssh_only, "gcp.yaml", "--source-tags raytrain", "", "without a source range"),
-    (mlflow_internal_only, "gcp.yaml", '--host "$MLFLOW_HOST"', "--host 0.0.0.0",
+    (mlflow_internal_only, "gcp.yaml", START_MLFLOW, f"MLFLOW_HOST=0.0.0.0 {START_MLFLOW}",
      "all interfaces"),
-    (mlflow_internal_only, "gcp-tpu.yaml", "MLFLOW_HOST=$(hostname -I | awk '{print $1}')",
-     "MLFLOW_HOST=$(curl -s ifconfig.me)", "external one"),
+    (mlflow_internal_only, "gcp-tpu.yaml", START_MLFLOW,
+     f"MLFLOW_HOST=$(curl -s ifconfig.me) {START_MLFLOW}", "external one"),
     (spot_workers, "gcp.yaml", "instanceTerminationAction: DELETE",
      "instanceTerminationAction: STOP", "not deleted"),
     (spot_workers, "gcp.yaml", "scheduling: {onHostMaintenance: TERMINATE}",
@@ -855,66 +872,85 @@ def test_rule_rejects_a_broken_file(rule: Rule, name: str, old: str, new: str, w
 
 def mlflow_command(path: Path) -> str:
     return next(
-        c for c in prepared(path.read_text())["head_start_ray_commands"] if "mlflow server" in c
+        c for c in prepared(path.read_text())["head_start_ray_commands"] if START_MLFLOW in c
     )
+
+
+SETTING = re.compile(r"MLFLOW_\w+=\S+\s+")
 
 
 def test_every_config_starts_mlflow_the_same_way() -> None:
-    """One command, so that test_head_mlflow_command_runs covers every file."""
-    dest = re.compile(r"--artifacts-destination \S+")
-    commands = {dest.sub("DEST", mlflow_command(p)) for p in RAY_UP_FILES}
+    """One command but for its settings (stores, address), so that
+    test_head_mlflow_command_runs covers every file."""
+    commands = {SETTING.sub("", mlflow_command(p)) for p in RAY_UP_FILES}
     assert len(commands) == 1, commands
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@pytest.mark.slow  # starts an MLflow server and waits for it (up to a minute)
+@pytest.mark.slow  # starts an MLflow server and waits for it
 def test_head_mlflow_command_runs(tmp_path: Path) -> None:
-    """gcp.yaml's command, on this machine: it returns at once (an SSH session would otherwise
-    hang), the server tracks a run with an artifact, and a second `ray up` starts no second one."""
-    home, artifacts, port = tmp_path / "home", tmp_path / "artifacts", _free_port()
+    """gcp.yaml's command, on this machine, with its stores swapped for local ones: it returns
+    once the server answers (pipes open, as over SSH), the server requires signing in, its
+    secrets are private files, MLFLOW_HOST is honoured (default: the first address of
+    `hostname -I`), and a second `ray up` starts no second server and keeps the passwords."""
+    home, artifacts, port = tmp_path / "home", tmp_path / "artifacts", free_port()
     home.mkdir()
+    (home / "raytrain").symlink_to(ROOT)  # the rsynced repository
     (home / "raytrain-venv").symlink_to(sys.prefix)  # the venv the command activates
-    command = mlflow_command(CONFIGS / "gcp.yaml").replace(":5000", f":{port}")
-    command = command.replace("--port 5000", f"--port {port}")
-    command = re.sub(
-        r"--artifacts-destination \S+", f"--artifacts-destination {artifacts}", command
+    command = SETTING.sub("", mlflow_command(CONFIGS / "gcp.yaml"))
+    command = command.replace(
+        "bash ", f"MLFLOW_ARTIFACTS_DESTINATION={artifacts} MLFLOW_PORT={port} bash ", 1
     )
-    env = {**os.environ, "HOME": str(home)}
-    pid_file = home / "mlflow" / "server.pid"
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env |= {"HOME": str(home), "MLFLOW_WORKERS": "1"}  # one server process: tests share 2 CPUs
+    folder = home / "mlflow"
     try:
-        start = time.monotonic()
-        # Pipes, as over SSH: a server that kept them open would make this wait for it.
+        # Another loopback address: the server must listen there, and only there.
         subprocess.run(
-            ["bash", "-c", command], env=env, check=True, timeout=30, capture_output=True
+            ["bash", "-c", command],
+            env={**env, "MLFLOW_HOST": "127.0.0.2"},
+            check=True,
+            timeout=300,
+            capture_output=True,
         )
-        assert time.monotonic() - start < 10
-        uri = (home / "mlflow" / "tracking_uri").read_text().strip()
-        deadline = time.monotonic() + 60
-        while True:
-            try:
-                urllib.request.urlopen(f"{uri}/health", timeout=2)
-                break
-            except OSError:
-                assert time.monotonic() < deadline, (home / "mlflow" / "server.log").read_text()
-                time.sleep(0.5)
+        server = MlflowServer(f"http://127.0.0.2:{port}", home)
+        assert (folder / "tracking_uri").read_text().strip() == server.uri
+        for secret in (folder / "admin_password", home / ".mlflow" / "credentials"):
+            assert secret.stat().st_mode & 0o777 == 0o600, secret
+        assert folder.stat().st_mode & 0o777 == 0o700
+        passwords = [server.admin[1], server.jobs[1]]
+        assert min(len(p) for p in passwords) >= 32
+        assert not any(p in (folder / "basic_auth.ini").read_text() for p in passwords)
+
+        assert server.create_experiment() == 401
+        assert server.create_experiment(server.admin) == 200
+        assert server.create_experiment((server.jobs[0], "not-the-password")) == 401
+        with pytest.raises(ConnectionRefusedError):
+            socket.create_connection(("127.0.0.1", port), timeout=2).close()
         import mlflow
 
-        client = mlflow.MlflowClient(tracking_uri=uri)
-        run = client.create_run(client.create_experiment("cluster-config-check"))
-        (tmp_path / "note.txt").write_text("hello")
-        client.log_artifact(run.info.run_id, str(tmp_path / "note.txt"))
+        with signed_in_as(server.jobs):
+            client = mlflow.MlflowClient(tracking_uri=server.uri)
+            run = client.create_run(client.create_experiment("cluster-config-check"))
+            (tmp_path / "note.txt").write_text("hello")
+            client.log_artifact(run.info.run_id, str(tmp_path / "note.txt"))
         assert list(artifacts.rglob("note.txt"))
-        first_pid = pid_file.read_text()
-        subprocess.run(
-            ["bash", "-c", command], env=env, check=True, timeout=30, capture_output=True
+
+        # Again, without MLFLOW_HOST: `hostname -I` (faked: a loopback address first) names it.
+        fake = tmp_path / "bin"
+        fake.mkdir()
+        (fake / "hostname").write_text("#!/bin/sh\necho '127.0.0.2 10.9.9.9 '\n")
+        (fake / "hostname").chmod(0o755)
+        first_pid = (folder / "server.pid").read_text()
+        again = subprocess.run(
+            ["bash", "-c", command],
+            env={**env, "PATH": f"{fake}{os.pathsep}{env['PATH']}"},
+            check=True,
+            timeout=120,
+            capture_output=True,
+            text=True,
         )
-        assert pid_file.read_text() == first_pid
-        os.kill(int(first_pid), 0)  # still the same server
+        assert "already running at " + server.uri in again.stdout
+        assert (folder / "server.pid").read_text() == first_pid
+        assert [server.admin[1], server.jobs[1]] == passwords
     finally:
-        if pid_file.exists():
-            os.killpg(int(pid_file.read_text()), signal.SIGTERM)  # setsid made it a group leader
+        stop_mlflow(home)

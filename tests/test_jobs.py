@@ -186,6 +186,14 @@ def _experiment(folder: Path, *, epochs: int = 2, data: str = '{source: "builtin
     )
 
 
+# The submitting user's MLflow credentials: `raytrain submit` must not send them anywhere (the
+# job signs in with the cluster's own, docs/tracking.md).
+SUBMITTERS_MLFLOW_USER = {
+    "MLFLOW_TRACKING_USERNAME": "alice",
+    "MLFLOW_TRACKING_PASSWORD": "alices-secret-7f3a9c",
+}
+
+
 @dataclass(frozen=True)
 class Submitted:
     job_id: str
@@ -220,7 +228,7 @@ def onprem_job(two_nodes: TwoNodes, tmp_path_factory: pytest.TempPathFactory) ->
         two_nodes.url,
         "--set",
         "data.locality=onprem",
-        env=two_nodes.env,
+        env={**two_nodes.env, **SUBMITTERS_MLFLOW_USER},
         cwd=folder,
     )
     found = re.search(r"submitted job (\S+) to", result.stdout)
@@ -256,6 +264,15 @@ def test_jobs_lists_the_job_with_its_experiment(two_nodes: TwoNodes, onprem_job:
     (row,) = [line for line in result.stdout.splitlines() if onprem_job.job_id in line]
     assert "SUCCEEDED" in row
     assert "tiny-remote" in row
+    # Nothing the cluster keeps or shows about the job carries the submitter's MLflow password.
+    from ray.job_submission import JobSubmissionClient
+
+    from raytrain.cluster.jobs import _auth_headers
+
+    client = JobSubmissionClient(two_nodes.url, headers=_auth_headers())
+    shown = json.dumps(client.get_job_info(onprem_job.job_id).__dict__, default=str)
+    shown += client.get_job_logs(onprem_job.job_id) + onprem_job.result.stdout
+    assert SUBMITTERS_MLFLOW_USER["MLFLOW_TRACKING_PASSWORD"] not in shown
 
 
 @pytest.mark.slow  # starts Ray (or joins it) in a subprocess

@@ -47,6 +47,7 @@ class OnPrem:
     env: dict[str, str]  # the laptop's shell: its HOME (key, Ray's token) and the repo's venv
     tracking_uri: str
     docs_uri: str  # what the docs' MLFLOW_URI=$(ray exec ...) line gives
+    admin_password: str  # what the docs' `ray exec ... admin_password` line gives
     shared: Path  # a folder both machines see: the experiments' storage
     experiments: Path
     up_s: float
@@ -60,9 +61,27 @@ class OnPrem:
         return self.laptop(str(BIN / "raytrain"), *args, timeout=timeout, check=False)
 
     def python(self, code: str) -> object:
-        """``code``'s printed JSON, run on the laptop (only it reaches the LAN's addresses)."""
-        done = self.laptop(str(BIN / "python"), "-c", textwrap.dedent(code), timeout=120)
+        """``code``'s printed JSON, run on the laptop (only it reaches the LAN's addresses),
+        signed in to the head's MLflow as its admin (docs/tracking.md: the UI's user)."""
+        signed_in = {"MLFLOW_TRACKING_USERNAME": "admin"}
+        signed_in["MLFLOW_TRACKING_PASSWORD"] = self.admin_password
+        done = self.lan.on_laptop(
+            [str(BIN / "python"), "-c", textwrap.dedent(code)],
+            env={**self.env, **signed_in},
+            cwd=REPO,
+            timeout=120,
+            check=True,
+        )
         return json.loads(done.stdout.strip().splitlines()[-1])
+
+
+# The MLflow command's database and artifact settings: TRACKING in the header says to drop them
+# to try the cluster without PostgreSQL (sqlite and artifacts in ~/mlflow on the head). The
+# machines here have no PostgreSQL server; tests/test_tracking_server.py runs the same script on
+# a real one.
+POSTGRES_SETTINGS = re.compile(
+    r"^ +MLFLOW_(BACKEND_STORE_URI|AUTH_DATABASE_URI|ARTIFACTS_DESTINATION)=\S+\n", re.MULTILINE
+)
 
 
 def _filled_in(text: str, head: str, worker: str, user: str, key: Path) -> str:
@@ -75,6 +94,8 @@ def _filled_in(text: str, head: str, worker: str, user: str, key: Path) -> str:
     ]:
         assert placeholder in text, f"onprem.yaml no longer has '{placeholder}'"
         text = text.replace(placeholder, value)
+    text, dropped = POSTGRES_SETTINGS.subn("", text)
+    assert dropped == 3, "onprem.yaml's MLflow command no longer has the three settings to drop"
     return text
 
 
@@ -131,7 +152,9 @@ def onprem() -> Iterator[OnPrem]:
             shutil.chown(shared, lan.user)
             experiments = root / "experiments"
             experiments.mkdir()
-            cluster = OnPrem(lan, head, worker, config, key, env, "", "", shared, experiments, 0.0)
+            cluster = OnPrem(
+                lan, head, worker, config, key, env, "", "", "", shared, experiments, 0.0
+            )
             start = time.monotonic()
             up = cluster.laptop(
                 str(BIN / "ray"), "up", "-y", str(config), timeout=1500, check=False
@@ -149,6 +172,13 @@ def onprem() -> Iterator[OnPrem]:
             # docs/clusters.md's line, as written there (checked in a test of its own)
             read = f"ray exec {config} 'cat ~/mlflow/tracking_uri' | tr -d '\\r' | grep -m1 '^http'"
             cluster.docs_uri = cluster.laptop("bash", "-c", read).stdout.strip()
+            # docs/clusters.md's line for the admin's password (the UI's sign-in)
+            read = (
+                f"ray exec {config} 'sed \"s/^/admin password: /\" ~/mlflow/admin_password'"
+                " | tr -d '\\r' | grep -m1 '^admin password: '"
+            )
+            shown = cluster.laptop("bash", "-c", read).stdout.strip()
+            cluster.admin_password = shown.removeprefix("admin password: ")
             cluster.tracking_uri = f"http://{head.address}:5000"
             yield cluster
     finally:
@@ -278,6 +308,23 @@ def test_ray_up_brings_up_both_machines(onprem: OnPrem) -> None:
 
 def test_the_docs_read_the_mlflow_uri(onprem: OnPrem) -> None:
     assert onprem.docs_uri == onprem.tracking_uri, repr(onprem.docs_uri)
+
+
+def test_mlflow_requires_signing_in_and_the_docs_read_the_admin_password(onprem: OnPrem) -> None:
+    """Jobs sign in by themselves (the cluster's raytrain-jobs user: the tests below); anyone
+    else needs a user, here the admin whose password the docs' line read from the head."""
+    search = f"{onprem.tracking_uri}/api/2.0/mlflow/experiments/search?max_results=1"
+    codes = onprem.python(
+        f"""
+        import json, os, requests
+        admin = ("admin", os.environ["MLFLOW_TRACKING_PASSWORD"])
+        print(json.dumps([
+            requests.get("{search}", auth=auth, timeout=30).status_code
+            for auth in (None, ("admin", "wrong"), admin)
+        ]))
+        """
+    )
+    assert codes == [401, 401, 200]
 
 
 def test_two_workers_train_on_both_machines(onprem: OnPrem) -> None:

@@ -65,6 +65,17 @@ def test_two_workers_converge_and_mlflow_has_everything(workdir: Path) -> None:
     np.testing.assert_allclose(
         logged.predict(x, verbose=0), trained.predict(x, verbose=0), atol=1e-6
     )
+    # Its requirements are pinned as MLflow would infer them, without the process it starts to.
+    model_uri = f"models:/digits-cnn/{summary.registered_version}"
+    pinned = Path(mlflow.pyfunc.get_model_dependencies(model_uri)).read_text().split()
+    assert [p.split("==")[0] for p in pinned] == [
+        "mlflow",
+        "cloudpickle",
+        "numpy",
+        "tensorflow",
+        "tf-keras",
+    ]
+    assert f"tensorflow=={tf.__version__}" in pinned
     # Checkpoints kept: checkpoint.keep best by val_accuracy.
     kept = [
         p

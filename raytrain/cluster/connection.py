@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 import os
 import socket
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 from urllib.parse import urlsplit
@@ -14,7 +15,16 @@ import ray
 
 from raytrain.errors import ClusterError
 
-__all__ = ["WORKER_ENV", "ClusterInfo", "connect", "probe_dashboard", "state_address"]
+__all__ = [
+    "WORKER_ENV",
+    "ClusterInfo",
+    "connect",
+    "probe_dashboard",
+    "running_local_instance",
+    "state_address",
+]
+
+log = logging.getLogger(__name__)
 
 # The environment of every Ray worker process, set before TensorFlow is imported there:
 # tf.keras must be tf_keras (Keras 2), because Keras 3 fails inside model.fit under
@@ -28,6 +38,7 @@ WORKER_ENV = {"TF_USE_LEGACY_KERAS": "1", "TF_CPP_MIN_LOG_LEVEL": "3"}
 class ClusterInfo:
     address: str
     dashboard_url: str | None
+    started: bool = False  # a private instance this call started: nothing else ran on it yet
 
 
 def connect(
@@ -36,21 +47,31 @@ def connect(
     verbose: bool = False,
     env_vars: dict[str, str] | None = None,
     metrics_port: int | None = None,
+    on_notice: Callable[[str], None] | None = None,
 ) -> ClusterInfo:
-    """Join ``address`` (or ``$RAY_ADDRESS``), else start a private local Ray instance (with
-    Prometheus metrics on ``metrics_port``, if given).
+    """Join ``address`` (or ``$RAY_ADDRESS``); else the instance ``ray start --head`` runs on this
+    machine, if one answers (saying so through ``on_notice``, else the log); else start a
+    private local Ray instance (with Prometheus metrics on ``metrics_port``, if given).
+    ``address="local"`` always starts a private one.
 
     A process that is already connected (a test session, a Ray job's driver) keeps its connection.
     """
     if ray.is_initialized():
         return ClusterInfo(ray.get_runtime_context().gcs_address, None)
     target = address or os.environ.get("RAY_ADDRESS") or None
+    found = running_local_instance() if target is None else None
+    if found:
+        target = found
+        (on_notice or log.warning)(
+            f"using the Ray instance running on this machine at {found} (`ray start`); "
+            "`--address local` starts a private one"
+        )
     options: dict[str, Any] = {
         "runtime_env": {"env_vars": dict(env_vars or {})},
         "log_to_driver": verbose,
         "logging_level": logging.INFO if verbose else logging.ERROR,
     }
-    if target:
+    if target and target != "local":
         _probe(target)
     # Ray's driver prints every error the cluster publishes, whatever log_to_driver says: a
     # lost node is ~25 lines of its raylet's last log (seen). The run says what a loss means
@@ -59,7 +80,7 @@ def connect(
     if not verbose:
         ray._private.worker.listen_error_messages = _unprinted
     try:
-        if target:
+        if target and target != "local":
             ctx = ray.init(address=target, **options)
         else:
             # "local" starts a private instance even when `ray start --head` runs on this machine.
@@ -69,13 +90,37 @@ def connect(
                 options["_metrics_export_port"] = metrics_port
             ctx = ray.init(address="local", include_dashboard=True, **options)
     except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
-        where = target or "a local instance"
+        where = target if target and target != "local" else "a local instance"
+        if found:
+            where += " (found running: `--address local` starts a private instance)"
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ClusterError(f"cannot connect to Ray at {where}: {first_line}") from None
     finally:
         ray._private.worker.listen_error_messages = listener
     dashboard = f"http://{ctx.dashboard_url}" if ctx.dashboard_url else None
-    return ClusterInfo(ctx.address_info["gcs_address"], dashboard)
+    started = not target or target == "local"
+    return ClusterInfo(ctx.address_info["gcs_address"], dashboard, started=started)
+
+
+def running_local_instance() -> str | None:
+    """The GCS address of the instance ``ray start --head`` runs on this machine, if it answers.
+
+    Joining it saves starting a private instance (``ray.init``: 4-7 s on 2 cores, see
+    benchmarks/README.md). ``ray start`` writes its address to ``ray_current_cluster`` in Ray's
+    temp dir (``$RAY_TMPDIR/ray``, else /tmp/ray); the file outlives an instance that was killed,
+    hence the check that its port answers. Instances started by ``ray.init`` write no such file.
+    """
+    from ray._private.utils import read_ray_address  # where Ray keeps it; no public API
+
+    found = read_ray_address()
+    host, _, port = (found or "").rpartition(":")
+    if not host or not port.isdigit():
+        return None
+    try:
+        socket.create_connection((host, int(port)), timeout=1.0).close()
+    except OSError:
+        return None
+    return found
 
 
 def _unprinted(worker: Any, threads_stopped: Any) -> None:

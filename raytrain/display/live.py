@@ -27,9 +27,10 @@ if TYPE_CHECKING:
 __all__ = ["EpochProgress", "ServeProgress", "SweepProgress", "quiet_tensorflow"]
 
 
-def quiet_tensorflow(quiet: bool = True) -> None:
-    """Import TensorFlow with file descriptor 2 muted, and keep MLflow to warnings; with
-    ``quiet`` false (``--verbose``), let TensorFlow's native logs through instead.
+def quiet_tensorflow(quiet: bool = True, *, load: bool = True) -> None:
+    """Import TensorFlow with file descriptor 2 muted (unless ``load`` is false: the process
+    will not need it), and keep MLflow to warnings; with ``quiet`` false (``--verbose``), let
+    TensorFlow's native logs through instead.
 
     TensorFlow's native libraries log CUDA probes and CPU features while loading, before any log
     level applies (TF_CPP_MIN_LOG_LEVEL does not stop them). An import error still raises.
@@ -39,6 +40,8 @@ def quiet_tensorflow(quiet: bool = True) -> None:
         os.environ["TF_CPP_MIN_LOG_LEVEL"] = "0"
         return
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
+    if not load:
+        return
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, 2)

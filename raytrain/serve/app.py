@@ -33,6 +33,7 @@ from raytrain.serve.tensors import (
     parse_v2,
     v2_response,
 )
+from raytrain.tracking.credentials import Credentials
 from raytrain.tracking.registry import RegisteredModel, load_keras
 
 __all__ = ["APP_NAME", "ModelServer", "ServedModel", "api"]
@@ -188,9 +189,12 @@ class ModelServer:
         canary_percent: float,
         limits: dict[str, Any],
         token_digest: str | None = None,
+        signed_in: Credentials | None = None,
     ) -> None:
         import raytrain  # noqa: F401  (tf.keras must be tf_keras before TF loads a model)
 
+        if signed_in:  # the MLflow user of `raytrain serve`, to download the model
+            signed_in.use()
         self.limits = ServeSpec(**limits)
         _use_threads(self.limits.num_cpus)
         self.primary = _Version(primary, self.limits)

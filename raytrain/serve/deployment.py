@@ -16,6 +16,7 @@ from ray import serve
 from raytrain.config.schema import ServeSpec
 from raytrain.errors import RaytrainError
 from raytrain.serve.app import APP_NAME, ModelServer, ServedModel
+from raytrain.tracking import credentials
 from raytrain.tracking.registry import check_trusted, download, pickled_files, resolve
 
 __all__ = [
@@ -133,6 +134,7 @@ def deploy(
         canary_percent=canary_percent,
         limits=spec.model_dump(),
         token_digest=digest,
+        signed_in=credentials.current(),
     )
     serve.run(app, name=APP_NAME, route_prefix="/")
     url = client_url(spec.host, spec.port)

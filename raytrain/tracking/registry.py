@@ -120,14 +120,18 @@ def resolve(reference: str, *, tracking_uri: str) -> RegisteredModel:
 
 def download(model: RegisteredModel, path: str = "") -> str:
     """A local copy of the version's files (MLmodel, the tf_keras model), from wherever its
-    artifacts live. The location is asked of this registry: MLflow would resolve a
-    ``models:/`` URI against the process's global tracking URI, which a Serve replica lacks."""
+    artifacts live. The location is asked of this registry, and fetched through it: MLflow
+    would resolve a ``models:/`` URI, or the ``mlflow-artifacts:/`` one of a server that
+    proxies artifacts (``--artifacts-destination``), against the process's global tracking
+    URI, which a Serve replica lacks."""
     import mlflow
 
     location = _client(model.tracking_uri).get_model_version_download_uri(model.name, model.version)
     if path:  # one file of the model, e.g. its MLmodel, not the whole model
         location = f"{location.rstrip('/')}/{path}"
-    return mlflow.artifacts.download_artifacts(artifact_uri=location)
+    return mlflow.artifacts.download_artifacts(
+        artifact_uri=location, tracking_uri=model.tracking_uri
+    )
 
 
 def pickled_files(model: RegisteredModel) -> list[str]:
@@ -142,12 +146,17 @@ def pickled_files(model: RegisteredModel) -> list[str]:
     while folders:
         folder = folders.pop()
         where = f"{location}/{folder}" if folder else location
-        for item in mlflow.artifacts.list_artifacts(artifact_uri=where) or []:
+        listed = mlflow.artifacts.list_artifacts(
+            artifact_uri=where, tracking_uri=model.tracking_uri
+        )
+        for item in listed or []:
             path = f"{folder}/{item.path.rsplit('/', 1)[-1]}".lstrip("/")
             if item.is_dir:
                 folders.append(path)
             elif _is_pickled(path):
-                local = mlflow.artifacts.download_artifacts(artifact_uri=f"{location}/{path}")
+                local = mlflow.artifacts.download_artifacts(
+                    artifact_uri=f"{location}/{path}", tracking_uri=model.tracking_uri
+                )
                 if not inert_pickle(Path(local).read_bytes()):
                     found.append(path)
     return sorted(found)

@@ -28,7 +28,7 @@ import yaml
 
 from raytrain.errors import TrackingError
 from raytrain.masking import mask_text, mask_tree
-from raytrain.tracking import names
+from raytrain.tracking import credentials, names
 
 __all__ = [
     "CLIENT_ENV",
@@ -93,19 +93,30 @@ def absolute_tracking_uri(uri: str) -> str:
 def check_reachable(uri: str, *, timeout_s: float = 5.0) -> None:
     """Fail in seconds, before any cluster time is spent, if the tracking store is unusable.
 
-    MLflow's own client retries an unreachable server for minutes before it gives up.
+    MLflow's own client retries an unreachable server for minutes before it gives up; a server
+    that wants a sign-in answers 401, which is said here in one line with what to set.
     """
     if uri.startswith(("http://", "https://")):
         import requests
 
+        signed_in = credentials.current()
         try:
-            requests.get(f"{uri.rstrip('/')}/health", timeout=timeout_s)
+            answer = requests.get(
+                f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search",
+                params={"max_results": 1},
+                auth=signed_in.auth if signed_in else None,
+                # Seconds to connect; a server that answers slowly (checking a password costs
+                # it CPU) is given longer.
+                timeout=(timeout_s, 60),
+            )
         except requests.RequestException as exc:
             reason = type(exc).__name__
             raise TrackingError(
                 f"cannot reach the MLflow tracking server at {uri} ({reason}); start it, "
                 "fix tracking.uri, or set tracking.enabled: false"
             ) from None
+        if answer.status_code == 401:
+            raise TrackingError(credentials.sign_in_help(uri, signed_in))
     elif uri.startswith("sqlite:///"):
         database = Path(uri.removeprefix("sqlite:///"))
         folder = database.parent
@@ -256,9 +267,29 @@ def log_model(
             signature=signature,
             metadata=mask_tree(metadata),
             registered_model_name=register_as,
+            pip_requirements=_model_requirements(),
         )
     version = info.registered_model_version
     return str(version) if version is not None else None
+
+
+# What MLflow's tensorflow flavor writes to a tf_keras model's requirements.txt when it infers
+# them, which it does by loading the model in a new Python process that imports TensorFlow again:
+# seconds after every run (benchmarks/README.md, small_run). Pinned here to this process's versions.
+_MODEL_REQUIREMENTS = ("mlflow", "cloudpickle", "numpy", "tensorflow", "tf-keras")
+
+
+def _model_requirements() -> list[str]:
+    """``_MODEL_REQUIREMENTS`` pinned to the installed versions (those installed only)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    pins = []
+    for name in _MODEL_REQUIREMENTS:
+        try:
+            pins.append(f"{name}=={version(name)}")
+        except PackageNotFoundError:
+            continue
+    return pins
 
 
 def log_metrics(run: TrackedRun, metrics: dict[str, float], *, step: int) -> None:

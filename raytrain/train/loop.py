@@ -1,7 +1,8 @@
 """Data-parallel training of one experiment on Ray Train.
 
-``fit`` builds a ``TensorflowTrainer``; ``train_loop`` is what each of its workers runs. Read the
-loop top to bottom: the numbered comments are the distributed pitfalls it steps around.
+``fit`` builds Ray Train's trainer (TensorflowTrainer's, see backend.py); ``train_loop`` is what
+each of its workers runs. Read the loop top to bottom: the numbered comments are the distributed
+pitfalls it steps around.
 
     trainer workers: N Ray actors, one tf.distribute replica each
     per epoch:       fit one epoch -> every worker saves -> every worker reports (a barrier)
@@ -15,32 +16,29 @@ from __future__ import annotations
 
 import math
 import os
-import tempfile
-import time
-import types
 from typing import TYPE_CHECKING, Any
 
 import ray
 import ray.train
-import tensorflow as tf
 from ray.train import (
-    Checkpoint,
     CheckpointConfig,
     FailureConfig,
     RunConfig,
     ScalingConfig,
     UserCallback,
 )
-from ray.train.tensorflow import TensorflowTrainer
+from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
 from raytrain import storage
 from raytrain.cluster.connection import WORKER_ENV
 from raytrain.cluster.resources import worker_nodes
 from raytrain.config.schema import Experiment
-from raytrain.errors import DataError, TrainingError
-from raytrain.tracking import names
+from raytrain.errors import DataError
+from raytrain.tracking import credentials, names
+from raytrain.tracking.credentials import Credentials
 from raytrain.tracking.runs import CLIENT_ENV, EpochLogger, TrackedRun, tag_run
 from raytrain.train import checkpoint, failures
+from raytrain.train.backend import KerasBackendConfig
 from raytrain.train.evaluation import (
     TEST_EPOCH,
     TEST_PREFIX,
@@ -52,7 +50,7 @@ from raytrain.train.evaluation import (
 if TYPE_CHECKING:
     from raytrain.data.dataset import Dataset
 
-__all__ = ["build_optimizer", "fit", "train_loop"]
+__all__ = ["fit", "train_loop"]
 
 
 def fit(
@@ -76,10 +74,12 @@ def fit(
     # run would be spent waiting. Polling at 0.1 s cut a 0.02 s epoch's wall time from 2 s to
     # 0.2 s (benchmarks/README.md). The variable propagates from this driver to the controller.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
+    signed_in = credentials.current() if tracking else None
     config = {
         "spec": spec.model_dump(mode="json"),
         "data": data_ref,
         "tracking": tracking,
+        "signed_in": signed_in,  # shown (Ray Train's run details) as its repr, password hidden
         "progress": progress,
         "base_dir": base_dir,
         "run_folder": storage.join(storage_path, run_name),
@@ -87,12 +87,17 @@ def fit(
     path, filesystem = storage.ray_storage(storage_path)
     failures.install()
     if tracking is not None or progress is not None:
-        callbacks = [*(callbacks or []), _CommittedEpochs(tracking, progress, spec.train.epochs)]
+        callbacks = [
+            *(callbacks or []),
+            _CommittedEpochs(tracking, progress, spec.train.epochs, signed_in),
+        ]
     if progress is not None:
         callbacks = [*(callbacks or []), failures.LossNotice(progress, spec.failure.max_failures)]
-    trainer = TensorflowTrainer(
+    # Ray's TensorflowTrainer, with a backend config whose module does not import TensorFlow.
+    trainer = DataParallelTrainer(
         train_loop,
         train_loop_config=config,
+        backend_config=KerasBackendConfig(),
         datasets=datasets,
         scaling_config=ScalingConfig(
             num_workers=spec.scaling.num_workers,
@@ -120,8 +125,17 @@ def fit(
 
 def train_loop(config: dict[str, Any]) -> None:
     """One worker's share of the run."""
+    import tensorflow as tf  # here, not at the top: only workers need it (worker.py says why)
+
     from raytrain.data.dataset import make_tf_dataset, shard
     from raytrain.models import build_model
+    from raytrain.train.worker import (
+        Reporter,
+        all_reduce_gradients_as,
+        allreduce_dtype,
+        build_optimizer,
+        strategy_for,
+    )
 
     spec = Experiment.model_validate(config["spec"])
     ctx = ray.train.get_context()
@@ -140,7 +154,7 @@ def train_loop(config: dict[str, Any]) -> None:
     # 2. Strategy: MultiWorkerMirroredStrategy only when there is a peer. With one worker it adds
     #    ~40 ms per step for nothing (measured: 0.49x plain Keras at batch 512); TF's default
     #    strategy runs at plain-Keras speed.
-    strategy = _strategy(spec, world)
+    strategy = strategy_for(spec, world)
 
     # 3. Data: each worker trains on its own equal-length shard, at its share of the global
     #    batch. Equal shards mean equal steps, which the all-reduce needs on every worker.
@@ -172,9 +186,9 @@ def train_loop(config: dict[str, Any]) -> None:
             metrics=list(spec.train.metrics),
             steps_per_execution=spec.train.steps_per_execution,
         )
-    allreduce_dtype = _allreduce_dtype(spec)
-    if world > 1 and (allreduce_dtype != "float32" or spec.scaling.bytes_per_pack):
-        _all_reduce_gradients_as(allreduce_dtype, spec.scaling.bytes_per_pack, model.optimizer)
+    dtype = allreduce_dtype(spec)
+    if world > 1 and (dtype != "float32" or spec.scaling.bytes_per_pack):
+        all_reduce_gradients_as(dtype, spec.scaling.bytes_per_pack, model.optimizer)
 
     # 5. Resume: after a worker failure Ray restarts the whole group and hands every worker the
     #    last reported checkpoint; so does a run resumed from its storage folder (`raytrain
@@ -184,6 +198,8 @@ def train_loop(config: dict[str, Any]) -> None:
     history = checkpoint.restore(model)
     start_epoch = int(history[-1]["epoch"]) if history else 0
     tracked = config["tracking"] if rank == 0 else None
+    if tracked and config["signed_in"]:  # rank 0 tags the run, signed in as the driver is
+        config["signed_in"].use()
     if tracked and start_epoch:
         tag_run(tracked, names.RESUMED_FROM_TAG, str(start_epoch))
     if start_epoch >= spec.train.epochs:
@@ -194,7 +210,7 @@ def train_loop(config: dict[str, Any]) -> None:
     if tracked:  # where the workers run: what data.locality promises, checked after the fact
         tag_run(tracked, names.NODES_TAG, ", ".join(worker_nodes(world)))
 
-    reporter = _Reporter(
+    reporter = Reporter(
         rank=rank,
         samples_per_epoch=min(steps * batch, data.info.num_train // world) * world,
         history=history,
@@ -231,71 +247,6 @@ def train_loop(config: dict[str, Any]) -> None:
         ray.train.report({**reporter.last, **tested})
 
 
-class _Reporter(tf.keras.callbacks.Callback):
-    """Per-epoch metrics, timing and a checkpoint, reported by every worker; with ``keep_best``
-    (metric, mode), the weights of the best epoch so far, kept in memory for the test set."""
-
-    def __init__(
-        self,
-        *,
-        rank: int,
-        samples_per_epoch: int,
-        history: list[dict[str, float]],
-        keep_best: tuple[str, str] | None = None,
-    ) -> None:
-        super().__init__()
-        self.rank, self.samples, self.history = rank, samples_per_epoch, list(history)
-        self._t0 = self._train_s = 0.0
-        self.keep_best = keep_best
-        self.best_epoch: int | None = None
-        self.best_weights: list[Any] | None = None
-        self._best_score: float | None = None
-        self.last: dict[str, float] = {}
-
-    def on_best_candidate(self, epoch: int, metrics: dict[str, float]) -> None:
-        """Keep this epoch's weights if its score beats the best so far (ties: the earlier
-        epoch, as the run's choice of its best checkpoint)."""
-        self.last = metrics
-        if self.keep_best is None or self.keep_best[0] not in metrics:
-            return
-        score, mode = metrics[self.keep_best[0]], self.keep_best[1]
-        best = self._best_score
-        if best is None or (score > best if mode == "max" else score < best):
-            # Reads each worker's local copy of the mirrored variables: no collective op.
-            self._best_score, self.best_epoch = score, epoch
-            self.best_weights = self.model.get_weights()
-
-    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
-        self._t0 = time.perf_counter()
-
-    def on_test_begin(self, logs: dict | None = None) -> None:
-        self._train_s = time.perf_counter() - self._t0  # validation is not training throughput
-
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
-        done = epoch + 1
-        metrics = {k: float(v) for k, v in (logs or {}).items()}
-        if not math.isfinite(metrics.get("loss", 0.0)):
-            raise TrainingError(
-                f"the loss became {metrics['loss']} at epoch {done}; lower "
-                "train.optimizer.learning_rate or set train.optimizer.clipnorm"
-            )
-        metrics["epoch"] = done
-        # Model size, so that a sweep can trade it against accuracy (a multi-objective metric).
-        metrics["param_count"] = self.model.count_params()
-        metrics["model_bytes"] = sum(int(w.nbytes) for w in self.model.get_weights())
-        metrics["epoch_time_s"] = time.perf_counter() - self._t0
-        metrics["samples_per_s"] = self.samples / max(self._train_s, 1e-9)
-        self.history.append(metrics)
-        self.on_best_candidate(done, metrics)
-        # 6. Every worker saves: under MWMS, saving reads mirrored variables through collective
-        #    ops, and a save on rank 0 alone deadlocks. Only rank 0's copy becomes the checkpoint,
-        #    but every worker calls report the same number of times: it is a barrier.
-        with tempfile.TemporaryDirectory(prefix="raytrain-ckpt-") as folder:
-            checkpoint.write(self.model, folder, history=self.history)
-            saved = Checkpoint.from_directory(folder) if self.rank == 0 else None
-            ray.train.report(metrics, checkpoint=saved)
-
-
 class _CommittedEpochs(UserCallback):
     """On Ray Train's controller: each epoch, once all workers reported it and its checkpoint is
     committed, to MLflow and to the driver's progress queue. An epoch that a worker reported but
@@ -303,8 +254,15 @@ class _CommittedEpochs(UserCallback):
     sent from here, it is logged once, not once per attempt. MLflow gets it in the background
     (``EpochLogger``); the last epoch's event says which epochs MLflow did not get."""
 
-    def __init__(self, tracking: TrackedRun | None, progress: Any, total_epochs: int) -> None:
+    def __init__(
+        self,
+        tracking: TrackedRun | None,
+        progress: Any,
+        total_epochs: int,
+        signed_in: Credentials | None = None,
+    ) -> None:
         self.tracking, self.logger = tracking, None  # the logger's thread starts on the controller
+        self.signed_in = signed_in
         self.progress, self.total_epochs = progress, total_epochs
 
     def after_report(self, run_context: Any, metrics: list[dict], checkpoint: Any) -> None:
@@ -313,7 +271,10 @@ class _CommittedEpochs(UserCallback):
         epoch = dict(metrics[0])  # rank 0's
         event = {**epoch, "total_epochs": self.total_epochs}
         if self.tracking:
-            self.logger = self.logger or EpochLogger(self.tracking)
+            if self.logger is None:
+                if self.signed_in:  # the controller signs in as the driver did
+                    self.signed_in.use()
+                self.logger = EpochLogger(self.tracking)
             self.logger.log(epoch, step=int(epoch["epoch"]))
             if epoch["epoch"] >= self.total_epochs:  # the driver logs the rest after fit
                 self.logger.flush()
@@ -361,63 +322,3 @@ def _streamed_input(
         repeat=False,
     )
     return train_ds, val_ds, steps, val_rows // val_batch
-
-
-def _strategy(spec: Experiment, world: int) -> Any:
-    if spec.scaling.accelerator == "tpu":
-        # This worker holds the whole TPU VM host; its chips are local to it.
-        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu="local")
-        tf.config.experimental_connect_to_cluster(resolver)
-        tf.tpu.experimental.initialize_tpu_system(resolver)
-        return tf.distribute.TPUStrategy(resolver)
-    if world == 1:
-        return tf.distribute.get_strategy()
-    impl = tf.distribute.experimental.CommunicationImplementation
-    chosen = {"auto": impl.AUTO, "ring": impl.RING, "nccl": impl.NCCL}[spec.scaling.communication]
-    options = tf.distribute.experimental.CommunicationOptions(implementation=chosen)
-    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
-
-
-def _allreduce_dtype(spec: Experiment) -> str:
-    if spec.scaling.allreduce_dtype != "auto":
-        return spec.scaling.allreduce_dtype
-    # mixed_float16's LossScaleOptimizer sums the (scaled) gradients itself.
-    return "float32" if spec.train.mixed_precision == "mixed_float16" else "bfloat16"
-
-
-def _all_reduce_gradients_as(dtype_name: str, bytes_per_pack: int, optimizer: Any) -> None:
-    """Sum gradients across workers in ``dtype_name``, in packs of ``bytes_per_pack``.
-
-    tf_keras documents ``aggregate_gradients`` as the method to override for custom aggregation;
-    it is replaced on this instance only, so saved models keep the plain optimizer class.
-    """
-    dtype = tf.as_dtype(dtype_name)
-    options = tf.distribute.experimental.CommunicationOptions(bytes_per_pack=bytes_per_pack)
-
-    def aggregate_gradients(self: Any, grads_and_vars: list) -> list:
-        present = [(g, v) for g, v in grads_and_vars if g is not None]
-        summed = tf.distribute.get_replica_context().all_reduce(
-            tf.distribute.ReduceOp.SUM, [tf.cast(g, dtype) for g, _ in present], options=options
-        )
-        return [(tf.cast(g, v.dtype), v) for g, (_, v) in zip(summed, present, strict=True)]
-
-    optimizer.aggregate_gradients = types.MethodType(aggregate_gradients, optimizer)
-
-
-def build_optimizer(spec: Experiment) -> Any:
-    """The optimizer the experiment names (also used by the benchmarks' plain-Keras baseline)."""
-    opt = spec.train.optimizer
-    common: dict[str, Any] = {"learning_rate": opt.learning_rate}
-    if opt.clipnorm:
-        common["clipnorm"] = opt.clipnorm
-    if opt.name == "adam":
-        return tf.keras.optimizers.Adam(**common)
-    if opt.name == "adamw":
-        return tf.keras.optimizers.AdamW(weight_decay=opt.weight_decay or 0.004, **common)
-    if opt.name == "sgd":
-        return tf.keras.optimizers.SGD(
-            momentum=opt.momentum, weight_decay=opt.weight_decay or None, **common
-        )
-    if opt.name == "rmsprop":
-        return tf.keras.optimizers.RMSprop(momentum=opt.momentum, **common)
-    return tf.keras.optimizers.Adagrad(**common)

@@ -78,7 +78,9 @@ def run_experiment(
     that training survives (a lost worker, and the restart), else it is logged as a warning."""
     spec = loaded.spec
     tracking.bound_client()
-    data = prepare(spec, spec_tracking_uri(spec), address=address, verbose=verbose)
+    data = prepare(
+        spec, spec_tracking_uri(spec), address=address, verbose=verbose, on_notice=on_notice
+    )
     check_feasible(
         num_workers=spec.scaling.num_workers,
         per_worker=spec.worker_resources(),
@@ -132,7 +134,8 @@ def resume_run(
         raise RaytrainError(f"run '{state.run_name}' finished{logged}: nothing to resume")
     tracking.bound_client()
     address = address or state.address
-    data = prepare(state.spec, tracked.uri if tracked else None, address=address, verbose=verbose)
+    uri = tracked.uri if tracked else None
+    data = prepare(state.spec, uri, address=address, verbose=verbose, on_notice=on_notice)
     if tracked:
         tracking.reopen_run(tracked)
     return _train(state, data, on_epoch=on_epoch, on_start=on_start, on_notice=on_notice)
@@ -446,8 +449,16 @@ def spec_tracking_uri(spec: Any) -> str | None:
     return tracking.absolute_tracking_uri(spec.tracking.uri) if spec.tracking.enabled else None
 
 
-def prepare(spec: Any, tracking_uri: str | None, *, address: str | None, verbose: bool) -> Any:
-    """Everything that can fail fast, before any cluster time: tracking, data, then Ray."""
+def prepare(
+    spec: Any,
+    tracking_uri: str | None,
+    *,
+    address: str | None,
+    verbose: bool,
+    on_notice: Callable[[str], None] | None = None,
+) -> Any:
+    """Everything that can fail fast, before any cluster time: tracking, data, then Ray
+    (``on_notice`` hears which Ray instance, when it is one found running)."""
     from raytrain.cluster.connection import WORKER_ENV
 
     check_writable(spec.storage, what="storage")
@@ -462,8 +473,9 @@ def prepare(spec: Any, tracking_uri: str | None, *, address: str | None, verbose
         data = load_dataset(spec.data, loss=spec.train.loss)
     # Workers reach the same storage as this process (an emulator's address, when one is set).
     env = {**WORKER_ENV, **tracking.CLIENT_ENV, **forwarded_env()}
-    connect(address, verbose=verbose, env_vars=env)
-    release_orphaned_placement_groups()  # a killed driver's leftovers would block this run
+    cluster = connect(address, verbose=verbose, env_vars=env, on_notice=on_notice)
+    if not cluster.started:  # a killed driver's leftovers would block this run
+        release_orphaned_placement_groups()  # (none on an instance this run just started)
     check_locality(spec.data.locality)
     check_storage_on_nodes(spec.storage, resource=spec.data.locality)
     if spec.data.streaming:

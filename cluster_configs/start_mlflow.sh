@@ -1,0 +1,164 @@
+#!/usr/bin/env bash
+# Starts raytrain's MLflow tracking server with MLflow's basic-auth app: every request needs a
+# user name and password. Every cluster config runs this script on the head (ray up), and the
+# Kubernetes server pod runs it too; docs/tracking.md explains the whole setup.
+#
+# Settings (environment variables; all optional):
+#   MLFLOW_HOST                   address to listen on. Default: the machine's first address
+#                                 (`hostname -I`); set it when the workers reach another one.
+#   MLFLOW_PORT                   5000
+#   MLFLOW_BACKEND_STORE_URI      runs and model registry. Default sqlite:///$MLFLOW_HOME/mlflow.db
+#                                 (lost with the disk); a cluster that should keep its runs names
+#                                 PostgreSQL: postgresql://USER@HOST:5432/mlflow. The database
+#                                 password never goes in the URI: it is read from ~/.pgpass
+#                                 (mode 600) or PGPASSWORD, the PostgreSQL client's own places.
+#   MLFLOW_PGPASS_SECRET          on GCP: a Secret Manager secret holding ~/.pgpass's line(s)
+#                                 (HOST:5432:*:USER:PASSWORD), fetched with the VM's service
+#                                 account into ~/.pgpass on each start
+#   MLFLOW_AUTH_DATABASE_URI      the users and permissions. Default
+#                                 sqlite:///$MLFLOW_HOME/basic_auth.db; on PostgreSQL, a database
+#                                 of its own: postgresql://USER@HOST:5432/mlflow_auth
+#   MLFLOW_ARTIFACTS_DESTINATION  models and files: gs://BUCKET/mlflow or a shared folder.
+#                                 Default $MLFLOW_HOME/artifacts
+#   MLFLOW_DEFAULT_PERMISSION     what every signed-in user may do on experiments and models
+#                                 others created: EDIT (default: log runs, register versions,
+#                                 move aliases), READ, or NO_PERMISSIONS. Deleting and granting
+#                                 stay with their creator and the admin.
+#   MLFLOW_ALLOWED_HOSTS          Host headers the server accepts. Default: MLFLOW_HOST and
+#                                 localhost (an SSH tunnel or port-forward)
+#   MLFLOW_WORKERS                server processes, 4 by default
+#   MLFLOW_SERVER_ENABLE_JOB_EXECUTION   MLflow's GenAI job runner: false by default (unused)
+#   MLFLOW_HOME                   the server's own files. Default ~/mlflow
+#   MLFLOW_AUTH_ADMIN_PASSWORD    the admin's password; default: generated once into
+#                                 $MLFLOW_HOME/admin_password (mode 600)
+#   MLFLOW_JOBS_PASSWORD          the password of the user `raytrain-jobs` that jobs and Ray
+#                                 workers log in as; default: generated once
+#   MLFLOW_FOREGROUND=1           run the server in this process (a container's command) instead
+#                                 of detached
+#
+# What it writes (mode 600, in folders of mode 700):
+#   $MLFLOW_HOME/admin_password   the user `admin` (every right; adds users): for the UI
+#   ~/.mlflow/credentials         MLflow's own credentials file, user `raytrain-jobs`: every MLflow
+#                                 client on this machine (raytrain jobs, Ray Train workers) logs
+#                                 in with it; the cluster configs copy it to each worker
+#                                 (cluster_synced_files)
+#   $MLFLOW_HOME/tracking_uri     the URI for experiments: http://HOST:PORT
+#   $MLFLOW_HOME/server.log, server.pid
+# Passwords are never printed, never on a command line and never in a URI. The script is
+# idempotent: run again, it leaves a running server alone. On each start it sets the two users'
+# passwords in the user database to those files, so a new head on a kept database still works.
+set -euo pipefail
+umask 077
+
+home=${MLFLOW_HOME:-$HOME/mlflow}
+host=${MLFLOW_HOST:-$(hostname -I | awk '{print $1}')}
+port=${MLFLOW_PORT:-5000}
+backend=${MLFLOW_BACKEND_STORE_URI:-sqlite:///$home/mlflow.db}
+auth_db=${MLFLOW_AUTH_DATABASE_URI:-sqlite:///$home/basic_auth.db}
+artifacts=${MLFLOW_ARTIFACTS_DESTINATION:-$home/artifacts}
+permission=${MLFLOW_DEFAULT_PERMISSION:-EDIT}
+allowed=${MLFLOW_ALLOWED_HOSTS:-$host,$host:$port,localhost,localhost:*,127.0.0.1,127.0.0.1:*}
+jobs_user=raytrain-jobs
+credentials=$HOME/.mlflow/credentials
+
+if [ -z "$host" ]; then
+  echo "start_mlflow.sh: no address to listen on: set MLFLOW_HOST" >&2
+  exit 1
+fi
+for uri in "$backend" "$auth_db"; do
+  case $uri in
+    *://*:*@*) echo "start_mlflow.sh: a database URI holds a password: put it in ~/.pgpass" \
+      "(mode 600) or PGPASSWORD instead" >&2; exit 1 ;;
+  esac
+done
+if [ -n "${MLFLOW_PGPASS_SECRET:-}" ]; then
+  gcloud secrets versions access latest --secret="$MLFLOW_PGPASS_SECRET" > "$HOME/.pgpass.new"
+  mv "$HOME/.pgpass.new" "$HOME/.pgpass"
+fi
+mkdir -p "$home" "$HOME/.mlflow"
+chmod 700 "$home" "$HOME/.mlflow"
+echo "http://$host:$port" > "$home/tracking_uri"
+chmod 644 "$home/tracking_uri"
+
+new_secret() { python -c 'import secrets; print(secrets.token_urlsafe(32))'; }
+healthy() {
+  python -c 'import sys, urllib.request; urllib.request.urlopen(sys.argv[1], timeout=5)' \
+    "http://$host:$port/health" > /dev/null 2>&1
+}
+if [ -n "${MLFLOW_AUTH_ADMIN_PASSWORD:-}" ]; then
+  printf '%s\n' "$MLFLOW_AUTH_ADMIN_PASSWORD" > "$home/admin_password"
+elif [ ! -s "$home/admin_password" ]; then
+  new_secret > "$home/admin_password"
+fi
+[ -s "$home/flask_secret_key" ] || new_secret > "$home/flask_secret_key"
+jobs_password=${MLFLOW_JOBS_PASSWORD:-}
+if [ -z "$jobs_password" ] && [ -s "$credentials" ]; then
+  jobs_password=$(sed -n 's/^mlflow_tracking_password *= *//p' "$credentials")
+fi
+jobs_password=${jobs_password:-$(new_secret)}
+printf '[mlflow]\nmlflow_tracking_username = %s\nmlflow_tracking_password = %s\n' \
+  "$jobs_user" "$jobs_password" > "$credentials"
+chmod 600 "$credentials" "$home/admin_password" "$home/flask_secret_key"
+
+# MLflow's auth app reads its settings from this file; no password in it.
+cat > "$home/basic_auth.ini" <<EOF
+[mlflow]
+default_permission = $permission
+database_uri = $auth_db
+admin_username = admin
+authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+EOF
+
+if healthy; then
+  echo "MLflow is already running at http://$host:$port"
+  exit 0
+fi
+
+# The users, before the server starts (it would create the admin itself only in an empty user
+# database): the passwords go to Python through its environment, never its command line.
+ADMIN_PASSWORD=$(cat "$home/admin_password") JOBS_PASSWORD=$jobs_password AUTH_DB=$auth_db \
+JOBS_USER=$jobs_user python - <<'EOF'
+import os
+
+from mlflow.server.auth.sqlalchemy_store import SqlAlchemyStore
+
+store = SqlAlchemyStore()
+store.init_db(os.environ["AUTH_DB"])
+for name, password, admin in (
+    ("admin", os.environ["ADMIN_PASSWORD"], True),
+    (os.environ["JOBS_USER"], os.environ["JOBS_PASSWORD"], False),
+):
+    if store.has_user(name):
+        store.update_user(name, password=password, is_admin=admin)
+    else:
+        store.create_user(name, password, is_admin=admin)
+EOF
+
+export MLFLOW_AUTH_CONFIG_PATH=$home/basic_auth.ini
+MLFLOW_FLASK_SERVER_SECRET_KEY=$(cat "$home/flask_secret_key")
+export MLFLOW_FLASK_SERVER_SECRET_KEY
+# MLflow 3's job runner (GenAI scorers and trace roll-ups, which raytrain does not use) would add
+# three huey consumer processes with 25 polling threads beside the server, on the head's CPUs.
+export MLFLOW_SERVER_ENABLE_JOB_EXECUTION=${MLFLOW_SERVER_ENABLE_JOB_EXECUTION:-false}
+server=(mlflow server --app-name basic-auth --host "$host" --port "$port"
+  --backend-store-uri "$backend" --artifacts-destination "$artifacts"
+  --allowed-hosts "$allowed" --workers "${MLFLOW_WORKERS:-4}"
+  --uvicorn-opts "--timeout-worker-healthcheck 60")
+if [ "${MLFLOW_FOREGROUND:-}" = 1 ]; then
+  exec "${server[@]}"
+fi
+# Detached, all output in server.log: the SSH session of `ray up` must not wait for it. Workers
+# that start slowly (a busy head) are given a minute, not uvicorn's 5 s, before being killed.
+setsid nohup "${server[@]}" >> "$home/server.log" 2>&1 < /dev/null &
+echo $! > "$home/server.pid"
+for _ in $(seq 180); do
+  if healthy; then
+    echo "MLflow (sign-in required) is running at http://$host:$port"
+    exit 0
+  fi
+  if ! kill -0 "$(cat "$home/server.pid")" 2> /dev/null; then break; fi
+  sleep 1
+done
+echo "start_mlflow.sh: the MLflow server did not start; the end of $home/server.log:" >&2
+tail -n 20 "$home/server.log" >&2
+exit 1

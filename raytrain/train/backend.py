@@ -1,0 +1,59 @@
+"""Ray Train's TensorFlow backend, reachable without importing TensorFlow.
+
+What ``ray.train.tensorflow.TensorflowConfig`` does: before training, give every worker the
+``TF_CONFIG`` that MultiWorkerMirroredStrategy reads (the workers' addresses and its own index).
+Ray's class lives in the ``ray.train.tensorflow`` package, whose ``__init__`` imports TensorFlow;
+Ray Train's controller unpickles the backend config, so with Ray's class the controller (which
+never trains) imported TensorFlow before starting the workers: seconds of CPU on the path to
+the first epoch of every run and every sweep trial (benchmarks/README.md, small_run).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass
+from typing import Any
+
+import ray
+from ray._common.network_utils import build_address
+from ray.train._internal.utils import get_address_and_port
+from ray.train.backend import Backend, BackendConfig
+from ray.train.v2._internal.util import TrainingFramework
+
+__all__ = ["KerasBackendConfig"]
+
+
+@dataclass
+class KerasBackendConfig(BackendConfig):
+    """``TensorflowConfig`` under another name (same framework tag for Ray's state export)."""
+
+    @property
+    def backend_cls(self) -> type[Backend]:
+        return _KerasBackend
+
+    @property
+    def framework(self) -> TrainingFramework:
+        return TrainingFramework.TENSORFLOW
+
+
+class _KerasBackend(Backend):
+    def on_start(self, worker_group: Any, backend_config: BackendConfig) -> None:
+        urls = worker_group.execute(_address)
+        ray.get(
+            [
+                worker_group.execute_single_async(i, _set_tf_config, urls, i)
+                for i in range(len(worker_group))
+            ]
+        )
+
+
+def _address() -> str:
+    return build_address(*get_address_and_port())
+
+
+def _set_tf_config(urls: list[str], index: int) -> None:
+    """As Ray's backend: this worker's place in the cluster, and tf_keras as tf.keras."""
+    cluster = {"cluster": {"worker": urls}, "task": {"type": "worker", "index": index}}
+    os.environ["TF_CONFIG"] = json.dumps(cluster)
+    os.environ["TF_USE_LEGACY_KERAS"] = "1"
