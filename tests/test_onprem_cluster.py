@@ -392,9 +392,10 @@ def test_a_lost_worker_machine_does_not_end_the_run(onprem: OnPrem) -> None:
     answering for 30 s (its `worker_start_ray_commands` over SSH), and the run goes on there."""
     _nodes(onprem, 2)
     _mlflow_answers(onprem)
-    epochs = 6
-    # Small batches, one step per call: epochs of seconds, so that the loss lands mid-run.
-    body = f"train: {{epochs: {epochs}, batch_size: 8, steps_per_execution: 1}}\n"
+    epochs = 10
+    # Small batches, one step per call: epochs of seconds, so that the loss lands mid-run (at
+    # 6 epochs of batch 8 on a less loaded machine the run was over before Ray was stopped).
+    body = f"train: {{epochs: {epochs}, batch_size: 4, steps_per_execution: 1}}\n"
     experiment = _experiment(onprem, "node-loss", body + "failure: {max_failures: 1}\n")
     sets = [
         f"tracking.uri={onprem.tracking_uri}",
