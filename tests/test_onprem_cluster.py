@@ -221,6 +221,16 @@ def _nodes(cluster: OnPrem, count: int, timeout: float = 240) -> list[dict[str, 
     raise AssertionError(f"{found}\n{_logs(cluster.lan.root)}")
 
 
+def _mlflow_answers(cluster: OnPrem, timeout: float = 300) -> None:
+    """Until the head's MLflow server answers: `ray up` starts it in the background, and it
+    takes minutes to import on a loaded machine (a job's check allows it 5 s)."""
+    health = ["curl", "-sf", "--max-time", "5", f"{cluster.tracking_uri}/health"]
+    deadline = time.monotonic() + timeout
+    while cluster.laptop(*health, check=False).returncode != 0:
+        assert time.monotonic() < deadline, f"MLflow did not answer in {timeout:.0f} s"
+        time.sleep(2)
+
+
 def _experiment(cluster: OnPrem, name: str, body: str) -> Path:
     path = cluster.experiments / f"{name}.yaml"
     path.write_text(
@@ -266,6 +276,14 @@ def _runs(cluster: OnPrem, experiment: str) -> list[dict[str, object]]:
         ]))
         """
     )
+
+
+def _steps(cluster: OnPrem, experiment: str) -> list[int]:
+    """The epochs in MLflow of ``experiment``'s only run, as logged (none before it starts)."""
+    runs = _runs(cluster, experiment)
+    history = runs[0]["history"] if runs else {}
+    assert isinstance(history, dict)
+    return [step for step, _ in history.get("val_accuracy", [])]
 
 
 def _worker_ips(run: dict[str, object]) -> list[str]:
@@ -364,6 +382,75 @@ def test_storage_only_local_to_each_machine_fails_in_one_line(onprem: OnPrem) ->
     ), _tail(done)
     assert "Traceback" not in done.stdout + done.stderr
     assert _runs(onprem, "not-shared") == []  # no FAILED run left behind
+
+
+def test_a_lost_worker_machine_does_not_end_the_run(onprem: OnPrem) -> None:
+    """Ray stopped on the worker machine mid-run: the run goes on from its last checkpoint.
+
+    Its 2 workers of {CPU: 2} do not fit on the head alone, so the new group waits for room
+    (failures.py); the head's autoscaler (v1) restarts Ray on a machine whose raylet stopped
+    answering for 30 s (its `worker_start_ray_commands` over SSH), and the run goes on there."""
+    _nodes(onprem, 2)
+    _mlflow_answers(onprem)
+    epochs = 10
+    # Small batches, one step per call: epochs of seconds, so that the loss lands mid-run (at
+    # 6 epochs of batch 8 on a less loaded machine the run was over before Ray was stopped).
+    body = f"train: {{epochs: {epochs}, batch_size: 4, steps_per_execution: 1}}\n"
+    experiment = _experiment(onprem, "node-loss", body + "failure: {max_failures: 1}\n")
+    sets = [
+        f"tracking.uri={onprem.tracking_uri}",
+        f"storage={onprem.shared}",
+        "tracking.experiment=node-loss",
+    ]
+    output = onprem.experiments / "node-loss.out"
+    with output.open("w") as log:  # `raytrain submit` in the user's terminal, following the job
+        submit = subprocess.Popen(
+            onprem.lan.laptop_command(
+                [str(BIN / "raytrain"), "submit", str(experiment), "--address", DASHBOARD]
+                + [arg for value in sets for arg in ("--set", value)]
+            ),
+            env=onprem.env,
+            cwd=REPO,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+        )
+    try:
+        deadline = time.monotonic() + 400
+        while not _steps(onprem, "node-loss"):  # mid-run: once an epoch is in MLflow
+            assert submit.poll() is None, output.read_text()[-5000:]
+            assert time.monotonic() < deadline, "no epoch in MLflow after 400 s"
+            time.sleep(1)
+        assert submit.poll() is None, f"the run ended before the loss: {output.read_text()}"
+        stopped = time.monotonic()
+        onprem.lan.on_machine(
+            onprem.worker, "source ~/raytrain-venv/bin/activate && ray stop --force", onprem.key
+        )
+        submit.wait(timeout=900)
+    finally:
+        if submit.poll() is None:
+            submit.kill()
+    ended = time.monotonic() - stopped
+    said = output.read_text()
+    assert submit.returncode == 0, said[-5000:]  # the job SUCCEEDED
+    assert "Traceback" not in said
+    assert "(raylet)" not in said  # Ray's own ~25 lines on the lost node: with --verbose only
+    lines = [line for line in said.splitlines() if "lost" in line]
+    assert len(lines) == 1, said[-5000:]  # one line says what happened
+    assert re.fullmatch(
+        rf"lost worker \d on {re.escape(onprem.worker.address)} \([\w ]+\): restarting the workers "
+        r"from the last checkpoint once the cluster has room for them \(retry 1 of 1, "
+        r"failure.max_failures\)",
+        lines[0].strip(),
+    ), lines[0]
+    (run,) = _runs(onprem, "node-loss")
+    assert run["status"] == "FINISHED"
+    assert _steps(onprem, "node-loss") == list(range(1, epochs + 1))  # each epoch once
+    tags = run["tags"]
+    assert isinstance(tags, dict)
+    assert int(tags["raytrain.resumed_from_epoch"]) >= 1  # from a checkpoint, not from scratch
+    # The worker machine came back (the autoscaler): the run's 2 workers of {CPU: 2} need both.
+    _nodes(onprem, 2)
+    print(f"node loss: Ray stopped on the worker, the run finished {ended:.0f} s later")
 
 
 def test_ray_down_stops_ray_on_both_machines(onprem: OnPrem) -> None:

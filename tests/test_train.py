@@ -136,8 +136,8 @@ def test_killed_worker_resumes_from_last_checkpoint(workdir: Path) -> None:
     assert killed_after == [2]
     (notice,) = notices  # one line says what happened
     assert re.fullmatch(
-        r"lost worker \d \(\w+\)(, worker \d \(\w+\))*: restarting the workers from the last "
-        r"checkpoint \(retry 1 of 1, failure.max_failures\)",
+        r"lost worker \d on [\d.]+ \([\w ]+\): restarting the workers from the last checkpoint "
+        r"once the cluster has room for them \(retry 1 of 1, failure.max_failures\)",
         notice,
     ), notice
     run = summary.tracking

@@ -453,3 +453,26 @@ def test_only_a_lost_worker_is_retried() -> None:
     assert not is_code_error(WorkerGroupError("", {0: bug, 1: died}))  # a loss wins
     assert not is_code_error(WorkerGroupError("", {0: peer_lost}))  # MWMS without its peer
     assert not is_code_error(ValueError("not a worker group failure"))
+
+
+def test_the_restart_notice_names_the_lost_worker_and_its_node() -> None:
+    from ray.exceptions import ActorDiedError
+    from ray.train.v2._internal.exceptions import WorkerHealthCheckFailedError
+    from ray.train.v2.api.exceptions import WorkerGroupError
+
+    from raytrain.train.failures import restart_notice
+
+    died = WorkerHealthCheckFailedError("A worker health check failed.", failure=ActorDiedError())
+    peer_lost = type("UnavailableError", (Exception,), {})(
+        "Collective ops is aborted by: Socket closed\nAdditional GRPC error information from "
+        "remote target /job:worker/replica:0/task:1 while calling RecvBuf"
+    )
+    nodes = {0: "10.0.0.1", 1: "10.0.0.2"}
+    line = restart_notice(WorkerGroupError("", {0: peer_lost, 1: died}), 1, 3, nodes)
+    assert line == (  # the peer that saw it go is not named
+        "lost worker 1 on 10.0.0.2 (ActorDiedError): restarting the workers from the last "
+        "checkpoint once the cluster has room for them (retry 1 of 3, failure.max_failures)"
+    )
+    # Only the survivor's error reached the controller: TensorFlow names the peer it lost.
+    line = restart_notice(WorkerGroupError("", {0: peer_lost}), 2, 3, nodes)
+    assert line.startswith("lost worker 1 on 10.0.0.2 (its peers saw UnavailableError): ")

@@ -73,6 +73,12 @@ def connect(
     }
     if target and target != "local":
         _probe(target)
+    # Ray's driver prints every error the cluster publishes, whatever log_to_driver says: a
+    # lost node is ~25 lines of its raylet's last log (seen). The run says what a loss means
+    # in one line (raytrain/train/failures.py); --verbose shows Ray's own.
+    listener = ray._private.worker.listen_error_messages
+    if not verbose:
+        ray._private.worker.listen_error_messages = _unprinted
     try:
         if target and target != "local":
             ctx = ray.init(address=target, **options)
@@ -89,6 +95,8 @@ def connect(
             where += " (found running: `--address local` starts a private instance)"
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ClusterError(f"cannot connect to Ray at {where}: {first_line}") from None
+    finally:
+        ray._private.worker.listen_error_messages = listener
     dashboard = f"http://{ctx.dashboard_url}" if ctx.dashboard_url else None
     started = not target or target == "local"
     return ClusterInfo(ctx.address_info["gcs_address"], dashboard, started=started)
@@ -113,6 +121,11 @@ def running_local_instance() -> str | None:
     except OSError:
         return None
     return found
+
+
+def _unprinted(worker: Any, threads_stopped: Any) -> None:
+    """The driver's error-message listener (``ray.init`` starts it in a thread), printing
+    nothing."""
 
 
 def _probe(address: str, timeout_s: float = 5.0) -> None:

@@ -78,8 +78,9 @@ class EpochProgress:
         self.progress.stop()
 
     def notice(self, line: str) -> None:
-        """``run_experiment``'s ``on_notice``: a line above the bar (a lost worker, say)."""
-        self.progress.console.print(line, markup=False, highlight=False)
+        """``run_experiment``'s ``on_notice``: a line above the bar (a lost worker, say), never
+        wrapped: a job's log (no terminal, 80 columns) keeps it one line to grep."""
+        self.progress.console.print(line, markup=False, highlight=False, soft_wrap=True)
 
     def started(self, state: RunState) -> None:
         """Say where the run lives and how to continue it if its driver is lost."""

@@ -85,12 +85,14 @@ def fit(
         "run_folder": storage.join(storage_path, run_name),
     }
     path, filesystem = storage.ray_storage(storage_path)
-    failures.install(notify=progress)
+    failures.install()
     if tracking is not None or progress is not None:
         callbacks = [
             *(callbacks or []),
             _CommittedEpochs(tracking, progress, spec.train.epochs, signed_in),
         ]
+    if progress is not None:
+        callbacks = [*(callbacks or []), failures.LossNotice(progress, spec.failure.max_failures)]
     # Ray's TensorflowTrainer, with a backend config whose module does not import TensorFlow.
     trainer = DataParallelTrainer(
         train_loop,
