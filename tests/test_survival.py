@@ -33,14 +33,25 @@ EPOCHS = 6
 TRAINED = ("loss", "accuracy", "val_loss", "val_accuracy", "epoch")
 
 
-def _experiment(folder: Path, uri: str, *, epochs: int = EPOCHS, batch_size: int = 64) -> Path:
+# Epochs of about a second on 2 cores: batches of 4, one per tf.function call, a wider MLP.
+SLOW_EPOCHS = {"hidden_units": "[256, 256]", "train": "batch_size: 4, steps_per_execution: 1"}
+
+
+def _experiment(
+    folder: Path,
+    uri: str,
+    *,
+    epochs: int = EPOCHS,
+    hidden_units: str = "[16]",
+    train: str = "batch_size: 64",
+) -> Path:
     return write_yaml(
         folder,
         f"""
         name: tiny
         data: {{source: "builtin:digits"}}
-        model: {{builder: mlp, params: {{hidden_units: [16]}}}}
-        train: {{epochs: {epochs}, batch_size: {batch_size}}}
+        model: {{builder: mlp, params: {{hidden_units: {hidden_units}}}}}
+        train: {{epochs: {epochs}, {train}}}
         scaling: {{num_workers: 1}}
         storage: {folder / "results"}
         tracking: {{uri: "{uri}", register_as: tiny}}
@@ -146,9 +157,9 @@ def test_a_run_whose_driver_was_killed_resumes_in_the_same_mlflow_run(
     ray_cluster: ClusterInfo, workdir: Path
 ) -> None:
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
-    # Small batches: epochs of about a second, so that the run is still going when the driver's
-    # loss reaches its Ray Train controller (tiny epochs finished all 12 first on a loaded machine).
-    path = _experiment(workdir, uri, epochs=8, batch_size=4)
+    # Epochs of about a second, so that the run is still going when the driver's loss reaches its
+    # Ray Train controller: tiny epochs (8 batches per call, ~0.2 s) had all finished by then.
+    path = _experiment(workdir, uri, epochs=8, **SLOW_EPOCHS)
     reference = run_experiment(load_experiment(path))
     assert reference.tracking is not None
     raytrain = [sys.executable, "-m", "raytrain"]
