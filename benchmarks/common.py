@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import socket
 import statistics
 import subprocess
 import sys
@@ -67,3 +68,14 @@ def plain_keras(spec_file: Path, *, threads: int, processes: int = 1) -> list[di
         if any(proc.wait() for proc in running):
             raise RuntimeError(f"plain tf_keras baseline failed for {spec_file}")
         return [json.loads(out.read_text()) for out in outs]
+
+
+def free_ports(count: int) -> list[int]:
+    """``count`` distinct loopback ports free now (all held open together, then released)."""
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports

@@ -24,6 +24,7 @@ import numpy as np
 from ray import serve
 from starlette.requests import Request
 
+from benchmarks.common import free_ports
 from raytrain.config.loader import load_experiment
 from raytrain.config.schema import ServeSpec
 from raytrain.serve.deployment import deploy, describe, stop
@@ -38,7 +39,7 @@ def run(folder: Path, *, quick: bool) -> list[dict[str, Any]]:
     duration = 3.0 if quick else 10.0
     uri = _registered_model(folder)
     served = describe(f"{NAME}/1", tracking_uri=uri)
-    port = _free_port()
+    port = free_ports(1)[0]
     serve.start(http_options={"host": "127.0.0.1", "port": port})
     url = f"http://127.0.0.1:{port}"
     one = json.dumps({"instances": _rows(1).tolist()}).encode()
@@ -258,7 +259,7 @@ def predict(body: dict):
 
     def __init__(self, folder: Path, uri: str) -> None:
         (folder / "plain_app.py").write_text(self.SCRIPT.format(ref=f"{NAME}/1", uri=uri))
-        self.folder, self.port = folder, _free_port()
+        self.folder, self.port = folder, free_ports(1)[0]
 
     def __enter__(self) -> str:
         env = {**os.environ, "OMP_NUM_THREADS": "1", "TF_NUM_INTRAOP_THREADS": "1"}
@@ -309,9 +310,3 @@ def _registered_model(folder: Path) -> str:
 
 def _rows(n: int) -> np.ndarray:
     return np.random.default_rng(0).uniform(0, 16, size=(n, 64)).astype(np.float32)
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]

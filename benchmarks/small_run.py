@@ -22,7 +22,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -33,7 +32,7 @@ from typing import Any
 
 import numpy as np
 
-from benchmarks.common import REPO
+from benchmarks.common import REPO, free_ports
 
 PHASES = [
     "python_start_s",
@@ -192,7 +191,7 @@ def local_ray_instance(cpus: int = 2) -> Iterator[dict[str, str]]:
     ).stdout.strip()
     env = {**_clean_env(), "RAY_TMPDIR": str(temp), "RAY_AUTH_MODE": "token"}
     env["RAY_AUTH_TOKEN"] = token
-    gcs, dashboard, client, agent, agent_grpc, runtime_env, metrics = _free_ports(7)
+    gcs, dashboard, client, agent, agent_grpc, runtime_env, metrics = free_ports(7)
     command = [ray, "start", "--head", "--block", f"--port={gcs}", f"--num-cpus={cpus}"]
     command += [f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1"]
     command += [f"--ray-client-server-port={client}", "--disable-usage-stats"]
@@ -218,13 +217,3 @@ def local_ray_instance(cpus: int = 2) -> Iterator[dict[str, str]]:
                 started.wait(timeout=5)
         log.close()
         shutil.rmtree(temp, ignore_errors=True)
-
-
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports

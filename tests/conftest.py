@@ -24,6 +24,7 @@ import pytest
 import ray
 import requests
 
+from benchmarks.common import free_ports
 from raytrain.cluster.connection import WORKER_ENV, ClusterInfo
 
 REPO = Path(__file__).resolve().parent.parent
@@ -164,9 +165,7 @@ def versions(registry: str) -> dict[str, Any]:
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
 
 
 def wait_for_mlflow(url: str, server: subprocess.Popen[bytes], timeout: float = 300) -> None:

@@ -14,7 +14,6 @@ import os
 import re
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import tempfile
@@ -35,7 +34,7 @@ from raytrain.cluster.resources import check_locality, locality_problem
 from raytrain.config.loader import load_experiment
 from raytrain.errors import ClusterError, SpecError
 
-from .conftest import write_yaml
+from .conftest import free_ports, write_yaml
 
 RAYTRAIN = [sys.executable, "-m", "raytrain"]
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -48,16 +47,6 @@ class TwoNodes:
     onprem: str  # the id of the node with the custom resource
 
 
-def _free_ports(count: int) -> list[int]:
-    sockets = [socket.socket() for _ in range(count)]
-    for s in sockets:
-        s.bind(("127.0.0.1", 0))
-    ports = [s.getsockname()[1] for s in sockets]
-    for s in sockets:
-        s.close()
-    return ports
-
-
 def _node_options(temp: Path) -> list[str]:
     """Free ports for everything a node opens (the session's Ray instance holds the defaults),
     and a temp dir of its own, as on separate machines: two runtime-env agents sharing one each
@@ -66,7 +55,7 @@ def _node_options(temp: Path) -> list[str]:
     Ray 2.60's job agent then reads a job's log from the head's temp dir, wherever the driver
     runs: on this one machine, logs stream only for jobs whose driver runs on the head node.
     """
-    agent, agent_grpc, runtime_env, metrics = _free_ports(4)
+    agent, agent_grpc, runtime_env, metrics = free_ports(4)
     return [
         f"--temp-dir={temp}",
         f"--dashboard-agent-listen-port={agent}",
@@ -93,7 +82,7 @@ def two_nodes() -> Iterator[TwoNodes]:
         "RAY_AUTH_TOKEN": token,
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}",
     }
-    gcs, dashboard, client = _free_ports(3)
+    gcs, dashboard, client = free_ports(3)
     url = f"http://127.0.0.1:{dashboard}"
     head_cmd = [RAY, "start", "--head", "--block", f"--port={gcs}", "--num-cpus=1"]
     head_cmd += [f"--dashboard-port={dashboard}", "--dashboard-host=127.0.0.1"]
