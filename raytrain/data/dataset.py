@@ -175,11 +175,9 @@ def make_tf_dataset(
     options = tf.data.Options()
     # The shard is already this worker's own: TF must not shard it again.
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-    # No tf.data autotuning. With it (TensorFlow 2.21), destroying the iterator at the end of
-    # `fit` blocked a worker in the root iterator's destructor, its autotune threads still
-    # waiting: in 4 of 7 two-worker runs of an 8 000-image CNN, ~40 s passed between the last
-    # epoch and `fit` returning; in none of 5 without autotuning, with the same epoch times and
-    # accuracy (benchmarks/README.md, small_run). In-memory slices need no tuning.
+    # No tf.data autotuning: in-memory slices need none, and destroying a root iterator with
+    # autotuning on at the end of `fit` can wait seconds for its autotune thread's timer (TF
+    # 2.21; train/worker.py `distributed` does the same for the strategy's device iterators).
     options.autotune.enabled = False
     return ds.with_options(options)
 

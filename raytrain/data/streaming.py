@@ -228,6 +228,9 @@ def worker_dataset(
     ds = tf.data.Dataset.from_generator(passes if repeat else one_pass, output_signature=signature)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    # Nothing to tune in a Python generator; autotuning on would make the iterator's teardown
+    # wait for its autotune thread (dataset.py `make_tf_dataset`).
+    options.autotune.enabled = False
     return ds.prefetch(tf.data.AUTOTUNE).with_options(options)
 
 

@@ -134,6 +134,7 @@ def train_loop(config: dict[str, Any]) -> None:
         all_reduce_gradients_as,
         allreduce_dtype,
         build_optimizer,
+        distributed,
         strategy_for,
     )
 
@@ -172,8 +173,8 @@ def train_loop(config: dict[str, Any]) -> None:
         train_ds = make_tf_dataset(x, y, batch_size=batch, shuffle=True, seed=seed).repeat()
         val_ds = make_tf_dataset(xv, yv, batch_size=batch, shuffle=False, seed=0).repeat()
     if world > 1:
-        train_ds = strategy.distribute_datasets_from_function(lambda _: train_ds)
-        val_ds = strategy.distribute_datasets_from_function(lambda _: val_ds)
+        train_ds = distributed(strategy, train_ds)
+        val_ds = distributed(strategy, val_ds)
 
     # 4. Model: built and compiled inside the strategy's scope, so its variables are mirrored.
     with strategy.scope():
@@ -238,7 +239,7 @@ def train_loop(config: dict[str, Any]) -> None:
     if data.info.num_test and reporter.best_weights is not None:
         test_ds, test_steps = test_input(spec, data, rank=rank, world=world)
         if world > 1:
-            test_ds = strategy.distribute_datasets_from_function(lambda _: test_ds)
+            test_ds = distributed(strategy, test_ds)
         model.set_weights(reporter.best_weights)
         scores = model.evaluate(test_ds, steps=test_steps, return_dict=True, verbose=0)
         tested = {f"{TEST_PREFIX}{k}": float(v) for k, v in scores.items()}
