@@ -2,10 +2,14 @@
 
     python -m benchmarks.small_child plain SPEC_FILE OUT_JSON
     python -m benchmarks.small_child raytrain SPEC_FILE OUT_JSON [ADDRESS]
+    python -m benchmarks.small_child floor SPEC_FILE OUT_JSON [ADDRESS]
 
 ``plain``: what a user writes without Ray: tf_keras with TensorFlow's default threads, the same
 model, data, global batch and epochs, then ``model.save``. ``raytrain``: the ``raytrain run``
 command itself (``raytrain.cli``), with the library calls it makes wrapped to note the time.
+``floor``: Ray Train alone, no raytrain: a run with the experiment's workers whose function only
+imports TensorFlow and builds the strategy, no data, no model, no MLflow: what any Ray Train run
+of a TensorFlow model pays before its first step.
 """
 
 from __future__ import annotations
@@ -79,6 +83,39 @@ def raytrain_cli(spec_file: str, out: str, address: str | None) -> None:
         _write(out, marks, epochs)
 
 
+def floor(spec_file: str, out: str, address: str | None) -> None:
+    marks: dict[str, float] = {"python": time.time()}
+    import ray
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
+
+    from raytrain.cluster.connection import WORKER_ENV
+    from raytrain.config.loader import load_experiment
+    from raytrain.train.backend import KerasBackendConfig
+
+    spec = load_experiment(spec_file).spec
+    marks["imported"] = marks["ray_init"] = time.time()
+    ray.init(address=None if address == "local" else "auto", runtime_env={"env_vars": WORKER_ENV})
+    marks["ray_ready"] = marks["training"] = time.time()
+    DataParallelTrainer(
+        _strategy_only,
+        backend_config=KerasBackendConfig(),
+        scaling_config=ScalingConfig(
+            num_workers=spec.scaling.num_workers,
+            resources_per_worker=spec.scaling.resources_per_worker,
+        ),
+        run_config=RunConfig(storage_path=str(Path(out).parent / "floor")),
+    ).fit()
+    marks["trained"] = marks["logged"] = time.time()
+    _write(out, marks, [])
+
+
+def _strategy_only() -> None:
+    import tensorflow as tf
+
+    tf.distribute.MultiWorkerMirroredStrategy()
+
+
 def _write(out: str, marks: dict[str, float], epochs: list[dict[str, Any]]) -> None:
     numbers = [{k: v for k, v in e.items() if isinstance(v, int | float)} for e in epochs]
     Path(out).write_text(json.dumps({"marks": marks, "epochs": numbers}))
@@ -87,5 +124,7 @@ def _write(out: str, marks: dict[str, float], epochs: list[dict[str, Any]]) -> N
 if __name__ == "__main__":
     if sys.argv[1] == "plain":
         plain(sys.argv[2], sys.argv[3])
+    elif sys.argv[1] == "floor":
+        floor(sys.argv[2], sys.argv[3], sys.argv[4] if len(sys.argv) > 4 else "auto")
     else:
         raytrain_cli(sys.argv[2], sys.argv[3], sys.argv[4] if len(sys.argv) > 4 else None)

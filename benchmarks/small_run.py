@@ -6,7 +6,11 @@ timed from its start to its exit:
   epochs, then ``model.save`` (``benchmarks/small_child.py``);
 - ``raytrain cold``: ``raytrain run`` starting its own private Ray instance (``--address local``),
   tracking in a sqlite MLflow store, the model registered;
-- ``raytrain warm``: the same command on a local Ray instance started before (``ray start``).
+- ``raytrain warm``: the same command on a local Ray instance started before (``ray start``);
+- ``Ray Train floor cold`` / ``warm``: Ray Train alone with the same workers, whose function only
+  imports TensorFlow and builds MultiWorkerMirroredStrategy (``benchmarks/small_child.py``): what
+  any Ray Train run of a TensorFlow model pays before its first step, that no change in
+  raytrain can remove.
 
 The phases come from timestamps the child takes around the library calls the command makes:
 imports, Ray (``ray.init``), the MLflow run, the Train controller and worker group up to the
@@ -60,8 +64,10 @@ def run(folder: Path, *, quick: bool) -> list[dict[str, Any]]:
     for name, spec_file in experiments.items():
         sides = {"plain tf_keras": _child(folder, "plain", spec_file)}
         sides["raytrain cold"] = _child(folder, "raytrain", spec_file, "local")
+        sides["Ray Train floor cold"] = _child(folder, "floor", spec_file, "local")
         with local_ray_instance() as env:  # found by the command, which says so
             sides["raytrain warm"] = _child(folder, "raytrain", spec_file, env=env)
+            sides["Ray Train floor warm"] = _child(folder, "floor", spec_file, env=env)
         said = " ".join(sides["raytrain warm"]["out"].split())  # however the console wrapped it
         if "using the Ray instance running on this machine" not in said:
             raise RuntimeError(f"the warm run did not join the running instance: {sides}")
@@ -74,7 +80,9 @@ def run(folder: Path, *, quick: bool) -> list[dict[str, Any]]:
                     "side": side,
                     "wall_s": round(result["wall_s"], 1),
                     "ratio": round(result["wall_s"] / plain_wall, 2),
-                    "val_accuracy": round(result["epochs"][-1].get("val_accuracy", 0.0), 4),
+                    "val_accuracy": round(result["epochs"][-1].get("val_accuracy", 0.0), 4)
+                    if result["epochs"]
+                    else "",
                     **{k: round(v, 1) if v is not None else "" for k, v in _phases(result).items()},
                 }
             )
@@ -145,6 +153,15 @@ def _child(
 def _phases(result: dict[str, Any]) -> dict[str, float | None]:
     """Seconds per phase, from the child's marks (absent phases are left out)."""
     marks, epochs = result["marks"], result["epochs"]
+    if not epochs:  # the floor: Ray Train's run with no training in it
+        points = [
+            ("python_start_s", result["start"], marks["python"]),
+            ("imports_s", marks["python"], marks["imported"]),
+            ("ray_init_s", marks["ray_init"], marks["ray_ready"]),
+            ("worker_group_start_s", marks["training"], marks["trained"]),
+            ("exit_s", marks["trained"], result["end"]),
+        ]
+        return {name: dict((n, b - a) for n, a, b in points).get(name) for name in PHASES}
     first, last = epochs[0], epochs[-1]
     # The first epoch began its own duration before the driver heard of it.
     first_began = first["t"] - first.get("epoch_time_s", 0.0)
