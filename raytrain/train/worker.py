@@ -129,7 +129,7 @@ def _device_datasets_without_autotuning() -> None:
     autotuning on. Destroying one when ``fit`` returns waits for its autotune thread, which
     sleeps on a timer (py-spy and gdb: the training thread in ``RootDataset::Iterator``'s
     destructor, an ``OptimizeLoop`` thread waiting). Two-worker runs of the digits CNN: one
-    worker sat 2-24 s after its last epoch in 9 of 17 runs before, in none of 8 since each
+    worker sat 2-24 s after its last epoch in 9 of 18 runs before, in none of 8 since each
     device dataset carries options with autotuning off (benchmarks/README.md, small_run).
     """
     from tensorflow.python.data.ops import multi_device_iterator_ops as device_iterators
