@@ -153,22 +153,20 @@ def _child(
 def _phases(result: dict[str, Any]) -> dict[str, float | None]:
     """Seconds per phase, from the child's marks (absent phases are left out)."""
     marks, epochs = result["marks"], result["epochs"]
-    if not epochs:  # the floor: Ray Train's run with no training in it
-        points = [
-            ("python_start_s", result["start"], marks["python"]),
-            ("imports_s", marks["python"], marks["imported"]),
-            ("ray_init_s", marks["ray_init"], marks["ray_ready"]),
-            ("worker_group_start_s", marks["training"], marks["trained"]),
-            ("exit_s", marks["trained"], result["end"]),
-        ]
-        return {name: dict((n, b - a) for n, a, b in points).get(name) for name in PHASES}
-    first, last = epochs[0], epochs[-1]
-    # The first epoch began its own duration before the driver heard of it.
-    first_began = first["t"] - first.get("epoch_time_s", 0.0)
     points = [
         ("python_start_s", result["start"], marks["python"]),
         ("imports_s", marks["python"], marks["imported"]),
     ]
+    if not epochs:  # the floor: Ray Train's run with no training in it
+        points += [
+            ("ray_init_s", marks["ray_init"], marks["ray_ready"]),
+            ("worker_group_start_s", marks["training"], marks["trained"]),
+            ("exit_s", marks["trained"], result["end"]),
+        ]
+        return _durations(points)
+    first, last = epochs[0], epochs[-1]
+    # The first epoch began its own duration before the driver heard of it.
+    first_began = first["t"] - first.get("epoch_time_s", 0.0)
     if "ray_init" in marks:  # raytrain
         points += [
             ("before_ray_s", marks["imported"], marks["ray_init"]),
@@ -189,6 +187,10 @@ def _phases(result: dict[str, Any]) -> dict[str, float | None]:
             ("model_logging_s", last["t"], marks["saved"]),
             ("exit_s", marks["saved"], result["end"]),
         ]
+    return _durations(points)
+
+
+def _durations(points: list[tuple[str, float, float]]) -> dict[str, float | None]:
     measured = {name: b - a for name, a, b in points}
     return {name: measured.get(name) for name in PHASES}  # the same columns for every side
 
