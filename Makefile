@@ -41,8 +41,13 @@ $(WHEELHOUSE)/.built$(EXTRAS): pyproject.toml constraints.txt | install
 run: install
 	$(BIN)/raytrain run experiments/quickstart.yaml
 
+# Two pytest-xdist workers, each with its own Ray instance, whole modules at a time (their
+# fixtures start clusters and servers once), longest first (tests/conftest.py): alone, the suite
+# leaves half of 2 cores idle while Ray, servers and clusters start.
+TEST_WORKERS ?= 2
+
 test: install
-	$(BIN)/python -m pytest -q
+	$(BIN)/python -m pytest -q -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder
 
 test-fast: install  # no Ray: pure-Python and schema tests, under 2 minutes
 	$(BIN)/python -m pytest -q -m "not slow"

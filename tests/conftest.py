@@ -19,6 +19,9 @@ from pathlib import Path
 from typing import Any
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is imported
+# pytest-xdist's workers inherit COLUMNS=80: a rich Console made at import (the CLI's) would keep
+# that width for good, where the CLI tests set their own for each command.
+os.environ.pop("COLUMNS", None)
 
 import pytest
 import ray
@@ -31,12 +34,32 @@ REPO = Path(__file__).resolve().parent.parent
 BUCKET = "raytrain-test"  # created by the gcs_emulator fixture
 
 
+# The modules that take longest, longest first (minutes on 2 cores): `make test` runs modules
+# on two pytest-xdist workers in this order, so that no long one starts last.
+LONGEST_FIRST = (
+    "test_onprem_cluster",
+    "test_sweep",
+    "test_train",
+    "test_tracking_server",
+    "test_survival",
+    "test_jobs",
+    "test_serving",
+    "test_held_out",
+)
+
+
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
     """Every test on the session's Ray instance is slow (``make test-fast`` leaves them out);
     tests that start Ray in a subprocess carry ``@pytest.mark.slow`` themselves."""
     for item in items:
         if "ray_cluster" in getattr(item, "fixturenames", ()):
             item.add_marker(pytest.mark.slow)
+
+    def weight(item: pytest.Item) -> int:
+        module = item.path.stem
+        return LONGEST_FIRST.index(module) if module in LONGEST_FIRST else len(LONGEST_FIRST)
+
+    items.sort(key=weight)  # stable: each module keeps its own order
 
 
 @pytest.fixture(autouse=True)

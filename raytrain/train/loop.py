@@ -27,7 +27,6 @@ from ray.train import (
     ScalingConfig,
     UserCallback,
 )
-from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
 from raytrain import storage
 from raytrain.cluster.connection import WORKER_ENV
@@ -38,7 +37,7 @@ from raytrain.tracking import credentials, names
 from raytrain.tracking.credentials import Credentials
 from raytrain.tracking.runs import CLIENT_ENV, EpochLogger, TrackedRun, tag_run
 from raytrain.train import checkpoint, failures
-from raytrain.train.backend import WORKER_NODES_ENV, KerasBackendConfig
+from raytrain.train.backend import WORKER_NODES_ENV, KerasBackendConfig, KerasTrainer
 from raytrain.train.evaluation import (
     TEST_EPOCH,
     TEST_PREFIX,
@@ -94,7 +93,7 @@ def fit(
     if progress is not None:
         callbacks = [*(callbacks or []), failures.LossNotice(progress, spec.failure.max_failures)]
     # Ray's TensorflowTrainer, with a backend config whose module does not import TensorFlow.
-    trainer = DataParallelTrainer(
+    trainer = KerasTrainer(
         train_loop,
         train_loop_config=config,
         backend_config=KerasBackendConfig(),
