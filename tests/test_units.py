@@ -476,3 +476,25 @@ def test_the_restart_notice_names_the_lost_worker_and_its_node() -> None:
     # Only the survivor's error reached the controller: TensorFlow names the peer it lost.
     line = restart_notice(WorkerGroupError("", {0: peer_lost}), 2, 3, nodes)
     assert line.startswith("lost worker 1 on 10.0.0.2 (its peers saw UnavailableError): ")
+
+
+def test_a_run_without_ray_data_starts_no_dataset_manager(tmp_path: Path) -> None:
+    """Ray 2.60's trainer starts a Ray Data actor for every run; raytrain's only for Ray Data."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+
+    from raytrain.train.backend import KerasBackendConfig
+    from raytrain.train.loop import KerasTrainer
+
+    def callbacks(datasets: dict[str, object] | None) -> list[str]:
+        trainer = KerasTrainer(
+            lambda config: None,
+            backend_config=KerasBackendConfig(),
+            datasets=datasets,
+            scaling_config=ScalingConfig(num_workers=1),
+            run_config=RunConfig(storage_path=str(tmp_path)),
+        )
+        return [type(c).__name__ for c in trainer._create_default_callbacks()]
+
+    assert DatasetsCallback.__name__ not in callbacks(None)
+    assert DatasetsCallback.__name__ in callbacks({"train": object()})  # streamed input keeps it

@@ -6,9 +6,6 @@ Ray's class lives in the ``ray.train.tensorflow`` package, whose ``__init__`` im
 Ray Train's controller unpickles the backend config, so with Ray's class the controller (which
 never trains) imported TensorFlow before starting the workers: seconds of CPU on the path to
 the first epoch of every run and every sweep trial (benchmarks/README.md, small_run).
-
-``KerasTrainer`` is Ray's DataParallelTrainer without the Ray Data actor a run without Ray Data
-does not use.
 """
 
 from __future__ import annotations
@@ -22,11 +19,9 @@ import ray
 from ray._common.network_utils import build_address
 from ray.train._internal.utils import get_address_and_port
 from ray.train.backend import Backend, BackendConfig
-from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
 from ray.train.v2._internal.util import TrainingFramework
-from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
-__all__ = ["WORKER_NODES_ENV", "KerasBackendConfig", "KerasTrainer"]
+__all__ = ["WORKER_NODES_ENV", "KerasBackendConfig"]
 
 # Each worker's environment: the Ray node IDs of all workers, by rank (comma-separated). Ray
 # Train tells a worker nothing about where its peers run; the backend knows when it starts them.
@@ -71,18 +66,3 @@ def _set_tf_config(urls: list[str], index: int, nodes: str) -> None:
     os.environ["TF_CONFIG"] = json.dumps(cluster)
     os.environ["TF_USE_LEGACY_KERAS"] = "1"
     os.environ[WORKER_NODES_ENV] = nodes
-
-
-class KerasTrainer(DataParallelTrainer):
-    """DataParallelTrainer that starts a Ray Data ``DatasetManager`` only for Ray Data input.
-
-    Ray 2.60's trainer starts that actor for every run, with no datasets too (its
-    ``DatasetsCallback``): one more Python process per run and per sweep trial, ~1.4 s of CPU
-    (measured on 2 cores) on the path to the first epoch, for nothing. Workers then get no
-    dataset shard provider, which Ray Train's worker context allows (its default is None)."""
-
-    def _create_default_callbacks(self) -> list[Any]:
-        callbacks = super()._create_default_callbacks()
-        if self.datasets:
-            return callbacks
-        return [c for c in callbacks if not isinstance(c, DatasetsCallback)]

@@ -27,6 +27,8 @@ from ray.train import (
     ScalingConfig,
     UserCallback,
 )
+from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
 from raytrain import storage
 from raytrain.cluster.connection import WORKER_ENV
@@ -37,7 +39,7 @@ from raytrain.tracking import credentials, names
 from raytrain.tracking.credentials import Credentials
 from raytrain.tracking.runs import CLIENT_ENV, EpochLogger, TrackedRun, tag_run
 from raytrain.train import checkpoint, failures
-from raytrain.train.backend import WORKER_NODES_ENV, KerasBackendConfig, KerasTrainer
+from raytrain.train.backend import WORKER_NODES_ENV, KerasBackendConfig
 from raytrain.train.evaluation import (
     TEST_EPOCH,
     TEST_PREFIX,
@@ -49,7 +51,22 @@ from raytrain.train.evaluation import (
 if TYPE_CHECKING:
     from raytrain.data.dataset import Dataset
 
-__all__ = ["fit", "train_loop"]
+__all__ = ["KerasTrainer", "fit", "train_loop"]
+
+
+class KerasTrainer(DataParallelTrainer):
+    """Ray's DataParallelTrainer that starts a Ray Data ``DatasetManager`` only for Ray Data input.
+
+    Ray 2.60's trainer starts that actor for every run, with no datasets too (its
+    ``DatasetsCallback``): one more Python process per run and per sweep trial, ~1.4 s of CPU
+    (measured on 2 cores) on the path to the first epoch, for nothing. Workers then get no
+    dataset shard provider, which Ray Train's worker context allows (its default is None)."""
+
+    def _create_default_callbacks(self) -> list[Any]:
+        callbacks = super()._create_default_callbacks()
+        if self.datasets:
+            return callbacks
+        return [c for c in callbacks if not isinstance(c, DatasetsCallback)]
 
 
 def fit(
