@@ -271,11 +271,13 @@ class Lan:
         cwd: Path | None = None,
         timeout: float = 120,
         check: bool = True,
+        stdin: str | None = None,
     ) -> subprocess.CompletedProcess[str]:
         result = subprocess.run(
             self.laptop_command(args),
             env=env,
             cwd=cwd,
+            input=stdin,
             capture_output=True,
             text=True,
             timeout=timeout,

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import os
 import socket
 import subprocess
 import sys
@@ -210,3 +212,44 @@ def _job_of(group_id: str) -> str:
 
 def _group(group_id: str) -> PlacementGroup:
     return PlacementGroup(PlacementGroupID(bytes.fromhex(group_id)))
+
+
+PRIVATE_RUN = """
+import json, sys
+from ray.util.state import list_actors
+from raytrain.cluster.connection import connect
+from raytrain.config.loader import load_experiment
+from raytrain.train.run import run_experiment
+
+connect("local")
+run_experiment(load_experiment(sys.argv[1]))
+print("actors:", json.dumps(sorted({a.class_name for a in list_actors(limit=1000)})))
+"""
+
+
+@pytest.mark.slow  # starts its own Ray in a subprocess
+def test_a_run_on_a_private_instance_starts_no_cleaner_and_no_preemption_watcher(
+    tmp_path: Path,
+) -> None:
+    """They guard runs on clusters that outlive their driver or lose nodes to preemption; a
+    private instance does neither (raytrain.cluster.connection.PRIVATE_INSTANCE_ENV)."""
+    (tmp_path / "exp.yaml").write_text(
+        "name: private\ndata: {source: 'builtin:digits'}\n"
+        "model: {builder: mlp, params: {hidden_units: [8]}}\ntrain: {epochs: 1}\n"
+        f"scaling: {{num_workers: 1}}\nstorage: {tmp_path / 'results'}\n"
+        "tracking: {enabled: false}\n"
+    )
+    (tmp_path / "driver.py").write_text(PRIVATE_RUN)
+    done = subprocess.run(
+        [sys.executable, "driver.py", "exp.yaml"],
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={k: v for k, v in os.environ.items() if k != "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"},
+    )
+    assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
+    line = next(x for x in done.stdout.splitlines() if x.startswith("actors:"))
+    actors = json.loads(line.removeprefix("actors:"))
+    assert {"TrainController", "RayTrainWorker"} <= set(actors), actors
+    assert not {"PreemptionWatcher", "PlacementGroupCleaner"} & set(actors), actors

@@ -478,11 +478,18 @@ def test_the_restart_notice_names_the_lost_worker_and_its_node() -> None:
     assert line.startswith("lost worker 1 on 10.0.0.2 (its peers saw UnavailableError): ")
 
 
-def test_a_run_without_ray_data_starts_no_dataset_manager(tmp_path: Path) -> None:
-    """Ray 2.60's trainer starts a Ray Data actor for every run; raytrain's only for Ray Data."""
+def test_a_run_starts_only_the_helper_actors_it_needs(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Ray 2.60's trainer starts a Ray Data actor for every run, raytrain's only for Ray Data;
+    a placement-group cleaner everywhere, raytrain's not on a private instance."""
     from ray.train import RunConfig, ScalingConfig
     from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
+    from ray.train.v2._internal.callbacks.placement_group_callback import (
+        PlacementGroupCleanerCallback,
+    )
 
+    from raytrain.train import loop
     from raytrain.train.backend import KerasBackendConfig
     from raytrain.train.loop import KerasTrainer
 
@@ -498,3 +505,8 @@ def test_a_run_without_ray_data_starts_no_dataset_manager(tmp_path: Path) -> Non
 
     assert DatasetsCallback.__name__ not in callbacks(None)
     assert DatasetsCallback.__name__ in callbacks({"train": object()})  # streamed input keeps it
+    assert PlacementGroupCleanerCallback.__name__ in callbacks(None)  # a cluster of others
+    monkeypatch.setattr(loop, "on_private_instance", lambda: True)
+    private = callbacks(None)
+    assert PlacementGroupCleanerCallback.__name__ not in private
+    assert DatasetsCallback.__name__ not in private

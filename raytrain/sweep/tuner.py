@@ -30,6 +30,7 @@ from raytrain.sweep.results import trial_rows
 from raytrain.sweep.search import Extension, quiet_optuna, tune_config
 from raytrain.sweep.space import apply_config, search_space
 from raytrain.sweep.state import SweepState
+from raytrain.train.loop import ray_train_settings
 
 __all__ = ["SweepOutcome", "sweep"]
 
@@ -81,7 +82,7 @@ def sweep(
             storage_root=setup.storage_root,
             sweep_name=setup.sweep_name,
             base_dir=setup.base_dir,
-            env=forwarded_env(),
+            env={**forwarded_env(), **ray_train_settings()},
         ),
         {**TRIAL_RESOURCES, **spec.locality_resources()},
     )
@@ -144,8 +145,8 @@ def _trial(
 
     from raytrain.train.loop import fit
 
-    # The driver's storage settings (an emulator's address), for this trial's Train run: a
-    # cluster that was started without them does not give them to trial processes.
+    # The driver's storage settings (an emulator's address) and Ray Train settings, for this
+    # trial's Train run: a cluster that was started without them does not give them to trials.
     os.environ.update(env)
     spec = apply_config(Experiment.model_validate(base), config)
     trial_id = tune.get_context().get_trial_id()
