@@ -221,9 +221,9 @@ from raytrain.cluster.connection import connect
 from raytrain.config.loader import load_experiment
 from raytrain.train.run import run_experiment
 
-connect("local")
+address = connect("local").address  # where other instances run, the State API needs it
 run_experiment(load_experiment(sys.argv[1]))
-print("actors:", json.dumps(sorted({a.class_name for a in list_actors(limit=1000)})))
+print("actors:", json.dumps(sorted({a.class_name for a in list_actors(address, limit=1000)})))
 """
 
 

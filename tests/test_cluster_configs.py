@@ -928,7 +928,10 @@ def test_head_mlflow_command_runs(tmp_path: Path) -> None:
             socket.create_connection(("127.0.0.1", port), timeout=2).close()
         import mlflow
 
-        with signed_in_as(server.jobs):
+        with signed_in_as(server.jobs), pytest.MonkeyPatch.context() as patch:
+            # A loaded machine's first write can outlast raytrain's 10 s, and MLflow's retry of
+            # a create that went through fails with RESOURCE_ALREADY_EXISTS (seen in CI).
+            patch.setenv("MLFLOW_HTTP_REQUEST_TIMEOUT", "120")
             client = mlflow.MlflowClient(tracking_uri=server.uri)
             run = client.create_run(client.create_experiment("cluster-config-check"))
             (tmp_path / "note.txt").write_text("hello")
