@@ -421,9 +421,11 @@ def test_a_lost_worker_machine_does_not_end_the_run(onprem: OnPrem) -> None:
     answering for 30 s (its `worker_start_ray_commands` over SSH), and the run goes on there."""
     _nodes(onprem, 2)
     _mlflow_answers(onprem)
-    epochs = 10
-    # Small batches, one step per call: epochs of seconds, so that the loss lands mid-run (at
-    # 6 epochs of batch 8 on a less loaded machine the run was over before Ray was stopped).
+    epochs = 6
+    # Small batches, one step per call: epochs of seconds, so that the loss lands mid-run, with
+    # 5 epochs left once the first is in MLflow (seen within a second: _first_epoch_logged).
+    # At 6 epochs of batch 8 and a Python client's poll taking seconds, the run was once over
+    # before Ray was stopped; each epoch after the loss costs both machines' CPU.
     body = f"train: {{epochs: {epochs}, batch_size: 4, steps_per_execution: 1}}\n"
     experiment = _experiment(onprem, "node-loss", body + "failure: {max_failures: 1}\n")
     sets = [
