@@ -22,18 +22,19 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")  # before TensorFlow is impor
 # pytest-xdist's workers inherit COLUMNS=80: a rich Console made at import (the CLI's) would keep
 # that width for good, where the CLI tests set their own for each command.
 os.environ.pop("COLUMNS", None)
-# Nobody preempts this machine: Ray Train's preemption watcher, a process per run and per sweep
-# trial, only takes CPU from the tests (~1.6 s each, ~90 s of a `make test`). Set before the
-# session's Ray starts, its jobs' drivers, in-process runs and the CLI's subprocesses have it,
-# and sweeps pass it on to their trials (raytrain.train.loop.ray_train_settings).
-os.environ["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] = "0"
 
 import pytest
 import ray
 import requests
 
 from benchmarks.common import free_ports
-from raytrain.cluster.connection import WORKER_ENV, ClusterInfo
+from raytrain.cluster.connection import PREEMPTION_WATCHER_ENV, WORKER_ENV, ClusterInfo
+
+# Nobody preempts this machine: Ray Train's preemption watcher, a process per run and per sweep
+# trial, only takes CPU from the tests (~1.6 s each, ~90 s of a `make test`). Set before the
+# session's Ray starts, its jobs' drivers, in-process runs and the CLI's subprocesses have it,
+# and sweeps pass it on to their trials (raytrain.train.loop.ray_train_settings).
+os.environ[PREEMPTION_WATCHER_ENV] = "0"
 
 REPO = Path(__file__).resolve().parent.parent
 BUCKET = "raytrain-test"  # created by the gcs_emulator fixture

@@ -18,7 +18,12 @@ from ray.core.generated.gcs_pb2 import PlacementGroupTableData
 from ray.util.placement_group import PlacementGroup, placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from raytrain.cluster.connection import ClusterInfo, connect, running_local_instance
+from raytrain.cluster.connection import (
+    PREEMPTION_WATCHER_ENV,
+    ClusterInfo,
+    connect,
+    running_local_instance,
+)
 from raytrain.cluster.placement import (
     AbandonedGroupCollector,
     orphaned_groups,
@@ -246,7 +251,7 @@ def test_a_run_on_a_private_instance_starts_no_cleaner_and_no_preemption_watcher
         capture_output=True,
         text=True,
         timeout=600,
-        env={k: v for k, v in os.environ.items() if k != "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"},
+        env={k: v for k, v in os.environ.items() if k != PREEMPTION_WATCHER_ENV},
     )
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     line = next(x for x in done.stdout.splitlines() if x.startswith("actors:"))

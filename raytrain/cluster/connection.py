@@ -16,6 +16,7 @@ import ray
 from raytrain.errors import ClusterError
 
 __all__ = [
+    "PREEMPTION_WATCHER_ENV",
     "PRIVATE_INSTANCE_ENV",
     "WORKER_ENV",
     "ClusterInfo",
