@@ -15,7 +15,7 @@ from typing import Any
 
 from benchmarks.common import MLP_LARGE, REPO, experiment_file, synthetic_npz
 from raytrain.config.loader import load_experiment
-from raytrain.train.run import run_experiment
+from raytrain.orchestration.run import run_experiment
 
 EXPORT = ["export.quantize=[none,float16,dynamic,int8]", "export.latency_runs=1000"]
 

@@ -19,7 +19,7 @@ from benchmarks.common import (
     synthetic_npz,
 )
 from raytrain.config.loader import load_experiment
-from raytrain.train.run import run_experiment
+from raytrain.orchestration.run import run_experiment
 
 MODELS = {"mlp 256-1024-1024-10": MLP_LARGE, "mlp 256-128-10": {"hidden_units": [128]}}
 BIG = "mlp 256-1024-1024-10"

@@ -27,9 +27,9 @@ from starlette.requests import Request
 from benchmarks.common import free_ports
 from raytrain.config.loader import load_experiment
 from raytrain.config.schema import ServeSpec
+from raytrain.orchestration.run import run_experiment
 from raytrain.serve.deployment import deploy, describe, stop
 from raytrain.tracking.registry import load_keras
-from raytrain.train.run import run_experiment
 
 NAME = "bench-serve"
 CONCURRENCY = (1, 16, 64)

@@ -41,12 +41,13 @@ def plain(spec_file: str, out: str) -> None:
 
 def raytrain_cli(spec_file: str, out: str, address: str | None) -> None:
     marks: dict[str, float] = {"python": time.time()}
-    import raytrain.train.run as run_module
+    import raytrain.orchestration.prepare as prepare_module
+    import raytrain.orchestration.run as run_module
     from raytrain import cli
 
     marks["imported"] = time.time()
     epochs: list[dict[str, float]] = []
-    connect, run_experiment = run_module.connect, run_module.run_experiment
+    connect, run_experiment = prepare_module.connect, run_module.run_experiment
 
     def timed_connect(*args: Any, **kwargs: Any) -> Any:
         marks["ray_init"] = time.time()
@@ -72,7 +73,7 @@ def raytrain_cli(spec_file: str, out: str, address: str | None) -> None:
         return finish(*args, **kwargs)
 
     finish = run_module._finish
-    run_module.connect, run_module.run_experiment = timed_connect, timed_run
+    prepare_module.connect, run_module.run_experiment = timed_connect, timed_run
     run_module._finish = timed_finish
     try:
         cli.app(["run", spec_file, *(["--address", address] if address else [])], "raytrain")

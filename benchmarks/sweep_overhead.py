@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any
 
 from raytrain.config.loader import load_experiment
-from raytrain.sweep.run import run_sweep
+from raytrain.orchestration.sweep import run_sweep
 
 LEARNING_RATES = [3e-4, 1e-3, 2e-3, 3e-3, 5e-3, 1e-2]
 

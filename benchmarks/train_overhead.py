@@ -17,7 +17,7 @@ from benchmarks.common import (
     synthetic_npz,
 )
 from raytrain.config.loader import load_experiment
-from raytrain.train.run import run_experiment
+from raytrain.orchestration.run import run_experiment
 
 
 def run(folder: Path, *, quick: bool) -> list[dict[str, Any]]:

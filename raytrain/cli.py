@@ -124,10 +124,10 @@ def run(
     display.quiet_tensorflow(not verbose, load=spec.tracking.enabled or spec.export is not None)
     out.print(display.headline(spec))
     if spec.tune is not None:
-        from raytrain.sweep.run import run_sweep
+        from raytrain.orchestration.sweep import run_sweep
 
         return _report_sweep(functools.partial(run_sweep, loaded), address=address, verbose=verbose)
-    from raytrain.train.run import run_experiment
+    from raytrain.orchestration.run import run_experiment
 
     _report_run(functools.partial(run_experiment, loaded), spec, address=address, verbose=verbose)
 
@@ -143,8 +143,8 @@ def resume(
     """Continue an interrupted run (in the same MLflow run) or sweep, or log what MLflow missed of a
     run while it was down; run more trials of a finished sweep with --num-samples."""
     display.quiet_tensorflow(not verbose)
-    from raytrain.sweep.run import resume_sweep
-    from raytrain.train.run import find_run, resume_run
+    from raytrain.orchestration.run import find_run, resume_run
+    from raytrain.orchestration.sweep import resume_sweep
 
     settings = {"num_samples": num_samples, "address": address, "verbose": verbose}
     if (state := find_run(target, storage)) is None:

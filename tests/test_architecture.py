@@ -23,13 +23,14 @@ PACKAGE = REPO / "raytrain"
 LAYERS: list[set[str]] = [
     {"masking"},  # secrets out of messages, MLflow and job metadata: errors mask their messages
     {"errors"},
+    {"shims"},  # every use of a private Ray, TensorFlow or MLflow name
     {"storage"},
     {"config"},
     {"data", "tracking", "cluster"},
     {"models"},  # builds a model for the data it is given (data.DataInfo)
-    {"serve", "export"},  # registered models: serving them, and edge files of them
-    {"train"},  # a run ends with the export its experiment asks for
-    {"sweep"},
+    {"train", "serve", "export"},  # the training loop; serving and exporting registered models
+    {"sweep"},  # the search; a trial trains with train's loop
+    {"orchestration"},  # an experiment end to end: prepare, run or sweep, finish, resume
     {"history"},
     {"display"},
     {"cli"},
@@ -64,8 +65,9 @@ def _modules() -> dict[str, Path]:
 
 
 def _lazy_api(init: Path) -> dict[str, str]:
-    """``raytrain/__init__.py``'s ``_API``: public name -> the module it is loaded from, by string
-    (``from raytrain import run_sweep`` depends on raytrain.sweep.run, not on raytrain)."""
+    """``raytrain/__init__.py``'s ``_API``: public name -> the module it is loaded from, by
+    string (``from raytrain import run_sweep`` depends on raytrain.orchestration.sweep, not on
+    raytrain)."""
     for node in ast.parse(init.read_text()).body:
         if isinstance(node, ast.Assign) and any(
             isinstance(t, ast.Name) and t.id == "_API" for t in node.targets
@@ -265,7 +267,12 @@ def test_only_training_workers_import_tensorflow() -> None:
     """The modules that Ray Train's controller, a sweep trial's function and the driver load for
     a run import no TensorFlow (3-6 s of CPU per process on 2 cores): workers alone do, in
     ``train_loop``. Imports for real, in a fresh Python (the one test here that does)."""
-    modules = ["raytrain.train.loop", "raytrain.train.run", "raytrain.sweep.run", "raytrain.cli"]
+    modules = [
+        "raytrain.train.loop",
+        "raytrain.orchestration.run",
+        "raytrain.orchestration.sweep",
+        "raytrain.cli",
+    ]
     probe = "import sys, " + ", ".join(modules) + "; print('tensorflow' in sys.modules)"
     done = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-2000:]

@@ -32,7 +32,7 @@ from raytrain.cluster.placement import (
 from raytrain.cluster.resources import check_feasible
 from raytrain.config.loader import load_experiment
 from raytrain.errors import ClusterError
-from raytrain.train.run import run_experiment
+from raytrain.orchestration.run import run_experiment
 
 from .conftest import REPO
 
@@ -224,7 +224,7 @@ import json, sys
 from ray.util.state import list_actors
 from raytrain.cluster.connection import connect
 from raytrain.config.loader import load_experiment
-from raytrain.train.run import run_experiment
+from raytrain.orchestration.run import run_experiment
 
 address = connect("local").address  # where other instances run, the State API needs it
 run_experiment(load_experiment(sys.argv[1]))

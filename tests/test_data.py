@@ -135,31 +135,3 @@ def test_bad_data_is_a_clear_error(
     frame.to_csv(path, index=False)
     with pytest.raises(DataError, match=message):
         load_dataset(DataSpec(source=str(path), **spec_kwargs), loss=CE)
-
-
-def test_a_strategy_reads_each_device_dataset_without_autotuning(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    """The datasets a multi-device iterator builds per device do not inherit the input's
-    options; with autotuning on, destroying their iterators at the end of `fit` waited seconds
-    for the autotune thread (train/worker.py `distributed`)."""
-    import tensorflow as tf
-    from tensorflow.python.data.ops import multi_device_iterator_ops
-
-    from raytrain.train.worker import distributed
-
-    x = np.arange(8, dtype=np.float32).reshape(-1, 1)
-    strategy = tf.distribute.MirroredStrategy(["/cpu:0"])  # read through a multi-device iterator
-    dataset = distributed(
-        strategy, make_tf_dataset(x, x[:, 0], batch_size=4, shuffle=False, seed=0)
-    )
-    made: list = []
-    create = multi_device_iterator_ops._create_device_dataset
-    monkeypatch.setattr(
-        multi_device_iterator_ops,
-        "_create_device_dataset",
-        lambda *a, **k: made.append(create(*a, **k)) or made[-1],
-    )
-    assert next(iter(dataset))[0].numpy().tolist() == [[0.0], [1.0], [2.0], [3.0]]
-    assert made, "no device dataset was built: the strategy no longer reads this way"
-    assert [d.options().autotune.enabled for d in made] == [False] * len(made)

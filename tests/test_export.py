@@ -32,8 +32,8 @@ from raytrain.errors import (
 )
 from raytrain.export.edge import evaluation_metric, export_model, score, to_tflite
 from raytrain.export.report import ExportReport
+from raytrain.orchestration.finish import export_registered
 from raytrain.tracking import registry
-from raytrain.train.run import export_registered
 
 from .conftest import write_yaml
 

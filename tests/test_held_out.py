@@ -219,8 +219,8 @@ def test_logged_test_accuracy_is_that_of_the_registered_model(
 ) -> None:
     """Two workers, a CSV train/test pair and a Parquet validation set: the test metrics on
     the run, its summary and the registered version are those of the model one can load."""
+    from raytrain.orchestration.run import run_experiment
     from raytrain.tracking.registry import load_keras, resolve
-    from raytrain.train.run import run_experiment
 
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     path = write_yaml(
@@ -266,7 +266,7 @@ def test_logged_test_accuracy_is_that_of_the_registered_model(
 
 @pytest.mark.usefixtures("ray_cluster")
 def test_streamed_image_folders_train_and_test(workdir: Path, images: dict[str, Path]) -> None:
-    from raytrain.train.run import run_experiment
+    from raytrain.orchestration.run import run_experiment
 
     path = write_yaml(
         workdir,
@@ -295,7 +295,7 @@ def test_streamed_image_folders_train_and_test(workdir: Path, images: dict[str, 
 def test_a_sweep_tests_every_finished_trial_and_logs_its_datasets_once(
     workdir: Path, tables: dict[str, Path]
 ) -> None:
-    from raytrain.sweep.run import run_sweep
+    from raytrain.orchestration.sweep import run_sweep
 
     uri = f"sqlite:///{workdir / 'mlflow.db'}"
     path = write_yaml(

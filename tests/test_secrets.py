@@ -122,7 +122,7 @@ def _sweep_state(tmp_path: Path) -> SweepState:
 
 
 def test_resume_refuses_a_sweep_folder_others_can_write(tmp_path: Path) -> None:
-    from raytrain.sweep.run import resume_sweep
+    from raytrain.orchestration.sweep import resume_sweep
 
     state = _sweep_state(tmp_path)
     check_private(state)  # this user's, private: fine
@@ -169,7 +169,7 @@ def test_no_secret_reaches_mlflow_or_the_console(
     ray_cluster: ClusterInfo, mlflow_server: tuple[str, Path], workdir: Path
 ) -> None:
     from raytrain.display import experiment_summary, print_run
-    from raytrain.train.run import run_experiment
+    from raytrain.orchestration.run import run_experiment
 
     url, folder = mlflow_server
     path = write_yaml(

@@ -27,6 +27,8 @@ from raytrain.data.dataset import load_dataset
 from raytrain.errors import DataError, ExportError, StorageError
 from raytrain.export.destination import MANIFEST, publish
 from raytrain.history import list_runs
+from raytrain.orchestration.run import run_experiment
+from raytrain.orchestration.sweep import run_sweep
 from raytrain.storage import (
     EMULATOR_ENV,
     check_location,
@@ -38,9 +40,7 @@ from raytrain.storage import (
     upload_folder,
     write_text,
 )
-from raytrain.sweep.run import run_sweep
 from raytrain.sweep.state import STATE_FILE as SWEEP_STATE
-from raytrain.train.run import run_experiment
 
 from .conftest import BUCKET, write_yaml
 

@@ -15,8 +15,8 @@ from raytrain.config.schema import DataSpec
 from raytrain.data.dataset import load_dataset
 from raytrain.data.streaming import _Split
 from raytrain.errors import DataError
+from raytrain.orchestration.run import run_experiment
 from raytrain.storage import EMULATOR_ENV, upload_folder
-from raytrain.train.run import run_experiment
 
 from .conftest import BUCKET, write_tfrecord, write_yaml
 

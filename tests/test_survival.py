@@ -23,7 +23,7 @@ from raytrain.config.loader import load_experiment
 from raytrain.config.schema import Experiment
 from raytrain.display import EpochProgress
 from raytrain.errors import RaytrainError
-from raytrain.train.run import resume_run, run_experiment
+from raytrain.orchestration.run import resume_run, run_experiment
 from raytrain.train.state import STATE_FILE, RunState, find_run
 
 from .conftest import free_port, wait_for_mlflow, write_yaml

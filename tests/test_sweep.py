@@ -27,8 +27,8 @@ from raytrain.config.loader import load_experiment
 from raytrain.data.dataset import load_dataset
 from raytrain.errors import RaytrainError
 from raytrain.history import list_runs, show_run
+from raytrain.orchestration.sweep import resume_sweep, run_sweep
 from raytrain.sweep.callbacks import TrialTracker, discard_lost_trials
-from raytrain.sweep.run import resume_sweep, run_sweep
 from raytrain.sweep.search import tune_config
 from raytrain.sweep.space import search_space
 from raytrain.sweep.state import STATE_FILE as SWEEP_STATE

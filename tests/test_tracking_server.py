@@ -223,9 +223,9 @@ def test_run_sweep_serve_and_export_signed_in_from_the_environment(
     from ray.util.state import list_actors, list_jobs
 
     from raytrain.export import export_model
+    from raytrain.orchestration.run import run_experiment
+    from raytrain.orchestration.sweep import run_sweep
     from raytrain.serve import deploy, describe, stop
-    from raytrain.sweep.run import run_sweep
-    from raytrain.train.run import run_experiment
 
     uri = signed_in.uri
     run = run_experiment(load_experiment(_experiment(tmp_path, uri)))

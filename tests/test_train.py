@@ -16,8 +16,8 @@ from ray.util.state import list_actors
 from raytrain.cluster.connection import state_address
 from raytrain.config.loader import load_experiment
 from raytrain.errors import ModelBuildError, TrainingError
+from raytrain.orchestration.run import run_experiment
 from raytrain.train.checkpoint import MODEL_FILE
-from raytrain.train.run import run_experiment
 
 from .conftest import REPO, write_yaml
 

@@ -14,6 +14,7 @@ from urllib.parse import urlsplit
 import ray
 
 from raytrain.errors import ClusterError
+from raytrain.shims.ray_core import read_ray_address, unprinted_cluster_errors
 
 __all__ = [
     "PREEMPTION_WATCHER_ENV",
@@ -88,32 +89,32 @@ def connect(
     # Ray's driver prints every error the cluster publishes, whatever log_to_driver says: a
     # lost node is ~25 lines of its raylet's last log (seen). The run says what a loss means
     # in one line (raytrain/train/failures.py); --verbose shows Ray's own.
-    listener = ray._private.worker.listen_error_messages
-    if not verbose:
-        ray._private.worker.listen_error_messages = _unprinted
     try:
-        if target and target != "local":
-            ctx = ray.init(address=target, **options)
-        else:
-            # "local" starts a private instance even when `ray start --head` runs on this machine.
-            # The dashboard stays on: Train V2's placement-group cleaner reads the State API,
-            # and without it a sweep's second trial timed out starting its workers (seen).
-            if metrics_port:
-                options["_metrics_export_port"] = metrics_port
-            private = {PRIVATE_INSTANCE_ENV: "1", PREEMPTION_WATCHER_ENV: "0"}
-            options["runtime_env"]["env_vars"] = {**private, **options["runtime_env"]["env_vars"]}
-            ctx = ray.init(address="local", include_dashboard=True, **options)
+        with unprinted_cluster_errors(not verbose):
+            ctx = _init(target, metrics_port, options)
     except (ConnectionError, TimeoutError, RuntimeError, ValueError) as exc:
         where = target if target and target != "local" else "a local instance"
         if found:
             where += " (found running: `--address local` starts a private instance)"
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise ClusterError(f"cannot connect to Ray at {where}: {first_line}") from None
-    finally:
-        ray._private.worker.listen_error_messages = listener
     dashboard = f"http://{ctx.dashboard_url}" if ctx.dashboard_url else None
     started = not target or target == "local"
     return ClusterInfo(ctx.address_info["gcs_address"], dashboard, started=started)
+
+
+def _init(target: str | None, metrics_port: int | None, options: dict[str, Any]) -> Any:
+    """``ray.init``: join ``target``, or start a private instance."""
+    if target and target != "local":
+        return ray.init(address=target, **options)
+    # "local" starts a private instance even when `ray start --head` runs on this machine.
+    # The dashboard stays on: Train V2's placement-group cleaner reads the State API,
+    # and without it a sweep's second trial timed out starting its workers (seen).
+    if metrics_port:
+        options["_metrics_export_port"] = metrics_port
+    private = {PRIVATE_INSTANCE_ENV: "1", PREEMPTION_WATCHER_ENV: "0"}
+    options["runtime_env"]["env_vars"] = {**private, **options["runtime_env"]["env_vars"]}
+    return ray.init(address="local", include_dashboard=True, **options)
 
 
 def on_private_instance() -> bool:
@@ -133,8 +134,6 @@ def running_local_instance() -> str | None:
     temp dir (``$RAY_TMPDIR/ray``, else /tmp/ray); the file outlives an instance that was killed,
     hence the check that its port answers. Instances started by ``ray.init`` write no such file.
     """
-    from ray._private.utils import read_ray_address  # where Ray keeps it; no public API
-
     found = read_ray_address()
     host, _, port = (found or "").rpartition(":")
     if not host or not port.isdigit():
@@ -144,11 +143,6 @@ def running_local_instance() -> str | None:
     except OSError:
         return None
     return found
-
-
-def _unprinted(worker: Any, threads_stopped: Any) -> None:
-    """The driver's error-message listener (``ray.init`` starts it in a thread), printing
-    nothing."""
 
 
 def _probe(address: str, timeout_s: float = 5.0) -> None:

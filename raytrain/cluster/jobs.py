@@ -201,12 +201,11 @@ def quiet_client_logs() -> None:
 
     import ray.job_submission  # noqa: F401
 
-    for name in (
-        "ray.dashboard.modules.dashboard_sdk",
-        "ray.dashboard.modules.job.sdk",
-        "ray._private.runtime_env.packaging",
-    ):
+    for name in ("ray.dashboard.modules.dashboard_sdk", "ray.dashboard.modules.job.sdk"):
         logging.getLogger(name).setLevel(logging.WARNING)
+    from raytrain.shims import ray_core
+
+    ray_core.quiet_logger("uploads", logging.WARNING)
 
 
 def _client(url: str) -> JobSubmissionClient:
@@ -237,16 +236,15 @@ def _auth_headers() -> dict[str, str]:
     while clusters started by Ray 2.60 require it by default: send it whenever there is one,
     unless ``RAY_AUTH_MODE=disabled`` says not to.
     """
-    from ray._raylet import AuthenticationTokenLoader
     from ray.exceptions import AuthenticationError
+
+    from raytrain.shims import ray_core
 
     if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
         return {}
-    loader = AuthenticationTokenLoader.instance()
     try:
-        if not loader.has_token(ignore_auth_mode=True):
-            return {}
-        return {"Authorization": f"Bearer {loader.get_raw_token(ignore_auth_mode=True)}"}
+        token = ray_core.auth_token()
+        return {"Authorization": f"Bearer {token}"} if token else {}
     except AuthenticationError as exc:  # e.g. RAY_AUTH_TOKEN_PATH names a missing file
         raise ClusterError(f"Ray auth token: {str(exc).split('. Note:')[0]}") from None
 

@@ -241,10 +241,12 @@ def _follow_ray_log_level() -> None:
 
     from ray.data import DataContext
 
+    from raytrain.shims import ray_core
+
     quiet = logging.getLogger("ray").getEffectiveLevel() > logging.INFO
     if quiet:
         logging.getLogger("ray.data").setLevel(logging.WARNING)
-        logging.getLogger("ray.data._internal.progress").setLevel(logging.ERROR)  # "disabled"
+        ray_core.quiet_logger("data_progress", logging.ERROR)  # "progress bars disabled"
         DataContext.get_current().enable_progress_bars = False
 
 

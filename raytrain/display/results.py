@@ -17,9 +17,9 @@ if TYPE_CHECKING:
     from raytrain.config.schema import Experiment
     from raytrain.export.report import ExportReport
     from raytrain.history import RunRecord
+    from raytrain.orchestration.run import RunSummary
+    from raytrain.orchestration.sweep import SweepSummary
     from raytrain.serve.deployment import Deployment
-    from raytrain.sweep.run import SweepSummary
-    from raytrain.train.run import RunSummary
 
 __all__ = [
     "experiment_summary",

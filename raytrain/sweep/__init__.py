@@ -1,7 +1,3 @@
-"""Hyperparameter sweeps on Ray Tune, every trial a data-parallel run: the search space and
-search (``space.py``, ``tuner.py``), what MLflow and the user see (``callbacks.py``), the state a
-resume reads (``state.py``) and the sweep end to end (``run.py``)."""
-
-from raytrain.sweep.run import SweepSummary, resume_sweep, run_sweep
-
-__all__ = ["SweepSummary", "resume_sweep", "run_sweep"]
+"""Hyperparameter search on Ray Tune: the search space and search (``space.py``, ``search.py``,
+``tuner.py``), what MLflow and the user see of trials (``callbacks.py``, ``results.py``) and the
+state a resume reads (``state.py``). Running a sweep end to end is ``raytrain.orchestration``'s."""

@@ -26,9 +26,11 @@ def log_datasets(run: TrackedRun, records: Sequence[Any]) -> None:
     from mlflow.entities import DatasetInput, InputTag
     from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
+    from raytrain.shims.mlflow import dataset_entity
+
     inputs = [
         DatasetInput(
-            dataset=_dataset(record)._to_mlflow_entity(),
+            dataset=dataset_entity(_dataset(record)),
             tags=[InputTag(MLFLOW_DATASET_CONTEXT, record.context)],
         )
         for record in records

@@ -1,6 +1,4 @@
-"""One data-parallel training run: the per-worker loop on Ray Train (``loop.py``), the checkpoint
-format (``checkpoint.py``) and the run end to end, tracked in MLflow (``run.py``)."""
-
-from raytrain.train.run import RunSummary, run_experiment
-
-__all__ = ["RunSummary", "run_experiment"]
+"""Training: the per-worker loop on Ray Train (``loop.py``) and its TensorFlow parts
+(``worker.py``), the checkpoint format (``checkpoint.py``), which failures are retried
+(``failures.py``) and the state a run's resume reads (``state.py``). Running a whole experiment
+is ``raytrain.orchestration``'s."""

@@ -16,10 +16,9 @@ from dataclasses import dataclass
 from typing import Any
 
 import ray
-from ray._common.network_utils import build_address
-from ray.train._internal.utils import get_address_and_port
 from ray.train.backend import Backend, BackendConfig
-from ray.train.v2._internal.util import TrainingFramework
+
+from raytrain.shims.ray_train import TrainingFramework, worker_address
 
 __all__ = ["WORKER_NODES_ENV", "KerasBackendConfig"]
 
@@ -37,7 +36,7 @@ class KerasBackendConfig(BackendConfig):
         return _KerasBackend
 
     @property
-    def framework(self) -> TrainingFramework:
+    def framework(self) -> Any:  # Ray's TrainingFramework
         return TrainingFramework.TENSORFLOW
 
 
@@ -56,7 +55,7 @@ class _KerasBackend(Backend):
 
 def _place() -> tuple[str, str]:
     """This worker's address for MultiWorkerMirroredStrategy, and its Ray node."""
-    return build_address(*get_address_and_port()), ray.get_runtime_context().get_node_id()
+    return worker_address(), ray.get_runtime_context().get_node_id()
 
 
 def _set_tf_config(urls: list[str], index: int, nodes: str) -> None:

@@ -10,7 +10,8 @@ goes (a collective that lost a member). Ray counts announced node preemptions on
 their own (``FailureConfig.max_preemption_failures``, unlimited by default).
 
 Ray Train 2.60 has no public setting for the policy: ``install`` replaces the factory its
-trainer calls on the driver (``create_failure_policy``) when ``fit`` builds the controller. Ray
+trainer calls on the driver (``create_failure_policy``, replaced through
+``raytrain.shims.ray_train``) when ``fit`` builds the controller. Ray
 logs a retry only to the controller's log file; ``LossNotice``, a controller callback that knows
 where each worker runs, tells the user in one line on the driver's progress queue (a str there,
 where epochs are dicts) which workers were lost, on which node, and that training goes on.
@@ -28,16 +29,19 @@ import re
 from typing import Any
 
 from ray.exceptions import RayActorError
-from ray.train.v2._internal.exceptions import RayTrainError, UserExceptionWithTraceback
-from ray.train.v2._internal.execution.callback import ControllerCallback, WorkerGroupCallback
-from ray.train.v2._internal.execution.controller.state import RestartingState
-from ray.train.v2._internal.execution.failure_handling import (
+from ray.train.v2.api.exceptions import PreemptionError, WorkerGroupError
+
+from raytrain.shims import ray_train
+from raytrain.shims.ray_train import (
+    ControllerCallback,
     DefaultFailurePolicy,
     FailureDecision,
+    RayTrainError,
+    RestartingState,
+    UserExceptionWithTraceback,
+    WorkerGroupCallback,
+    is_preemption_failure,
 )
-from ray.train.v2._internal.execution.failure_handling.default import _is_preemption_failure
-from ray.train.v2.api import data_parallel_trainer
-from ray.train.v2.api.exceptions import PreemptionError, WorkerGroupError
 
 __all__ = ["LossNotice", "RetryLostWorkersOnly", "install", "is_code_error", "restart_notice"]
 
@@ -93,7 +97,7 @@ def restart_notice(error: Exception, retry: int, limit: int, nodes: dict[int, st
     )
     budget = (
         "a preemption, not counted in failure.max_failures"
-        if _is_preemption_failure(error)
+        if is_preemption_failure(error)
         else f"retry {retry} of {limit}, failure.max_failures"
     )
     return (
@@ -131,7 +135,7 @@ class LossNotice(ControllerCallback, WorkerGroupCallback):
         restarting = isinstance(current_state, RestartingState)
         if not restarting or not isinstance(error, WorkerGroupError | PreemptionError):
             return  # a group that could not be placed yet is retried without a word
-        if not _is_preemption_failure(error):
+        if not is_preemption_failure(error):
             self.retries += 1
         if self.notify is None:
             return
@@ -143,4 +147,4 @@ class LossNotice(ControllerCallback, WorkerGroupCallback):
 
 def install() -> None:
     """Make every Ray Train run started by this process use ``RetryLostWorkersOnly``."""
-    data_parallel_trainer.create_failure_policy = RetryLostWorkersOnly  # type: ignore[attr-defined]
+    ray_train.install_failure_policy(RetryLostWorkersOnly)

@@ -27,17 +27,13 @@ from ray.train import (
     ScalingConfig,
     UserCallback,
 )
-from ray.train.v2._internal.callbacks.datasets import DatasetsCallback
-from ray.train.v2._internal.callbacks.placement_group_callback import (
-    PlacementGroupCleanerCallback,
-)
-from ray.train.v2.api.data_parallel_trainer import DataParallelTrainer
 
 from raytrain import storage
 from raytrain.cluster.connection import WORKER_ENV, on_private_instance
 from raytrain.cluster.resources import worker_nodes
 from raytrain.config.schema import Experiment
 from raytrain.errors import DataError
+from raytrain.shims import ray_train
 from raytrain.tracking import credentials, names
 from raytrain.tracking.credentials import Credentials
 from raytrain.tracking.runs import CLIENT_ENV, EpochLogger, TrackedRun, tag_run
@@ -57,7 +53,7 @@ if TYPE_CHECKING:
 __all__ = ["KerasTrainer", "fit", "ray_train_settings", "train_loop"]
 
 
-class KerasTrainer(DataParallelTrainer):
+class KerasTrainer(ray_train.LeanTrainer):
     """Ray's DataParallelTrainer without the helper processes a run does not need.
 
     Ray 2.60's trainer starts a Ray Data ``DatasetManager`` actor for every run, with no
@@ -68,12 +64,11 @@ class KerasTrainer(DataParallelTrainer):
     ``PlacementGroupCleaner`` actor, which releases a run's workers' placement group once the
     run's controller is gone, has nothing to do either: the instance ends with the driver."""
 
-    def _create_default_callbacks(self) -> list[Any]:
-        unneeded: list[type] = [] if self.datasets else [DatasetsCallback]
+    def unneeded_callbacks(self) -> tuple[type, ...]:
+        unneeded: list[type] = [] if self.datasets else [ray_train.DatasetsCallback]
         if on_private_instance():
-            unneeded.append(PlacementGroupCleanerCallback)
-        callbacks = super()._create_default_callbacks()
-        return [c for c in callbacks if not isinstance(c, tuple(unneeded))]
+            unneeded.append(ray_train.PlacementGroupCleanerCallback)
+        return tuple(unneeded)
 
 
 def fit(
@@ -150,9 +145,7 @@ def ray_train_settings() -> dict[str, str]:
     """This process's Ray Train settings (``RAY_TRAIN_*`` variables the user set), for the
     processes that start Train runs on its behalf: Ray passes them from a run's driver to its
     controller, and a sweep trial, the driver of its run, does not have the user's shell."""
-    from ray.train.v2._internal.constants import get_env_vars_to_propagate
-
-    return get_env_vars_to_propagate()
+    return ray_train.propagated_settings()
 
 
 def train_loop(config: dict[str, Any]) -> None:

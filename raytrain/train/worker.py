@@ -115,36 +115,11 @@ def strategy_for(spec: Experiment, world: int) -> Any:
 
 def distributed(strategy: Any, dataset: Any) -> Any:
     """``dataset`` as this worker's input to a multi-worker strategy, its device iterators
-    without tf.data autotuning (``_device_datasets_without_autotuning`` says why)."""
-    _device_datasets_without_autotuning()
+    without tf.data autotuning (``device_datasets_without_autotuning`` says why)."""
+    from raytrain.shims.tensorflow import device_datasets_without_autotuning
+
+    device_datasets_without_autotuning()
     return strategy.distribute_datasets_from_function(lambda _: dataset)
-
-
-def _device_datasets_without_autotuning() -> None:
-    """Work around a stall at the end of ``fit`` under MultiWorkerMirroredStrategy (TF 2.21).
-
-    A distributed dataset is read through a multi-device iterator that builds one dataset per
-    device (``multi_device_iterator_ops._create_device_dataset``). Those have no inputs, so they
-    do not inherit the dataset's options: their iterators are tf.data root iterators with
-    autotuning on. Destroying one when ``fit`` returns waits for its autotune thread, which
-    sleeps on a timer (py-spy and gdb: the training thread in ``RootDataset::Iterator``'s
-    destructor, an ``OptimizeLoop`` thread waiting). Two-worker runs of the digits CNN: one
-    worker sat 2-24 s after its last epoch in 9 of 18 runs before, in none of 8 since each
-    device dataset carries options with autotuning off (benchmarks/README.md, small_run).
-    """
-    from tensorflow.python.data.ops import multi_device_iterator_ops as device_iterators
-
-    create = device_iterators._create_device_dataset
-    if getattr(create, "autotune_off", False):
-        return
-    options = tf.data.Options()
-    options.autotune.enabled = False
-
-    def without_autotuning(*args: Any, **kwargs: Any) -> Any:
-        return create(*args, **kwargs).with_options(options)
-
-    without_autotuning.autotune_off = True  # type: ignore[attr-defined]
-    device_iterators._create_device_dataset = without_autotuning
 
 
 def allreduce_dtype(spec: Experiment) -> str:

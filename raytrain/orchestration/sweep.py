@@ -18,28 +18,28 @@ import ray
 from raytrain import tracking
 from raytrain.config.schema import DEFAULT_STORAGE
 from raytrain.errors import RaytrainError
+from raytrain.orchestration.finish import export_registered, log_best_model, record_test_metrics
+from raytrain.orchestration.prepare import (
+    PreparedData,
+    log_lineage,
+    prepare,
+    spec_tracking_uri,
+    start_tracking,
+    storage_root,
+    unique_name,
+)
+from raytrain.orchestration.run import ProgressFn
 from raytrain.storage import check_location, exists, glob, is_gcs, join
 from raytrain.sweep.results import best_trial
 from raytrain.sweep.search import Extension
 from raytrain.sweep.state import STATE_FILE, SweepState, check_private
 from raytrain.tracking import names
 from raytrain.train.evaluation import TEST_PREFIX
-from raytrain.train.run import (
-    ProgressFn,
-    export_registered,
-    log_best_model,
-    log_lineage,
-    prepare,
-    record_test_metrics,
-    spec_tracking_uri,
-    start_tracking,
-    storage_root,
-    unique_name,
-)
 from raytrain.train.state import STATE_FILE as RUN_STATE
 
 if TYPE_CHECKING:
     from raytrain.config.loader import LoadedExperiment
+    from raytrain.export.report import ExportReport
     from raytrain.sweep.tuner import SweepOutcome
 
 __all__ = ["SweepSummary", "resume_sweep", "run_sweep"]
@@ -60,7 +60,7 @@ class SweepSummary:
     registered_version: str | None = None
     champion: str | None = None
     ui_command: str | None = None
-    export: Any = None  # export.ExportReport, with an ``export:`` section
+    export: ExportReport | None = None  # with an ``export:`` section
 
 
 def run_sweep(
@@ -142,7 +142,7 @@ def resume_sweep(
 
 def _run_and_finish(
     state: SweepState,
-    data: Any,
+    data: PreparedData,
     *,
     on_event: ProgressFn | None,
     earlier: list[dict[str, Any]],
@@ -197,7 +197,7 @@ def _run_and_finish(
 
 def _run_round(
     state: SweepState,
-    data: Any,
+    data: PreparedData,
     *,
     on_event: ProgressFn | None,
     restore: bool,
@@ -231,7 +231,7 @@ def _run_round(
     return outcome
 
 
-def _register(state: SweepState, best: dict[str, Any], data: Any) -> str | None:
+def _register(state: SweepState, best: dict[str, Any], data: PreparedData) -> str | None:
     """Log the best trial's best checkpoint on its child run and register it."""
     from raytrain.sweep.callbacks import find_child
 

@@ -1,6 +1,7 @@
-"""One experiment end to end: data -> cluster -> tracked training run -> model in MLflow.
+"""One training run end to end: data -> cluster -> tracked training run -> model in MLflow, and
+its resume.
 
-Everything the ``raytrain run`` command does is here, callable from Python::
+Everything the ``raytrain run`` command does for an experiment without ``tune:`` is here::
 
     from raytrain import load_experiment, run_experiment
     summary = run_experiment(load_experiment("experiments/quickstart.yaml"))
@@ -11,32 +12,40 @@ from __future__ import annotations
 import logging
 import queue
 import threading
-import time
-import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from raytrain import tracking
-from raytrain.cluster.connection import connect
-from raytrain.cluster.placement import release_orphaned_placement_groups
-from raytrain.cluster.resources import check_feasible, check_locality, cpus_on
-from raytrain.cluster.shared import check_storage_on_nodes
+from raytrain.cluster.resources import check_feasible
 from raytrain.config.loader import LoadedExperiment
-from raytrain.data.dataset import load_dataset
-from raytrain.errors import RaytrainError, TrackingError, find_user_error
-from raytrain.masking import mask_override
-from raytrain.storage import check_writable, exists, forwarded_env, is_gcs, join, to_uri
+from raytrain.errors import RaytrainError, find_user_error
+from raytrain.orchestration.finish import export_registered, log_best_model, record_test_metrics
+from raytrain.orchestration.prepare import (
+    PreparedData,
+    log_lineage,
+    prepare,
+    spec_tracking_uri,
+    start_tracking,
+    storage_root,
+    unique_name,
+)
+from raytrain.storage import exists, join, to_uri
 from raytrain.tracking import names
 from raytrain.train import checkpoint
 from raytrain.train.evaluation import read_test_metrics, test_metrics
 from raytrain.train.state import STATE_FILE, RunState, find_run
 
-__all__ = ["RunSummary", "find_run", "log_best_model", "resume_run", "run_experiment"]
+if TYPE_CHECKING:
+    from ray.train import Result
+    from ray.util.queue import Queue
+
+    from raytrain.export.report import ExportReport
+
+__all__ = ["ProgressFn", "RunSummary", "find_run", "resume_run", "run_experiment"]
 
 log = logging.getLogger(__name__)
 
@@ -57,7 +66,7 @@ class RunSummary:
     tracking: tracking.TrackedRun | None = None
     registered_version: str | None = None
     ui_command: str | None = None
-    export: Any = None  # export.ExportReport, with an ``export:`` section
+    export: ExportReport | None = None  # with an ``export:`` section
     unlogged: str | None = None  # what MLflow did not get (it was unreachable), and what logs it
     test_metrics: dict[str, float] = field(default_factory=dict)  # with data.test
 
@@ -143,7 +152,7 @@ def resume_run(
 
 def _train(
     state: RunState,
-    data: Any,
+    data: PreparedData,
     *,
     on_epoch: ProgressFn | None,
     on_start: Callable[[RunState], None] | None,
@@ -213,7 +222,7 @@ def _end_quietly(
         log.warning("MLflow could not mark the run %s: %s", status, exc)
 
 
-def _next_event(progress: Any, worker: threading.Thread) -> dict[str, Any] | str | None:
+def _next_event(progress: Queue | None, worker: threading.Thread) -> dict[str, Any] | str | None:
     """The next epoch (a dict) or notice (a str) from the run's progress queue."""
     if progress is None:
         worker.join(timeout=0.5)
@@ -225,7 +234,11 @@ def _next_event(progress: Any, worker: threading.Thread) -> dict[str, Any] | str
 
 
 def _finish(
-    state: RunState, result: Any, data: Any, epochs: list[dict[str, float]], missed: list[int]
+    state: RunState,
+    result: Result,
+    data: PreparedData,
+    epochs: list[dict[str, float]],
+    missed: list[int],
 ) -> RunSummary:
     spec, tracked = state.spec, state.tracked
     best_checkpoint, best_metrics = _best(result, spec.checkpoint.score, spec.checkpoint.mode)
@@ -263,10 +276,10 @@ def _finish(
 
 def _log_end(
     state: RunState,
-    result: Any,
+    result: Result,
     best_checkpoint: str | None,
     best_metrics: dict[str, float],
-    data: Any,
+    data: PreparedData,
     tested: dict[str, float],
 ) -> RunState:
     """Everything MLflow lacks of a trained run: the epochs it missed (from the latest
@@ -328,166 +341,10 @@ def _spans(numbers: list[int]) -> str:
     return ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in spans)
 
 
-def log_lineage(tracked: tracking.TrackedRun | None, spec: Any, data: Any) -> None:
-    """The run's training, validation and test data, as MLflow dataset inputs (metadata only:
-    sources, digests, schema, row counts). A run is not stopped for its lineage."""
-    if tracked is None:
-        return
-    from raytrain.data.lineage import describe
-    from raytrain.tracking.lineage import log_datasets
-
-    try:
-        log_datasets(tracked, describe(spec.data, data))
-    except Exception as exc:
-        log.warning("the dataset lineage was not logged (training goes on): %s", exc)
-
-
-def record_test_metrics(
-    uri: str, name: str | None, version: str | None, tested: dict[str, float]
-) -> None:
-    """Copy the test metrics to the registered version's tags (``raytrain.test_<metric>``)."""
-    if name and version and tested:
-        from raytrain.tracking.registry import tag_version
-
-        tag_version(
-            uri, name, version, {names.metric_tag(k): f"{v:.6g}" for k, v in tested.items()}
-        )
-
-
-def log_best_model(
-    run: tracking.TrackedRun,
-    checkpoint_path: str | None,
-    *,
-    data: Any,
-    loss: str,
-    register_as: str | None,
-) -> str | None:
-    """Log the model of a checkpoint on ``run``, with what serving and export must know about
-    its input (shape, classes, label names); register it if asked; return the version."""
-    if checkpoint_path is None:
-        return None
-    info = data.info
-    metadata = {
-        "input_shape": list(info.input_shape),
-        "num_classes": info.num_classes,
-        "label_names": info.label_names,
-        "feature_names": info.feature_names[:1000],
-        "loss": loss,
-        "checkpoint": checkpoint_path,
-    }
-    model = checkpoint.load_model(checkpoint_path)
-    return tracking.log_model(
-        run, model, example=data.x_val[:5], metadata=metadata, register_as=register_as
-    )
-
-
-def _best(result: Any, score: str, mode: str) -> tuple[str | None, dict[str, float]]:
+def _best(result: Result, score: str, mode: str) -> tuple[str | None, dict[str, float]]:
     ranked = [(c, m) for c, m in (result.best_checkpoints or []) if score in m]
     if not ranked:
         return None, dict(result.metrics or {})
     sign = 1 if mode == "max" else -1  # ties: the earliest epoch, as the test set's weights
     checkpoint, metrics = max(ranked, key=lambda cm: (sign * cm[1][score], -cm[1]["epoch"]))
     return to_uri(checkpoint.path, checkpoint.filesystem), dict(metrics)
-
-
-def start_tracking(loaded: LoadedExperiment, run_name: str) -> tracking.TrackedRun:
-    """The run's MLflow run. Everything stored there is masked: a run that needs the real
-    experiment again (a resumed sweep) reads it from its storage folder, never from MLflow."""
-    spec = loaded.spec
-    overrides = " ".join(mask_override(item) for item in loaded.overrides)
-    try:
-        return tracking.start_run(
-            uri=tracking.absolute_tracking_uri(spec.tracking.uri),
-            experiment=spec.experiment_name,
-            run_name=run_name,
-            spec=spec.model_dump(mode="json"),
-            tags={**spec.tracking.tags, names.OVERRIDES_TAG: overrides},
-            description=spec.description,
-            spec_file=loaded.path,
-            artifact_location=_artifact_location(spec),
-        )
-    except TrackingError:
-        raise
-    except Exception as exc:  # MLflow raises many types; the user needs one line
-        first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise TrackingError(f"MLflow ({spec.tracking.uri}): {first}") from None
-
-
-def _artifact_location(spec: Any) -> str | None:
-    """With gs:// storage and a tracking store on this machine (sqlite, a folder), a new MLflow
-    experiment keeps its artifacts (models, spec files) in the bucket beside the checkpoints.
-    A tracking server keeps them where the server is configured to."""
-    uri = spec.tracking.uri
-    scheme = uri.partition("://")[0] if "://" in uri else ""
-    if not is_gcs(spec.storage) or scheme not in ("", "sqlite", "file"):
-        return None
-    return join(spec.storage, "mlflow", spec.experiment_name)
-
-
-def storage_root(storage: str, name: str) -> str:
-    if storage.startswith("gs://"):
-        return f"{storage.rstrip('/')}/{name}"
-    return str(Path(storage).expanduser().resolve() / name)
-
-
-def export_registered(
-    spec: Any, tracked: tracking.TrackedRun | None, version: str | None, data: Any
-) -> Any:
-    """The ``export:`` section's edge export, once a model version is registered."""
-    if spec.export is None or tracked is None or not version:
-        return None
-    from raytrain.export.edge import export_after_training
-
-    return export_after_training(spec, tracking_uri=tracked.uri, version=version, data=data)
-
-
-def unique_name(prefix: str) -> str:
-    return f"{prefix}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:4]}"
-
-
-def spec_tracking_uri(spec: Any) -> str | None:
-    return tracking.absolute_tracking_uri(spec.tracking.uri) if spec.tracking.enabled else None
-
-
-def prepare(
-    spec: Any,
-    tracking_uri: str | None,
-    *,
-    address: str | None,
-    verbose: bool,
-    on_notice: Callable[[str], None] | None = None,
-) -> Any:
-    """Everything that can fail fast, before any cluster time: tracking, data, then Ray
-    (``on_notice`` hears which Ray instance, when it is one found running)."""
-    from raytrain.cluster.connection import WORKER_ENV
-
-    check_writable(spec.storage, what="storage")
-    if spec.export is not None and spec.export.out:
-        from raytrain.export.destination import check_destination
-
-        check_writable(spec.export.out, what="export.out")
-        check_destination(spec.export.out)  # it holds nothing raytrain may not replace
-    if tracking_uri:
-        tracking.check_reachable(tracking_uri)
-    if not spec.data.streaming:  # read here, before any cluster time; streamed data reads on Ray
-        data = load_dataset(spec.data, loss=spec.train.loss)
-    # Workers reach the same storage as this process (an emulator's address, when one is set).
-    env = {**WORKER_ENV, **tracking.CLIENT_ENV, **forwarded_env()}
-    cluster = connect(address, verbose=verbose, env_vars=env, on_notice=on_notice)
-    if not cluster.started:  # a killed driver's leftovers would block this run
-        release_orphaned_placement_groups()  # (none on an instance this run just started)
-    check_locality(spec.data.locality)
-    check_storage_on_nodes(spec.storage, resource=spec.data.locality)
-    if spec.data.streaming:
-        data = load_dataset(spec.data, loss=spec.train.loss, task_cpus=_data_task_cpus(spec))
-    return data
-
-
-def _data_task_cpus(spec: Any) -> float | None:
-    """None (Ray Data's default CPU per task) when the training workers leave a CPU free where
-    the data may be read (``data.locality`` nodes); else 0: a sweep fills the cluster with
-    trials, and workers holding every CPU would starve the tasks that feed them (seen: a
-    2-worker run on 2 CPUs waited forever)."""
-    held = spec.scaling.num_workers * spec.worker_resources().get("CPU", 0.0)
-    spare = cpus_on(spec.data.locality) - held
-    return None if spec.tune is None and spare >= 1 else 0
