@@ -33,8 +33,15 @@ class Extension:
 
 
 def tune_config(
-    tune_spec: TuneSpec, epochs: int, concurrent: int, extension: Extension | None
+    tune_spec: TuneSpec,
+    epochs: int,
+    concurrent: int,
+    extension: Extension | None,
+    *,
+    reuse_actors: bool = False,
 ) -> tune.TuneConfig:
+    """``reuse_actors``: a finished trial's process starts the next trial (in-process trials:
+    TensorFlow stays imported; ``reset_config`` hands over the new configuration)."""
     # metric/mode stay on the searcher and scheduler: Tune refuses them in both places.
     if extension:
         num_samples = extension.num_samples
@@ -46,6 +53,7 @@ def tune_config(
         num_samples=num_samples,
         max_concurrent_trials=concurrent,
         time_budget_s=tune_spec.time_budget_s,
+        reuse_actors=reuse_actors,
     )
 
 

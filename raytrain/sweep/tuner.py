@@ -1,9 +1,13 @@
-"""Hyperparameter sweeps: Ray Tune + Optuna + ASHA, every trial a data-parallel training run.
+"""Hyperparameter sweeps: Ray Tune + Optuna + ASHA, every trial a training run.
 
-Each trial is a Tune *function* trainable that runs ``train.fit`` (a TensorflowTrainer with
-``scaling.num_workers`` workers) and forwards every epoch to Tune with ``TuneReportCallback``, so
-the scheduler sees each epoch and can stop a trial mid-training. Everything MLflow sees goes
-through callbacks on this driver (``callbacks.py``): workers never talk to MLflow in a sweep.
+Each trial is a Tune *function* trainable. A trial of 1 worker trains in that function's own
+process (``train.loop.train_in_trial``), and Tune reuses the process for the next trial: no
+Ray Train controller, placement group or worker process, TensorFlow imported once per process
+(benchmarks/README.md, sweep_overhead). A trial of N > 1 workers runs ``train.fit`` (a Ray Train
+run of N workers under MultiWorkerMirroredStrategy) and forwards every epoch to Tune with
+``TuneReportCallback``. Either way the scheduler sees each epoch and can stop a trial
+mid-training, and checkpoints land in ``<sweep>-trials/trial-<id>``. Everything MLflow sees goes
+through callbacks on this driver (``callbacks.py``): trials never talk to MLflow.
 """
 
 from __future__ import annotations
@@ -31,6 +35,7 @@ from raytrain.sweep.search import Extension, quiet_optuna, tune_config
 from raytrain.sweep.space import apply_config, search_space
 from raytrain.sweep.state import SweepState
 from raytrain.train.loop import ray_train_settings
+from raytrain.train.session import code_error, record_code_error
 
 __all__ = ["SweepOutcome", "sweep"]
 
@@ -73,20 +78,27 @@ def sweep(
     progress = SweepProgress(spec, sweep_name=setup.sweep_name)
     if on_event:
         EVENT_SINKS[setup.sweep_name] = on_event
+    in_process = spec.scaling.num_workers == 1
     trainable = tune.with_resources(
         tune.with_parameters(
-            _trial,
+            _trial_in_process if in_process else _trial,
             base=spec.model_dump(mode="json"),
             data_ref=data_ref,
             datasets=datasets,
-            storage_root=setup.storage_root,
-            sweep_name=setup.sweep_name,
+            trials_root=trials_root(setup.storage_root, setup.sweep_name),
             base_dir=setup.base_dir,
             env={**forwarded_env(), **ray_train_settings()},
         ),
-        {**TRIAL_RESOURCES, **spec.locality_resources()},
+        # An in-process trial holds its worker's resources (its GPU too); a Ray Train trial's
+        # workers hold theirs, and the function itself ~nothing.
+        spec.worker_resources() if in_process else {**TRIAL_RESOURCES, **spec.locality_resources()},
     )
-    collector = _CollectAbandonedGroups(AbandonedGroupCollector(spec.worker_resources()))
+    if in_process:  # no worker groups to lose track of; a code error is not retried
+        collector: tune.Callback = _NoRetryAfterCodeErrors(
+            trials_root(setup.storage_root, setup.sweep_name)
+        )
+    else:
+        collector = _CollectAbandonedGroups(AbandonedGroupCollector(spec.worker_resources()))
     callbacks = [c for c in (tracker, progress, collector) if c is not None]
     # Tune's own console output would print over our progress display; the old engine at
     # verbose=0 prints nothing (the new one ignores verbose=0 for its header).
@@ -105,13 +117,20 @@ def sweep(
         tuner = tune.Tuner(
             trainable,
             param_space=search_space(tune_spec),
-            tune_config=tune_config(tune_spec, spec.train.epochs, concurrent, extension),
+            tune_config=tune_config(
+                tune_spec, spec.train.epochs, concurrent, extension, reuse_actors=in_process
+            ),
             run_config=tune.RunConfig(
                 name=extension.name if extension else setup.sweep_name,
                 storage_path=storage_path,
                 storage_filesystem=filesystem,
                 stop=progress,
                 callbacks=callbacks,
+                # Ray Train restarts a lost worker group itself; Tune restarts a lost in-process
+                # trial (a code error is not retried: _NoRetryAfterCodeErrors).
+                failure_config=tune.FailureConfig(
+                    max_failures=spec.failure.max_failures if in_process else 0
+                ),
                 verbose=0,
             ),
         )
@@ -135,12 +154,11 @@ def _trial(
     base: dict[str, Any],
     data_ref: ray.ObjectRef,
     datasets: dict[str, Any] | None,
-    storage_root: str,
-    sweep_name: str,
+    trials_root: str,
     base_dir: str,
     env: dict[str, str],
 ) -> None:
-    """One trial: a full data-parallel training run with the sampled values."""
+    """One trial of N > 1 workers: a data-parallel Ray Train run with the sampled values."""
     from ray.tune.integration.ray_train import TuneReportCallback
 
     from raytrain.train.loop import fit
@@ -156,7 +174,7 @@ def _trial(
             spec,
             data_ref=data_ref,
             run_name=f"trial-{trial_id}",
-            storage_path=f"{storage_root}/{sweep_name}-trials",
+            storage_path=trials_root,
             tracking=None,
             progress=None,
             base_dir=base_dir,
@@ -165,6 +183,55 @@ def _trial(
         )
     except Exception as exc:
         raise find_user_error(exc) from None
+
+
+def trials_root(storage_root: str, sweep_name: str) -> str:
+    """The folder of a sweep's trial folders (``trial-<id>``: checkpoints, test metrics)."""
+    return f"{storage_root}/{sweep_name}-trials"
+
+
+def _trial_in_process(
+    config: dict[str, Any],
+    *,
+    base: dict[str, Any],
+    data_ref: ray.ObjectRef,
+    datasets: dict[str, Any] | None,
+    trials_root: str,
+    base_dir: str,
+    env: dict[str, str],
+) -> None:
+    """One trial of 1 worker, trained in this process (which Tune reuses for the next trial).
+
+    Tune retries a trial whose process or node was lost (``failure.max_failures``), from its
+    last checkpoint. An error of the trial's own code or data is recorded in its folder before
+    it is raised: ``_NoRetryAfterCodeErrors`` then gives the trial no further retry, and the one
+    attempt Tune has already scheduled raises the recorded error before training."""
+    from raytrain.train.loop import train_in_trial
+
+    os.environ.update(env)
+    spec = apply_config(Experiment.model_validate(base), config)
+    folder = f"{trials_root}/trial-{tune.get_context().get_trial_id()}"
+    earlier = code_error(folder)
+    if earlier is not None:
+        raise earlier
+    try:
+        train_in_trial(spec, data_ref=data_ref, folder=folder, base_dir=base_dir, datasets=datasets)
+    except Exception as exc:
+        error = find_user_error(exc)
+        record_code_error(folder, error)
+        raise error from None
+
+
+class _NoRetryAfterCodeErrors(tune.Callback):
+    """A trial whose own code or data failed (its folder says so) gets no retry: Tune retries
+    every failed trial alike, and only a lost process deserves one."""
+
+    def __init__(self, root: str) -> None:
+        self.root = root
+
+    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        if code_error(f"{self.root}/trial-{trial.trial_id}") is not None:
+            trial.max_failures = 0
 
 
 class _CollectAbandonedGroups(tune.Callback):

@@ -40,18 +40,14 @@ def write(model: Any, folder: str, *, history: list[dict[str, float]]) -> None:
     Path(folder, STATE_FILE).write_text(json.dumps(state))
 
 
-def restore(model: Any) -> list[dict[str, float]]:
-    """Load the run's last reported checkpoint into ``model``, if Ray Train hands one to this
-    worker (after a restart, or a run resumed from its storage folder); return the metrics of
-    the epochs it completed (none without a checkpoint)."""
-    import ray.train
-
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is None:
+def restore(model: Any, folder: str | None) -> list[dict[str, float]]:
+    """Load the checkpoint in ``folder`` into ``model`` (the session's checkpoint to resume from:
+    after a restart, or a run resumed from its storage folder); return the metrics of the epochs
+    it completed (none without a checkpoint)."""
+    if folder is None:
         return []
-    with checkpoint.as_directory() as folder:
-        state = json.loads(Path(folder, STATE_FILE).read_text())
-        model.load_weights(os.path.join(folder, WEIGHTS))
+    state = json.loads(Path(folder, STATE_FILE).read_text())
+    model.load_weights(os.path.join(folder, WEIGHTS))
     return _history(state)
 
 

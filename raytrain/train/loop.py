@@ -46,11 +46,12 @@ from raytrain.train.evaluation import (
     test_input,
     write_test_metrics,
 )
+from raytrain.train.session import RayTrainSession, Session, TrialSession
 
 if TYPE_CHECKING:
     from raytrain.data.dataset import Dataset
 
-__all__ = ["KerasTrainer", "fit", "ray_train_settings", "train_loop"]
+__all__ = ["KerasTrainer", "fit", "ray_train_settings", "train", "train_in_trial", "train_loop"]
 
 
 class KerasTrainer(ray_train.LeanTrainer):
@@ -141,6 +142,29 @@ def fit(
     return trainer.fit()
 
 
+def train_in_trial(
+    spec: Experiment,
+    *,
+    data_ref: ray.ObjectRef,
+    folder: str,
+    base_dir: str,
+    datasets: dict[str, Any] | None = None,
+) -> None:
+    """A 1-worker sweep trial, trained in this (Tune trial) process: no Ray Train run, no worker
+    process, no TensorFlow import after the process's first trial. Checkpoints go to ``folder``
+    in Ray Train's layout, each epoch to Tune (``session.TrialSession``)."""
+    config = {
+        "spec": spec.model_dump(mode="json"),
+        "data": data_ref,
+        "tracking": None,
+        "signed_in": None,
+        "progress": None,
+        "base_dir": base_dir,
+        "run_folder": folder,
+    }
+    train(config, TrialSession(spec, folder, datasets))
+
+
 def ray_train_settings() -> dict[str, str]:
     """This process's Ray Train settings (``RAY_TRAIN_*`` variables the user set), for the
     processes that start Train runs on its behalf: Ray passes them from a run's driver to its
@@ -149,7 +173,13 @@ def ray_train_settings() -> dict[str, str]:
 
 
 def train_loop(config: dict[str, Any]) -> None:
-    """One worker's share of the run."""
+    """One Ray Train worker's share of the run."""
+    train(config, RayTrainSession())
+
+
+def train(config: dict[str, Any], session: Session) -> None:
+    """The training loop: one worker's share of a Ray Train run, or a whole 1-worker sweep trial
+    in its Tune trial's process (``session`` says which)."""
     import tensorflow as tf  # here, not at the top: only workers need it (worker.py says why)
 
     from raytrain.data.dataset import make_tf_dataset, shard
@@ -164,17 +194,18 @@ def train_loop(config: dict[str, Any]) -> None:
     )
 
     spec = Experiment.model_validate(config["spec"])
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    rank, world = session.rank, session.world
 
     # 1. Threads: Ray gives each worker OMP_NUM_THREADS = its CPUs; both of TF's pools follow the
     #    same budget. Two inter-op threads on a 1-CPU worker run the backward matmuls side by side
     #    on a second core: N such workers on N cores fight over them (benchmarks/README.md).
     cpus = max(1, int(spec.scaling.resources_per_worker.get("CPU", 1)))
-    tf.config.threading.set_intra_op_parallelism_threads(cpus)
-    tf.config.threading.set_inter_op_parallelism_threads(spec.scaling.inter_op_threads or cpus)
-    if spec.train.mixed_precision != "none":
-        tf.keras.mixed_precision.set_global_policy(spec.train.mixed_precision)
+    _set_threads(tf, cpus, spec.scaling.inter_op_threads or cpus)
+    #    A clean slate: a sweep's trial process trains one trial after another (Tune reuses it),
+    #    so nothing of the last trial's graph, policy or random state may reach this one.
+    tf.keras.backend.clear_session()
+    policy = spec.train.mixed_precision if spec.train.mixed_precision != "none" else "float32"
+    tf.keras.mixed_precision.set_global_policy(policy)
     tf.keras.utils.set_random_seed(spec.train.seed)
 
     # 2. Strategy: MultiWorkerMirroredStrategy only when there is a peer. With one worker it adds
@@ -189,7 +220,7 @@ def train_loop(config: dict[str, Any]) -> None:
     )
     batch = spec.per_worker_batch_size
     if data.streams is not None:
-        train_ds, val_ds, steps, val_steps = _streamed_input(spec, data, rank=rank, world=world)
+        train_ds, val_ds, steps, val_steps = _streamed_input(spec, data, session)
     else:
         x, y = shard(data.x_train, data.y_train, index=rank, count=world)
         xv, yv = shard(data.x_val, data.y_val, index=rank, count=world)
@@ -221,7 +252,8 @@ def train_loop(config: dict[str, Any]) -> None:
     #    resume`: the same RunConfig name and storage). Weights, optimizer state, the epoch
     #    counter and the metrics so far come back from it; without it the loop would silently
     #    start over from epoch 0.
-    history = checkpoint.restore(model)
+    with session.resume_from() as folder:
+        history = checkpoint.restore(model, folder)
     start_epoch = int(history[-1]["epoch"]) if history else 0
     tracked = config["tracking"] if rank == 0 else None
     if tracked and config["signed_in"]:  # rank 0 tags the run, signed in as the driver is
@@ -231,14 +263,14 @@ def train_loop(config: dict[str, Any]) -> None:
     if start_epoch >= spec.train.epochs:
         # Killed after its last checkpoint but before it was marked done: nothing is left to
         # train, but a sweep must still hear the final metrics (Tune rejects a metric-less end).
-        ray.train.report(history[-1])
+        session.report(history[-1], None)
         return
     if tracked:  # where the workers run: what data.locality promises, checked after the fact
         nodes = os.environ[WORKER_NODES_ENV].split(",")
         tag_run(tracked, names.NODES_TAG, ", ".join(worker_nodes(nodes)))
 
     reporter = Reporter(
-        rank=rank,
+        session=session,
         samples_per_epoch=min(steps * batch, data.info.num_train // world) * world,
         history=history,
         keep_best=selection(spec) if data.info.num_test else None,
@@ -271,7 +303,7 @@ def train_loop(config: dict[str, Any]) -> None:
         tested[TEST_EPOCH] = reporter.best_epoch
         if rank == 0:
             write_test_metrics(config["run_folder"], tested)
-        ray.train.report({**reporter.last, **tested})
+        session.report({**reporter.last, **tested}, None)
 
 
 class _CommittedEpochs(UserCallback):
@@ -313,14 +345,24 @@ class _CommittedEpochs(UserCallback):
                 self.progress = None
 
 
-def _streamed_input(
-    spec: Experiment, data: Dataset, *, rank: int, world: int
-) -> tuple[Any, Any, int, int]:
+def _set_threads(tf: Any, intra: int, inter: int) -> None:
+    """Size TensorFlow's thread pools, once per process: TensorFlow refuses a change after its
+    runtime started, which a reused trial process's next trial would ask for (same sizes then,
+    or the first trial's: a sweep does not sweep scaling)."""
+    try:
+        tf.config.threading.set_intra_op_parallelism_threads(intra)
+        tf.config.threading.set_inter_op_parallelism_threads(inter)
+    except RuntimeError:
+        pass  # already initialized in this process: the pools keep their sizes
+
+
+def _streamed_input(spec: Experiment, data: Dataset, session: Session) -> tuple[Any, Any, int, int]:
     """This worker's share of the streamed rows: Ray Train splits each dataset into equal
     shards (``streaming_split(equal=True)``), so every worker runs the same number of steps."""
     from raytrain.data.streaming import worker_dataset
 
     assert data.streams is not None
+    rank, world = session.rank, session.world
     batch = spec.per_worker_batch_size
     steps = data.info.num_train // world // batch
     val_rows = data.info.num_val // world
@@ -332,7 +374,7 @@ def _streamed_input(
     val_batch = min(batch, val_rows)
     train_ds = worker_dataset(
         data.streams,
-        ray.train.get_dataset_shard("train"),
+        session.dataset_shard("train"),
         batch_size=batch,
         steps=steps,
         shuffle=True,
@@ -341,7 +383,7 @@ def _streamed_input(
     )
     val_ds = worker_dataset(
         data.streams,
-        ray.train.get_dataset_shard("val"),
+        session.dataset_shard("val"),
         batch_size=val_batch,
         steps=val_rows // val_batch,
         shuffle=False,

@@ -15,13 +15,12 @@ import time
 import types
 from typing import Any
 
-import ray.train
 import tensorflow as tf
-from ray.train import Checkpoint
 
 from raytrain.config.schema import Experiment
 from raytrain.errors import TrainingError
 from raytrain.train import checkpoint
+from raytrain.train.session import Session
 
 __all__ = [
     "Reporter",
@@ -40,13 +39,13 @@ class Reporter(tf.keras.callbacks.Callback):
     def __init__(
         self,
         *,
-        rank: int,
+        session: Session,
         samples_per_epoch: int,
         history: list[dict[str, float]],
         keep_best: tuple[str, str] | None = None,
     ) -> None:
         super().__init__()
-        self.rank, self.samples, self.history = rank, samples_per_epoch, list(history)
+        self.session, self.samples, self.history = session, samples_per_epoch, list(history)
         self._t0 = self._train_s = 0.0
         self.keep_best = keep_best
         self.best_epoch: int | None = None
@@ -94,8 +93,7 @@ class Reporter(tf.keras.callbacks.Callback):
         #    but every worker calls report the same number of times: it is a barrier.
         with tempfile.TemporaryDirectory(prefix="raytrain-ckpt-") as folder:
             checkpoint.write(self.model, folder, history=self.history)
-            saved = Checkpoint.from_directory(folder) if self.rank == 0 else None
-            ray.train.report(metrics, checkpoint=saved)
+            self.session.report(metrics, folder)
 
 
 def strategy_for(spec: Experiment, world: int) -> Any:

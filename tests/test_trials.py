@@ -1,0 +1,142 @@
+"""1-worker sweep trials train in their Tune trial's own process, which Tune reuses: nothing of
+one trial may reach the next, and a trial's own error is not retried while a lost process is."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from raytrain.cluster.connection import state_address
+from raytrain.config.loader import load_experiment
+from raytrain.orchestration.sweep import run_sweep
+from raytrain.train.checkpoint import MODEL_FILE
+from raytrain.train.session import CODE_ERROR_FILE
+
+from .conftest import REPO
+
+pytestmark = pytest.mark.usefixtures("ray_cluster")
+SWEEP = REPO / "experiments" / "sweep.yaml"
+ONE_AT_A_TIME = [
+    "scaling.num_workers=1",
+    "train.epochs=2",
+    "tune.max_concurrent_trials=1",
+    "tune.search.algorithm=grid",
+    "tune.scheduler.name=none",
+    "tracking.enabled=false",
+    "checkpoint.keep=1",
+]
+
+
+def _sweep(workdir: Path, name: str, rates: list[float], *more: str) -> dict:
+    space = f"tune.space={{train.optimizer.learning_rate: {{grid: {json.dumps(rates)}}}}}"
+    file = workdir / "sweep.yaml"  # beside the test's own builders
+    file.write_text(SWEEP.read_text())
+    loaded = load_experiment(file, [*ONE_AT_A_TIME, space, f"tracking.run_name={name}", *more])
+    summary = run_sweep(loaded)
+    return {row["train.optimizer.learning_rate"]: row for row in summary.rows}
+
+
+def _weights(row: dict) -> list[np.ndarray]:
+    import tensorflow as tf
+
+    return tf.keras.models.load_model(str(Path(row["checkpoint"], MODEL_FILE))).get_weights()
+
+
+def _pids(folder: Path) -> set[int]:
+    """The processes that trained a Tune experiment's trials (Tune records each result's pid)."""
+    return {
+        json.loads(line)["pid"]
+        for result in folder.glob("*/result.json")
+        for line in result.read_text().splitlines()
+        if line.strip()
+    }
+
+
+def test_a_trial_after_another_in_the_same_process_trains_as_it_would_alone(
+    workdir: Path,
+) -> None:
+    both = _sweep(workdir, "a-then-b", [0.02, 0.003])
+    alone = _sweep(workdir, "b-alone", [0.003])
+    storage = workdir / "raytrain_results" / "digits-mlp"
+    assert len(_pids(storage / "a-then-b")) == 1, "Tune did not reuse the trial's process"
+    assert both[0.003]["status"] == "finished"
+    assert both[0.003]["best_val_accuracy"] == alone[0.003]["best_val_accuracy"]
+    for mine, its in zip(_weights(both[0.003]), _weights(alone[0.003]), strict=True):
+        np.testing.assert_array_equal(mine, its)
+    # Checkpoints in Ray Train's layout, checkpoint.keep of them (and the latest) per trial.
+    trial = Path(both[0.003]["checkpoint"]).parent
+    assert trial.parent.name == "a-then-b-trials"
+    assert sorted(p.name for p in trial.glob("checkpoint_*")) == ["checkpoint_000002"]
+
+
+def test_an_error_of_the_trials_code_fails_it_without_a_retry(workdir: Path) -> None:
+    (workdir / "broken.py").write_text(
+        "def build(**kwargs):\n    raise ValueError('no model today')\n"
+    )
+    rows = _sweep(
+        workdir,
+        "bad-builder",
+        [0.01],
+        "model.builder=broken:build",
+        "model.params={}",
+        "failure.max_failures=-1",  # Tune would retry it forever
+    )
+    (row,) = rows.values()
+    assert row["status"] == "failed"
+    assert "no model today" in row["error"]
+    folder = workdir / "raytrain_results" / "digits-mlp"
+    (trial,) = folder.glob("bad-builder-trials/trial-*")
+    assert (trial / CODE_ERROR_FILE).is_file()
+    # One attempt built the model and failed; the one Tune had scheduled raised the recorded
+    # error before building anything, and there was no third.
+    (errors,) = (folder / "bad-builder").glob("*/error.txt")
+    assert errors.read_text().count("Failure #") == 2
+
+
+def test_a_trial_whose_process_is_lost_resumes_from_its_checkpoint(workdir: Path) -> None:
+    """The trial's process is killed once its first checkpoint is written: Tune starts it again
+    (failure.max_failures), and it resumes from its latest checkpoint, not from epoch 0."""
+    from ray.util.state import list_actors
+
+    experiment = workdir / "raytrain_results" / "digits-mlp" / "lost"
+    trials = experiment.parent / "lost-trials"
+    killed: list[int] = []
+
+    def kill_after_the_first_checkpoint() -> None:
+        while not list(trials.glob("trial-*/checkpoint_*/raytrain_state.json")):
+            time.sleep(0.05)
+        filters = [("class_name", "=", "ImplicitFunc"), ("state", "=", "ALIVE")]
+        (actor,) = list_actors(address=state_address(), filters=filters, detail=True)
+        os.kill(actor.pid, signal.SIGKILL)
+        killed.append(actor.pid)
+
+    killer = threading.Thread(target=kill_after_the_first_checkpoint, daemon=True)
+    killer.start()
+    rows = _sweep(
+        workdir,
+        "lost",
+        [0.01],
+        "train.epochs=20",
+        "train.batch_size=4",  # ~0.3 s epochs: the kill lands mid-run
+        "failure.max_failures=1",
+    )
+    killer.join(timeout=60)
+    assert killed, "the trial finished before its process could be killed"
+    (row,) = rows.values()
+    assert row["status"] == "finished"
+    assert row["epochs"] == 20
+    reports = [
+        json.loads(line)
+        for result in experiment.glob("*/result.json")
+        for line in result.read_text().splitlines()
+    ]
+    after = [r["epoch"] for r in reports if r["pid"] != killed[0]]
+    assert after, "no other process reported"
+    assert min(after) > 1, after  # the new process resumed from a checkpoint
