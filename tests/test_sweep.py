@@ -187,7 +187,8 @@ def test_the_same_seed_samples_the_same_configs() -> None:
 def test_a_killed_sweep_resumes_without_duplicates(ray_cluster: ClusterInfo, workdir: Path) -> None:
     args = [
         "--set", "scaling.num_workers=1",
-        "--set", "train.epochs=2",
+        "--set", "train.epochs=4",
+        "--set", "train.batch_size=4",  # ~0.3 s epochs: the kill lands mid-trial
         "--set", "tune.num_samples=3",
         "--set", "tune.scheduler.name=none",
         "--set", "tune.max_concurrent_trials=1",
@@ -201,11 +202,11 @@ def test_a_killed_sweep_resumes_without_duplicates(ray_cluster: ClusterInfo, wor
         )
     database = workdir / "mlflow.db"
     deadline = time.monotonic() + 300
-    while _finished_children(database) < 1:  # kill once a trial has finished and another runs
+    # Kill once a trial has finished and the next has logged an epoch (and has more to train).
+    while _finished_children(database) < 1 or _trials_with_epochs(database) < 2:
         assert proc.poll() is None, said.read_text()[-3000:]
         assert time.monotonic() < deadline, f"no trial done in 300 s\n{said.read_text()[-3000:]}"
-        time.sleep(2)
-    time.sleep(8)
+        time.sleep(0.1)
     os.kill(proc.pid, signal.SIGKILL)
     proc.wait()
     assert _finished_children(database) < 3, "the sweep ended before it could be killed"
@@ -267,6 +268,17 @@ def test_num_samples_extends_a_finished_sweep_with_a_warm_started_search(workdir
     assert len(versions) == (1 if more.best["trial_id"] == first.best["trial_id"] else 2)
     with pytest.raises(RaytrainError, match="finished with 2 trial"):
         resume_sweep(first.sweep_name, num_samples=1)
+
+
+def _trials_with_epochs(database: Path) -> int:
+    """Runs in the sweep's MLflow database with at least one epoch logged (read as below)."""
+    try:
+        with contextlib.closing(sqlite3.connect(f"file:{database}?mode=ro", uri=True)) as db:
+            logged = "SELECT COUNT(DISTINCT run_uuid) FROM metrics WHERE key = 'val_accuracy'"
+            (count,) = db.execute(logged).fetchone()
+    except sqlite3.Error:  # no database, or no tables yet
+        return 0
+    return int(count)
 
 
 def _finished_children(database: Path) -> int:

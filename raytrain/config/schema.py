@@ -389,6 +389,11 @@ class TuneSpec(Section):
     target: float | None = Field(
         None, description="End the sweep once a trial's metric reaches this value."
     )
+    in_process: bool = Field(
+        True,
+        description="1-worker trials train in their Tune trial's process, reused by the next "
+        "trial (~1 s to start); false makes each a Ray Train run of its own (~10 s).",
+    )
     search: SearchSpec = Field(default_factory=SearchSpec, description="How configs are chosen.")
     scheduler: SchedulerSpec = Field(
         default_factory=SchedulerSpec, description="How bad trials are stopped early."
@@ -535,6 +540,18 @@ class Experiment(Section):
         if self.scaling.use_gpu:
             resources.setdefault("GPU", 1.0)
         return resources
+
+    @property
+    def trials_in_process(self) -> bool:
+        """Whether a sweep's trials train in their Tune trial's own (reused) process: 1-worker
+        trials with ``tune.in_process``, unless the sweep varies ``scaling`` (then each trial
+        holds what its own configuration asks for, in a Ray Train run)."""
+        return (
+            self.tune is not None
+            and self.tune.in_process
+            and self.scaling.num_workers == 1
+            and not any(key.split(".")[0] == "scaling" for key in self.tune.space)
+        )
 
     def locality_resources(self) -> dict[str, float]:
         """What pins a process to the data's nodes (see ``DataSpec.placement``)."""
