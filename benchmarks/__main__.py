@@ -1,6 +1,7 @@
 """Run benchmarks and print a table and JSON.
 
-    python -m benchmarks                     # all of them (about 40 minutes on 2 cores)
+    python -m benchmarks                     # all but gpu (about 40 minutes on 2 cores)
+    python -m benchmarks gpu [--dry-run]     # one GPU (--dry-run: the same sides on the CPU)
     python -m benchmarks train_overhead      # one of them
     python -m benchmarks --quick scaling     # smaller data, fewer epochs (a smoke run)
 
@@ -21,6 +22,7 @@ from rich.table import Table
 from benchmarks import (
     collectives,
     export,
+    gpu,
     scaling,
     serve,
     small_run,
@@ -39,8 +41,9 @@ BENCHMARKS = {
     "sweep_overhead": sweep_overhead.run,
     "export": export.run,
     "serve": serve.run,
+    "gpu": gpu.run,  # one GPU; --dry-run checks it on the CPU
 }
-WITHOUT_RAY = {"collectives", "small_run", "sweep_overhead"}  # each side starts its own
+WITHOUT_RAY = {"collectives", "small_run", "sweep_overhead", "gpu"}  # each side starts its own
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
@@ -48,6 +51,9 @@ def main() -> None:
     parser = argparse.ArgumentParser(prog="python -m benchmarks")
     parser.add_argument("names", nargs="*", help=f"any of: {', '.join(BENCHMARKS)} (default: all)")
     parser.add_argument("--quick", action="store_true", help="small data, few epochs")
+    parser.add_argument(
+        "--dry-run", action="store_true", help="gpu: the same sides on the CPU, tiny"
+    )
     args = parser.parse_args()
     unknown = sorted(set(args.names) - set(BENCHMARKS))
     if unknown:
@@ -56,12 +62,14 @@ def main() -> None:
         )
     console = Console(width=max(Console().width, 180))
     RESULTS.mkdir(exist_ok=True)
-    for name in sorted(args.names or BENCHMARKS, key=list(BENCHMARKS).index):
+    default = [name for name in BENCHMARKS if name != "gpu"]  # gpu needs one
+    for name in sorted(args.names or default, key=list(BENCHMARKS).index):
         if name not in WITHOUT_RAY:
             connect(env_vars=WORKER_ENV)  # keeps an existing connection
         start = time.monotonic()
         with tempfile.TemporaryDirectory(prefix=f"raytrain-bench-{name}-") as folder:
-            rows = BENCHMARKS[name](Path(folder), quick=args.quick)
+            options = {"dry_run": args.dry_run} if name == "gpu" else {}
+            rows = BENCHMARKS[name](Path(folder), quick=args.quick, **options)
         table = Table(title=f"{name} ({time.monotonic() - start:.0f} s)")
         for column in rows[0]:
             table.add_column(column, justify="right")

@@ -39,6 +39,8 @@ class _Timer(tf.keras.callbacks.Callback):
 def compiled(spec: Any) -> tuple[Any, Any, Any, Any]:
     """The experiment's model, compiled, with its data and train and validation pipelines."""
     tf.keras.utils.set_random_seed(spec.train.seed)
+    if spec.train.mixed_precision != "none":
+        tf.keras.mixed_precision.set_global_policy(spec.train.mixed_precision)
     data = load_dataset(spec.data, loss=spec.train.loss)
     batch = spec.train.batch_size
     train = make_tf_dataset(data.x_train, data.y_train, batch_size=batch, shuffle=True, seed=0)
