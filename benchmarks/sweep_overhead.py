@@ -7,7 +7,7 @@ after the other, timed from its start to its exit:
 - plain Optuna + tf_keras: the same 6 configurations (model, data, epochs, batch, seed) trained
   one after another in one process, TensorFlow's default threads: the anchor;
 - raytrain, 1-worker trials in their Tune trial's process (the default), 2 at a time;
-- raytrain, 1-worker trials as Ray Train runs (``tune.in_process: false``: every trial before
+- raytrain, 1-worker trials as Ray Train runs (``scaling.one_worker: ray_train``: every trial before
   in-process trials), 2 at a time;
 - raytrain, 2-worker trials (Ray Train runs under MultiWorkerMirroredStrategy), 1 at a time.
 
@@ -35,7 +35,7 @@ LEARNING_RATES = [3e-4, 1e-3, 2e-3, 3e-3, 5e-3, 1e-2]
 SIDES = {  # side -> (program, overrides of the experiment)
     "plain optuna + tf_keras": ("optuna", {}),
     "raytrain in-process trials": ("raytrain", {}),
-    "raytrain Ray Train trials": ("raytrain", {"in_process": False}),
+    "raytrain Ray Train trials": ("raytrain", {"one_worker": "ray_train"}),
     "raytrain 2-worker trials": ("raytrain", {"num_workers": 2}),
 }
 
@@ -73,7 +73,7 @@ def _spec(
     epochs: int,
     rates: list[float],
     *,
-    in_process: bool = True,
+    one_worker: str = "process",
     num_workers: int = 1,
 ) -> Path:
     name = side.replace(" ", "-").replace("+", "").replace("--", "-")
@@ -82,13 +82,12 @@ def _spec(
         "data": {"source": "builtin:digits", "validation_split": 0.2},
         "model": {"builder": "mlp", "params": {"hidden_units": [64]}},
         "train": {"epochs": epochs, "batch_size": 64},
-        "scaling": {"num_workers": num_workers},
+        "scaling": {"num_workers": num_workers, "one_worker": one_worker},
         "storage": str(folder / "results"),
         "tracking": {"uri": f"sqlite:///{folder / 'mlflow.db'}", "experiment": "bench-sweep"},
         "tune": {
             "metric": "val_accuracy",
             "mode": "max",
-            "in_process": in_process,
             "max_concurrent_trials": 2,
             "search": {"algorithm": "grid"},
             "scheduler": {"name": "none"},

@@ -240,6 +240,11 @@ class TrainSpec(Section):
 
 class ScalingSpec(Section):
     num_workers: int = Field(2, ge=1, description="Data-parallel Ray Train workers.")
+    one_worker: Literal["process", "ray_train"] = Field(
+        "process",
+        description="How 1 worker trains: process (a run: one Ray actor; a sweep trial: its "
+        "own reused Tune trial process; ~1 s to start) or ray_train (a Ray Train run, ~10 s).",
+    )
     use_gpu: bool = Field(False, description="Give each worker one GPU.")
     accelerator: Literal["auto", "tpu"] = Field(
         "auto",
@@ -389,11 +394,6 @@ class TuneSpec(Section):
     target: float | None = Field(
         None, description="End the sweep once a trial's metric reaches this value."
     )
-    in_process: bool = Field(
-        True,
-        description="1-worker trials train in their Tune trial's process, reused by the next "
-        "trial (~1 s to start); false makes each a Ray Train run of its own (~10 s).",
-    )
     search: SearchSpec = Field(default_factory=SearchSpec, description="How configs are chosen.")
     scheduler: SchedulerSpec = Field(
         default_factory=SchedulerSpec, description="How bad trials are stopped early."
@@ -542,16 +542,12 @@ class Experiment(Section):
         return resources
 
     @property
-    def trials_in_process(self) -> bool:
-        """Whether a sweep's trials train in their Tune trial's own (reused) process: 1-worker
-        trials with ``tune.in_process``, unless the sweep varies ``scaling`` (then each trial
-        holds what its own configuration asks for, in a Ray Train run)."""
-        return (
-            self.tune is not None
-            and self.tune.in_process
-            and self.scaling.num_workers == 1
-            and not any(key.split(".")[0] == "scaling" for key in self.tune.space)
-        )
+    def in_one_process(self) -> bool:
+        """Whether training runs in one process without Ray Train: 1 worker with
+        ``scaling.one_worker: process``, unless a sweep varies ``scaling`` (then each trial holds
+        what its own configuration asks for, in a Ray Train run)."""
+        swept = self.tune is not None and any(k.split(".")[0] == "scaling" for k in self.tune.space)
+        return self.scaling.num_workers == 1 and self.scaling.one_worker == "process" and not swept
 
     def locality_resources(self) -> dict[str, float]:
         """What pins a process to the data's nodes (see ``DataSpec.placement``)."""

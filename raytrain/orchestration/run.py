@@ -33,14 +33,14 @@ from raytrain.orchestration.prepare import (
     storage_root,
     unique_name,
 )
-from raytrain.storage import exists, join, to_uri
+from raytrain.storage import exists, join
 from raytrain.tracking import names
 from raytrain.train import checkpoint
 from raytrain.train.evaluation import read_test_metrics, test_metrics
+from raytrain.train.session import Trained
 from raytrain.train.state import STATE_FILE, RunState, find_run
 
 if TYPE_CHECKING:
-    from ray.train import Result
     from ray.util.queue import Queue
 
     from raytrain.export.report import ExportReport
@@ -161,6 +161,7 @@ def _train(
     """Fit the run's epochs that are not trained yet (Ray Train resumes from the run's last
     checkpoint in its folder), then log its end."""
     from raytrain.train.loop import fit
+    from raytrain.train.process import fit_in_process
 
     spec, tracked = state.spec, state.tracked
     if on_start:
@@ -175,9 +176,13 @@ def _train(
     missed: list[int] = []  # the epochs the controller could not log
     outcome: dict[str, Any] = {}
 
+    # One worker trains in one actor (no Ray Train run to start), unless the experiment asks
+    # for Ray Train (scaling.one_worker).
+    train = fit_in_process if spec.in_one_process else fit
+
     def _fit() -> None:
         try:
-            outcome["result"] = fit(
+            outcome["result"] = train(
                 spec,
                 data_ref=ray.put(data.for_workers()),
                 datasets=data.ray_datasets,
@@ -235,14 +240,14 @@ def _next_event(progress: Queue | None, worker: threading.Thread) -> dict[str, A
 
 def _finish(
     state: RunState,
-    result: Result,
+    result: Trained,
     data: PreparedData,
     epochs: list[dict[str, float]],
     missed: list[int],
 ) -> RunSummary:
     spec, tracked = state.spec, state.tracked
     best_checkpoint, best_metrics = _best(result, spec.checkpoint.score, spec.checkpoint.mode)
-    folder = to_uri(result.path, result.filesystem)
+    folder = result.folder
     tested = test_metrics(read_test_metrics(folder), best_epoch=best_metrics.get("epoch"))
     if data.info.num_test and not tested:
         log.warning(
@@ -261,7 +266,7 @@ def _finish(
         storage_path=folder,
         best_checkpoint=best_checkpoint,
         best_metrics=best_metrics,
-        final_metrics=dict(result.metrics or {}),
+        final_metrics=dict(result.metrics),
         epochs=epochs,
         tracking=tracked,
         registered_version=state.registered_version,
@@ -276,7 +281,7 @@ def _finish(
 
 def _log_end(
     state: RunState,
-    result: Result,
+    result: Trained,
     best_checkpoint: str | None,
     best_metrics: dict[str, float],
     data: PreparedData,
@@ -287,9 +292,8 @@ def _log_end(
     FINISHED status. Each part is recorded in ``state`` once logged: a retry skips it."""
     spec, tracked = state.spec, state.tracked
     assert tracked is not None
-    if result.checkpoint is not None:
-        latest = to_uri(result.checkpoint.path, result.checkpoint.filesystem)
-        tracking.log_missing_epochs(tracked, checkpoint.read_history(latest))
+    if result.latest is not None:
+        tracking.log_missing_epochs(tracked, checkpoint.read_history(result.latest))
     if not state.model_logged:
         version = log_best_model(
             tracked,
@@ -300,7 +304,7 @@ def _log_end(
         )
         record_test_metrics(tracked.uri, spec.tracking.register_as, version, tested)
         state = state.update(model_logged=True, registered_version=version)
-    folder = to_uri(result.path, result.filesystem)
+    folder = result.folder
     tags = {names.BEST_CHECKPOINT_TAG: best_checkpoint or "", names.STORAGE_TAG: folder}
     best = {f"best_{k}": v for k, v in best_metrics.items() if isinstance(v, int | float)}
     tracking.end_run(
@@ -341,10 +345,9 @@ def _spans(numbers: list[int]) -> str:
     return ", ".join(f"{a}-{b}" if a != b else f"{a}" for a, b in spans)
 
 
-def _best(result: Result, score: str, mode: str) -> tuple[str | None, dict[str, float]]:
-    ranked = [(c, m) for c, m in (result.best_checkpoints or []) if score in m]
+def _best(result: Trained, score: str, mode: str) -> tuple[str | None, dict[str, float]]:
+    ranked = [(c, m) for c, m in result.kept if score in m]
     if not ranked:
-        return None, dict(result.metrics or {})
+        return None, dict(result.metrics)
     sign = 1 if mode == "max" else -1  # ties: the earliest epoch, as the test set's weights
-    checkpoint, metrics = max(ranked, key=lambda cm: (sign * cm[1][score], -cm[1]["epoch"]))
-    return to_uri(checkpoint.path, checkpoint.filesystem), dict(metrics)
+    return max(ranked, key=lambda cm: (sign * cm[1][score], -cm[1]["epoch"]))

@@ -78,7 +78,7 @@ def sweep(
     progress = SweepProgress(spec, sweep_name=setup.sweep_name)
     if on_event:
         EVENT_SINKS[setup.sweep_name] = on_event
-    in_process = spec.trials_in_process
+    in_process = spec.in_one_process
     trainable = tune.with_resources(
         tune.with_parameters(
             _trial_in_process if in_process else _trial,

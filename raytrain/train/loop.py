@@ -46,7 +46,7 @@ from raytrain.train.evaluation import (
     test_input,
     write_test_metrics,
 )
-from raytrain.train.session import RayTrainSession, Session, TrialSession
+from raytrain.train.session import RayTrainSession, Session, Trained, TrialSession
 
 if TYPE_CHECKING:
     from raytrain.data.dataset import Dataset
@@ -83,8 +83,8 @@ def fit(
     base_dir: str,
     callbacks: list[Any] | None = None,
     datasets: dict[str, Any] | None = None,
-) -> ray.train.Result:
-    """Run the experiment's training on the connected Ray cluster and return Ray's result.
+) -> Trained:
+    """Run the experiment's training as a Ray Train run on the connected Ray cluster.
 
     ``datasets``: the Ray Data train/val datasets of a streamed source (``data.streaming``),
     which Ray Train splits across the workers."""
@@ -108,7 +108,7 @@ def fit(
     if tracking is not None or progress is not None:
         callbacks = [
             *(callbacks or []),
-            _CommittedEpochs(tracking, progress, spec.train.epochs, signed_in),
+            _CommittedEpochs(EpochSink(tracking, progress, spec.train.epochs, signed_in)),
         ]
     if progress is not None:
         callbacks = [*(callbacks or []), failures.LossNotice(progress, spec.failure.max_failures)]
@@ -139,7 +139,14 @@ def fit(
             callbacks=callbacks,
         ),
     )
-    return trainer.fit()
+    result = trainer.fit()
+    latest, kept = result.checkpoint, result.best_checkpoints or []
+    return Trained(
+        folder=storage.to_uri(result.path, result.filesystem),
+        metrics=dict(result.metrics or {}),
+        latest=storage.to_uri(latest.path, latest.filesystem) if latest else None,
+        kept=[(storage.to_uri(c.path, c.filesystem), dict(m)) for c, m in kept],
+    )
 
 
 def train_in_trial(
@@ -306,12 +313,11 @@ def train(config: dict[str, Any], session: Session) -> None:
         session.report({**reporter.last, **tested}, None)
 
 
-class _CommittedEpochs(UserCallback):
-    """On Ray Train's controller: each epoch, once all workers reported it and its checkpoint is
-    committed, to MLflow and to the driver's progress queue. An epoch that a worker reported but
-    the controller never committed (a worker died first) is trained again after the restart;
-    sent from here, it is logged once, not once per attempt. MLflow gets it in the background
-    (``EpochLogger``); the last epoch's event says which epochs MLflow did not get."""
+class EpochSink:
+    """Each committed epoch (its checkpoint stored) to MLflow and to the driver's progress
+    queue. MLflow gets it in the background (``EpochLogger``); the last epoch's event says which
+    epochs MLflow did not get. Runs where the epochs are committed: Ray Train's controller, or
+    the actor of a 1-worker run."""
 
     def __init__(
         self,
@@ -320,18 +326,15 @@ class _CommittedEpochs(UserCallback):
         total_epochs: int,
         signed_in: Credentials | None = None,
     ) -> None:
-        self.tracking, self.logger = tracking, None  # the logger's thread starts on the controller
+        self.tracking, self.logger = tracking, None  # the logger's thread starts where it runs
         self.signed_in = signed_in
         self.progress, self.total_epochs = progress, total_epochs
 
-    def after_report(self, run_context: Any, metrics: list[dict], checkpoint: Any) -> None:
-        if checkpoint is None:  # not an epoch: the final metrics of a run resumed when done
-            return
-        epoch = dict(metrics[0])  # rank 0's
+    def __call__(self, epoch: dict[str, float]) -> None:
         event = {**epoch, "total_epochs": self.total_epochs}
         if self.tracking:
             if self.logger is None:
-                if self.signed_in:  # the controller signs in as the driver did
+                if self.signed_in:  # signs in as the driver did
                     self.signed_in.use()
                 self.logger = EpochLogger(self.tracking)
             self.logger.log(epoch, step=int(epoch["epoch"]))
@@ -343,6 +346,20 @@ class _CommittedEpochs(UserCallback):
                 self.progress.put_nowait(event)
             except Exception:  # the driver is gone: the epoch is in MLflow, training goes on
                 self.progress = None
+
+
+class _CommittedEpochs(UserCallback):
+    """On Ray Train's controller: each epoch, once all workers reported it and its checkpoint is
+    committed, to the ``EpochSink``. An epoch that a worker reported but the controller never
+    committed (a worker died first) is trained again after the restart; sent from here, it is
+    logged once, not once per attempt."""
+
+    def __init__(self, sink: EpochSink) -> None:
+        self.sink = sink
+
+    def after_report(self, run_context: Any, metrics: list[dict], checkpoint: Any) -> None:
+        if checkpoint is not None:  # else not an epoch: the final metrics of a finished run
+            self.sink(dict(metrics[0]))  # rank 0's
 
 
 def _set_threads(tf: Any, intra: int, inter: int) -> None:

@@ -1,13 +1,11 @@
-"""Where the training loop runs, behind one small interface: a worker of a Ray Train run, or a
-1-worker sweep trial training inside its own Ray Tune trial process.
+"""Where the training loop runs, behind one small interface: a worker of a Ray Train run, a
+1-worker run in one Ray actor, or a 1-worker sweep trial inside its own Ray Tune trial process.
 
 The loop (``loop.py``) asks its session for its rank and world size, the checkpoint to resume
 from, a streamed dataset's shard, and hands it each epoch's metrics and checkpoint folder. Ray
-Train's session keeps checkpoints and restarts lost workers itself. A trial's session does the
-same with the trial's folder: checkpoints in the layout Ray Train uses (``checkpoint_<epoch>``
-under ``<sweep>-trials/trial-<id>``), the ``checkpoint.keep`` best by ``checkpoint.score`` kept
-(and the latest, which a restarted trial resumes from), each epoch reported to Tune with its
-checkpoint's location, as Ray Train's ``TuneReportCallback`` does. No TensorFlow here: the
+Train keeps checkpoints itself; the other two keep them in a ``CheckpointFolder``, in the layout
+Ray Train uses (``checkpoint_<epoch>`` in the run's folder, or in ``<sweep>-trials/trial-<id>``).
+No TensorFlow here: the
 sweep's driver and Tune's trial processes import this module before a trial decides to train.
 """
 
@@ -15,8 +13,9 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -27,8 +26,11 @@ from raytrain.errors import TrainingError
 __all__ = [
     "CHECKPOINT_PATH",
     "CODE_ERROR_FILE",
+    "CheckpointFolder",
+    "ProcessSession",
     "RayTrainSession",
     "Session",
+    "Trained",
     "TrialSession",
     "code_error",
 ]
@@ -38,6 +40,18 @@ CHECKPOINT_PATH = "checkpoint_path"
 # A trial's record that its own code or data failed: Tune must not retry it (``code_error``).
 CODE_ERROR_FILE = "raytrain_code_error.json"
 _CHECKPOINT = re.compile(r"^checkpoint_(\d+)$")
+
+
+@dataclass(frozen=True)
+class Trained:
+    """What a finished training run left, however it ran: its folder, its last report (the
+    last epoch's metrics, with the test metrics), its latest checkpoint and the checkpoints kept,
+    each with its metrics (locations local or gs://)."""
+
+    folder: str
+    metrics: dict[str, float]
+    latest: str | None
+    kept: list[tuple[str, dict[str, float]]]
 
 
 class Session(Protocol):
@@ -87,35 +101,33 @@ class RayTrainSession:
         return ray.train.get_dataset_shard(name)
 
 
-class TrialSession:
-    """A 1-worker sweep trial training in its Tune trial's process."""
+class CheckpointFolder:
+    """A run's or trial's folder of checkpoints, in Ray Train's layout (``checkpoint_<epoch>``),
+    where a training process without Ray Train keeps them: the ``checkpoint.keep`` best by
+    ``checkpoint.score`` (ties: the earlier epoch), and always the latest, which a restarted
+    process resumes from."""
 
-    rank, world = 0, 1
-
-    def __init__(self, spec: Experiment, folder: str, datasets: dict[str, Any] | None) -> None:
-        self.folder, self.datasets = folder, datasets or {}
+    def __init__(self, spec: Experiment, folder: str) -> None:
+        self.folder = folder
         self.keep = spec.checkpoint.keep
         self.score, self.mode = spec.checkpoint.score, spec.checkpoint.mode
-        self.kept = _checkpoints(folder)  # epoch -> metrics, of a trial that ran before
+        self.kept = _checkpoints(folder)  # epoch -> metrics, of an earlier attempt too
 
-    def report(self, metrics: dict[str, float], folder: str | None) -> None:
-        from ray import tune
+    def location(self, epoch: int) -> str:
+        return storage.join(self.folder, f"checkpoint_{epoch:06d}")
 
-        if folder is None:
-            tune.report(dict(metrics))
-            return
+    def save(self, local: str, metrics: dict[str, float]) -> str:
+        """Store the checkpoint written to ``local`` for ``metrics["epoch"]``; let go of those
+        ``checkpoint.keep`` no longer keeps; return where it is."""
         epoch = int(metrics["epoch"])
-        location = storage.join(self.folder, f"checkpoint_{epoch:06d}")
-        storage.upload_folder(Path(folder), location)
+        storage.upload_folder(Path(local), self.location(epoch))
         self.kept[epoch] = dict(metrics)
         for old in self._surplus():
-            _delete_checkpoint(storage.join(self.folder, f"checkpoint_{old:06d}"))
+            _delete_checkpoint(self.location(old))
             del self.kept[old]
-        tune.report({**metrics, CHECKPOINT_PATH: location})
+        return self.location(epoch)
 
     def _surplus(self) -> list[int]:
-        """The epochs whose checkpoints ``checkpoint.keep`` lets go: all but the best ``keep``
-        by score (ties: the earlier epoch) and the latest."""
         if self.keep is None:
             return []
         scored = [e for e, m in self.kept.items() if self.score in m]
@@ -124,21 +136,88 @@ class TrialSession:
         latest = max(self.kept)
         return sorted(e for e in self.kept if e not in best and e != latest)
 
+    def latest(self) -> int | None:
+        return max(self.kept) if self.kept else None
+
+    def trained(self, metrics: dict[str, float]) -> Trained:
+        """The run as it ended, its last report ``metrics``."""
+        latest = self.latest()
+        return Trained(
+            folder=self.folder,
+            metrics=metrics,
+            latest=self.location(latest) if latest is not None else None,
+            kept=[(self.location(e), m) for e, m in sorted(self.kept.items())],
+        )
+
     @contextmanager
     def resume_from(self) -> Iterator[str | None]:
-        if not self.kept:
+        """The latest checkpoint as a local folder (downloaded from gs://), or None."""
+        latest = self.latest()
+        if latest is None:
             yield None
             return
         from ray.train import Checkpoint
 
-        path, filesystem = storage.ray_storage(
-            storage.join(self.folder, f"checkpoint_{max(self.kept):06d}")
-        )
+        path, filesystem = storage.ray_storage(self.location(latest))
         with Checkpoint(path, filesystem=filesystem).as_directory() as folder:
             yield folder
 
+
+class TrialSession:
+    """A 1-worker sweep trial training in its Tune trial's process: each epoch to Tune with its
+    checkpoint's location, as Ray Train's ``TuneReportCallback`` does."""
+
+    rank, world = 0, 1
+
+    def __init__(self, spec: Experiment, folder: str, datasets: dict[str, Any] | None) -> None:
+        self.checkpoints = CheckpointFolder(spec, folder)
+        self.datasets = datasets or {}
+
+    def report(self, metrics: dict[str, float], folder: str | None) -> None:
+        from ray import tune
+
+        if folder is None:
+            tune.report(dict(metrics))
+            return
+        tune.report({**metrics, CHECKPOINT_PATH: self.checkpoints.save(folder, metrics)})
+
+    def resume_from(self) -> Any:
+        return self.checkpoints.resume_from()
+
     def dataset_shard(self, name: str) -> Any:
         return self.datasets[name]  # one worker reads the whole split
+
+
+class ProcessSession:
+    """A 1-worker run training in one Ray actor (``train.process``): each epoch, once its
+    checkpoint is stored, to ``on_epoch`` (MLflow and the driver's progress queue)."""
+
+    rank, world = 0, 1
+
+    def __init__(
+        self,
+        spec: Experiment,
+        folder: str,
+        datasets: dict[str, Any] | None,
+        on_epoch: Callable[[dict[str, float]], None],
+    ) -> None:
+        self.checkpoints = CheckpointFolder(spec, folder)
+        self.datasets, self.on_epoch = datasets or {}, on_epoch
+        self.final: dict[str, float] = {}
+
+    def report(self, metrics: dict[str, float], folder: str | None) -> None:
+        if folder is None:  # the final metrics (test metrics, or a run resumed when done)
+            self.final = dict(metrics)
+            return
+        self.checkpoints.save(folder, metrics)
+        self.final = dict(metrics)
+        self.on_epoch(dict(metrics))
+
+    def resume_from(self) -> Any:
+        return self.checkpoints.resume_from()
+
+    def dataset_shard(self, name: str) -> Any:
+        return self.datasets[name]
 
 
 def _checkpoints(folder: str) -> dict[int, dict[str, float]]:
