@@ -1,14 +1,18 @@
-"""What the registry holds is data: never code that runs.
+"""What the registry and an export folder hold is data: never code that runs, never a path
+outside the export.
 
 A real sqlite MLflow registry (no Ray) holds raytrain's own small digits model and what someone
 who can write to the registry plants beside it: the same version with its ``data/model.keras``
 replaced by an HDF5 file, or a zip, holding a ``Lambda`` whose code writes a marker file.
 Serving and export refuse both before deserializing anything, and the marker is never written.
+An export folder's manifest naming files outside the folder deletes nothing, and ``raytrain
+export NAME`` writes where its user says, never where the recorded experiment says.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import zipfile
 from collections.abc import Iterator
@@ -25,7 +29,8 @@ from raytrain import tracking
 from raytrain.cli import app
 from raytrain.config.schema import Experiment
 from raytrain.data.dataset import load_dataset
-from raytrain.errors import ModelBuildError, UntrustedModelError
+from raytrain.errors import ExportError, ModelBuildError, UntrustedModelError
+from raytrain.export.destination import MANIFEST, publish
 from raytrain.models import build_model
 from raytrain.tracking.keras_file import check_keras_file
 from raytrain.tracking.registry import download, load_keras, resolve
@@ -241,3 +246,89 @@ def test_a_checkpoint_and_a_builder_are_held_to_the_same_gate(tmp_path: Path) ->
         r"\('lambda(_\d+)?' is a Lambda layer\), which raytrain never loads",
     ):
         build_model(spec.model, data.info, loss=spec.train.loss, base_dir=tmp_path)
+
+
+@pytest.fixture
+def victim(tmp_path: Path) -> Path:
+    precious = tmp_path / "victim" / "precious.txt"
+    precious.parent.mkdir()
+    precious.write_text("keep me")
+    return precious
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        "../victim/precious.txt",
+        "sub/../../victim/precious.txt",
+        "{victim}",  # absolute
+        "..\\victim\\precious.txt",
+        "./report.md",
+        "",
+    ],
+)
+def test_a_manifest_naming_files_outside_its_folder_deletes_nothing(
+    tmp_path: Path, victim: Path, entry: str
+) -> None:
+    entry = entry.format(victim=victim)
+    destination = tmp_path / "export"
+    destination.mkdir()
+    (destination / MANIFEST).write_text(json.dumps({"files": ["report.md", entry]}))
+    (destination / "report.md").write_text("old")
+    new = tmp_path / "new"
+    new.mkdir()
+    (new / "report.md").write_text("new")
+    manifest = destination / MANIFEST
+    with pytest.raises(
+        ExportError,
+        match=rf"^the export manifest {manifest} names '{re.escape(entry)}', which is not a "
+        rf"plain path inside the export destination {destination} \(no '\.\.', absolute path, "
+        r"backslash or symbolic link\); raytrain deletes nothing there",
+    ):
+        publish(new, str(destination))
+    assert victim.read_text() == "keep me"
+    assert (destination / "report.md").read_text() == "old"
+
+
+def test_no_symbolic_link_leads_an_export_out_of_its_folder(tmp_path: Path, victim: Path) -> None:
+    destination = tmp_path / "export"
+    destination.mkdir()
+    (destination / "link").symlink_to(victim.parent)
+    (destination / MANIFEST).write_text(json.dumps({"files": ["link/precious.txt"]}))
+    new = tmp_path / "new"
+    new.mkdir()
+    (new / "report.md").write_text("new")
+    with pytest.raises(ExportError, match=r"names 'link/precious\.txt', which is not a plain"):
+        publish(new, str(destination))
+    assert victim.read_text() == "keep me"
+    # A link where the new export writes would be followed too: refused, nothing written.
+    (destination / MANIFEST).write_text(json.dumps({"files": []}))
+    (destination / "link").unlink()
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    (destination / "saved_model").symlink_to(elsewhere)  # empty: no file raytrain did not write
+    (new / "saved_model").mkdir()
+    (new / "saved_model" / "saved_model.pb").write_text("new")
+    with pytest.raises(
+        ExportError, match=r"^the new export names 'saved_model/saved_model\.pb', which is not"
+    ):
+        publish(new, str(destination))
+    assert not list(elsewhere.iterdir())
+    (destination / MANIFEST).write_text("{")  # cut short: refused in one line, not a traceback
+    with pytest.raises(ExportError, match=r"raytrain_export\.json is not one raytrain wrote"):
+        publish(new, str(destination))
+
+
+def test_export_takes_no_destination_from_the_registry(registry: Registry, workdir: Path) -> None:
+    """The recorded experiment's ``export.out`` and ``storage`` point elsewhere: unused."""
+    args = ["export", f"{HONEST}/1", "--tracking-uri", registry.uri, "-q", "none"]
+    runner = CliRunner()
+    result = runner.invoke(app, [*args, "--latency-runs", "10"], env={"COLUMNS": "200"})
+    assert result.exit_code == 0, result.output
+    default = workdir / "raytrain_results" / "digits-mlp" / "export" / "honest-v1"
+    assert (default / "float32.tflite").is_file()
+    out = workdir / "chosen"
+    result = runner.invoke(app, [*args, "--latency-runs", "10", "--out", str(out)])
+    assert result.exit_code == 0, result.output
+    assert (out / "float32.tflite").is_file()
+    assert not registry.theirs.exists()
