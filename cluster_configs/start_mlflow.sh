@@ -21,9 +21,12 @@
 #   MLFLOW_ARTIFACTS_DESTINATION  models and files: gs://BUCKET/mlflow or a shared folder.
 #                                 Default $MLFLOW_HOME/artifacts
 #   MLFLOW_DEFAULT_PERMISSION     what every signed-in user may do on experiments and models
-#                                 others created: EDIT (default: log runs, register versions,
-#                                 move aliases), READ, or NO_PERMISSIONS. Deleting and granting
-#                                 stay with their creator and the admin.
+#                                 others created: READ (default), or NO_PERMISSIONS. EDIT (log
+#                                 runs, register versions, move the champion alias) would let any
+#                                 user plant a model that serving and export load; grant it per
+#                                 experiment or model instead (docs/tracking.md). The jobs user
+#                                 may edit every experiment and model; deleting and granting stay
+#                                 with their creator and the admin.
 #   MLFLOW_ALLOWED_HOSTS          Host headers the server accepts. Default: MLFLOW_HOST and
 #                                 localhost (an SSH tunnel or port-forward)
 #   MLFLOW_WORKERS                server processes, 4 by default
@@ -56,7 +59,7 @@ port=${MLFLOW_PORT:-5000}
 backend=${MLFLOW_BACKEND_STORE_URI:-sqlite:///$home/mlflow.db}
 auth_db=${MLFLOW_AUTH_DATABASE_URI:-sqlite:///$home/basic_auth.db}
 artifacts=${MLFLOW_ARTIFACTS_DESTINATION:-$home/artifacts}
-permission=${MLFLOW_DEFAULT_PERMISSION:-EDIT}
+permission=${MLFLOW_DEFAULT_PERMISSION:-READ}
 allowed=${MLFLOW_ALLOWED_HOSTS:-$host,$host:$port,localhost,localhost:*,127.0.0.1,127.0.0.1:*}
 jobs_user=raytrain-jobs
 credentials=$HOME/.mlflow/credentials
@@ -132,6 +135,10 @@ for name, password, admin in (
         store.update_user(name, password=password, is_admin=admin)
     else:
         store.create_user(name, password, is_admin=admin)
+# Jobs log runs and register versions in every experiment and model, whoever created it; other
+# users read them (default_permission) unless granted more.
+for kind in ("experiment", "registered_model"):
+    store.grant_user_permission(os.environ["JOBS_USER"], kind, "*", "EDIT")
 EOF
 
 export MLFLOW_AUTH_CONFIG_PATH=$home/basic_auth.ini

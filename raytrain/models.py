@@ -25,6 +25,7 @@ from raytrain.config.resolve import load_builder
 from raytrain.config.schema import BUILTIN_BUILDERS, ModelSpec
 from raytrain.data.dataset import DataInfo
 from raytrain.errors import ModelBuildError
+from raytrain.tracking.keras_file import code_in
 
 __all__ = ["build_model", "cnn", "head_for", "mlp"]
 
@@ -127,7 +128,16 @@ def build_model(
         axis=axes, mean=info.scale_offset, variance=info.scale_variance, name="feature_scaling"
     )
     name = re.sub(r"\W", "_", spec.builder)[:60]
-    return tf.keras.Model(inputs, body(scale(inputs)), name=name)
+    model = tf.keras.Model(inputs, body(scale(inputs)), name=name)
+    # Loading refuses a model that names code (raytrain.tracking.keras_file): say so before
+    # training, not when the driver loads the best checkpoint.
+    problem = code_in(tf.keras.saving.serialize_keras_object(model))
+    if problem:
+        raise ModelBuildError(
+            f"model builder '{spec.builder}' made a model whose config {problem}, which raytrain "
+            "never loads (it could run anyone's code from a registry): build it from Keras layers"
+        )
+    return model
 
 
 def _output(units: int, activation: str | None) -> tf.keras.layers.Layer:

@@ -195,6 +195,40 @@ def test_unauthenticated_clients_cannot_write_or_register(
     check_reachable(server.uri)
 
 
+@needs_postgres
+@pytest.mark.slow  # starts PostgreSQL and an MLflow server
+def test_signed_in_users_read_and_only_the_jobs_user_and_admins_write(server: Head) -> None:
+    """Without a grant, a signed-in user cannot log a run, register a version or move an alias
+    in others' experiments and models (serving and export load what the registry holds); the
+    jobs user writes in every one, the admin's too."""
+    api = f"{server.uri}/api/2.0/mlflow"
+    bob = (f"bob-{time.monotonic_ns()}", f"pw-{os.urandom(8).hex()}")
+    user = {"username": bob[0], "password": bob[1]}
+    assert requests.post(f"{api}/users/create", json=user, auth=server.admin).status_code == 200
+
+    def post(path: str, body: dict[str, str], auth: tuple[str, str]) -> int:
+        return requests.post(f"{api}/{path}", json=body, auth=auth, timeout=120).status_code
+
+    client = mlflow.MlflowClient(tracking_uri=server.uri)
+    with signed_in_as(server.admin):
+        experiment = client.create_experiment(f"admins-{time.monotonic_ns()}")
+        model = client.create_registered_model(f"admins-{time.monotonic_ns()}").name
+    with signed_in_as(server.jobs):
+        run = client.create_run(experiment)  # the jobs user writes in the admin's experiment
+        client.log_metric(run.info.run_id, "loss", 0.5)
+        version = client.create_model_version(model, f"{run.info.artifact_uri}/m", run.info.run_id)
+        client.set_registered_model_alias(model, "champion", version.version)
+    alias = {"name": model, "alias": "champion", "version": version.version}
+    assert post("runs/create", {"experiment_id": experiment}, bob) == 403
+    assert post("model-versions/create", {"name": model, "source": "x"}, bob) == 403
+    assert post("registered-models/alias", alias, bob) == 403
+    assert post("registered-models/alias", alias, server.jobs) == 200
+    with signed_in_as(bob):
+        assert client.get_model_version_by_alias(model, "champion").version == version.version
+        own = client.create_experiment(f"bobs-{time.monotonic_ns()}")  # and writes his own
+        client.log_metric(client.create_run(own).info.run_id, "loss", 0.5)
+
+
 def _experiment(folder: Path, uri: str, **sections: str) -> Path:
     folder.mkdir(exist_ok=True)
     extra = "".join(f"{k}: {v}\n" for k, v in sections.items())

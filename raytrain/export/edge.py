@@ -27,7 +27,13 @@ import numpy as np
 from pydantic import ValidationError
 
 from raytrain.config.rules import export_problems
-from raytrain.config.schema import CLASSIFICATION_LOSSES, EXPORT_MODES, Experiment, ExportSpec
+from raytrain.config.schema import (
+    CLASSIFICATION_LOSSES,
+    DEFAULT_STORAGE,
+    EXPORT_MODES,
+    Experiment,
+    ExportSpec,
+)
 from raytrain.data.dataset import Dataset, load_dataset
 from raytrain.errors import DataError, ExportError, RaytrainError, SpecError, TrackingError
 from raytrain.export.destination import check_destination, publish
@@ -71,13 +77,15 @@ def export_model(
     settings; by default it is the one recorded with the model's run. ``options`` overrides
     settings by field name, as ``raytrain export`` does with its options.
     A version holding pickled objects (code) loads only with ``trust_pickled_models`` in
-    ``options`` or ``experiment``, never in the experiment recorded in MLflow.
+    ``options`` or ``experiment``, never in the experiment recorded in MLflow; nor is the
+    destination ever taken from it (its ``export.out`` and ``storage``): whoever can write the
+    registry must not choose which folder, or bucket, an export writes to and replaces files in.
     """
     model = registry.resolve(reference, tracking_uri=tracking_uri)
     spec = experiment or registry.recorded_experiment(model)
     base = spec.export
     if experiment is None and base is not None:  # the registry's writers may not trust them
-        base = base.model_copy(update={"trust_pickled_models": False})
+        base = base.model_copy(update={"trust_pickled_models": False, "out": None})
     settings = _settings(base, options or {})
     data = data or _load_data(spec, model)
     keras_model = registry.load_keras(model, trust_pickled_models=settings.trust_pickled_models)
@@ -88,7 +96,8 @@ def export_model(
             "experiment it was trained on",
             options=("experiment",),
         )
-    destination = _destination(settings, spec, model)
+    storage = spec.storage if experiment is not None else DEFAULT_STORAGE
+    destination = _destination(settings, storage, spec.name, model)
     check_destination(destination)  # before minutes of converting, not after
     # TensorFlow's savers and the TFLite converter want local paths: the files are written to a
     # local folder first, then published to the destination (a folder or gs://).
@@ -236,11 +245,11 @@ def _load_data(spec: Experiment, model: registry.RegisteredModel) -> Dataset:
         ) from None
 
 
-def _destination(settings: ExportSpec, spec: Experiment, model: registry.RegisteredModel) -> str:
-    """Where the files end up: ``out``, else under the experiment's storage (gs:// too)."""
-    where = settings.out or join(
-        spec.storage, spec.name, "export", f"{model.name}-v{model.version}"
-    )
+def _destination(
+    settings: ExportSpec, storage: str, name: str, model: registry.RegisteredModel
+) -> str:
+    """Where the files end up: ``out``, else under ``storage`` (gs:// too)."""
+    where = settings.out or join(storage, name, "export", f"{model.name}-v{model.version}")
     return where if is_gcs(where) else str(Path(where).expanduser().resolve())
 
 

@@ -17,7 +17,13 @@ from raytrain.config.schema import ServeSpec
 from raytrain.errors import RaytrainError
 from raytrain.serve.app import APP_NAME, ModelServer, ServedModel
 from raytrain.tracking import credentials
-from raytrain.tracking.registry import check_trusted, download, pickled_files, resolve
+from raytrain.tracking.registry import (
+    check_keras,
+    check_trusted,
+    download,
+    pickled_files,
+    resolve,
+)
 
 __all__ = [
     "METRICS_PORT",
@@ -55,12 +61,15 @@ def describe(
     reference: str, *, tracking_uri: str, trust_pickled_models: bool = False
 ) -> ServedModel:
     """Resolve ``reference`` in the registry and read what the API reports about it; refuse it
-    here, before any replica starts, if it holds pickled objects the caller does not trust."""
+    here, before any replica starts, if it holds pickled objects or a model file naming code
+    that the caller does not trust."""
     import mlflow
 
     model = resolve(reference, tracking_uri=tracking_uri)
     pickled = pickled_files(model)
     check_trusted(model, pickled, trust_pickled_models=trust_pickled_models)
+    if not trust_pickled_models:
+        check_keras(model)
     client = mlflow.MlflowClient(tracking_uri=model.tracking_uri)
     info = mlflow.models.Model.load(download(model, "MLmodel"))
     meta = info.metadata or {}

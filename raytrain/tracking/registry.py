@@ -27,6 +27,7 @@ from raytrain.errors import (
     VersionNotFoundError,
 )
 from raytrain.masking import masked_paths
+from raytrain.tracking.keras_file import check_keras_file, load_keras_file
 from raytrain.tracking.names import CHAMPION, PARENT_TAG, SPEC_ARTIFACT, SPEC_FOLDER
 from raytrain.tracking.runs import absolute_tracking_uri, check_reachable
 
@@ -34,6 +35,7 @@ __all__ = [
     "KERAS_FILE",
     "PICKLE_SUFFIXES",
     "RegisteredModel",
+    "check_keras",
     "check_trusted",
     "download",
     "inert_pickle",
@@ -215,11 +217,10 @@ def check_trusted(model: RegisteredModel, found: list[str], *, trust_pickled_mod
 def load_keras(model: RegisteredModel, *, trust_pickled_models: bool = False) -> Any:
     """The version's tf_keras model for inference (not compiled: no optimizer or metrics).
 
-    Loaded from the file raytrain logged (``data/model.keras``) in Keras' safe mode, which
-    deserializes no Python code; MLflow's own loader, which unpickles the custom objects a model
-    may carry, only with ``trust_pickled_models``."""
-    import tensorflow as tf
-
+    Loaded from the file raytrain logged (``data/model.keras``), once ``keras_file`` found it a
+    zip-format Keras file that names no code, in Keras' safe mode; MLflow's own loader, which
+    unpickles the custom objects a model may carry and runs its code, only with
+    ``trust_pickled_models``."""
     folder = Path(download(model))
     if trust_pickled_models:
         import mlflow
@@ -231,14 +232,26 @@ def load_keras(model: RegisteredModel, *, trust_pickled_models: bool = False) ->
         if _is_pickled(p.name) and p.is_file() and not inert_pickle(p.read_bytes())
     )
     check_trusted(model, found, trust_pickled_models=False)
-    path = folder / KERAS_FILE
-    if not path.is_file():
-        raise UntrustedModelError(
-            f"refused to load {model}: it has no {KERAS_FILE}, the file raytrain logs; pass "
-            "`trust_pickled_models` to load it with MLflow's loader if you trust who wrote it",
-            options=("trust_pickled_models",),
-        )
-    return tf.keras.models.load_model(str(path), compile=False, safe_mode=True)
+    return load_keras_file(folder / KERAS_FILE, **_keras_file_args(model))
+
+
+def check_keras(model: RegisteredModel) -> None:
+    """Refuse the version if its ``data/model.keras`` would run code when loaded: before any
+    Serve replica starts."""
+    check_keras_file(Path(download(model)) / KERAS_FILE, **_keras_file_args(model))
+
+
+def _keras_file_args(model: RegisteredModel) -> dict[str, Any]:
+    hint = (
+        "; pass `trust_pickled_models` only if you trust everyone who can write to this "
+        "registry with running code"
+    )
+    return {
+        "what": str(model),
+        "name": KERAS_FILE,
+        "hint": hint,
+        "options": ("trust_pickled_models",),
+    }
 
 
 def _is_pickled(name: str) -> bool:

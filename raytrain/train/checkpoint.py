@@ -65,12 +65,15 @@ def _history(state: dict[str, Any]) -> list[dict[str, float]]:
 
 def load_model(location: str) -> Any:
     """The tf_keras model of the checkpoint at ``location`` (a local path or gs:// URI), not
-    compiled: for logging, serving and export, not for more training."""
+    compiled: for logging, serving and export, not for more training. Storage may be shared:
+    the file passes the same gate as a registered model's (``tracking.keras_file``)."""
     import ray.train
-    import tensorflow as tf
 
     from raytrain.storage import resolve
+    from raytrain.tracking.keras_file import load_keras_file
 
     filesystem, path = resolve(location)
     with ray.train.Checkpoint(path, filesystem=filesystem).as_directory() as folder:
-        return tf.keras.models.load_model(str(Path(folder, MODEL_FILE)), compile=False)
+        return load_keras_file(
+            Path(folder, MODEL_FILE), what=f"the checkpoint at {location}", name=MODEL_FILE
+        )
