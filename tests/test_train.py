@@ -157,6 +157,52 @@ def test_killed_worker_resumes_from_last_checkpoint(workdir: Path) -> None:
     assert summary.best_metrics["val_accuracy"] >= 0.9
 
 
+def test_a_killed_one_worker_process_resumes_from_its_last_checkpoint(workdir: Path) -> None:
+    """A 1-worker run trains in one actor, not a Ray Train run: killed, it is started again
+    from the run's latest checkpoint, and the user hears one line."""
+    cheaper = [
+        "scaling.num_workers=1",
+        "train.epochs=4",
+        "model={builder: mlp, params: {hidden_units: [32]}}",
+        "failure.max_failures=1",
+    ]
+    loaded = load_experiment(QUICKSTART, cheaper)
+    killed_after: list[int] = []
+
+    def kill_the_process(event: dict) -> None:
+        if killed_after or event["epoch"] < 2:
+            return
+        (trainer,) = list_actors(
+            address=state_address(),
+            filters=[("class_name", "=", "_Trainer"), ("state", "=", "ALIVE")],
+            detail=True,
+        )
+        os.kill(int(trainer.pid), signal.SIGKILL)
+        killed_after.append(int(event["epoch"]))
+
+    notices: list[str] = []
+    summary = run_experiment(loaded, on_epoch=kill_the_process, on_notice=notices.append)
+    assert killed_after == [2]
+    (notice,) = notices
+    assert re.fullmatch(
+        r"lost worker 0 on [\d.]+ \(\w+\): restarting the worker from the last checkpoint "
+        r"once the cluster has room for it \(retry 1 of 1, failure.max_failures\)",
+        notice,
+    ), notice
+    run = summary.tracking
+    assert run is not None
+    client = mlflow.MlflowClient(tracking_uri=run.uri)
+    stored = client.get_run(run.run_id)
+    assert stored.info.status == "FINISHED"
+    assert int(stored.data.tags["raytrain.resumed_from_epoch"]) == 2  # its checkpoint was stored
+    steps = sorted(m.step for m in client.get_metric_history(run.run_id, "val_accuracy"))
+    assert steps == list(range(1, 5))  # each epoch logged once
+    assert summary.final_metrics["epoch"] == 4
+    assert not list_actors(
+        address=state_address(), filters=[("class_name", "=", "_Trainer"), ("state", "=", "ALIVE")]
+    )
+
+
 def _only_run(uri: str) -> mlflow.entities.Run:
     client = mlflow.MlflowClient(tracking_uri=uri)
     (run,) = client.search_runs(
