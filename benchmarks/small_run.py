@@ -6,6 +6,9 @@ timed from its start to its exit:
   epochs, then ``model.save`` (``benchmarks/small_child.py``);
 - ``raytrain cold``: ``raytrain run`` starting its own private Ray instance (``--address local``),
   tracking in a sqlite MLflow store, the model registered;
+- ``raytrain cold, 1 worker (process)``: the same with one worker of 2 CPUs, trained in one Ray
+  actor (the default for one worker); ``(ray_train)``: as a Ray Train run
+  (``scaling.one_worker: ray_train``), what one worker cost before;
 - ``raytrain warm``: the same command on a local Ray instance started before (``ray start``);
 - ``Ray Train floor cold`` / ``warm``: Ray Train alone with the same workers, whose function only
   imports TensorFlow and builds MultiWorkerMirroredStrategy (``benchmarks/small_child.py``): what
@@ -16,7 +19,7 @@ The phases come from timestamps the child takes around the library calls the com
 imports, Ray (``ray.init``), the MLflow run, the Train controller and worker group up to the
 first epoch's start, the first epoch (with tracing), the other epochs, the workers' shutdown,
 the model's logging and registration, and the exit (Ray's shutdown). Goals: cold <= 2.5x plain,
-warm <= 1.5x.
+warm <= 1.5x; one worker, cold: <= 2x.
 """
 
 from __future__ import annotations
@@ -63,6 +66,10 @@ def run(folder: Path, *, quick: bool) -> list[dict[str, Any]]:
     rows = []
     for name, spec_file in experiments.items():
         sides = {"plain tf_keras": _child(folder, "plain", spec_file)}
+        # One worker: one actor (the default), and the Ray Train run it replaced.
+        for one_worker in ("process", "ray_train"):
+            side = f"raytrain cold, 1 worker ({one_worker})"
+            sides[side] = _child(folder, "raytrain", _one_worker(spec_file, one_worker), "local")
         sides["raytrain cold"] = _child(folder, "raytrain", spec_file, "local")
         sides["Ray Train floor cold"] = _child(folder, "floor", spec_file, "local")
         with local_ray_instance() as env:  # found by the command, which says so
@@ -87,6 +94,20 @@ def run(folder: Path, *, quick: bool) -> list[dict[str, Any]]:
                 }
             )
     return rows
+
+
+def _one_worker(spec_file: Path, one_worker: str) -> Path:
+    """The experiment with 1 worker of ``scaling.resources_per_worker`` CPU 2 (both cores, as
+    plain tf_keras has), trained the ``scaling.one_worker`` way."""
+    spec = json.loads(spec_file.read_text())
+    spec["scaling"] = {
+        "num_workers": 1,
+        "resources_per_worker": {"CPU": 2},
+        "one_worker": one_worker,
+    }
+    path = spec_file.with_name(f"{spec_file.stem}-1-{one_worker}.yaml")
+    path.write_text(json.dumps(spec))
+    return path
 
 
 def _images(folder: Path, *, rows: int) -> Path:

@@ -113,10 +113,15 @@ def test_abandoned_worker_groups_are_collected_and_occupied_ones_kept(
     worker = _Sleeper.options(scheduling_strategy=strategy).remote()
     ray.get(worker.ready.remote(), timeout=60)
     try:
-        collector = AbandonedGroupCollector({"CPU": 1.0}, grace_s=2.0, every_s=0.0)
+        now = [100.0]  # the collector's clock, moved by the test
+        collector = AbandonedGroupCollector(
+            {"CPU": 1.0}, grace_s=2.0, every_s=0.0, clock=lambda: now[0]
+        )
+        collector.tick()
+        now[0] += 1.9
         collector.tick()
         assert _state(abandoned) == "CREATED"  # not before the grace period
-        time.sleep(2.5)
+        now[0] += 0.2
         collector.tick()
         assert _state(abandoned) == "REMOVED"
         assert _state(occupied) == "CREATED"

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import ray
@@ -127,15 +127,22 @@ class AbandonedGroupCollector:
     Ray Train creates its workers in a group as soon as the group is ready.
     """
 
-    def __init__(self, bundle: dict[str, float], *, grace_s: float = 30.0, every_s: float = 5.0):
+    def __init__(
+        self,
+        bundle: dict[str, float],
+        *,
+        grace_s: float = 30.0,
+        every_s: float = 5.0,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.bundle = {k: float(v) for k, v in bundle.items() if v}
-        self.grace_s, self.every_s = grace_s, every_s
+        self.grace_s, self.every_s, self.clock = grace_s, every_s, clock
         self._empty_since: dict[str, float] = {}
         self._next = 0.0
 
     def tick(self) -> None:
         """Look now if the last look is ``every_s`` old; never raises (housekeeping only)."""
-        now = time.monotonic()
+        now = self.clock()
         if now < self._next:
             return
         self._next = now + self.every_s
