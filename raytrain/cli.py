@@ -95,6 +95,50 @@ EXPORT_EXPERIMENT = (
 )
 
 
+# What --version reports beside raytrain: (label, its distributions, the first installed wins).
+_VERSIONED = [
+    ("Ray", "ray"),
+    ("TensorFlow", "tensorflow", "tensorflow-cpu", "tensorflow-tpu"),
+    ("MLflow", "mlflow"),
+]
+
+
+def _print_version(show: bool) -> None:
+    """``--version``: raytrain's and the versions a bug report needs, without importing them."""
+    if not show:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    import raytrain
+
+    found = []
+    for label, *distributions in _VERSIONED:
+        for distribution in distributions:
+            try:
+                found.append(f"{label} {version(distribution)}")
+                break
+            except PackageNotFoundError:
+                continue
+    runtime = f"Python {sys.version.split()[0]}"
+    out.print(f"raytrain {raytrain.__version__} ({', '.join([*found, runtime])})", highlight=False)
+    raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        opt(
+            "Print the versions of raytrain, Ray, TensorFlow, MLflow and Python, then exit.",
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+        ),
+    ] = False,
+) -> None:
+    """Distributed TensorFlow training on Ray, from one experiment YAML."""
+
+
 @command()
 def validate(file: FileArg, overrides: SetOpt = None) -> None:
     """Check an experiment file; print a summary, or every problem with its line."""

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import mlflow
 import pytest
 from typer.testing import CliRunner
 
+import raytrain
 from raytrain.cli import app
 from raytrain.cluster.connection import ClusterInfo
 
@@ -59,6 +62,16 @@ def test_validate_reports_problems_without_traceback(tmp_path: Path) -> None:
         line.startswith("--set scaling.num_workers=zero: scaling.num_workers:") for line in lines
     )
     assert "3 problem(s) found" in result.stderr
+
+
+def test_version_names_raytrain_and_what_a_bug_report_needs() -> None:
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0, result.output
+    assert re.fullmatch(
+        r"raytrain \S+ \(Ray \S+, TensorFlow \S+, MLflow \S+, Python \S+\)\n", result.output
+    )
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert result.output.split()[1] == raytrain.__version__ == project["version"]
 
 
 def test_schema_is_json_schema() -> None:

@@ -13,7 +13,9 @@ from typing import Any, Union, get_args, get_origin
 import pytest
 import yaml
 from pydantic import BaseModel
+from typer.testing import CliRunner
 
+from raytrain.cli import app
 from raytrain.config.reference import experiment_reference
 from raytrain.config.schema import BUILTIN_BUILDERS, Experiment
 
@@ -111,12 +113,17 @@ def test_every_nav_page_exists_and_every_page_is_in_the_nav() -> None:
     assert not orphans, f"pages missing from mkdocs.yml nav: {sorted(orphans)}"
 
 
-def test_generated_pages_keep_their_markers() -> None:
+@pytest.fixture(scope="module")
+def hooks() -> types.ModuleType:
     spec = importlib.util.spec_from_file_location("docs_hooks", DOCS / "hooks.py")
     assert spec is not None
     assert spec.loader is not None
-    hooks = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(hooks)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_generated_pages_keep_their_markers(hooks: types.ModuleType) -> None:
     for page, marker in hooks.MARKERS.items():
         assert marker in (DOCS / page).read_text(), f"docs/{page} lost its marker {marker}"
 
@@ -129,3 +136,25 @@ def test_readme_links_resolve() -> None:
     broken = [link for link in local if not (REPO / link).exists()]
     assert not broken, f"README.md links to missing files: {broken}"
     assert len(text.splitlines()) <= 300
+
+
+def test_the_command_reference_has_every_command_and_option(hooks: types.ModuleType) -> None:
+    """What `raytrain --help` and each `raytrain COMMAND --help` list, the page lists too."""
+    page = hooks.cli_reference()
+    help_text = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"}).output
+    commands = re.findall(r"^│ (\w+) ", help_text, flags=re.MULTILINE)
+    assert {"validate", "run", "resume", "serve", "export", "submit"} <= set(commands)
+    for command in commands:
+        assert f"## `raytrain {command}`" in page
+        usage = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"}).output
+        for option in set(re.findall(r"^│ \*? *(--[a-z][a-z0-9-]+)", usage, flags=re.MULTILINE)) - {
+            "--help"
+        }:
+            assert f"`{option}`" in page, f"raytrain {command} {option} is not on docs/cli.md"
+    assert "| `--version` | off |" in page
+    assert "| `--tracking-uri` | `sqlite:///mlflow.db` | MLflow tracking URI. |" in page
+
+
+def test_the_license_is_apache_2() -> None:
+    assert (REPO / "LICENSE").read_text().split()[:4] == ["Apache", "License", "Version", "2.0,"]
+    assert "Apache-2.0" in (REPO / "pyproject.toml").read_text()
