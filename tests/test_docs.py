@@ -109,7 +109,8 @@ def test_every_nav_page_exists_and_every_page_is_in_the_nav() -> None:
     assert pages
     missing = [page for page in pages if not (DOCS / page).is_file()]
     assert not missing, f"mkdocs.yml nav names pages that do not exist: {missing}"
-    orphans = {p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md")} - set(pages)
+    found = {p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md")}
+    orphans = {page for page in found if not page.startswith("_snippets/")} - set(pages)
     assert not orphans, f"pages missing from mkdocs.yml nav: {sorted(orphans)}"
 
 
@@ -158,3 +159,22 @@ def test_the_command_reference_has_every_command_and_option(hooks: types.ModuleT
 def test_the_license_is_apache_2() -> None:
     assert (REPO / "LICENSE").read_text().split()[:4] == ["Apache", "License", "Version", "2.0,"]
     assert "Apache-2.0" in (REPO / "pyproject.toml").read_text()
+
+
+def test_prerequisites_are_stated_where_the_make_commands_are() -> None:
+    """One text, docs/_snippets/prerequisites.md: included by the site's pages, copied in the
+    README (GitHub does not include files)."""
+    snippet = (DOCS / "_snippets" / "prerequisites.md").read_text().strip()
+    assert snippet in (REPO / "README.md").read_text()
+    for page in ["index.md", "quickstart.md"]:
+        text = (DOCS / page).read_text()
+        assert "make run" in text
+        assert '--8<-- "docs/_snippets/prerequisites.md"' in text, page
+
+
+def test_make_run_installs_no_development_tools() -> None:
+    makefile = (REPO / "Makefile").read_text()
+    assert re.search(r"^run: install-run$", makefile, flags=re.MULTILINE)
+    recipe = makefile.split("$(VENV)/.installed-run:", 1)[1].split("\n\n", 1)[0]
+    assert "-c constraints.txt -e .\n" in recipe
+    assert "dev" not in recipe
