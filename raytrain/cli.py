@@ -163,7 +163,7 @@ def run(
     verbose: VerboseOpt = False,
 ) -> None:
     """Train an experiment on Ray and track it in MLflow."""
-    spec = (loaded := _load(file, overrides)).spec
+    spec = (loaded := _load(file, overrides, quiet=not verbose)).spec
     # This process needs TensorFlow only to log or export the model (seconds to import).
     display.quiet_tensorflow(not verbose, load=spec.tracking.enabled or spec.export is not None)
     out.print(display.headline(spec))
@@ -388,7 +388,10 @@ def _follow_job(job_id: str, address: str | None) -> None:
         raise typer.Exit(1)
 
 
-def _load(file: Path, overrides: list[str] | None = None) -> LoadedExperiment:
+def _load(file: Path, overrides: list[str] | None = None, quiet: bool = True) -> LoadedExperiment:
+    """The validated experiment; a model builder's module imported for the checks may load
+    TensorFlow, whose native start-up lines stay hidden unless ``quiet`` is false."""
     from raytrain.config.loader import load_experiment
 
-    return load_experiment(file, overrides or [])
+    with display.native_logs_muted(quiet):
+        return load_experiment(file, overrides or [])

@@ -64,6 +64,15 @@ def test_validate_reports_problems_without_traceback(tmp_path: Path) -> None:
     assert "3 problem(s) found" in result.stderr
 
 
+def test_validate_keeps_tensorflows_start_up_lines_off_the_terminal(tmp_path: Path) -> None:
+    """custom_model.yaml's builder module imports TensorFlow, whose native libraries log CUDA
+    probes and CPU features as they load, before any log level applies."""
+    result = _cli("validate", str(REPO / "experiments" / "custom_model.yaml"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "experiment 'digits-residual'" in result.stdout
+    assert result.stderr == ""
+
+
 def test_version_names_raytrain_and_what_a_bug_report_needs() -> None:
     result = CliRunner().invoke(app, ["--version"])
     assert result.exit_code == 0, result.output

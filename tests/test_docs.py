@@ -8,6 +8,7 @@ import importlib.util
 import re
 import types
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Union, get_args, get_origin
 
 import pytest
@@ -178,3 +179,37 @@ def test_make_run_installs_no_development_tools() -> None:
     recipe = makefile.split("$(VENV)/.installed-run:", 1)[1].split("\n\n", 1)[0]
     assert "-c constraints.txt -e .\n" in recipe
     assert "dev" not in recipe
+
+
+# Each figure the pages quote, its one value, and a pattern that finds every quote of it.
+FIGURES = [
+    (
+        "the quick start's time on 2 cores",
+        "34 s",
+        r"(?:Ray instance|starts itself)[\s\S]{0,30}?(~?[\d.]+ (?:s|seconds?|minutes?)) on 2 cores",
+    ),
+    ("the wheelhouse's size", "0.9 GB", r"wheelhouse\b[^.]{0,80}?~([\d.]+ GB)"),
+    ("the Cloud SQL instance's cost", "$55/month", r"Cloud SQL[^$]{0,60}?~(\$\d+/month)"),
+]
+QUOTING = ["README.md", "Makefile", "docs", "experiments", "cluster_configs", "benchmarks"]
+
+
+def _quoting_files() -> Iterator[Path]:
+    for name in QUOTING:
+        path = REPO / name
+        if path.is_file():
+            yield path
+        else:
+            yield from (p for p in path.rglob("*") if p.suffix in {".md", ".yaml", ".py", ".svg"})
+
+
+@pytest.mark.parametrize(("what", "value", "pattern"), FIGURES, ids=[f[0] for f in FIGURES])
+def test_every_quote_of_a_figure_agrees(what: str, value: str, pattern: str) -> None:
+    quotes = {
+        f"{path.relative_to(REPO)}: {found}"
+        for path in _quoting_files()
+        for found in re.findall(pattern, re.sub(r"\n# ?", " ", path.read_text()))
+    }
+    assert len(quotes) >= 2, f"{what}: quoted in fewer than two places: {quotes}"
+    wrong = sorted(quote for quote in quotes if not quote.endswith(f": {value}"))
+    assert not wrong, f"{what} is {value}, but: {wrong}"
