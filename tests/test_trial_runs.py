@@ -1,8 +1,10 @@
-"""What a sweep shows in MLflow, read back from a real sqlite store: trial runs named by their
-swept values, and a parent run whose params leave the swept paths to its trials (no Ray)."""
+"""What runs and sweeps show in MLflow, read back from a real sqlite store: trial runs named by
+their swept values, a parent run whose params leave the swept paths to its trials, and system
+metrics per node (no Ray)."""
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 
 import mlflow
@@ -11,7 +13,8 @@ import pytest
 from raytrain import tracking
 from raytrain.config.schema import Experiment
 from raytrain.sweep.callbacks import TrialTracker
-from raytrain.tracking import names
+from raytrain.tracking import names, system
+from raytrain.tracking.system import start_monitor
 
 SPACE = {
     "train.optimizer.learning_rate": {"loguniform": [1e-4, 1e-2]},
@@ -71,3 +74,19 @@ def test_trials_and_their_parent_read_back_from_mlflow(tmp_path: Path) -> None:
     assert (
         run.data.params["tune.space.train.optimizer.learning_rate.loguniform"] == "[0.0001, 0.01]"
     )
+
+
+def test_system_metrics_are_logged_per_node(tmp_path: Path) -> None:
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment_id = client.create_experiment("system")
+    run_id = client.create_run(experiment_id).info.run_id
+    stop = start_monitor(
+        tracking.TrackedRun(uri, "system", experiment_id, run_id), node="10.0.0.2", interval_s=0.2
+    )
+    time.sleep(1.0)
+    stop()
+    logged = client.get_run(run_id).data.metrics
+    for name in ["cpu_utilization_percentage", "system_memory_usage_megabytes"]:
+        assert f"system/10.0.0.2/{name}" in logged, sorted(logged)
+    assert system.node_label("node:a b/c@x") == "node_a b/c_x"
