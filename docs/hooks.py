@@ -2,7 +2,8 @@
 
 - ``reference.md``: the experiment reference, from the pydantic schema
   (``raytrain.config.reference.experiment_reference``);
-- ``api.md``: the public Python API, from ``raytrain.__all__`` (signatures and docstrings).
+- ``api.md``: the public Python API, from ``raytrain.__all__`` (signatures and docstrings);
+- ``cli.md``: the ``raytrain`` command, from its typer app (every command, argument and option).
 
 Each page holds a marker comment that is replaced; a missing marker fails the build.
 """
@@ -17,6 +18,7 @@ from typing import Any
 MARKERS = {
     "reference.md": "<!-- experiment-reference -->",
     "api.md": "<!-- python-api -->",
+    "cli.md": "<!-- cli-reference -->",
 }
 
 
@@ -30,7 +32,64 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
         from raytrain.config.reference import experiment_reference
 
         return markdown.replace(marker, experiment_reference())
+    if page.file.src_uri == "cli.md":
+        return markdown.replace(marker, cli_reference())
     return markdown.replace(marker, python_api())
+
+
+def cli_reference() -> str:
+    """Every ``raytrain`` command as Markdown: its usage, its help, a table of its arguments and
+    options with their defaults, read from the click command typer builds from ``raytrain.cli``."""
+    import click
+    import typer.main
+
+    from raytrain.cli import app
+
+    group = typer.main.get_command(app)
+    root = click.Context(group, info_name="raytrain")
+    out = ["## `raytrain`", "", *_cli_command(group, root)]
+    for name in group.list_commands(root):
+        command = group.get_command(root, name)
+        assert command is not None
+        out += [f"## `raytrain {name}`", ""]
+        out += _cli_command(command, click.Context(command, info_name=name, parent=root))
+    return "\n".join(out)
+
+
+def _cli_command(command: Any, context: Any) -> list[str]:
+    usage = " ".join(
+        ["raytrain", *context.command_path.split()[1:], *_usage_pieces(command, context)]
+    )
+    out = ["```text", usage, "```", "", inspect.cleandoc(command.help or ""), ""]
+    rows = [_cli_param(param) for param in command.get_params(context) if param.name != "help"]
+    if rows:
+        out += ["| argument or option | default | description |", "|---|---|---|", *rows, ""]
+    return out
+
+
+def _usage_pieces(command: Any, context: Any) -> list[str]:
+    """click's usage words; arguments in capitals, as the tables name them (``FILE``)."""
+    pieces = command.collect_usage_pieces(context)
+    return [piece.strip("{}").upper() if piece.islower() else piece for piece in pieces]
+
+
+def _cli_param(param: Any) -> str:
+    names = [*param.opts, *param.secondary_opts]
+    label = (
+        " / ".join(f"`{name}`" for name in names)
+        if names[0].startswith("-")
+        else f"`{param.name.upper()}`"
+    )
+    if param.required:
+        default = "required"
+    elif param.default is None or param.default == []:
+        default = ""
+    elif param.default is False:
+        default = "off"
+    else:
+        default = f"`{param.default}`"
+    help_text = " ".join((param.help or "").split()).replace("|", "\\|").replace("<", "&lt;")
+    return f"| {label} | {default} | {help_text} |"
 
 
 def python_api() -> str:

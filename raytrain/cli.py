@@ -95,6 +95,50 @@ EXPORT_EXPERIMENT = (
 )
 
 
+# What --version reports beside raytrain: (label, its distributions, the first installed wins).
+_VERSIONED = [
+    ("Ray", "ray"),
+    ("TensorFlow", "tensorflow", "tensorflow-cpu", "tensorflow-tpu"),
+    ("MLflow", "mlflow"),
+]
+
+
+def _print_version(show: bool) -> None:
+    """``--version``: raytrain's and the versions a bug report needs, without importing them."""
+    if not show:
+        return
+    from importlib.metadata import PackageNotFoundError, version
+
+    import raytrain
+
+    found = []
+    for label, *distributions in _VERSIONED:
+        for distribution in distributions:
+            try:
+                found.append(f"{label} {version(distribution)}")
+                break
+            except PackageNotFoundError:
+                continue
+    runtime = f"Python {sys.version.split()[0]}"
+    out.print(f"raytrain {raytrain.__version__} ({', '.join([*found, runtime])})", highlight=False)
+    raise typer.Exit()
+
+
+@app.callback()
+def main(
+    version: Annotated[
+        bool,
+        opt(
+            "Print the versions of raytrain, Ray, TensorFlow, MLflow and Python, then exit.",
+            "--version",
+            callback=_print_version,
+            is_eager=True,
+        ),
+    ] = False,
+) -> None:
+    """Distributed TensorFlow training on Ray, from one experiment YAML."""
+
+
 @command()
 def validate(file: FileArg, overrides: SetOpt = None) -> None:
     """Check an experiment file; print a summary, or every problem with its line."""
@@ -119,7 +163,7 @@ def run(
     verbose: VerboseOpt = False,
 ) -> None:
     """Train an experiment on Ray and track it in MLflow."""
-    spec = (loaded := _load(file, overrides)).spec
+    spec = (loaded := _load(file, overrides, quiet=not verbose)).spec
     # This process needs TensorFlow only to log or export the model (seconds to import).
     display.quiet_tensorflow(not verbose, load=spec.tracking.enabled or spec.export is not None)
     out.print(display.headline(spec))
@@ -344,7 +388,10 @@ def _follow_job(job_id: str, address: str | None) -> None:
         raise typer.Exit(1)
 
 
-def _load(file: Path, overrides: list[str] | None = None) -> LoadedExperiment:
+def _load(file: Path, overrides: list[str] | None = None, quiet: bool = True) -> LoadedExperiment:
+    """The validated experiment; a model builder's module imported for the checks may load
+    TensorFlow, whose native start-up lines stay hidden unless ``quiet`` is false."""
     from raytrain.config.loader import load_experiment
 
-    return load_experiment(file, overrides or [])
+    with display.native_logs_muted(quiet):
+        return load_experiment(file, overrides or [])

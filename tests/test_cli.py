@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
+import tomllib
 from pathlib import Path
 
 import mlflow
 import pytest
 from typer.testing import CliRunner
 
+import raytrain
 from raytrain.cli import app
 from raytrain.cluster.connection import ClusterInfo
 
@@ -59,6 +62,25 @@ def test_validate_reports_problems_without_traceback(tmp_path: Path) -> None:
         line.startswith("--set scaling.num_workers=zero: scaling.num_workers:") for line in lines
     )
     assert "3 problem(s) found" in result.stderr
+
+
+def test_validate_keeps_tensorflows_start_up_lines_off_the_terminal(tmp_path: Path) -> None:
+    """custom_model.yaml's builder module imports TensorFlow, whose native libraries log CUDA
+    probes and CPU features as they load, before any log level applies."""
+    result = _cli("validate", str(REPO / "experiments" / "custom_model.yaml"), cwd=tmp_path)
+    assert result.returncode == 0, result.stderr
+    assert "experiment 'digits-residual'" in result.stdout
+    assert result.stderr == ""
+
+
+def test_version_names_raytrain_and_what_a_bug_report_needs() -> None:
+    result = CliRunner().invoke(app, ["--version"])
+    assert result.exit_code == 0, result.output
+    assert re.fullmatch(
+        r"raytrain \S+ \(Ray \S+, TensorFlow \S+, MLflow \S+, Python \S+\)\n", result.output
+    )
+    project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
+    assert result.output.split()[1] == raytrain.__version__ == project["version"]
 
 
 def test_schema_is_json_schema() -> None:

@@ -8,12 +8,15 @@ import importlib.util
 import re
 import types
 from collections.abc import Iterator
+from pathlib import Path
 from typing import Any, Union, get_args, get_origin
 
 import pytest
 import yaml
 from pydantic import BaseModel
+from typer.testing import CliRunner
 
+from raytrain.cli import app
 from raytrain.config.reference import experiment_reference
 from raytrain.config.schema import BUILTIN_BUILDERS, Experiment
 
@@ -107,16 +110,22 @@ def test_every_nav_page_exists_and_every_page_is_in_the_nav() -> None:
     assert pages
     missing = [page for page in pages if not (DOCS / page).is_file()]
     assert not missing, f"mkdocs.yml nav names pages that do not exist: {missing}"
-    orphans = {p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md")} - set(pages)
+    found = {p.relative_to(DOCS).as_posix() for p in DOCS.rglob("*.md")}
+    orphans = {page for page in found if not page.startswith("_snippets/")} - set(pages)
     assert not orphans, f"pages missing from mkdocs.yml nav: {sorted(orphans)}"
 
 
-def test_generated_pages_keep_their_markers() -> None:
+@pytest.fixture(scope="module")
+def hooks() -> types.ModuleType:
     spec = importlib.util.spec_from_file_location("docs_hooks", DOCS / "hooks.py")
     assert spec is not None
     assert spec.loader is not None
-    hooks = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(hooks)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_generated_pages_keep_their_markers(hooks: types.ModuleType) -> None:
     for page, marker in hooks.MARKERS.items():
         assert marker in (DOCS / page).read_text(), f"docs/{page} lost its marker {marker}"
 
@@ -129,3 +138,78 @@ def test_readme_links_resolve() -> None:
     broken = [link for link in local if not (REPO / link).exists()]
     assert not broken, f"README.md links to missing files: {broken}"
     assert len(text.splitlines()) <= 300
+
+
+def test_the_command_reference_has_every_command_and_option(hooks: types.ModuleType) -> None:
+    """What `raytrain --help` and each `raytrain COMMAND --help` list, the page lists too."""
+    page = hooks.cli_reference()
+    help_text = CliRunner().invoke(app, ["--help"], env={"COLUMNS": "200"}).output
+    commands = re.findall(r"^│ (\w+) ", help_text, flags=re.MULTILINE)
+    assert {"validate", "run", "resume", "serve", "export", "submit"} <= set(commands)
+    for command in commands:
+        assert f"## `raytrain {command}`" in page
+        usage = CliRunner().invoke(app, [command, "--help"], env={"COLUMNS": "200"}).output
+        for option in set(re.findall(r"^│ \*? *(--[a-z][a-z0-9-]+)", usage, flags=re.MULTILINE)) - {
+            "--help"
+        }:
+            assert f"`{option}`" in page, f"raytrain {command} {option} is not on docs/cli.md"
+    assert "| `--version` | off |" in page
+    assert "| `--tracking-uri` | `sqlite:///mlflow.db` | MLflow tracking URI. |" in page
+
+
+def test_the_license_is_apache_2() -> None:
+    assert (REPO / "LICENSE").read_text().split()[:4] == ["Apache", "License", "Version", "2.0,"]
+    assert "Apache-2.0" in (REPO / "pyproject.toml").read_text()
+
+
+def test_prerequisites_are_stated_where_the_make_commands_are() -> None:
+    """One text, docs/_snippets/prerequisites.md: included by the site's pages, copied in the
+    README (GitHub does not include files)."""
+    snippet = (DOCS / "_snippets" / "prerequisites.md").read_text().strip()
+    assert snippet in (REPO / "README.md").read_text()
+    for page in ["index.md", "quickstart.md"]:
+        text = (DOCS / page).read_text()
+        assert "make run" in text
+        assert '--8<-- "docs/_snippets/prerequisites.md"' in text, page
+
+
+def test_make_run_installs_no_development_tools() -> None:
+    makefile = (REPO / "Makefile").read_text()
+    assert re.search(r"^run: install-run$", makefile, flags=re.MULTILINE)
+    recipe = makefile.split("$(VENV)/.installed-run:", 1)[1].split("\n\n", 1)[0]
+    assert "-c constraints.txt -e .\n" in recipe
+    assert "dev" not in recipe
+
+
+# Each figure the pages quote, its one value, and a pattern that finds every quote of it.
+FIGURES = [
+    (
+        "the quick start's time on 2 cores",
+        "34 s",
+        r"(?:Ray instance|starts itself)[\s\S]{0,30}?(~?[\d.]+ (?:s|seconds?|minutes?)) on 2 cores",
+    ),
+    ("the wheelhouse's size", "0.9 GB", r"wheelhouse\b[^.]{0,80}?~([\d.]+ GB)"),
+    ("the Cloud SQL instance's cost", "$55/month", r"Cloud SQL[^$]{0,60}?~(\$\d+/month)"),
+]
+QUOTING = ["README.md", "Makefile", "docs", "experiments", "cluster_configs", "benchmarks"]
+
+
+def _quoting_files() -> Iterator[Path]:
+    for name in QUOTING:
+        path = REPO / name
+        if path.is_file():
+            yield path
+        else:
+            yield from (p for p in path.rglob("*") if p.suffix in {".md", ".yaml", ".py", ".svg"})
+
+
+@pytest.mark.parametrize(("what", "value", "pattern"), FIGURES, ids=[f[0] for f in FIGURES])
+def test_every_quote_of_a_figure_agrees(what: str, value: str, pattern: str) -> None:
+    quotes = {
+        f"{path.relative_to(REPO)}: {found}"
+        for path in _quoting_files()
+        for found in re.findall(pattern, re.sub(r"\n# ?", " ", path.read_text()))
+    }
+    assert len(quotes) >= 2, f"{what}: quoted in fewer than two places: {quotes}"
+    wrong = sorted(quote for quote in quotes if not quote.endswith(f": {value}"))
+    assert not wrong, f"{what} is {value}, but: {wrong}"

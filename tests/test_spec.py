@@ -379,3 +379,37 @@ def test_json_schema_describes_every_field() -> None:
     for name, definition in schema["$defs"].items():
         for field, prop in definition["properties"].items():
             assert prop.get("description"), f"{name}.{field} has no description"
+
+
+def test_one_pass_reports_a_misspelled_sections_contents_and_the_rules(tmp_path: Path) -> None:
+    """Fixing what validate lists never uncovers more: the misspelled section's own errors and
+    the cross-field rules (model.params) come with the schema errors."""
+    path = write_yaml(
+        tmp_path,
+        """
+        name: t
+        data:
+          validation_split: 1.5
+        trian:
+          epochs: 0
+        model:
+          builder: mlp
+          params:
+            hidden_units: [-1]
+        """,
+    )
+    with pytest.raises(SpecError) as caught:
+        load_experiment(path)
+    assert caught.value.problems == [
+        f"{path}:3: data.validation_split: Input should be less than 1 (got 1.5)",
+        f"{path}:4: trian: unknown key 'trian'; did you mean 'train'?",
+        f"{path}:5: trian.epochs: Input should be greater than or equal to 1 (got 0)",
+        f"{path}:9: model.params.hidden_units[0]: Input should be greater than 0 (got -1)",
+    ]
+
+
+def test_an_invalid_required_field_still_reports_the_others(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path, "name: two words\ntrain:\n  epochs: 0\n")
+    with pytest.raises(SpecError) as caught:
+        load_experiment(path)
+    assert [p.split(": ")[1] for p in caught.value.problems] == ["name", "train.epochs"]

@@ -1,12 +1,15 @@
 """Reading an experiment file into a validated ``Experiment``, with errors a user can act on.
 
 Every problem is reported as ``FILE:LINE: dotted.path: message`` (or ``--set key=value: ...``
-for command-line overrides), all of them at once, so one ``raytrain validate`` shows every
-mistake instead of the first.
+for command-line overrides), all of them in one pass, so one ``raytrain validate`` shows every
+mistake instead of the first: schema errors do not hide the cross-field rules (they run on a copy
+with each invalid field at its default), and a misspelled section's contents are checked as the
+section it most likely means.
 """
 
 from __future__ import annotations
 
+import copy
 import os
 from dataclasses import dataclass
 from pathlib import Path
@@ -17,7 +20,7 @@ from pydantic import ValidationError
 
 from raytrain.config.problems import Problem
 from raytrain.config.rules import check_rules
-from raytrain.config.schema import REQUIRED, Experiment, unknown_key_message
+from raytrain.config.schema import REQUIRED, Experiment, suggested_key, unknown_key_message
 from raytrain.errors import SpecError
 
 __all__ = ["LoadedExperiment", "load_experiment"]
@@ -60,14 +63,94 @@ def load_experiment(
     if problems:
         raise SpecError(problems)
     _anchor_data_paths(raw, file.parent, overridden=overridden)
-    try:
-        spec = Experiment.model_validate(raw)
-    except ValidationError as exc:
-        raise SpecError([_format(file, where, p) for p in _pydantic_problems(exc)]) from None
-    rule_problems = check_rules(spec, base_dir=file.parent)
-    if rule_problems:
-        raise SpecError([_format(file, where, p) for p in rule_problems])
+    spec, found = _validate(raw, base_dir=file.parent)
+    if found:
+        raise SpecError([_format(file, where, p) for p in found])
+    assert spec is not None
     return LoadedExperiment(spec=spec, path=file, overrides=tuple(overrides))
+
+
+_REPAIR_ROUNDS = 4  # a renamed section can hold errors of its own: a few rounds find them all
+_REQUIRED_PATHS = {(key,) for key in REQUIRED}  # never dropped: no default to fall back to
+
+
+def _validate(raw: dict[str, Any], *, base_dir: Path) -> tuple[Experiment | None, list[Problem]]:
+    """The spec and every problem of ``raw``. After schema errors, validation goes on with a
+    repaired copy (invalid fields dropped to their defaults, a misspelled key renamed to the one
+    it most likely means) so that one pass also reports the rest: the renamed section's errors
+    and the cross-field rules, less those about a dropped field's default."""
+    draft, problems = copy.deepcopy(raw), []
+    renamed: dict[Path_, Path_] = {}  # the key it means -> the misspelled key in the file
+    dropped: list[Path_] = []
+    for _ in range(_REPAIR_ROUNDS):
+        try:
+            spec = Experiment.model_validate(draft)
+        except ValidationError as exc:
+            found = [_in_file(p, renamed) for p in _pydantic_problems(exc)]
+            new = [p for p in found if p not in problems and not _under(p.loc, dropped)]
+            problems += new
+            if not new or not _repair(draft, exc, renamed, dropped):
+                return None, problems
+            continue
+        rules = [_in_file(p, renamed) for p in check_rules(spec, base_dir=base_dir)]
+        return spec, problems + [p for p in rules if not _under(p.loc, dropped)]
+    return None, problems
+
+
+def _repair(
+    draft: dict[str, Any], exc: ValidationError, renamed: dict[Path_, Path_], dropped: list[Path_]
+) -> bool:
+    """Rename each misspelled key to its suggestion, drop each invalid field; False if nothing
+    could be changed (a required field is invalid, say)."""
+    changed = False
+    for err in exc.errors(include_url=False):
+        loc = tuple(err["loc"])
+        if err["type"] == "extra_forbidden":
+            parent, meant = _node(draft, loc[:-1]), suggested_key(loc)
+            if isinstance(parent, dict) and loc[-1] in parent:
+                value = parent.pop(loc[-1])
+                if meant is not None and meant not in parent:
+                    parent[meant] = value
+                    renamed[(*_in_file_loc(loc[:-1], renamed), meant)] = _in_file_loc(loc, renamed)
+                changed = True
+            continue
+        for end in range(len(loc), 0, -1):  # the deepest key of the file the error lies under
+            parent = _node(draft, loc[: end - 1])
+            if (
+                isinstance(loc[end - 1], str)
+                and isinstance(parent, dict)
+                and loc[end - 1] in parent
+            ):
+                if loc[:end] not in _REQUIRED_PATHS:
+                    del parent[loc[end - 1]]
+                    dropped.append(_in_file_loc(loc[:end], renamed))
+                    changed = True
+                break
+    return changed
+
+
+def _node(data: Any, path: Path_) -> Any:
+    for part in path:
+        if not isinstance(data, dict) or part not in data:
+            return None
+        data = data[part]
+    return data
+
+
+def _in_file_loc(loc: Path_, renamed: dict[Path_, Path_]) -> Path_:
+    """``loc`` as the file spells it (under the misspelled key, not the one it means)."""
+    for meant, written in renamed.items():
+        if loc[: len(meant)] == meant:
+            return (*written, *loc[len(meant) :])
+    return loc
+
+
+def _in_file(problem: Problem, renamed: dict[Path_, Path_]) -> Problem:
+    return Problem(_in_file_loc(problem.loc, renamed), problem.message)
+
+
+def _under(loc: Path_, paths: list[Path_]) -> bool:
+    return any(loc[: len(path)] == path for path in paths)
 
 
 def _parse_override_items(

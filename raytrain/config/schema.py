@@ -37,6 +37,7 @@ __all__ = [
     "TrackingSpec",
     "TrainSpec",
     "TuneSpec",
+    "suggested_key",
     "unknown_key_message",
 ]
 
@@ -556,15 +557,20 @@ class Experiment(Section):
 
 def unknown_key_message(loc: tuple[str | int, ...]) -> str:
     """The unknown-key message, with a "did you mean" from the schema section at ``loc[:-1]``."""
-    key = str(loc[-1])
     allowed = _fields_at(loc[:-1])
-    message = f"unknown key '{key}'"
-    close = difflib.get_close_matches(key, allowed, n=1, cutoff=0.6)
+    message = f"unknown key '{loc[-1]}'"
+    close = suggested_key(loc)
     if close:
-        return f"{message}; did you mean '{close[0]}'?"
+        return f"{message}; did you mean '{close}'?"
     if allowed:
         return f"{message}; expected one of: {', '.join(allowed)}"
     return message
+
+
+def suggested_key(loc: tuple[str | int, ...]) -> str | None:
+    """The field an unknown key at ``loc`` most likely misspells, if one is close enough."""
+    close = difflib.get_close_matches(str(loc[-1]), _fields_at(loc[:-1]), n=1, cutoff=0.6)
+    return close[0] if close else None
 
 
 def _fields_at(loc: tuple[str | int, ...]) -> list[str]:

@@ -6,7 +6,13 @@ library's ``on_epoch`` / ``on_event`` callbacks. Keeping them out of ``cli.py`` 
 parsing, and lets a notebook show a result exactly as the command line does.
 """
 
-from raytrain.display.live import EpochProgress, ServeProgress, SweepProgress, quiet_tensorflow
+from raytrain.display.live import (
+    EpochProgress,
+    ServeProgress,
+    SweepProgress,
+    native_logs_muted,
+    quiet_tensorflow,
+)
 from raytrain.display.results import (
     experiment_summary,
     headline,
@@ -27,6 +33,7 @@ __all__ = [
     "SweepProgress",
     "experiment_summary",
     "headline",
+    "native_logs_muted",
     "print_deployment",
     "print_export",
     "print_jobs",

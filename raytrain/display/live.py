@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import logging
 import os
+from collections.abc import Iterator
+from contextlib import contextmanager
 from typing import TYPE_CHECKING, Any
 
 from rich.console import Console
@@ -24,7 +26,13 @@ from raytrain.display.results import print_deployment
 if TYPE_CHECKING:
     from raytrain.train.state import RunState
 
-__all__ = ["EpochProgress", "ServeProgress", "SweepProgress", "quiet_tensorflow"]
+__all__ = [
+    "EpochProgress",
+    "ServeProgress",
+    "SweepProgress",
+    "native_logs_muted",
+    "quiet_tensorflow",
+]
 
 
 def quiet_tensorflow(quiet: bool = True, *, load: bool = True) -> None:
@@ -42,10 +50,22 @@ def quiet_tensorflow(quiet: bool = True, *, load: bool = True) -> None:
     os.environ.setdefault("MLFLOW_LOGGING_LEVEL", "WARNING")
     if not load:
         return
+    with native_logs_muted():
+        import tensorflow  # noqa: F401
+
+
+@contextmanager
+def native_logs_muted(quiet: bool = True) -> Iterator[None]:
+    """File descriptor 2 on /dev/null while ``quiet``: what native libraries print as they load
+    (TensorFlow, imported by a model builder's module while an experiment is validated) comes
+    before any log level applies. Exceptions still propagate, and are printed after."""
+    if not quiet:
+        yield
+        return
     saved, devnull = os.dup(2), os.open(os.devnull, os.O_WRONLY)
     try:
         os.dup2(devnull, 2)
-        import tensorflow  # noqa: F401
+        yield
     finally:
         os.dup2(saved, 2)
         os.close(saved)

@@ -111,6 +111,7 @@ def start_tracking(loaded: LoadedExperiment, run_name: str) -> tracking.TrackedR
             description=spec.description,
             spec_file=loaded.path,
             artifact_location=_artifact_location(spec),
+            swept=tuple(spec.tune.space) if spec.tune else (),
         )
     except TrackingError:
         raise

@@ -105,7 +105,7 @@ class TrialTracker(tune.Callback):
         else:
             run = self._client.create_run(
                 self.parent.experiment_id,
-                run_name=f"trial-{trial_id}",
+                run_name=names.trial_run_name(config or {}) or f"trial-{trial_id}",
                 tags={
                     names.PARENT_TAG: self.parent.run_id,
                     names.TRIAL_ID_TAG: trial_id,

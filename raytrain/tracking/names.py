@@ -4,6 +4,10 @@ Writers and readers (``raytrain list``/``show``, serving, export, a resumed swee
 so a tag is never spelled two ways. Renaming one breaks reading older runs: add, don't rename.
 """
 
+import json
+import math
+from typing import Any
+
 __all__ = [
     "BEST_CHECKPOINT_TAG",
     "BEST_PARAM_PREFIX",
@@ -27,12 +31,14 @@ __all__ = [
     "SPEC_HASH_TAG",
     "STATUS_TAG",
     "STORAGE_TAG",
+    "SWEPT_TAG",
     "TAG_PREFIX",
     "TRIALS_ARTIFACT",
     "TRIALS_COUNT_PREFIX",
     "TRIAL_ID_TAG",
     "VERSION_TAG",
     "metric_tag",
+    "trial_run_name",
 ]
 
 TAG_PREFIX = "raytrain."  # every tag raytrain writes, except MLflow's own and best.<param>
@@ -62,6 +68,7 @@ BEST_TRIAL_TAG = "raytrain.best_trial"
 PARETO_TAG = "raytrain.pareto_trials"
 TRIALS_COUNT_PREFIX = "raytrain.trials_"  # + a status: how many trials ended so
 BEST_PARAM_PREFIX = "best."  # + a swept dotted path: the best trial's value
+SWEPT_TAG = "raytrain.swept"  # on the parent: the swept paths, the trials' params to compare
 
 # Artifacts.
 SPEC_FOLDER = "spec"
@@ -77,3 +84,43 @@ CHAMPION = "champion"  # the alias a bare model name means; moved only by a bett
 def metric_tag(metric: str) -> str:
     """The model-version tag holding the metric value its champion claim rests on."""
     return f"{TAG_PREFIX}{metric}"
+
+
+def trial_run_name(values: dict[str, Any]) -> str:
+    """A trial's run name from what differs between trials, its swept values:
+    ``learning_rate=3.2e-3 hidden_units=[64]``. Each path is shortened to its last key, or more
+    where two would read alike. Secrets are left out (``raytrain.masking``)."""
+    from raytrain.masking import is_secret_key
+
+    keys = [key for key in values if not is_secret_key(key)]
+    labels = {}
+    for key in keys:
+        parts = key.split(".")
+        depth = 1
+        while depth < len(parts) and any(
+            other != key and other.split(".")[-depth:] == parts[-depth:] for other in keys
+        ):
+            depth += 1
+        labels[key] = ".".join(parts[-depth:])
+    name = " ".join(f"{labels[key]}={_short(values[key])}" for key in keys)
+    return name[:_RUN_NAME_LENGTH]
+
+
+_RUN_NAME_LENGTH = 250  # MLflow's longest run name
+
+
+def _short(value: Any) -> str:
+    """A value as a run name shows it: 3.2e-3, 0.25, [64,32], true."""
+    value = value.item() if hasattr(value, "item") else value  # numpy scalars from a searcher
+    if isinstance(value, bool) or value is None:
+        return json.dumps(value)
+    if isinstance(value, float) and math.isfinite(value):
+        if value != 0 and not 1e-2 <= abs(value) < 1e4:
+            mantissa, exponent = f"{value:.2e}".split("e")
+            return f"{mantissa.rstrip('0').rstrip('.')}e{int(exponent)}"
+        return f"{value:.3g}"
+    if isinstance(value, list | tuple):
+        return "[" + ",".join(_short(item) for item in value) + "]"
+    if isinstance(value, dict):
+        return json.dumps(value, separators=(",", ":"), default=str)
+    return str(value)

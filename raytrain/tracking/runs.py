@@ -150,9 +150,14 @@ def start_run(
     spec_file: Path | None,
     description: str = "",
     artifact_location: str | None = None,
+    swept: list[str] | tuple[str, ...] = (),
 ) -> TrackedRun:
     """Create the run (and its experiment) with the experiment ``spec`` (a resolved
     experiment, as JSON-like data) as params and artifacts, and ``tags``; secrets masked.
+
+    ``swept``: a sweep's swept paths. Its parent run does not carry their base values as params
+    (no trial trained with them, and MLflow's charts would draw the parent as one more trial);
+    it lists them in a tag instead, the params that compare its trials.
 
     ``artifact_location`` applies only when the experiment is new: MLflow fixes an
     experiment's artifact root when it creates it.
@@ -180,7 +185,14 @@ def start_run(
         tags={**_version_tags(spec_file), names.SPEC_HASH_TAG: spec_hash, **mask_tree(tags)},
     )
     run_id = run.info.run_id
-    items = [Param(k, v[:6000]) for k, v in flatten(spec).items()]
+    if swept:
+        client.set_tag(run_id, names.SWEPT_TAG, ", ".join(swept))
+    params = {
+        k: v
+        for k, v in flatten(spec).items()
+        if not any(k == path or k.startswith(f"{path}.") for path in swept)
+    }
+    items = [Param(k, v[:6000]) for k, v in params.items()]
     for start in range(0, len(items), 100):  # MLflow takes at most 100 params per batch
         client.log_batch(run_id, params=items[start : start + 100])
     client.log_text(run_id, spec_text, names.SPEC_ARTIFACT)

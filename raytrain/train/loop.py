@@ -37,6 +37,7 @@ from raytrain.shims import ray_train
 from raytrain.tracking import credentials, names
 from raytrain.tracking.credentials import Credentials
 from raytrain.tracking.runs import CLIENT_ENV, EpochLogger, TrackedRun, tag_run
+from raytrain.tracking.system import watch_node
 from raytrain.train import checkpoint, failures
 from raytrain.train.backend import WORKER_NODES_ENV, KerasBackendConfig
 from raytrain.train.evaluation import (
@@ -285,16 +286,20 @@ def train(config: dict[str, Any], session: Session) -> None:
     if start_epoch:  # the restored weights are the best this attempt knows of
         reporter.set_model(model)
         reporter.on_best_candidate(start_epoch, history[-1])
-    model.fit(
-        train_ds,
-        validation_data=val_ds,
-        epochs=spec.train.epochs,
-        initial_epoch=start_epoch,
-        steps_per_epoch=steps,
-        validation_steps=val_steps,
-        callbacks=[reporter],
-        verbose=0,
-    )
+    stop_watching = watch_node(config["tracking"], config["signed_in"])  # system metrics
+    try:
+        model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=spec.train.epochs,
+            initial_epoch=start_epoch,
+            steps_per_epoch=steps,
+            validation_steps=val_steps,
+            callbacks=[reporter],
+            verbose=0,
+        )
+    finally:
+        stop_watching()
 
     # 7. Test: once, with the best epoch's weights, each worker on its share of the test rows;
     #    evaluate's metrics are all-reduced, so every worker holds those of all rows. Reported
