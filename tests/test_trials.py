@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
@@ -68,6 +69,8 @@ def test_a_trial_after_another_in_the_same_process_trains_as_it_would_alone(
     assert len(_pids(storage / "a-then-b")) == 1, "Tune did not reuse the trial's process"
     assert both[0.003]["status"] == "finished"
     assert both[0.003]["best_val_accuracy"] == alone[0.003]["best_val_accuracy"]
+    for row in (*both.values(), *alone.values()):  # never HDF5, which loading refuses
+        assert zipfile.is_zipfile(Path(row["checkpoint"], MODEL_FILE)), row
     for mine, its in zip(_weights(both[0.003]), _weights(alone[0.003]), strict=True):
         np.testing.assert_array_equal(mine, its)
     # Checkpoints in Ray Train's layout, checkpoint.keep of them (and the latest) per trial.

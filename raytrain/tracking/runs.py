@@ -280,6 +280,8 @@ def log_model(
             metadata=mask_tree(metadata),
             registered_model_name=register_as,
             pip_requirements=_model_requirements(),
+            # The zip format whatever thread logs it (raytrain.train.checkpoint.write says why).
+            keras_model_kwargs={"save_format": "keras_v3"},
         )
     version = info.registered_model_version
     return str(version) if version is not None else None

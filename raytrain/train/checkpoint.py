@@ -34,7 +34,11 @@ def write(model: Any, folder: str, *, history: list[dict[str, float]]) -> None:
     mirrored variables through collective ops, and a save on rank 0 alone deadlocks (no error).
     """
     model.save_weights(os.path.join(folder, WEIGHTS))
-    model.save(os.path.join(folder, MODEL_FILE))
+    # The zip format, said explicitly: tf_keras infers it from ".keras" through a per-thread
+    # flag that its own save and load reset to "HDF5" in any thread but the one that imported
+    # it, so the second save in a reused trial process (Tune runs trials in threads) wrote
+    # HDF5, which model loading refuses (raytrain.tracking.keras_file).
+    model.save(os.path.join(folder, MODEL_FILE), save_format="keras_v3")
     last = history[-1]
     state = {"epoch": int(last["epoch"]), "metrics": last, "history": history}
     Path(folder, STATE_FILE).write_text(json.dumps(state))
