@@ -9,6 +9,7 @@ can say (``reference.py`` renders it for the docs).
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import math
 from typing import Any, Literal, get_args, get_origin
 
@@ -70,6 +71,9 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow's own default: ./mlflow.d
 # A name that is one safe folder name: it names storage folders, so no "/", "..", or spaces.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 REQUIRED = ("name",)  # what an experiment must say; every other field has a default
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,254}$"
+# Finite bounds of counts and resources: far above any real use, below what overflows or hangs.
+MOST_REPLICAS, MOST_CPUS, MOST_GPUS = 1000, 4096, 64
 LOCALITY_SHARE = 0.001  # of a data.locality resource, per worker, trial or job driver
 
 
@@ -422,10 +426,17 @@ class TuneSpec(Section):
 
 
 class AutoscalingSpec(Section):
-    min_replicas: int = Field(1, ge=0, description="Replicas kept even when idle.")
-    max_replicas: int = Field(2, ge=1, description="Replicas at most, under load.")
+    min_replicas: int = Field(
+        1, ge=0, le=MOST_REPLICAS, description="Replicas kept even when idle."
+    )
+    max_replicas: int = Field(
+        2, ge=1, le=MOST_REPLICAS, description="Replicas at most, under load."
+    )
     target_ongoing_requests: float = Field(
-        8.0, gt=0, description="Requests in flight per replica that Serve scales towards."
+        8.0,
+        gt=0,
+        le=10_000,
+        description="Requests in flight per replica that Serve scales towards.",
     )
 
     @model_validator(mode="after")
@@ -435,44 +446,85 @@ class AutoscalingSpec(Section):
         return self
 
 
+LOOPBACK_HOSTS = ("localhost", "ip6-localhost")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether only this machine reaches ``host`` (127.0.0.0/8, ::1, localhost)."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host.lower() in LOOPBACK_HOSTS
+
+
 class ServeSpec(Section):
-    num_replicas: int = Field(1, ge=1, description="Replicas when autoscaling is off.")
+    num_replicas: int = Field(
+        1, ge=1, le=MOST_REPLICAS, description="Replicas when autoscaling is off."
+    )
     autoscaling: AutoscalingSpec | None = Field(
         None, description="Scale replicas with load instead of num_replicas."
     )
     max_batch_size: int = Field(
-        32, ge=1, description="Requests one model call may batch together (@serve.batch)."
+        32, ge=1, le=4096, description="Requests one model call may batch together (@serve.batch)."
     )
     batch_wait_timeout_s: float = Field(
-        0.005, ge=0, description="How long a batch waits for more requests before it runs."
+        0.005, ge=0, le=10, description="How long a batch waits for more requests before it runs."
     )
     max_ongoing_requests: int = Field(
-        128, ge=1, description="Requests one replica accepts at once; above max_batch_size."
+        128,
+        ge=1,
+        le=10_000,
+        description="Requests one replica accepts at once; above max_batch_size.",
     )
-    num_cpus: float = Field(1.0, gt=0, description="CPUs per replica (= its TF threads).")
-    num_gpus: float = Field(0.0, ge=0, description="GPUs per replica.")
+    num_cpus: float = Field(
+        1.0, gt=0, le=MOST_CPUS, description="CPUs per replica (= its TF threads)."
+    )
+    num_gpus: float = Field(0.0, ge=0, le=MOST_GPUS, description="GPUs per replica.")
     max_instances_per_request: int = Field(
-        1024, ge=1, description="More instances in one request get a 413."
+        1024, ge=1, le=65_536, description="More instances in one request get a 413."
     )
     max_body_mb: float = Field(
-        16.0, gt=0, description="Larger request bodies get a 413, before any parsing."
+        16.0,
+        gt=0,
+        le=1024,
+        description="Larger request bodies get a 413, before any parsing; a replica needs a few "
+        "times this much memory per request it parses at once.",
     )
     max_queued_requests: int = Field(
-        256, ge=1, description="Requests waiting for a replica; more get a 503 with Retry-After."
+        256,
+        ge=1,
+        le=100_000,
+        description="Requests waiting for a replica; more get a 503 with Retry-After.",
     )
     request_timeout_s: float | None = Field(
-        60.0, gt=0, description="Requests not answered in time get a 408 (for all of Serve)."
+        60.0,
+        gt=0,
+        le=86_400,
+        description="Requests not answered in time get a 408 (for all of Serve).",
     )
     auth_token_env: str | None = Field(
         None,
+        pattern=ENV_NAME_PATTERN,
         description="Require `Authorization: Bearer TOKEN` on every route but health, TOKEN "
-        "read from this environment variable when the model is deployed.",
+        "read from this environment variable when the model is deployed (an unset or empty "
+        "variable is an error, never no auth).",
     )
     auth_token_file: str | None = Field(
-        None, description="As auth_token_env, TOKEN read from this file."
+        None,
+        min_length=1,
+        description="As auth_token_env, TOKEN read from this file (missing or empty: an error).",
     )
     host: str = Field(
-        "127.0.0.1", description="Where HTTP listens; 0.0.0.0 exposes it to the network."
+        "127.0.0.1",
+        min_length=1,
+        description="Where HTTP listens; any other address than loopback (0.0.0.0 exposes it to "
+        "the network) needs a token (auth_token_env or auth_token_file) or "
+        "allow_unauthenticated: true.",
+    )
+    allow_unauthenticated: bool = Field(
+        False,
+        description="Serve on a non-loopback host without a token: anyone who reaches the port "
+        "can call the model.",
     )
     port: int = Field(8000, ge=1, le=65535, description="HTTP port.")
     trust_pickled_models: bool = Field(
@@ -481,6 +533,16 @@ class ServeSpec(Section):
         "custom_objects.cloudpickle), which run code when loaded; only for registries whose "
         "writers you trust. Never read from an experiment recorded in MLflow.",
     )
+
+    @model_validator(mode="after")
+    def _token_off_loopback(self) -> ServeSpec:
+        token = self.auth_token_env or self.auth_token_file
+        if not (token or self.allow_unauthenticated or is_loopback(self.host)):
+            raise ValueError(
+                f"host {self.host} is reachable from other machines: set auth_token_env or "
+                "auth_token_file, or allow_unauthenticated: true to serve without a token"
+            )
+        return self
 
 
 class Experiment(Section):

@@ -100,8 +100,8 @@ def serve_settings(
         spec = ServeSpec.model_validate(settings)
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise RaytrainError(f"serve.{where}: {first['msg']}") from None
+        where = ".".join(["serve", *(str(p) for p in first["loc"])])
+        raise RaytrainError(f"{where}: {first['msg']}") from None
     return reference, uri or DEFAULT_TRACKING_URI, spec
 
 
