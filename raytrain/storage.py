@@ -17,12 +17,14 @@ import glob as local_glob
 import os
 import posixpath
 import re
-from collections.abc import Iterator, Sequence
+import secrets
+import shutil
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from datetime import timedelta
 from fnmatch import fnmatchcase
 from pathlib import Path
-from typing import IO, ClassVar, Self
+from typing import IO, Any, ClassVar, Self
 
 from pyarrow import fs as pafs
 from pydantic import BaseModel, ConfigDict, ValidationError
@@ -45,6 +47,7 @@ __all__ = [
     "parent",
     "ray_storage",
     "read_text",
+    "replace_file",
     "resolve",
     "to_uri",
     "upload_folder",
@@ -183,10 +186,34 @@ def read_text(location: str) -> str:
 
 
 def write_text(location: str, text: str) -> None:
+    """Write ``text`` whole or not at all: a local file by ``replace_file``; a gs:// object in
+    one upload, which GCS makes visible only once complete (an object write is atomic)."""
+    if not is_gcs(location):
+        replace_file(Path(resolve(location)[1]), text.encode())
+        return
     filesystem, path = resolve(location)
-    filesystem.create_dir(posixpath.dirname(path), recursive=True)
     with filesystem.open_output_stream(path) as stream:
         stream.write(text.encode())
+
+
+def replace_file(path: Path, data: bytes) -> None:
+    """Write ``data`` to a temporary file beside ``path`` and rename it over ``path``: a reader
+    sees the old file or the new one, and a full disk leaves the old one, never half of one."""
+    _atomically(path, lambda stream: stream.write(data))
+
+
+def _atomically(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+    try:
+        with temporary.open("xb") as stream:  # the umask's mode, as a plain write had
+            write(stream)
+            stream.flush()
+            os.fsync(stream.fileno())
+        os.replace(temporary, path)
+    except BaseException:
+        temporary.unlink(missing_ok=True)
+        raise
 
 
 def exists(location: str) -> bool:
@@ -198,6 +225,12 @@ def upload_folder(folder: Path, location: str) -> None:
     """Copy a local folder's files to ``location``, replacing files of the same name and
     deleting nothing (files written locally first: TensorFlow's savers and converters want local
     paths). What else ``location`` holds is its owner's business: see ``raytrain.export``."""
+    if not is_gcs(location):  # each file renamed into place: never half a file there
+        for source in sorted(p for p in folder.rglob("*") if p.is_file()):
+            target = Path(resolve(location)[1], source.relative_to(folder))
+            with source.open("rb") as original:
+                _atomically(target, lambda stream, f=original: shutil.copyfileobj(f, stream))
+        return
     filesystem, path = resolve(location)
     filesystem.create_dir(path, recursive=True)
     pafs.copy_files(

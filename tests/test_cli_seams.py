@@ -123,6 +123,7 @@ def test_a_nested_model_arrives_as_its_section(monkeypatch: pytest.MonkeyPatch) 
             batch_wait_timeout_s=0.0125,
             num_cpus=0.5,
             host="0.0.0.0",
+            allow_unauthenticated=True,
             port=8123,
         ),
     ],

@@ -14,6 +14,7 @@ from raytrain.config.schema import ServeSpec
 from raytrain.errors import RaytrainError
 from raytrain.serve.app import ServedModel
 from raytrain.serve.deployment import deploy, token_digest
+from raytrain.serve.lifecycle import serve_settings
 from raytrain.serve.tensors import BadRequest, parse_v2, v2_response
 
 SHAPE = [2, 2]
@@ -70,7 +71,7 @@ BAD_V2 = [
     ("size", _v2([1, 2, 3]), 422, r"'data' holds 3 numbers; shape \[1, 2, 2\] needs 4"),
     ("shape", _v2([1, 2, 3], shape=[1, 3]), 422, r"input shape \[1, 3\]; expected"),
     ("name", _v2([1, 2, 3, 4], name="x"), 422, "unknown input 'x'"),
-    ("datatype", _v2([1, 2, 3, 4], datatype="BYTES"), 422, "datatype 'BYTES'; one of FP16"),
+    ("datatype", _v2([1, 2, 3, 4], datatype="BYTES"), 422, "'datatype' \"BYTES\"; one of FP16"),
     ("too many", _v2([0] * 36, shape=[9, 2, 2]), 413, "9 instances; at most 8 per request"),
     ("no inputs", b'{"id": "x"}', 422, "missing 'inputs'"),
     ("size given", _v2(None, parameters={"binary_data_size": 16}), 422, "binary_data_size 16 "),
@@ -116,3 +117,50 @@ def test_the_token_comes_from_the_environment_or_a_file_and_only_its_hash_is_kep
     assert token_digest(ServeSpec(auth_token_file=str(tmp_path / "token"))) == expected
     with pytest.raises(RaytrainError, match=r"^no auth token in environment variable UNSET_X$"):
         token_digest(ServeSpec(auth_token_env="UNSET_X"))
+
+
+@pytest.mark.parametrize("host", ["0.0.0.0", "::", "10.1.2.3", "model.example.com"])
+def test_a_host_off_loopback_needs_a_token_or_allow_unauthenticated(host: str) -> None:
+    message = (
+        f"^1 validation error for ServeSpec\n  Value error, host {host} is reachable from other "
+        "machines: set auth_token_env or auth_token_file, or allow_unauthenticated: true to "
+        "serve without a token"
+    )
+    with pytest.raises(ValueError, match=message):
+        ServeSpec(host=host)
+    assert ServeSpec(host=host, auth_token_env="MODEL_TOKEN").host == host
+    assert ServeSpec(host=host, allow_unauthenticated=True).host == host
+
+
+@pytest.mark.parametrize("host", ["127.0.0.1", "127.0.0.2", "::1", "localhost"])
+def test_loopback_needs_no_token(host: str) -> None:
+    assert ServeSpec(host=host).host == host
+
+
+@pytest.mark.parametrize(
+    ("setting", "message"),
+    [
+        (
+            {"max_body_mb": float("inf")},
+            "max_body_mb\n  Input should be less than or equal to 1024",
+        ),
+        ({"max_body_mb": 1e9}, "max_body_mb\n  Input should be less than or equal to 1024"),
+        ({"request_timeout_s": float("inf")}, "request_timeout_s\n  Input should be less than"),
+        ({"max_instances_per_request": 10**12}, "max_instances_per_request\n  Input should be"),
+        ({"num_replicas": 10**6}, "num_replicas\n  Input should be less than or equal to 1000"),
+        ({"max_queued_requests": 10**9}, "max_queued_requests\n  Input should be less than"),
+        ({"auth_token_env": ""}, "auth_token_env\n  String should match pattern"),
+        ({"auth_token_file": ""}, "auth_token_file\n  String should have at least 1 character"),
+    ],
+    ids=lambda v: next(iter(v)) if isinstance(v, dict) else "",
+)
+def test_serve_limits_are_finite_and_token_sources_not_empty(
+    setting: dict[str, object], message: str
+) -> None:
+    with pytest.raises(ValueError, match=message):
+        ServeSpec.model_validate(setting)
+
+
+def test_serve_settings_name_the_section_of_a_refused_host() -> None:
+    with pytest.raises(RaytrainError, match=r"^serve: Value error, host 0\.0\.0\.0 is reachable"):
+        serve_settings("m/1", flags={"host": "0.0.0.0"})

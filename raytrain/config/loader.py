@@ -23,9 +23,14 @@ from raytrain.config.rules import check_rules
 from raytrain.config.schema import REQUIRED, Experiment, suggested_key, unknown_key_message
 from raytrain.errors import SpecError
 
-__all__ = ["LoadedExperiment", "load_experiment"]
+__all__ = ["MOST_BYTES", "MOST_DEPTH", "MOST_VALUES", "LoadedExperiment", "load_experiment"]
 
 Path_ = tuple[str | int, ...]
+# Bounds of an experiment file: every one is answered in seconds. An experiment is a few KB,
+# nests a few levels; aliases may repeat a section, not multiply one ("billion laughs").
+MOST_BYTES = 256 * 1024
+MOST_DEPTH = 32
+MOST_VALUES = 100_000  # keys, items and scalars, each alias counted as what it repeats
 
 
 @dataclass(frozen=True)
@@ -43,9 +48,19 @@ def load_experiment(
     """Load, override and validate an experiment; raise ``SpecError`` listing every problem."""
     file = Path(path)
     try:
-        text = file.read_text()
+        with file.open("rb") as stream:
+            data = stream.read(MOST_BYTES + 1)
     except OSError as exc:
         raise SpecError([f"{file}: cannot read experiment file: {exc.strerror or exc}"]) from None
+    if len(data) > MOST_BYTES:
+        raise SpecError([f"{file}: the experiment file is over {MOST_BYTES} bytes"])
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as exc:
+        byte = data[exc.start]
+        raise SpecError(
+            [f"{file}: not UTF-8: byte 0x{byte:02x} at offset {exc.start} ({exc.reason})"]
+        ) from None
     where: dict[Path_, str] = {}
     raw = _parse_yaml(text, file, where)
     problems: list[str] = []
@@ -165,9 +180,9 @@ def _parse_override_items(
             parsed.append(((), None))
             continue
         try:
-            value = yaml.safe_load(text) if text.strip() else ""
-        except yaml.YAMLError as exc:
-            problems.append(f"--set {item}: value is not valid YAML: {exc}")
+            value = _load(text) if text.strip() else ""
+        except (yaml.YAMLError, _TooBig) as exc:
+            problems.append(f"--set {item}: value is not valid YAML: {_first_line(exc)}")
             value = None
         parsed.append((key_path, value))
     return parsed
@@ -176,8 +191,9 @@ def _parse_override_items(
 def _parse_yaml(text: str, file: Path, where: dict[Path_, str]) -> dict[str, Any]:
     """Parse YAML and record the line of every key and list item in ``where``."""
     try:
-        node = yaml.compose(text, Loader=yaml.SafeLoader)
-        data = yaml.safe_load(text)
+        node, data = _compose(text)
+    except _TooBig as exc:
+        raise SpecError([f"{file}:{exc.line}: {exc}"]) from None
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         loc = f"{file}:{mark.line + 1}:{mark.column + 1}" if mark else str(file)
@@ -200,6 +216,87 @@ def _parse_yaml(text: str, file: Path, where: dict[Path_, str]) -> dict[str, Any
     if duplicates:
         raise SpecError(duplicates)
     return data
+
+
+class _TooBig(Exception):
+    """YAML nested too deep, an alias inside itself, or too many values once aliases repeat."""
+
+    def __init__(self, message: str, node_or_mark: Any) -> None:
+        super().__init__(message)
+        mark = getattr(node_or_mark, "start_mark", node_or_mark)
+        self.line = mark.line + 1 if mark is not None else 1
+
+
+class _BoundedLoader(yaml.SafeLoader):
+    """PyYAML's safe loader, nesting at most ``MOST_DEPTH`` levels: its composer recurses once
+    per level, without a limit of its own."""
+
+    def __init__(self, text: str) -> None:
+        super().__init__(text)
+        self.depth = 0
+
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+        if self.depth >= MOST_DEPTH and not self.check_event(yaml.AliasEvent):
+            raise _TooBig(
+                f"nested more than {MOST_DEPTH} levels deep", self.peek_event().start_mark
+            )
+        self.depth += 1
+        try:
+            return super().compose_node(parent, index)
+        finally:
+            self.depth -= 1
+
+
+def _compose(text: str) -> tuple[yaml.Node | None, Any]:
+    """The document's node graph and its value, once the graph is known to be finite and
+    small: an alias inside the value it names is a cycle, and aliases of aliases multiply."""
+    loader = _BoundedLoader(text)
+    try:
+        node = loader.get_single_node()
+        if node is None:
+            return None, None
+        _measure(node, 0, {}, set())
+        return node, loader.construct_document(node)
+    finally:
+        loader.dispose()
+
+
+def _load(text: str) -> Any:
+    return _compose(text)[1]
+
+
+def _measure(
+    node: yaml.Node, depth: int, known: dict[int, tuple[int, int]], open_: set[int]
+) -> tuple[int, int]:
+    """(values, levels) below ``node`` with every alias expanded; each node is measured once,
+    so an alias bomb costs its size in the file, not its expansion."""
+    if id(node) in open_:
+        raise _TooBig("an alias refers to a value that holds it", node)
+    if depth > MOST_DEPTH:
+        raise _TooBig(f"nested more than {MOST_DEPTH} levels deep once aliases are expanded", node)
+    if id(node) not in known:
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.MappingNode):
+            children = [part for pair in node.value for part in pair]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        open_.add(id(node))
+        values, levels = 1, 1
+        for child in children:
+            size, height = _measure(child, depth + 1, known, open_)
+            values, levels = values + size, max(levels, height + 1)
+            if values > MOST_VALUES:
+                raise _TooBig(f"more than {MOST_VALUES} values once aliases are expanded", node)
+        open_.discard(id(node))
+        known[id(node)] = (values, levels)
+    values, levels = known[id(node)]
+    if depth + levels > MOST_DEPTH + 1:
+        raise _TooBig(f"nested more than {MOST_DEPTH} levels deep once aliases are expanded", node)
+    return values, levels
+
+
+def _first_line(exc: BaseException) -> str:
+    return str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
 
 
 def _index_lines(

@@ -9,10 +9,19 @@ can say (``reference.py`` renders it for the docs).
 from __future__ import annotations
 
 import difflib
+import ipaddress
 import math
-from typing import Any, Literal, get_args, get_origin
+from typing import Annotated, Any, Literal, get_args, get_origin
 
-from pydantic import BaseModel, ConfigDict, Field, PositiveInt, model_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationInfo,
+    field_validator,
+    model_validator,
+)
+from pydantic_core import PydanticCustomError
 
 __all__ = [
     "BUILTIN_BUILDERS",
@@ -70,13 +79,56 @@ DEFAULT_TRACKING_URI = "sqlite:///mlflow.db"  # MLflow's own default: ./mlflow.d
 # A name that is one safe folder name: it names storage folders, so no "/", "..", or spaces.
 NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,99}$"
 REQUIRED = ("name",)  # what an experiment must say; every other field has a default
+ENV_NAME_PATTERN = r"^[A-Za-z_][A-Za-z0-9_]{0,254}$"
+# A registered model's name: MLflow refuses '/' and ':', raytrain's references use '@' and '/',
+# and the model API puts it in URLs; MLflow keeps 255 characters of an alias, 500 of a name.
+MODEL_NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9._-]{0,254}$"
+MOST_TAG_KEY, MOST_TAG_VALUE, MOST_TAGS = 250, 8000, 50  # MLflow's limits on run tags
+MOST_EXPERIMENT_NAME = 500  # MLflow's limit
+# Finite bounds of counts and resources: far above any real use, below what overflows or hangs.
+MOST_REPLICAS, MOST_CPUS, MOST_GPUS = 1000, 4096, 64
+MOST_WORKERS, MOST_UNITS, MOST_SEED = 1024, 65_536, 2**32 - 1
+MOST_RESOURCE = 1e15  # of any Ray resource a worker holds (memory counts bytes)
+# Resources Ray defines itself: a data.locality label naming one would pin nothing.
+RESERVED_RESOURCES = ("CPU", "GPU", "TPU", "memory", "object_store_memory")
+RESERVED_RESOURCE_PREFIXES = ("node:", "accelerator_type:")
+Seed = Annotated[int, Field(ge=0, le=MOST_SEED)]
+Units = Annotated[int, Field(gt=0, le=MOST_UNITS)]
 LOCALITY_SHARE = 0.001  # of a data.locality resource, per worker, trial or job driver
 
 
 class Section(BaseModel):
-    """Base of every section: unknown keys are errors, defaults are validated too."""
+    """Base of every section: unknown keys are errors, defaults are validated too, and an
+    integer is an integer (pydantic would take ``true`` as 1 and ``"8"`` as 8)."""
 
     model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _strict_integers(cls, value: Any, info: ValidationInfo) -> Any:
+        field = cls.model_fields.get(info.field_name or "")
+        if field is None or not _takes_only_integers(field.annotation):
+            return value
+        for item in value if isinstance(value, list) else [value]:
+            if isinstance(item, bool | str):
+                raise PydanticCustomError("int_type", "Input should be a valid integer")
+        return value
+
+
+def _takes_only_integers(annotation: Any) -> bool:
+    """Whether a field holds integers (or a list of them) and no other scalar type."""
+    found: set[Any] = set()
+    stack = [annotation]
+    while stack:
+        current = stack.pop()
+        origin, args = get_origin(current), get_args(current)
+        if origin is Annotated:
+            stack.append(args[0])
+        elif origin is list or (origin is not None and origin is not Literal and args):
+            stack += [a for a in args if a is not type(None)]
+        elif current is not type(None):
+            found.add(current if origin is None else origin)
+    return found == {int}
 
 
 FILE_FORMAT_CHOICES = Literal["auto", "csv", "parquet", "tfrecord", "npz", "images"]
@@ -115,8 +167,10 @@ class DataSpec(Section):
         description="Feature columns or TFRecord feature keys; all but the label when omitted. "
         "NPZ files hold features in the array 'x'.",
     )
-    shape: list[int] | None = Field(
+    shape: list[Units] | None = Field(
         None,
+        min_length=1,
+        max_length=8,
         description="Reshape each example's features to this shape, e.g. [8, 8, 1] for a CNN; "
         "images are resized to [height, width, channels].",
     )
@@ -136,7 +190,7 @@ class DataSpec(Section):
         description="Fraction of the training source held out for validation (without "
         "data.validation).",
     )
-    seed: int = Field(0, description="Seed of the train/validation split (deterministic).")
+    seed: Seed = Field(0, description="Seed of the train/validation split (deterministic).")
     normalize: Literal["none", "standard", "minmax"] = Field(
         "standard",
         description="Feature scaling fitted on the training examples only (never on validation "
@@ -150,9 +204,19 @@ class DataSpec(Section):
     locality: str | None = Field(
         None,
         pattern=r"^[A-Za-z_][A-Za-z0-9_.-]*$",
+        max_length=100,
         description="Custom Ray resource (e.g. onprem) of the nodes that may read the data: "
-        "workers, sweep trials and the submitted job's driver run only there; null: any node.",
+        "workers, sweep trials and the submitted job's driver run only there; null: any node. "
+        "Not one of Ray's own (CPU, GPU, TPU, memory, object_store_memory, node:*, "
+        "accelerator_type:*).",
     )
+
+    @field_validator("locality")
+    @classmethod
+    def _not_reserved(cls, value: str | None) -> str | None:
+        if value in RESERVED_RESOURCES or (value or "").startswith(RESERVED_RESOURCE_PREFIXES):
+            raise ValueError(f"{value} is a resource Ray defines itself; name a custom one")
+        return value
 
     def sources(self) -> dict[str, tuple[str, str]]:
         """Each split's (source, format), by split name: train, and validation and test when
@@ -171,8 +235,8 @@ class DataSpec(Section):
 
 
 class MLPParams(Section):
-    hidden_units: list[PositiveInt] = Field(
-        [128, 64], min_length=1, description="Width of each hidden Dense layer."
+    hidden_units: list[Units] = Field(
+        [128, 64], min_length=1, max_length=64, description="Width of each hidden Dense layer."
     )
     activation: str = Field("relu", description="Activation of the hidden layers.")
     dropout: float = Field(0.0, ge=0.0, lt=1.0, description="Dropout after each hidden layer.")
@@ -180,11 +244,16 @@ class MLPParams(Section):
 
 
 class CNNParams(Section):
-    filters: list[PositiveInt] = Field(
-        [32, 64], min_length=1, description="Filters of each conv block (conv, conv, pool)."
+    filters: list[Units] = Field(
+        [32, 64],
+        min_length=1,
+        max_length=64,
+        description="Filters of each conv block (conv, conv, pool).",
     )
     kernel_size: int = Field(3, ge=1, le=11, description="Square kernel size of every conv.")
-    dense_units: int = Field(128, ge=1, description="Width of the Dense layer before the head.")
+    dense_units: int = Field(
+        128, ge=1, le=MOST_UNITS, description="Width of the Dense layer before the head."
+    )
     dropout: float = Field(0.2, ge=0.0, lt=1.0, description="Dropout before the head.")
     activation: str = Field("relu", description="Activation of conv and dense layers.")
 
@@ -210,14 +279,18 @@ class OptimizerSpec(Section):
     )
     learning_rate: float = Field(1e-3, gt=0.0, le=10.0, description="Learning rate.")
     momentum: float = Field(0.0, ge=0.0, lt=1.0, description="Momentum (sgd, rmsprop).")
-    weight_decay: float = Field(0.0, ge=0.0, description="Decoupled weight decay (adamw, sgd).")
-    clipnorm: float | None = Field(None, gt=0.0, description="Clip each gradient to this norm.")
+    weight_decay: float = Field(
+        0.0, ge=0.0, le=1.0, description="Decoupled weight decay (adamw, sgd)."
+    )
+    clipnorm: float | None = Field(
+        None, gt=0.0, le=1e6, description="Clip each gradient to this norm."
+    )
 
 
 class TrainSpec(Section):
     epochs: int = Field(10, ge=1, le=100_000, description="Passes over the training split.")
     batch_size: int = Field(
-        128, ge=1, description="Global batch size, split evenly across workers."
+        128, ge=1, le=2**20, description="Global batch size, split evenly across workers."
     )
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec, description="Optimizer.")
     loss: Literal[LOSSES] = Field(  # type: ignore[valid-type]
@@ -233,14 +306,17 @@ class TrainSpec(Section):
     steps_per_execution: int = Field(
         8,
         ge=1,
+        le=10_000,
         description="Batches run per tf.function call: fewer host round trips and, with 2+ "
         "workers, fewer metric all-reduces (benchmarks/README.md).",
     )
-    seed: int = Field(0, description="Seed of weight init and per-epoch shuffling.")
+    seed: Seed = Field(0, description="Seed of weight init and per-epoch shuffling.")
 
 
 class ScalingSpec(Section):
-    num_workers: int = Field(2, ge=1, description="Data-parallel Ray Train workers.")
+    num_workers: int = Field(
+        2, ge=1, le=MOST_WORKERS, description="Data-parallel Ray Train workers."
+    )
     one_worker: Literal["process", "ray_train"] = Field(
         "process",
         description="How 1 worker trains: process (a run: one Ray actor; a sweep trial: its "
@@ -252,8 +328,12 @@ class ScalingSpec(Section):
         description="auto: CPUs, or GPUs with use_gpu; tpu: one worker on a TPU VM host, "
         "training with TPUStrategy (not verified on TPU hardware).",
     )
-    resources_per_worker: dict[str, float] = Field(
+    resources_per_worker: dict[
+        Annotated[str, Field(min_length=1, max_length=100)],
+        Annotated[float, Field(le=MOST_RESOURCE, allow_inf_nan=False)],
+    ] = Field(
         default_factory=lambda: {"CPU": 1.0},
+        max_length=32,
         description="Ray resources each worker holds, e.g. {CPU: 4} or a custom {onprem: 1}.",
     )
     communication: Literal["auto", "ring", "nccl"] = Field(
@@ -262,6 +342,7 @@ class ScalingSpec(Section):
     inter_op_threads: int | None = Field(
         None,
         ge=1,
+        le=1024,
         description="TensorFlow inter-op threads per worker; null: the worker's CPUs, so that "
         "workers never use more cores than they hold.",
     )
@@ -273,12 +354,15 @@ class ScalingSpec(Section):
     bytes_per_pack: int = Field(
         0,
         ge=0,
+        le=2**34,
         description="Gradient all-reduce pack size in bytes; 0: one pack for all gradients.",
     )
 
 
 class CheckpointSpec(Section):
-    keep: int | None = Field(2, ge=1, description="Best checkpoints kept; null keeps all.")
+    keep: int | None = Field(
+        2, ge=1, le=10_000, description="Best checkpoints kept; null keeps all."
+    )
     score: str = Field("val_loss", description="Reported metric that ranks checkpoints.")
     mode: Literal["min", "max"] = Field("min", description="Whether a lower or higher score wins.")
 
@@ -287,6 +371,7 @@ class FailureSpec(Section):
     max_failures: int = Field(
         3,
         ge=-1,
+        le=10_000,
         description="Restarts of the worker group from the latest checkpoint after a worker or "
         "node is lost (a crash, an OOM kill, a spot VM gone); -1 retries forever. An exception "
         "in the model code or data is never retried, and announced preemptions are retried "
@@ -301,7 +386,12 @@ class TrackingSpec(Section):
         DEFAULT_TRACKING_URI,
         description="MLflow tracking URI; a server (http://head:5000) on multi-node clusters.",
     )
-    experiment: str | None = Field(None, description="MLflow experiment; the name by default.")
+    experiment: str | None = Field(
+        None,
+        min_length=1,
+        max_length=MOST_EXPERIMENT_NAME,
+        description="MLflow experiment; the name by default.",
+    )
     run_name: str | None = Field(
         None,
         pattern=NAME_PATTERN,
@@ -309,9 +399,21 @@ class TrackingSpec(Section):
         "one safe folder name; generated (<name>-<time>-<random>) when omitted.",
     )
     register_as: str | None = Field(
-        None, description="Register the best model under this name in the model registry."
+        None,
+        pattern=MODEL_NAME_PATTERN,
+        description="Register the best model under this name in the model registry: letters, "
+        "digits, '.', '_' and '-', at most 255 (no '/', ':' or '@', which model references "
+        "and URLs use).",
     )
-    tags: dict[str, str] = Field(default_factory=dict, description="Extra MLflow run tags.")
+    tags: dict[
+        Annotated[str, Field(min_length=1, max_length=MOST_TAG_KEY)],
+        Annotated[str, Field(max_length=MOST_TAG_VALUE)],
+    ] = Field(
+        default_factory=dict,
+        max_length=MOST_TAGS,
+        description="Extra MLflow run tags (MLflow keeps keys of 250 and values of 8000 "
+        "characters).",
+    )
 
 
 EXPORT_MODES = ("none", "float16", "dynamic", "int8")
@@ -329,16 +431,24 @@ class ExportSpec(Section):
         "calibrated on training examples).",
     )
     representative_examples: int = Field(
-        200, ge=1, description="Training examples that calibrate the int8 activation ranges."
+        200,
+        ge=1,
+        le=100_000,
+        description="Training examples that calibrate the int8 activation ranges.",
     )
     int8_io: bool = Field(
         False,
         description="int8 mode only: int8 input and output tensors too (integer-only hardware); "
         "callers quantize inputs with the input's scale and zero point.",
     )
-    num_threads: int = Field(1, ge=1, description="LiteRT interpreter threads when measuring.")
+    num_threads: int = Field(
+        1, ge=1, le=1024, description="LiteRT interpreter threads when measuring."
+    )
     latency_runs: int = Field(
-        200, ge=10, description="Timed batch-1 inferences per model (median reported)."
+        200,
+        ge=10,
+        le=1_000_000,
+        description="Timed batch-1 inferences per model (median reported).",
     )
     out: str | None = Field(
         None,
@@ -364,15 +474,17 @@ class SearchSpec(Section):
     sampler: Literal["tpe", "cmaes", "random"] = Field(
         "tpe", description="Optuna's sampler (algorithm: optuna only)."
     )
-    seed: int | None = Field(0, description="Seed of the search: the same seed, the same trials.")
+    seed: Seed | None = Field(0, description="Seed of the search: the same seed, the same trials.")
 
 
 class SchedulerSpec(Section):
     name: Literal["asha", "median", "none"] = Field(
         "asha", description="Early stopping of bad trials: asha, median stopping, or none."
     )
-    grace_period: int = Field(1, ge=1, description="Epochs every trial runs before it can stop.")
-    reduction_factor: float = Field(3.0, gt=1.0, description="ASHA: keep 1/this per rung.")
+    grace_period: int = Field(
+        1, ge=1, le=100_000, description="Epochs every trial runs before it can stop."
+    )
+    reduction_factor: float = Field(3.0, gt=1.0, le=100, description="ASHA: keep 1/this per rung.")
 
 
 class TuneSpec(Section):
@@ -383,17 +495,27 @@ class TuneSpec(Section):
         "min", description="min or max, one per metric."
     )
     num_samples: int = Field(
-        10, ge=1, description="Trials to run (a grid search runs every grid point once instead)."
+        10,
+        ge=1,
+        le=100_000,
+        description="Trials to run (a grid search runs every grid point once instead).",
     )
-    time_budget_s: float | None = Field(None, gt=0, description="Stop starting trials after this.")
+    time_budget_s: float | None = Field(
+        None, gt=0, le=31_536_000, description="Stop starting trials after this (a year at most)."
+    )
     max_concurrent_trials: int | None = Field(
-        None, ge=1, description="Trials at once; default: as many as the cluster fits."
+        None, ge=1, le=10_000, description="Trials at once; default: as many as the cluster fits."
     )
     max_failed_trials: int | None = Field(
-        None, ge=0, description="End the sweep after this many failed trials; null: never."
+        None,
+        ge=0,
+        le=100_000,
+        description="End the sweep after this many failed trials; null: never.",
     )
     target: float | None = Field(
-        None, description="End the sweep once a trial's metric reaches this value."
+        None,
+        allow_inf_nan=False,
+        description="End the sweep once a trial's metric reaches this value.",
     )
     search: SearchSpec = Field(default_factory=SearchSpec, description="How configs are chosen.")
     scheduler: SchedulerSpec = Field(
@@ -422,10 +544,17 @@ class TuneSpec(Section):
 
 
 class AutoscalingSpec(Section):
-    min_replicas: int = Field(1, ge=0, description="Replicas kept even when idle.")
-    max_replicas: int = Field(2, ge=1, description="Replicas at most, under load.")
+    min_replicas: int = Field(
+        1, ge=0, le=MOST_REPLICAS, description="Replicas kept even when idle."
+    )
+    max_replicas: int = Field(
+        2, ge=1, le=MOST_REPLICAS, description="Replicas at most, under load."
+    )
     target_ongoing_requests: float = Field(
-        8.0, gt=0, description="Requests in flight per replica that Serve scales towards."
+        8.0,
+        gt=0,
+        le=10_000,
+        description="Requests in flight per replica that Serve scales towards.",
     )
 
     @model_validator(mode="after")
@@ -435,44 +564,85 @@ class AutoscalingSpec(Section):
         return self
 
 
+LOOPBACK_HOSTS = ("localhost", "ip6-localhost")
+
+
+def is_loopback(host: str) -> bool:
+    """Whether only this machine reaches ``host`` (127.0.0.0/8, ::1, localhost)."""
+    try:
+        return ipaddress.ip_address(host).is_loopback
+    except ValueError:
+        return host.lower() in LOOPBACK_HOSTS
+
+
 class ServeSpec(Section):
-    num_replicas: int = Field(1, ge=1, description="Replicas when autoscaling is off.")
+    num_replicas: int = Field(
+        1, ge=1, le=MOST_REPLICAS, description="Replicas when autoscaling is off."
+    )
     autoscaling: AutoscalingSpec | None = Field(
         None, description="Scale replicas with load instead of num_replicas."
     )
     max_batch_size: int = Field(
-        32, ge=1, description="Requests one model call may batch together (@serve.batch)."
+        32, ge=1, le=4096, description="Requests one model call may batch together (@serve.batch)."
     )
     batch_wait_timeout_s: float = Field(
-        0.005, ge=0, description="How long a batch waits for more requests before it runs."
+        0.005, ge=0, le=10, description="How long a batch waits for more requests before it runs."
     )
     max_ongoing_requests: int = Field(
-        128, ge=1, description="Requests one replica accepts at once; above max_batch_size."
+        128,
+        ge=1,
+        le=10_000,
+        description="Requests one replica accepts at once; above max_batch_size.",
     )
-    num_cpus: float = Field(1.0, gt=0, description="CPUs per replica (= its TF threads).")
-    num_gpus: float = Field(0.0, ge=0, description="GPUs per replica.")
+    num_cpus: float = Field(
+        1.0, gt=0, le=MOST_CPUS, description="CPUs per replica (= its TF threads)."
+    )
+    num_gpus: float = Field(0.0, ge=0, le=MOST_GPUS, description="GPUs per replica.")
     max_instances_per_request: int = Field(
-        1024, ge=1, description="More instances in one request get a 413."
+        1024, ge=1, le=65_536, description="More instances in one request get a 413."
     )
     max_body_mb: float = Field(
-        16.0, gt=0, description="Larger request bodies get a 413, before any parsing."
+        16.0,
+        gt=0,
+        le=1024,
+        description="Larger request bodies get a 413, before any parsing; a replica needs a few "
+        "times this much memory per request it parses at once.",
     )
     max_queued_requests: int = Field(
-        256, ge=1, description="Requests waiting for a replica; more get a 503 with Retry-After."
+        256,
+        ge=1,
+        le=100_000,
+        description="Requests waiting for a replica; more get a 503 with Retry-After.",
     )
     request_timeout_s: float | None = Field(
-        60.0, gt=0, description="Requests not answered in time get a 408 (for all of Serve)."
+        60.0,
+        gt=0,
+        le=86_400,
+        description="Requests not answered in time get a 408 (for all of Serve).",
     )
     auth_token_env: str | None = Field(
         None,
+        pattern=ENV_NAME_PATTERN,
         description="Require `Authorization: Bearer TOKEN` on every route but health, TOKEN "
-        "read from this environment variable when the model is deployed.",
+        "read from this environment variable when the model is deployed (an unset or empty "
+        "variable is an error, never no auth).",
     )
     auth_token_file: str | None = Field(
-        None, description="As auth_token_env, TOKEN read from this file."
+        None,
+        min_length=1,
+        description="As auth_token_env, TOKEN read from this file (missing or empty: an error).",
     )
     host: str = Field(
-        "127.0.0.1", description="Where HTTP listens; 0.0.0.0 exposes it to the network."
+        "127.0.0.1",
+        min_length=1,
+        description="Where HTTP listens; any other address than loopback (0.0.0.0 exposes it to "
+        "the network) needs a token (auth_token_env or auth_token_file) or "
+        "allow_unauthenticated: true.",
+    )
+    allow_unauthenticated: bool = Field(
+        False,
+        description="Serve on a non-loopback host without a token: anyone who reaches the port "
+        "can call the model.",
     )
     port: int = Field(8000, ge=1, le=65535, description="HTTP port.")
     trust_pickled_models: bool = Field(
@@ -481,6 +651,16 @@ class ServeSpec(Section):
         "custom_objects.cloudpickle), which run code when loaded; only for registries whose "
         "writers you trust. Never read from an experiment recorded in MLflow.",
     )
+
+    @model_validator(mode="after")
+    def _token_off_loopback(self) -> ServeSpec:
+        token = self.auth_token_env or self.auth_token_file
+        if not (token or self.allow_unauthenticated or is_loopback(self.host)):
+            raise ValueError(
+                f"host {self.host} is reachable from other machines: set auth_token_env or "
+                "auth_token_file, or allow_unauthenticated: true to serve without a token"
+            )
+        return self
 
 
 class Experiment(Section):
@@ -491,7 +671,11 @@ class Experiment(Section):
         description="Required: names the experiment's storage folder and, by default, its MLflow "
         "experiment (a default name would pool unrelated runs in one folder and one experiment).",
     )
-    description: str = Field("", description="Free text, logged to MLflow.")
+    description: str = Field(
+        "",
+        max_length=MOST_TAG_VALUE,
+        description="Free text, logged to MLflow (which keeps 8000 characters).",
+    )
     data: DataSpec = Field(default_factory=DataSpec, description="Where the examples come from.")
     model: ModelSpec = Field(default_factory=ModelSpec, description="What is trained.")
     train: TrainSpec = Field(default_factory=TrainSpec, description="How it is trained.")

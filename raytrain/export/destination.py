@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import tempfile
 from pathlib import Path
 
 from raytrain.errors import ExportError
@@ -23,6 +22,7 @@ from raytrain.storage import (
     list_files,
     read_text,
     upload_folder,
+    write_text,
 )
 
 __all__ = ["MANIFEST", "check_destination", "publish"]
@@ -110,6 +110,4 @@ def _check_entry(destination: str, name: str, *, source: str) -> None:
 
 
 def _write_manifest(destination: str, files: list[str]) -> None:
-    with tempfile.TemporaryDirectory(prefix="raytrain-manifest-") as staging:
-        Path(staging, MANIFEST).write_text(json.dumps({"files": files}, indent=2))
-        upload_folder(Path(staging), destination)
+    write_text(join(destination, MANIFEST), json.dumps({"files": files}, indent=2))

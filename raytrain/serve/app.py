@@ -6,6 +6,7 @@ Each served version gets its own ``@serve.batch`` queue: requests for different 
 never mixed in one model call.
 """
 
+import asyncio
 import hashlib
 import hmac
 import random
@@ -268,7 +269,7 @@ class ModelServer:
         ``{"outputs": ...}``; with ``model_version``, and ``labels`` for a classifier."""
         self._served(name, None)
         body = await self._body(request)
-        instances, columnar = parse_v1(body, *self._limits())
+        instances, columnar = await asyncio.to_thread(parse_v1, body, *self._limits())
         version = self._route()
         outputs = await version.predict(instances)
         answer: dict[str, Any] = {
@@ -320,7 +321,7 @@ class ModelServer:
         served = self._served(name, version)
         body = await self._body(request)
         header = request.headers.get("inference-header-content-length")
-        parsed = parse_v2(body, header, *self._limits())
+        parsed = await asyncio.to_thread(parse_v2, body, header, *self._limits())
         answering = served or self._route()
         outputs = await answering.predict(parsed.batch)
         content, headers = v2_response(
@@ -344,18 +345,19 @@ class ModelServer:
             "outputs": [{"name": OUTPUT, "datatype": "FP32", "shape": [-1, *served.output_shape]}],
         }
 
-    async def _body(self, request: Request) -> bytes:
-        """The body, refused before it is parsed (or read past the cap) when it is too big."""
+    async def _body(self, request: Request) -> bytearray:
+        """The body, refused before it is parsed (or read past the cap) when it is too big; not
+        copied (parsing runs in a thread: a large body would hold the event loop)."""
         limit = int(self.limits.max_body_mb * 1024 * 1024)
         declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > limit:
+        if declared and declared.isascii() and declared.isdigit() and int(declared) > limit:
             raise BadRequest(413, f"request body of {declared} bytes is over {limit} bytes")
         raw = bytearray()
         async for chunk in request.stream():
             raw += chunk
             if len(raw) > limit:
                 raise BadRequest(413, f"request body is over {limit} bytes")
-        return bytes(raw)
+        return raw
 
     def _limits(self) -> tuple[list[int], int]:
         return self.primary.info.input_shape, self.limits.max_instances_per_request

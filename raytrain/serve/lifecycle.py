@@ -28,6 +28,7 @@ from typing import TYPE_CHECKING, Any
 from raytrain.config.options import as_args
 from raytrain.config.schema import DEFAULT_TRACKING_URI, Experiment, ServeSpec
 from raytrain.errors import RaytrainError
+from raytrain.storage import replace_file
 
 if TYPE_CHECKING:
     from raytrain.serve.deployment import Deployment
@@ -100,8 +101,8 @@ def serve_settings(
         spec = ServeSpec.model_validate(settings)
     except ValidationError as exc:
         first = exc.errors(include_url=False)[0]
-        where = ".".join(str(p) for p in first["loc"])
-        raise RaytrainError(f"serve.{where}: {first['msg']}") from None
+        where = ".".join(["serve", *(str(p) for p in first["loc"])])
+        raise RaytrainError(f"{where}: {first['msg']}") from None
     return reference, uri or DEFAULT_TRACKING_URI, spec
 
 
@@ -248,14 +249,15 @@ def running(port: int) -> dict | None:
     if not state.is_file():
         return None
     found = json.loads(state.read_text())
-    return found if _alive(found["pid"]) else None
+    return found if _alive(found["pid"]) and _same_process(found) else None
 
 
 def record(port: int, url: str, ray_address: str) -> None:
-    """Say that this process serves on ``port``: a later `raytrain serve` updates it in place."""
-    state = _state_file(port)
-    state.parent.mkdir(parents=True, exist_ok=True)
-    state.write_text(json.dumps({"pid": os.getpid(), "url": url, "ray_address": ray_address}))
+    """Say that this process serves on ``port``: a later `raytrain serve` updates it in place.
+    With its start time: once it has ended, its pid may be another process's."""
+    pid = os.getpid()
+    found = {"pid": pid, "started": _started(pid), "url": url, "ray_address": ray_address}
+    replace_file(_state_file(port), json.dumps(found).encode())
 
 
 def forget(port: int) -> None:
@@ -270,7 +272,14 @@ def stop_server(port: int) -> str:
     state = _state_file(port)
     if not state.is_file():
         raise RaytrainError(f"no raytrain server on port {port} (no {state})")
-    pid = json.loads(state.read_text())["pid"]
+    found = json.loads(state.read_text())
+    pid = found["pid"]
+    if _alive(pid) and not _same_process(found):
+        state.unlink(missing_ok=True)
+        return (
+            f"the server on port {port} (pid {pid}) has ended; pid {pid} is now another "
+            "process's, which was left alone"
+        )
     if _alive(pid):
         os.kill(pid, signal.SIGINT)
         deadline = time.monotonic() + STOP_TIMEOUT_S
@@ -293,6 +302,22 @@ def wait_for_signal() -> None:
 
 def _state_file(port: int) -> Path:
     return state_dir() / f"serve-{port}.json"
+
+
+def _started(pid: int) -> float | None:
+    """When process ``pid`` started (None if it is gone): a pid and this identify a process."""
+    import psutil
+
+    try:
+        return psutil.Process(pid).create_time()
+    except psutil.Error:
+        return None
+
+
+def _same_process(found: dict[str, Any]) -> bool:
+    """Whether the recorded pid is still the server that recorded it (same start time)."""
+    started = found.get("started")
+    return started is not None and _started(found["pid"]) == started
 
 
 def _alive(pid: int) -> bool:

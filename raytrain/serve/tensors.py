@@ -9,6 +9,7 @@ refuses NaN, infinity and numbers beyond float32. Nothing here imports Ray or Te
 from __future__ import annotations
 
 import json
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -42,6 +43,10 @@ DATATYPES = {  # v2 datatypes a client may send, as little-endian numpy types
     "UINT64": "<u8",
 }
 _NUMBERS = (int, float)
+# What a well-formed request holds besides numbers: strings (keys, names, datatype, id), objects
+# and lists beyond those its instances nest. More are refused before parsing: JSON turns a
+# 4-byte `"a",` or `[0],` into 60 to 90 bytes of Python objects, a number into 8 to 32.
+MOST_STRINGS, MOST_OBJECTS, SPARE_LISTS = 256, 64, 64
 _KINDS = {bool: "a boolean", str: "a string", dict: "an object", type(None): "null"}
 
 
@@ -57,8 +62,18 @@ def _no_constant(name: str) -> float:
     raise BadRequest(422, f"{name} is not a number; send finite numbers")
 
 
-def read_json(raw: bytes, expected: str) -> Any:
-    """Strict JSON: NaN and Infinity (which Python's parser accepts) are refused."""
+def read_json(raw: bytes | bytearray, expected: str, *, most_lists: int) -> Any:
+    """Strict JSON: NaN and Infinity (which Python's parser accepts) are refused; so is a body
+    with more strings, objects or lists than a request can hold (``most_lists`` lists), before
+    it is parsed, which bounds its memory at a few times its size."""
+    counts = {
+        "strings": (raw.count(b'"') // 2, MOST_STRINGS),
+        "objects": (raw.count(b"{"), MOST_OBJECTS),
+        "lists": (raw.count(b"["), most_lists),
+    }
+    for kind, (found, most) in counts.items():
+        if found > most:
+            raise BadRequest(413, f"body holds {found} {kind}, at most {most}; expected {expected}")
     try:
         return json.loads(raw, parse_constant=_no_constant)
     except (ValueError, RecursionError) as exc:  # RecursionError: nested thousands deep
@@ -67,56 +82,78 @@ def read_json(raw: bytes, expected: str) -> Any:
 
 def batch(values: Any, shape: list[int], *, what: str, expected: str) -> np.ndarray:
     """A list of ``what`` (instances, rows) as a float32 array of ``[n, *shape]``; flat rows of
-    the right size are reshaped. Only JSON numbers: ``np.asarray`` would take "1.5" and True."""
+    the right size are reshaped. Only JSON numbers: ``np.asarray`` would take "1.5" and True.
+    No object array on the way: the parsed lists and the float32 result are all it holds."""
     if not isinstance(values, list) or not values:
         raise BadRequest(422, f"{what} must be a non-empty list; expected {expected}")
+    ragged = f"{what} must be numbers, all of one shape; expected {expected}"
     try:
-        cells = np.asarray(values, dtype=object)
-    except ValueError:
-        cells = np.asarray([], dtype=object)  # ragged below the first level
-    if cells.size == 0 or cells.ndim < 1:
-        raise BadRequest(422, f"{what} must be numbers, all of one shape; expected {expected}")
-    flat = cells.ravel()
-    if not set(map(type, flat)) <= {int, float}:
-        _not_a_number(cells, what, expected)
+        odd = _first(values, lambda v: type(v) not in _NUMBERS, depth=len(shape) + 1)
+    except _TooDeep:
+        raise BadRequest(422, ragged) from None
+    if odd is not None:
+        position, value = odd
+        kind = _KINDS.get(type(value), type(value).__name__)
+        got = json.dumps(value)[:40]
+        raise BadRequest(422, f"{_where(position, what)} is {kind} ({got}), not a number")
     try:
-        array = cells.astype(np.float64)
-    except OverflowError:
-        index = next(i for i, v in enumerate(flat) if abs(v) > 1e308)
-        raise BadRequest(422, f"{_where(cells, index, what)} is beyond float32's range") from None
-    with np.errstate(over="ignore"):
-        array32 = array.astype(np.float32)
+        with np.errstate(over="ignore"):  # beyond float32: infinity, refused below
+            array32 = np.array(values, dtype=np.float32)
+    except ValueError:  # ragged
+        raise BadRequest(422, ragged) from None
+    except OverflowError:  # an integer beyond float64
+        position, _ = _first(values, lambda v: abs(v) > 1e308, depth=len(shape) + 1) or ((0,), 0)
+        raise BadRequest(422, f"{_where(position, what)} is beyond float32's range") from None
+    if array32.size == 0 or array32.ndim < 1:
+        raise BadRequest(422, ragged)
     if not np.isfinite(array32).all():
         index = int(np.argmax(~np.isfinite(array32.ravel())))
-        raise BadRequest(422, f"{_where(cells, index, what)} is beyond float32's range")
+        position = tuple(int(i) for i in np.unravel_index(index, array32.shape))
+        raise BadRequest(422, f"{_where(position, what)} is beyond float32's range")
     if array32.ndim == 1 or list(array32.shape[1:]) != shape:
-        if array32.ndim > 1 and int(np.prod(array32.shape[1:])) == int(np.prod(shape)):
+        if array32.ndim > 1 and math.prod(array32.shape[1:]) == math.prod(shape):
             return array32.reshape(len(array32), *shape)
         got = list(array32.shape[1:])
         raise BadRequest(422, f"{what} have shape {got}; expected {expected}")
     return array32
 
 
-def _not_a_number(cells: np.ndarray, what: str, expected: str) -> None:
-    for index, value in enumerate(cells.ravel()):
+def _first(
+    values: list[Any], odd: Any, *, depth: int, at: tuple[int, ...] = ()
+) -> tuple[tuple[int, ...], Any] | None:
+    """The position and value of the first leaf that is ``odd``, row-major; ``_TooDeep`` for
+    lists nested deeper than ``depth`` (which also bounds the recursion)."""
+    for i, value in enumerate(values):
         if type(value) is list:
-            raise BadRequest(422, f"{what} must be numbers, all of one shape; expected {expected}")
-        if type(value) not in _NUMBERS:
-            kind = _KINDS.get(type(value), type(value).__name__)
-            got = json.dumps(value)[:40]
-            raise BadRequest(422, f"{_where(cells, index, what)} is {kind} ({got}), not a number")
+            if depth <= 1:
+                raise _TooDeep
+            found = _first(value, odd, depth=depth - 1, at=(*at, i))
+            if found is not None:
+                return found
+        elif odd(value):
+            return (*at, i), value
+    return None
 
 
-def _where(cells: np.ndarray, index: int, what: str) -> str:
-    position = [int(i) for i in np.unravel_index(index, cells.shape)]
-    return f"{what[:-1]} {position[0]}, position {position[1:]}"
+class _TooDeep(Exception):
+    """Lists nested deeper than the input shape: not numbers of one shape."""
 
 
-def parse_v1(raw: bytes, shape: list[int], most: int) -> tuple[np.ndarray, bool]:
+def _where(position: tuple[int, ...], what: str) -> str:
+    return f"{what[:-1]} {position[0]}, position {list(position[1:])}"
+
+
+def _most_lists(shape: list[int], most: int) -> int:
+    """Lists in ``most`` instances of ``shape`` written nested, and a request's own few."""
+    per_instance = sum(math.prod(shape[:depth]) for depth in range(len(shape)))
+    return most * per_instance + SPARE_LISTS
+
+
+def parse_v1(raw: bytes | bytearray, shape: list[int], most: int) -> tuple[np.ndarray, bool]:
     """``{"instances": rows}`` or ``{"inputs": columns}`` (one input: a list, or ``{INPUT: ...}``);
     the batch and whether the answer is columnar (``outputs`` instead of ``predictions``)."""
     expected = f'{{"instances": [...]}} or {{"inputs": [...]}} with each instance of shape {shape}'
-    payload = read_json(raw, expected)
+    payload = read_json(raw, expected, most_lists=_most_lists(shape, most))
     if not isinstance(payload, dict) or ("instances" in payload) == ("inputs" in payload):
         raise BadRequest(422, f"give one of 'instances' or 'inputs'; expected {expected}")
     columnar = "inputs" in payload
@@ -143,7 +180,9 @@ class V2Request:
     binary_output: bool
 
 
-def parse_v2(raw: bytes, header_length: str | None, shape: list[int], most: int) -> V2Request:
+def parse_v2(
+    raw: bytes | bytearray, header_length: str | None, shape: list[int], most: int
+) -> V2Request:
     """An Open Inference Protocol infer request, JSON or with binary tensor data appended."""
     expected = (
         f'{{"inputs": [{{"name": "{INPUT}", "shape": [n, {", ".join(map(str, shape))}], '
@@ -151,10 +190,11 @@ def parse_v2(raw: bytes, header_length: str | None, shape: list[int], most: int)
     )
     json_part, binary = raw, b""
     if header_length is not None:
-        if not header_length.isdigit() or int(header_length) > len(raw):
+        digits = header_length.isascii() and header_length.isdigit()
+        if not digits or int(header_length) > len(raw):
             raise BadRequest(400, f"{HEADER_LENGTH} {header_length!r} is not within the body")
         json_part, binary = raw[: int(header_length)], raw[int(header_length) :]
-    payload = read_json(json_part, expected)
+    payload = read_json(json_part, expected, most_lists=_most_lists(shape, most))
     if not isinstance(payload, dict) or not isinstance(payload.get("inputs"), list):
         raise BadRequest(422, f"missing 'inputs'; expected {expected}")
     if len(payload["inputs"]) != 1 or not isinstance(payload["inputs"][0], dict):
@@ -167,20 +207,20 @@ def parse_v2(raw: bytes, header_length: str | None, shape: list[int], most: int)
         raise BadRequest(422, f"'shape' must be a list of positive integers; expected {expected}")
     if dims[0] > most:
         raise BadRequest(413, f"{dims[0]} instances; at most {most} per request")
-    if int(np.prod(dims[1:])) != int(np.prod(shape)):
+    if math.prod(dims[1:]) != math.prod(shape):  # Python integers: no int64 overflow
         raise BadRequest(422, f"input shape {dims}; expected {expected}")
     datatype = tensor.get("datatype")
-    if datatype not in DATATYPES:
-        raise BadRequest(422, f"datatype {datatype!r}; one of {', '.join(DATATYPES)}")
-    size = (tensor.get("parameters") or {}).get("binary_data_size")
+    if type(datatype) is not str or datatype not in DATATYPES:
+        got = json.dumps(datatype)[:40]
+        raise BadRequest(422, f"'datatype' {got}; one of {', '.join(DATATYPES)}")
+    size = _parameters(tensor, "input 'parameters'").get("binary_data_size")
     if size is not None:
         array = _from_bytes(binary, size, dims, datatype)
     else:
         if binary:
             raise BadRequest(400, "binary data after the JSON header, but no binary_data_size")
         data = tensor.get("data")
-        flat = np.asarray(data, dtype=object).ravel().tolist() if isinstance(data, list) else data
-        rows = flat if not isinstance(flat, list) else _rows(flat, dims)
+        rows = _rows(_flat(data, len(dims)), dims) if isinstance(data, list) else data
         array = batch(rows, shape, what="instances", expected=expected)
     return V2Request(
         batch=array.reshape(dims[0], *shape),
@@ -191,16 +231,24 @@ def parse_v2(raw: bytes, header_length: str | None, shape: list[int], most: int)
 
 def _rows(flat: list[Any], dims: list[int]) -> list[Any]:
     """Flat row-major data as ``dims[0]`` rows; a mismatch in size is a 422."""
-    per_row = int(np.prod(dims[1:]))
+    per_row = math.prod(dims[1:])
     if len(flat) != dims[0] * per_row:
         raise BadRequest(422, f"'data' holds {len(flat)} numbers; shape {dims} needs "
                               f"{dims[0] * per_row}")  # fmt: skip
     return [flat[i * per_row : (i + 1) * per_row] for i in range(dims[0])]
 
 
+def _flat(data: list[Any], depth: int) -> list[Any]:
+    """Row-major ``data`` (flat, or nested up to ``depth`` lists) as one flat list; a list
+    deeper than that is left as a value (``batch`` names it)."""
+    if not any(type(v) is list for v in data) or depth <= 1:
+        return data
+    return [leaf for v in data for leaf in (_flat(v, depth - 1) if type(v) is list else [v])]
+
+
 def _from_bytes(binary: bytes, size: Any, dims: list[int], datatype: str) -> np.ndarray:
     dtype = np.dtype(DATATYPES[datatype])
-    needed = int(np.prod(dims)) * dtype.itemsize
+    needed = math.prod(dims) * dtype.itemsize
     if type(size) is not int or size != needed or len(binary) != size:
         raise BadRequest(
             422,
@@ -214,11 +262,26 @@ def _from_bytes(binary: bytes, size: Any, dims: list[int], datatype: str) -> np.
     return array
 
 
+def _parameters(holder: dict[str, Any], what: str) -> dict[str, Any]:
+    """The ``parameters`` object of a request or tensor ({} when absent)."""
+    found = holder.get("parameters")
+    if found is None:
+        return {}
+    if not isinstance(found, dict):
+        raise BadRequest(422, f"{what} must be an object, not {json.dumps(found)[:40]}")
+    return found
+
+
 def _binary_output(payload: dict[str, Any]) -> bool:
-    wanted = (payload.get("parameters") or {}).get("binary_data_output") is True
-    for output in payload.get("outputs") or []:
-        if isinstance(output, dict):
-            wanted = (output.get("parameters") or {}).get("binary_data", wanted) is True
+    wanted = _parameters(payload, "'parameters'").get("binary_data_output") is True
+    outputs = payload.get("outputs")
+    if outputs is None:
+        return wanted
+    if not isinstance(outputs, list) or not all(isinstance(o, dict) for o in outputs):
+        got = json.dumps(outputs)[:40]
+        raise BadRequest(422, f"'outputs' must be a list of objects, not {got}")
+    for output in outputs:
+        wanted = _parameters(output, "output 'parameters'").get("binary_data", wanted) is True
     return wanted
 
 

@@ -20,6 +20,8 @@ import os
 from pathlib import Path
 from typing import Any
 
+from raytrain.storage import replace_file
+
 __all__ = ["MODEL_FILE", "load_model", "read_history", "restore", "write"]
 
 MODEL_FILE = "model.keras"
@@ -41,7 +43,7 @@ def write(model: Any, folder: str, *, history: list[dict[str, float]]) -> None:
     model.save(os.path.join(folder, MODEL_FILE), save_format="keras_v3")
     last = history[-1]
     state = {"epoch": int(last["epoch"]), "metrics": last, "history": history}
-    Path(folder, STATE_FILE).write_text(json.dumps(state))
+    replace_file(Path(folder, STATE_FILE), json.dumps(state).encode())
 
 
 def restore(model: Any, folder: str | None) -> list[dict[str, float]]:
