@@ -159,6 +159,11 @@ def print_sweep(summary: SweepSummary, console: Console | None = None) -> None:
     if summary.ui_command:
         where.append(("open the MLflow UI", summary.ui_command))
     print_where(where, console)
+    if summary.edge_front:
+        title = f"Pareto front ({len(summary.edge_front)} of {len(rows)} trials)"
+        console.print(_table(title, list(summary.edge_front[0]), summary.edge_front))
+    if summary.unmet_constraints:
+        console.print(f"warning: {summary.unmet_constraints}", style="yellow", markup=False)
     if summary.export:
         print_export(summary.export, console)
 
