@@ -186,7 +186,11 @@ def print_export(report: ExportReport, console: Console | None = None) -> None:
     print_where(
         [
             ("metric", metric),
-            ("latency", f"batch 1, median of {runs} runs, LiteRT with {threads} thread(s)"),
+            (
+                "latency",
+                f"batch 1, median of {runs} runs (spread: 10th to 90th percentile), LiteRT "
+                f"with {threads} thread(s)",
+            ),
             ("export folder", report.folder),
             ("report", f"{report.folder}/report.md, also in MLflow run {report.run_id}"),
         ],

@@ -146,11 +146,13 @@ def measure_stopped_trials(
 def _log_on_child(
     parent: tracking.TrackedRun, trial_id: str, values: dict[str, float], *, step: int
 ) -> None:
-    from raytrain.sweep.callbacks import find_child
+    import mlflow
 
-    child = find_child(parent, trial_id)
-    if child is not None:
-        run = tracking.TrackedRun(parent.uri, parent.experiment_name, parent.experiment_id, child)
+    client = mlflow.MlflowClient(tracking_uri=parent.uri)
+    found = tracking.child_runs(client, parent.experiment_id, parent.run_id, trial_id=trial_id)
+    if found:
+        run_id = found[0].info.run_id
+        run = tracking.TrackedRun(parent.uri, parent.experiment_name, parent.experiment_id, run_id)
         tracking.log_metrics(run, values, step=step)
 
 
