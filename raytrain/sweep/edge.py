@@ -19,6 +19,7 @@ from __future__ import annotations
 import json
 import math
 import tempfile
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
@@ -48,6 +49,15 @@ EDGE_EPOCH = "edge_epoch"  # the epoch whose checkpoint was measured, reported b
 def measure_checkpoint(spec: Experiment, location: str, data: Dataset) -> dict[str, float]:
     """The edge metrics of the checkpoint at ``location`` for every mode the sweep names: file
     size, median latency and its spread, and (classifiers) accuracy on the validation split."""
+    # In a thread of its own: loading a .keras file or saving a SavedModel leaves tf_keras'
+    # thread saving .keras files as HDF5 afterwards (a thread-local flag it restores to False),
+    # and a trial's thread goes on to train the next trial of its process, whose checkpoints
+    # must stay zip files (the only ones raytrain loads).
+    with ThreadPoolExecutor(max_workers=1) as thread:
+        return thread.submit(_measure, spec, location, data).result()
+
+
+def _measure(spec: Experiment, location: str, data: Dataset) -> dict[str, float]:
     from raytrain.export.edge import (
         evaluation_metric,
         export_settings,
