@@ -21,6 +21,7 @@ from rich.table import Table
 
 from benchmarks import (
     collectives,
+    edge_sweep,
     export,
     gpu,
     scaling,
@@ -40,6 +41,7 @@ BENCHMARKS = {
     "sweep_efficiency": sweep_efficiency.run,
     "sweep_overhead": sweep_overhead.run,
     "export": export.run,
+    "edge_sweep": edge_sweep.run,
     "serve": serve.run,
     "gpu": gpu.run,  # one GPU; --dry-run checks it on the CPU
 }

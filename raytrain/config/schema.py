@@ -27,11 +27,14 @@ __all__ = [
     "BUILTIN_BUILDERS",
     "DEFAULT_STORAGE",
     "DEFAULT_TRACKING_URI",
+    "EDGE_METRICS",
+    "EDGE_MODES",
     "EXTRA_METRICS",
     "NAME_PATTERN",
     "REQUIRED",
     "CNNParams",
     "CheckpointSpec",
+    "ConstraintSpec",
     "DataSpec",
     "Experiment",
     "ExportSpec",
@@ -417,6 +420,13 @@ class TrackingSpec(Section):
 
 
 EXPORT_MODES = ("none", "float16", "dynamic", "int8")
+# A sweep's edge metrics, tflite_<mode>_<what>: the export mode of each name, and every name.
+EDGE_MODES = {"float32": "none", "float16": "float16", "dynamic": "dynamic", "int8": "int8"}
+EDGE_METRICS = tuple(
+    f"tflite_{mode}_{what}"
+    for mode in EDGE_MODES
+    for what in ("bytes", "latency_ms", "latency_spread_ms", "accuracy")
+)
 
 
 class ExportSpec(Section):
@@ -487,6 +497,19 @@ class SchedulerSpec(Section):
     reduction_factor: float = Field(3.0, gt=1.0, le=100, description="ASHA: keep 1/this per rung.")
 
 
+class ConstraintSpec(Section):
+    max: float | None = Field(None, description="The metric must be at most this.")
+    min: float | None = Field(None, description="The metric must be at least this.")
+
+    @model_validator(mode="after")
+    def _bounded(self) -> ConstraintSpec:
+        if self.max is None and self.min is None:
+            raise ValueError("give max, min or both")
+        if self.max is not None and self.min is not None and self.min > self.max:
+            raise ValueError(f"min <= max must hold, but got (min={self.min}, max={self.max})")
+        return self
+
+
 class TuneSpec(Section):
     metric: str | list[str] = Field(
         "val_loss", description="Metric to optimize; a list makes a multi-objective sweep."
@@ -517,6 +540,12 @@ class TuneSpec(Section):
         allow_inf_nan=False,
         description="End the sweep once a trial's metric reaches this value.",
     )
+    constraints: dict[str, ConstraintSpec] = Field(
+        default_factory=dict,
+        description="Metric -> {max, min} every champion must satisfy, e.g. "
+        "{tflite_int8_latency_ms: {max: 2.0}}; Optuna's TPE sampler steers the search by them. "
+        "No trial satisfies them: no champion.",
+    )
     search: SearchSpec = Field(default_factory=SearchSpec, description="How configs are chosen.")
     scheduler: SchedulerSpec = Field(
         default_factory=SchedulerSpec, description="How bad trials are stopped early."
@@ -534,6 +563,13 @@ class TuneSpec(Section):
     @property
     def modes(self) -> list[str]:
         return self.mode if isinstance(self.mode, list) else [self.mode]
+
+    @property
+    def edge_metrics(self) -> list[str]:
+        """The edge metrics the sweep asks for (objectives and constraints): what each trial
+        measures on its best checkpoint at its end."""
+        named = [*self.metrics, *self.constraints]
+        return [m for m in dict.fromkeys(named) if m in EDGE_METRICS]
 
     @property
     def trial_count(self) -> int:

@@ -8,6 +8,7 @@ bad range fails at ``raytrain validate`` instead of as a failed trial.
 
 from __future__ import annotations
 
+import difflib
 import math
 from collections.abc import Callable
 from pathlib import Path
@@ -16,11 +17,24 @@ from typing import Any
 from pydantic import ValidationError
 
 from raytrain.config.problems import Problem
-from raytrain.config.schema import EXTRA_METRICS, SPACE_KINDS, Experiment, unknown_key_message
+from raytrain.config.schema import (
+    CLASSIFICATION_LOSSES,
+    EDGE_METRICS,
+    EXTRA_METRICS,
+    SPACE_KINDS,
+    Experiment,
+    unknown_key_message,
+)
 
 TEST_ONLY = (
     "test metrics are measured once, after training, on the best checkpoint; choose by a "
     "validation metric (val_<name>)"
+)
+
+FIRST_NOT_EDGE = (
+    "edge metrics are measured once, at a trial's end, and the first metric ranks every epoch "
+    "(checkpoints, the scheduler): put a per-epoch metric first, e.g. [val_accuracy, "
+    "tflite_int8_latency_ms], or make it a tune.constraints entry"
 )
 
 __all__ = ["PROBES", "check_tune", "sampled_values"]
@@ -72,12 +86,15 @@ def check_tune(spec: Experiment, base_dir: Path, *, rules: Rules) -> list[Proble
         loc = ("tune", "metric", i) if isinstance(tune.metric, list) else ("tune", "metric")
         if metric.startswith("test_"):
             problems.append(Problem(loc, TEST_ONLY))
-        elif metric not in known:
+        elif i == 0 and metric in EDGE_METRICS:
+            problems.append(Problem(loc, FIRST_NOT_EDGE))
+        elif metric not in known + ([*EDGE_METRICS] if i else []):
             problems.append(
                 Problem(
                     loc, f"'{metric}' is not a reported metric; expected one of: {', '.join(known)}"
                 )
             )
+    problems += _check_constraints(spec, [*known, *EDGE_METRICS])
     if len(tune.modes) != len(tune.metrics):
         problems.append(
             Problem(
@@ -102,6 +119,30 @@ def check_tune(spec: Experiment, base_dir: Path, *, rules: Rules) -> list[Proble
         )
     for key, entry in tune.space.items():
         problems += _check_space_entry(spec, key, entry, base_dir, rules)
+    return problems
+
+
+def _check_constraints(spec: Experiment, known: list[str]) -> list[Problem]:
+    """Constraint metrics must be ones a trial reports (typos get a "did you mean")."""
+    assert spec.tune is not None
+    problems = []
+    for metric in spec.tune.constraints:
+        loc = ("tune", "constraints", metric)
+        if metric.startswith("test_"):
+            problems.append(Problem(loc, TEST_ONLY))
+        elif metric not in known:
+            close = difflib.get_close_matches(metric, known, n=1, cutoff=0.6)
+            hint = f"did you mean '{close[0]}'?" if close else f"one of: {', '.join(known)}"
+            problems.append(Problem(loc, f"'{metric}' is not a reported metric; {hint}"))
+    if spec.train.loss not in CLASSIFICATION_LOSSES:  # a regression's edge "accuracy"
+        for metric in [*spec.tune.metrics, *spec.tune.constraints]:
+            if metric in EDGE_METRICS and metric.endswith("_accuracy"):
+                problems.append(
+                    Problem(
+                        ("tune",),
+                        f"'{metric}' needs a classification loss ({spec.train.loss} is not one)",
+                    )
+                )
     return problems
 
 

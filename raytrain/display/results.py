@@ -159,6 +159,11 @@ def print_sweep(summary: SweepSummary, console: Console | None = None) -> None:
     if summary.ui_command:
         where.append(("open the MLflow UI", summary.ui_command))
     print_where(where, console)
+    if summary.edge_front:
+        title = f"Pareto front ({len(summary.edge_front)} of {len(rows)} trials)"
+        console.print(_table(title, list(summary.edge_front[0]), summary.edge_front))
+    if summary.unmet_constraints:
+        console.print(f"warning: {summary.unmet_constraints}", style="yellow", markup=False)
     if summary.export:
         print_export(summary.export, console)
 
@@ -181,7 +186,11 @@ def print_export(report: ExportReport, console: Console | None = None) -> None:
     print_where(
         [
             ("metric", metric),
-            ("latency", f"batch 1, median of {runs} runs, LiteRT with {threads} thread(s)"),
+            (
+                "latency",
+                f"batch 1, median of {runs} runs (spread: 10th to 90th percentile), LiteRT "
+                f"with {threads} thread(s)",
+            ),
             ("export folder", report.folder),
             ("report", f"{report.folder}/report.md, also in MLflow run {report.run_id}"),
         ],

@@ -20,6 +20,7 @@ import statistics
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -43,10 +44,14 @@ from raytrain.tracking import registry
 
 __all__ = [
     "ExportReport",
+    "Measured",
     "ModeResult",
     "evaluation_metric",
     "export_after_training",
     "export_model",
+    "export_settings",
+    "measure_mode",
+    "save_saved_model",
     "score",
     "tflite_predict",
     "to_tflite",
@@ -102,23 +107,30 @@ def export_model(
     # TensorFlow's savers and the TFLite converter want local paths: the files are written to a
     # local folder first, then published to the destination (a folder or gs://).
     folder = Path(tempfile.mkdtemp(prefix="raytrain-export-"))
-    saved_model = folder / "saved_model"
-    keras_model.save(str(saved_model), save_format="tf")
+    saved_model = save_saved_model(keras_model, folder)
     metric = evaluation_metric(spec.train.loss, spec.train.metrics)
     keras_value = score(
         metric, data.y_val, keras_model.predict(data.x_val, batch_size=EVAL_BATCH, verbose=0)
     )
-    keras_latency = _median_ms(_keras_call(keras_model), data.x_val, runs=settings.latency_runs)
-    # The training split is already shuffled: its first examples are a random sample of it.
-    representative = data.x_train[: settings.representative_examples]
+    keras_latency, _ = _latency_ms(_keras_call(keras_model), data.x_val, runs=settings.latency_runs)
     results: list[ModeResult] = []
     for mode in dict.fromkeys(["none", *settings.quantize]):  # float32 first: the ratios' base
-        content = to_tflite(
-            saved_model, mode, representative=representative, int8_io=settings.int8_io
+        measured = measure_mode(saved_model, mode, data=data, metric=metric, settings=settings)
+        (folder / FILE_NAMES[mode]).write_bytes(measured.content)
+        float32_bytes = results[0].bytes if results else len(measured.content)
+        results.append(
+            ModeResult(
+                mode=mode,
+                file=FILE_NAMES[mode],
+                bytes=len(measured.content),
+                ratio_to_float32=len(measured.content) / float32_bytes,
+                metric=measured.metric,
+                delta=measured.metric - keras_value,
+                latency_ms=measured.latency_ms,
+                latency_spread_ms=measured.latency_spread_ms,
+                input_dtype=measured.input_dtype,
+            )
         )
-        (folder / FILE_NAMES[mode]).write_bytes(content)
-        float32_bytes = results[0].bytes if results else len(content)
-        results.append(_measure(mode, content, float32_bytes, data, metric, keras_value, settings))
     report = ExportReport(
         model=model.name,
         version=model.version,
@@ -153,6 +165,52 @@ def export_after_training(
             f"failed: {exc} (retry with: raytrain export {reference})",
             options=exc.options,
         ) from None
+
+
+@dataclass(frozen=True)
+class Measured:
+    """One mode's file and what it measured (``ModeResult`` without the comparisons)."""
+
+    content: bytes
+    metric: float
+    latency_ms: float
+    latency_spread_ms: float
+    input_dtype: str
+
+
+def export_settings(spec: Experiment) -> ExportSpec:
+    """The ``export:`` settings an export of this experiment's model uses (defaults without)."""
+    return _settings(spec.export, {})
+
+
+def save_saved_model(keras_model: Any, folder: Path) -> Path:
+    """The SavedModel every TFLite file is converted from, in ``folder``."""
+    saved_model = folder / "saved_model"
+    keras_model.save(str(saved_model), save_format="tf")
+    return saved_model
+
+
+def measure_mode(
+    saved_model: Path, mode: str, *, data: Dataset, metric: str, settings: ExportSpec
+) -> Measured:
+    """Convert to one mode and measure the file: ``metric`` on the validation split and batch-1
+    latency, LiteRT with ``settings.num_threads``. A sweep's edge metrics come from here too, so
+    that an export of its champion reproduces them."""
+    # The training split is already shuffled: its first examples are a random sample of it.
+    representative = data.x_train[: settings.representative_examples]
+    content = to_tflite(saved_model, mode, representative=representative, int8_io=settings.int8_io)
+    value = score(
+        metric, data.y_val, tflite_predict(content, data.x_val, threads=settings.num_threads)
+    )
+    interpreter = _interpreter(content, settings.num_threads)
+    latency, spread = _latency_ms(_tflite_call(interpreter), data.x_val, runs=settings.latency_runs)
+    return Measured(
+        content=content,
+        metric=value,
+        latency_ms=latency,
+        latency_spread_ms=spread,
+        input_dtype=np.dtype(interpreter.get_input_details()[0]["dtype"]).name,
+    )
 
 
 def to_tflite(
@@ -253,31 +311,6 @@ def _destination(
     return where if is_gcs(where) else str(Path(where).expanduser().resolve())
 
 
-def _measure(
-    mode: str,
-    content: bytes,
-    float32_bytes: int,
-    data: Dataset,
-    metric: str,
-    keras_value: float,
-    settings: ExportSpec,
-) -> ModeResult:
-    value = score(
-        metric, data.y_val, tflite_predict(content, data.x_val, threads=settings.num_threads)
-    )
-    interpreter = _interpreter(content, settings.num_threads)
-    return ModeResult(
-        mode=mode,
-        file=FILE_NAMES[mode],
-        bytes=len(content),
-        ratio_to_float32=len(content) / float32_bytes,
-        metric=value,
-        delta=value - keras_value,
-        latency_ms=_median_ms(_tflite_call(interpreter), data.x_val, runs=settings.latency_runs),
-        input_dtype=np.dtype(interpreter.get_input_details()[0]["dtype"]).name,
-    )
-
-
 def _interpreter(content: bytes, threads: int) -> Any:
     from ai_edge_litert.interpreter import Interpreter
 
@@ -307,9 +340,13 @@ def _keras_call(model: Any) -> Callable[[np.ndarray], np.ndarray]:
     return lambda x: graph(x).numpy()
 
 
-def _median_ms(call: Callable[[np.ndarray], Any], x: np.ndarray, *, runs: int) -> float:
+def _latency_ms(
+    call: Callable[[np.ndarray], Any], x: np.ndarray, *, runs: int
+) -> tuple[float, float]:
     """Median milliseconds of ``call`` on one example at a time, after warm-up runs (the first
-    calls trace graphs, allocate buffers and fill caches)."""
+    calls trace graphs, allocate buffers and fill caches), and the spread of the runs: their 10th
+    to 90th percentile, wide enough that another process's median of the same file lands in it
+    (an interquartile range is not, for files of a few microseconds: benchmarks/README.md)."""
     examples = [x[i : i + 1] for i in range(min(len(x), runs))]
     for i in range(WARMUP_RUNS):
         call(examples[i % len(examples)])
@@ -318,7 +355,8 @@ def _median_ms(call: Callable[[np.ndarray], Any], x: np.ndarray, *, runs: int) -
         start = time.perf_counter()
         call(examples[i % len(examples)])
         times.append(time.perf_counter() - start)
-    return 1000 * statistics.median(times)
+    deciles = statistics.quantiles(times, n=10)
+    return 1000 * statistics.median(times), 1000 * (deciles[8] - deciles[0])
 
 
 def _quantize(x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:

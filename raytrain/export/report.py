@@ -20,6 +20,7 @@ class ModeResult:
     metric: float  # on the validation split, the .tflite file running in LiteRT
     delta: float  # metric - the Keras model's, in the metric's units (a fraction for accuracy)
     latency_ms: float  # median per-example latency, batch 1
+    latency_spread_ms: float  # 10th to 90th percentile of the timed runs
     input_dtype: str
 
 
@@ -47,7 +48,9 @@ class ExportReport:
         """One display row per model, the Keras original first (for Markdown and the CLI)."""
         percent = self.metric_name == "accuracy"
 
-        def row(model: str, size: int, ratio: str, value: float, delta: str, ms: float) -> dict:
+        def row(
+            model: str, size: int, ratio: str, value: float, delta: str, ms: float, spread: str
+        ) -> dict:
             shown = f"{value:.2%}" if percent else f"{value:.4g}"
             return {
                 "model": model,
@@ -56,6 +59,7 @@ class ExportReport:
                 self.metric_name: shown,
                 "delta": delta,
                 "latency ms": f"{ms:.3f}",
+                "spread ms": spread,
             }
 
         rows = [
@@ -66,12 +70,16 @@ class ExportReport:
                 self.keras_metric,
                 "",
                 self.keras_latency_ms,
+                "",
             )
         ]
         for m in self.modes:
             delta = f"{100 * m.delta:+.2f} pt" if percent else f"{m.delta:+.4g}"
             ratio = f"{m.ratio_to_float32:.2f}"
-            rows.append(row(f"{m.mode} ({m.file})", m.bytes, ratio, m.metric, delta, m.latency_ms))
+            spread = f"{m.latency_spread_ms:.4f}"
+            rows.append(
+                row(f"{m.mode} ({m.file})", m.bytes, ratio, m.metric, delta, m.latency_ms, spread)
+            )
         return rows
 
     def to_markdown(self) -> str:
@@ -82,7 +90,8 @@ class ExportReport:
             f"{self.metric_name} on the validation split ({self.validation_examples} examples), "
             "each .tflite file running in LiteRT's interpreter; delta is against the Keras "
             f"model. Latency: batch 1, median of {self.settings['latency_runs']} runs after "
-            f"{WARMUP_RUNS} warm-up runs, LiteRT with {self.settings['num_threads']} thread(s), "
+            f"{WARMUP_RUNS} warm-up runs (spread: their 10th to 90th percentile), LiteRT with "
+            f"{self.settings['num_threads']} thread(s), "
             f"Keras as a tf.function with TensorFlow's own threads, on {self.machine}.",
             "",
             "| " + " | ".join(rows[0]) + " |",

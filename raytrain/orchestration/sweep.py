@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any
 import ray
 
 from raytrain import tracking
-from raytrain.config.schema import DEFAULT_STORAGE
+from raytrain.config.schema import DEFAULT_STORAGE, EDGE_METRICS
 from raytrain.errors import RaytrainError
 from raytrain.orchestration.finish import export_registered, log_best_model, record_test_metrics
 from raytrain.orchestration.prepare import (
@@ -61,6 +61,8 @@ class SweepSummary:
     champion: str | None = None
     ui_command: str | None = None
     export: ExportReport | None = None  # with an ``export:`` section
+    edge_front: list[dict[str, Any]] | None = None  # with edge metrics or tune.constraints
+    unmet_constraints: str | None = None  # why nothing was registered: no trial satisfied them
 
 
 def run_sweep(
@@ -157,7 +159,8 @@ def _run_and_finish(
     assert spec.tune is not None
     outcome = _run_round(state, data, on_event=on_event, restore=restore, extension=extension)
     rows = earlier + outcome.rows
-    best, front = best_trial(rows, spec.tune.metrics, spec.tune.modes)
+    edge_front, unmet = _edge_step(state, rows, data)
+    best, front = best_trial(rows, spec.tune.metrics, spec.tune.modes, spec.tune.constraints)
     version = state.registered.get(best["trial_id"]) if best else None
     champion = None
     if tracked and best is not None:
@@ -173,8 +176,14 @@ def _run_and_finish(
                 mode=mode,
                 value=best[f"best_{metric}"],
             )
+    if tracked and (best is not None or unmet):
         log_sweep_summary(tracked, spec, rows, best, front, storage=state.folder)
-        tracking.end_run(tracked, status="FINISHED")
+        if edge_front is not None:
+            from raytrain.sweep.front import log_front
+
+            log_front(tracked, spec.tune, rows, edge_front)
+        tags = {names.UNMET_TAG: unmet} if unmet else None
+        tracking.end_run(tracked, status="FINISHED", tags=tags)
     registered = dict(state.registered)
     if version and best is not None:
         registered[best["trial_id"]] = version
@@ -186,6 +195,8 @@ def _run_and_finish(
         rows=rows,
         best=best,
         pareto=front,
+        edge_front=edge_front,
+        unmet_constraints=unmet,
         concurrent=outcome.concurrent,
         tracking=tracked,
         registered_version=version,
@@ -252,7 +263,42 @@ def _register(state: SweepState, best: dict[str, Any], data: PreparedData) -> st
     )
     tested = {k: v for k, v in best.items() if k.startswith(TEST_PREFIX)}
     record_test_metrics(tracked.uri, spec.tracking.register_as, version, tested)
+    if version and spec.tracking.register_as:  # its edge metrics, under the same names
+        from raytrain.tracking.registry import tag_version
+
+        measured = {m: _tag_value(best[m]) for m in EDGE_METRICS if m in best}
+        tag_version(tracked.uri, spec.tracking.register_as, version, measured)
     return version
+
+
+def _tag_value(value: float) -> str:
+    return str(int(value)) if float(value).is_integer() else f"{value:.6g}"
+
+
+def _edge_step(
+    state: SweepState, rows: list[dict[str, Any]], data: PreparedData
+) -> tuple[list[dict[str, Any]] | None, str | None]:
+    """With edge metrics: trials stopped early measured here (``sweep.edge``); with edge
+    metrics or constraints: the Pareto front, and the line saying no trial satisfied them."""
+    tune_spec = state.spec.tune
+    assert tune_spec is not None
+    if not (tune_spec.edge_metrics or tune_spec.constraints):
+        return None, None
+    from raytrain.sweep.edge import measure_stopped_trials, satisfies, unmet_message
+    from raytrain.sweep.front import edge_front
+    from raytrain.sweep.tuner import trials_root
+
+    if tune_spec.edge_metrics:
+        measure_stopped_trials(
+            state.spec,
+            rows,
+            trials_root=trials_root(state.storage_root, state.sweep_name),
+            data=data,
+            parent=state.tracked,
+        )
+    feasible = any(satisfies(r, tune_spec.constraints) for r in rows)
+    unmet = None if feasible or not tune_spec.constraints else unmet_message(tune_spec, rows)
+    return edge_front(tune_spec, rows), unmet
 
 
 def _find_sweep(path: str, storage: str) -> str:

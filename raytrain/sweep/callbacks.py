@@ -18,8 +18,9 @@ from typing import Any
 from ray import tune
 
 from raytrain import tracking
-from raytrain.config.schema import EXTRA_METRICS, Experiment
+from raytrain.config.schema import EDGE_METRICS, EXTRA_METRICS, Experiment
 from raytrain.masking import is_secret_key, mask_tree
+from raytrain.sweep.edge import EDGE_EPOCH
 from raytrain.sweep.results import error_reason, trial_status
 from raytrain.tracking import names
 from raytrain.train.evaluation import TEST_EPOCH, TEST_PREFIX, test_metrics
@@ -125,7 +126,10 @@ class TrialTracker(tune.Callback):
     def on_trial_result(
         self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
     ) -> None:
-        if TEST_EPOCH in result:  # after the last epoch: only the test metrics are new
+        if EDGE_EPOCH in result:  # after the last epoch and its test: the edge metrics
+            metrics = {k: float(v) for k, v in result.items() if k in EDGE_METRICS}
+            step = int(result[EDGE_EPOCH])
+        elif TEST_EPOCH in result:  # after the last epoch: only the test metrics are new
             metrics = test_metrics(result, best_epoch=result[TEST_EPOCH])
             step = int(result[TEST_EPOCH])
         else:

@@ -6,8 +6,9 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
-from raytrain.config.schema import Experiment
+from raytrain.config.schema import EDGE_METRICS, ConstraintSpec, Experiment
 from raytrain.storage import exists, join, ray_storage, to_uri
+from raytrain.sweep.edge import satisfies
 from raytrain.train.evaluation import test_metrics
 
 __all__ = ["best_trial", "error_reason", "pareto_front", "past_rows", "trial_rows", "trial_status"]
@@ -51,11 +52,16 @@ def pareto_front(rows: list[dict[str, Any]], metrics: list[str], modes: list[str
 
 
 def best_trial(
-    rows: list[dict[str, Any]], metrics: list[str], modes: list[str]
+    rows: list[dict[str, Any]],
+    metrics: list[str],
+    modes: list[str],
+    constraints: dict[str, ConstraintSpec] | None = None,
 ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     """The best row by the first metric's best value, and (several metrics) the Pareto front
-    it is picked from: a multi-objective sweep's best trial is never one the front beats."""
+    it is picked from: a multi-objective sweep's best trial is never one the front beats. With
+    ``constraints``, only rows that satisfy every one compete (none may: no best row)."""
     scored = [r for r in rows if isinstance(r.get(f"best_{metrics[0]}"), int | float)]
+    scored = [r for r in scored if satisfies(r, constraints or {})]
     front = pareto_front(scored, [f"best_{m}" for m in metrics], modes) if len(metrics) > 1 else []
     pick = max if modes[0] == "max" else min
     candidates = front or scored
@@ -85,7 +91,12 @@ def trial_rows(results: Any, spec: Experiment) -> list[dict[str, Any]]:
             row[metric] = metrics.get(metric)
             if series is not None and len(series):
                 row[f"best_{metric}"] = float(series.max() if mode == "max" else series.min())
-        row |= test_metrics(metrics, best_epoch=_best_epoch(frame, *_first(tune_spec)))
+        best_epoch = _best_epoch(frame, *_first(tune_spec))
+        row |= test_metrics(metrics, best_epoch=best_epoch)
+        row |= {m: float(metrics[m]) for m in EDGE_METRICS if _number(metrics.get(m))}
+        for metric in tune_spec.constraints:  # judged at the epoch the sweep would register
+            if metric not in row and frame is not None and metric in frame and best_epoch:
+                row[metric] = float(frame.loc[frame["epoch"] == best_epoch, metric].iloc[0])
         if result.error is not None:
             row["error"] = error_reason(str(result.error))[:300]
         row["checkpoint"] = _best_checkpoint(
@@ -93,6 +104,10 @@ def trial_rows(results: Any, spec: Experiment) -> list[dict[str, Any]]:
         )
         rows.append(row)
     return rows
+
+
+def _number(value: Any) -> bool:
+    return isinstance(value, int | float)
 
 
 def _first(tune_spec: Any) -> tuple[str, str]:

@@ -11,6 +11,7 @@ from typing import Any
 from ray import tune
 
 from raytrain.config.schema import TuneSpec
+from raytrain.sweep.edge import value_of, violations
 from raytrain.sweep.space import search_space
 
 __all__ = ["Extension", "quiet_optuna", "tune_config"]
@@ -69,7 +70,8 @@ def _searcher(tune_spec: TuneSpec, concurrent: int, extension: Extension | None)
         # Trials hold almost no resources themselves, so nothing else would hold them back.
         return BasicVariantGenerator(random_state=seed, max_concurrent=concurrent)
     import optuna
-    from ray.tune.search.optuna import OptunaSearch
+
+    from raytrain.sweep.constrained import ConstrainedSearch
 
     samplers = {
         "tpe": lambda: optuna.samplers.TPESampler(seed=seed),
@@ -78,7 +80,9 @@ def _searcher(tune_spec: TuneSpec, concurrent: int, extension: Extension | None)
     }
     metrics, modes = tune_spec.metrics, tune_spec.modes
     warm = _warm_study(tune_spec, extension.earlier) if extension else None
-    return OptunaSearch(
+    return ConstrainedSearch(
+        # Of Optuna's samplers here, TPE alone uses constraints (CMA-ES warns, random ignores).
+        tune_spec.constraints if search.sampler == "tpe" else {},
         metric=metrics[0] if len(metrics) == 1 else metrics,
         mode=modes[0] if len(modes) == 1 else modes,
         sampler=samplers[search.sampler](),
@@ -103,13 +107,23 @@ def _warm_study(tune_spec: TuneSpec, rows: list[dict[str, Any]]) -> Any:
         study_name=WARM_STUDY,
         directions=["maximize" if m == "max" else "minimize" for m in tune_spec.modes],
     )
+    # Earlier trials carry their constraint values, as ConstrainedSearch sets them (TPE only).
+    constraints = tune_spec.constraints if tune_spec.search.sampler == "tpe" else {}
     for row in rows:
         values = [row.get(f"best_{m}") for m in tune_spec.metrics]
         if not all(isinstance(v, int | float) and math.isfinite(v) for v in values):
             continue  # failed trials tell the sampler nothing about the metric
         params = {k: row[k] for k in distributions}
+        judged = {m: value_of(row, m) for m in constraints}
         study.add_trial(
-            optuna.trial.create_trial(params=params, distributions=distributions, values=values)
+            optuna.trial.create_trial(
+                params=params,
+                distributions=distributions,
+                values=values,
+                system_attrs={
+                    f"constraints:{k}": v for k, v in violations(judged, constraints).items()
+                },
+            )
         )
     return storage
 

@@ -13,6 +13,7 @@ __all__ = [
     "BEST_PARAM_PREFIX",
     "BEST_TRIAL_TAG",
     "CHAMPION",
+    "EDGE_FRONT_ARTIFACT",
     "ERROR_TAG",
     "EXPERIMENT_KIND",
     "EXPERIMENT_KIND_TAG",
@@ -36,6 +37,7 @@ __all__ = [
     "TRIALS_ARTIFACT",
     "TRIALS_COUNT_PREFIX",
     "TRIAL_ID_TAG",
+    "UNMET_TAG",
     "VERSION_TAG",
     "metric_tag",
     "trial_run_name",
@@ -66,6 +68,7 @@ TRIAL_ID_TAG = "raytrain.trial_id"
 STATUS_TAG = "raytrain.trial_status"  # running, finished, stopped_early, failed, lost
 BEST_TRIAL_TAG = "raytrain.best_trial"
 PARETO_TAG = "raytrain.pareto_trials"
+UNMET_TAG = "raytrain.constraints_unmet"  # a sweep none of whose trials met tune.constraints
 TRIALS_COUNT_PREFIX = "raytrain.trials_"  # + a status: how many trials ended so
 BEST_PARAM_PREFIX = "best."  # + a swept dotted path: the best trial's value
 SWEPT_TAG = "raytrain.swept"  # on the parent: the swept paths, the trials' params to compare
@@ -76,6 +79,7 @@ SPEC_ARTIFACT = "spec/resolved.yaml"  # the validated experiment, on every run a
 MODEL_ARTIFACT = "model"  # the logged tf_keras model
 TRIALS_ARTIFACT = "trials.csv"  # a sweep's trial table
 PLOTS_FOLDER = "plots"  # a sweep's Optuna plots, as HTML
+EDGE_FRONT_ARTIFACT = "pareto_front"  # an edge sweep's front: .csv, plots/<it>.html and .png
 
 # The model registry.
 CHAMPION = "champion"  # the alias a bare model name means; moved only by a better version
