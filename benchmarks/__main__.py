@@ -23,6 +23,7 @@ from benchmarks import (
     collectives,
     export,
     gpu,
+    plan_accuracy,
     scaling,
     serve,
     small_run,
@@ -42,8 +43,15 @@ BENCHMARKS = {
     "export": export.run,
     "serve": serve.run,
     "gpu": gpu.run,  # one GPU; --dry-run checks it on the CPU
+    "plan_accuracy": plan_accuracy.run,
 }
-WITHOUT_RAY = {"collectives", "small_run", "sweep_overhead", "gpu"}  # each side starts its own
+WITHOUT_RAY = {
+    "collectives",
+    "small_run",
+    "sweep_overhead",
+    "gpu",
+    "plan_accuracy",
+}  # each side starts its own
 RESULTS = Path(__file__).resolve().parent / "results"
 
 
