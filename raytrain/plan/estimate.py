@@ -29,12 +29,13 @@ __all__ = [
     "trial_epochs",
 ]
 
-# Driver-side costs the profile does not run (measured on 2 cores, benchmarks/README.md,
-# plan_accuracy): opening the MLflow run and logging the data's lineage; logging the best
-# model (TensorFlow's import on the driver included) and registering it; Tune's start and end
-# in a sweep, and each trial's share of Tune's bookkeeping and MLflow child run.
-TRACKING_START_S = 3.0
-MODEL_LOG_S = 9.0
+# Driver-side costs the profile does not run, measured on 2 cores (benchmarks/README.md,
+# plan_accuracy): opening the MLflow run and logging the data's lineage; creating a new sqlite
+# store (MLflow's schema migrations); loading the best checkpoint, logging and registering its
+# model; Tune's start and end in a sweep, and each trial's share of Tune's bookkeeping.
+TRACKING_START_S = 1.5
+NEW_STORE_S = 7.0
+MODEL_LOG_S = 4.0
 SWEEP_START_S = 3.0
 TRIAL_OVERHEAD_S = 1.5
 
@@ -157,13 +158,14 @@ def schedule(spec: Experiment, profile: Profile, slots: int) -> Schedule:
     return Schedule(started, sum(epochs[:started]), concurrent, ended, capped)
 
 
-def run_wall(spec: Experiment, profile: Profile, slots: int) -> tuple[float, Schedule | None]:
+def run_wall(
+    spec: Experiment, profile: Profile, slots: int, *, new_store: bool = False
+) -> tuple[float, Schedule | None]:
     """Expected wall time of ``raytrain run`` (from reading the experiment to its summary),
-    and a sweep's schedule."""
+    and a sweep's schedule; ``new_store``: the run creates its sqlite MLflow store."""
     fixed = profile.connect_s + profile.data_s
-    tracked = spec.tracking.enabled
-    if tracked:
-        fixed += TRACKING_START_S + (MODEL_LOG_S if spec.tracking.register_as else 0.0)
+    if spec.tracking.enabled:
+        fixed += TRACKING_START_S + MODEL_LOG_S + (NEW_STORE_S if new_store else 0.0)
     if spec.tune is None:
         training = profile.start_s + spec.train.epochs * profile.epoch_s + profile.end_s
         return fixed + training, None

@@ -55,7 +55,7 @@ def make_plan(
         "profile": None,
     }
     if measured is not None:
-        wall, schedule = run_wall(spec, measured, measured.slots)
+        wall, schedule = run_wall(spec, measured, measured.slots, new_store=_new_store(spec))
         plan["wall_s"] = wall
         plan["node_hours_here"] = _nodes_here() * wall / 3600
         plan["epoch_s"] = measured.epoch_s
@@ -95,6 +95,14 @@ def _config_entry(cost: Any) -> dict[str, Any]:
         "note": cost.note,
         "prices": cost.prices,
     }
+
+
+def _new_store(spec: Any) -> bool:
+    """Whether the run will create its sqlite MLflow store (seconds of schema migrations)."""
+    from raytrain.tracking import absolute_tracking_uri
+
+    uri = absolute_tracking_uri(spec.tracking.uri)
+    return uri.startswith("sqlite:///") and not Path(uri.removeprefix("sqlite:///")).exists()
 
 
 def _nodes_here() -> int:
