@@ -24,6 +24,7 @@ from benchmarks import (
     edge_sweep,
     export,
     gpu,
+    plan_accuracy,
     scaling,
     serve,
     small_run,
@@ -44,8 +45,15 @@ BENCHMARKS = {
     "edge_sweep": edge_sweep.run,
     "serve": serve.run,
     "gpu": gpu.run,  # one GPU; --dry-run checks it on the CPU
+    "plan_accuracy": plan_accuracy.run,
 }
-WITHOUT_RAY = {"collectives", "small_run", "sweep_overhead", "gpu"}  # each side starts its own
+WITHOUT_RAY = {
+    "collectives",
+    "small_run",
+    "sweep_overhead",
+    "gpu",
+    "plan_accuracy",
+}  # each side starts its own
 RESULTS = Path(__file__).resolve().parent / "results"
 
 

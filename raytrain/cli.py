@@ -214,6 +214,35 @@ def _report_sweep(start: Callable[..., Any], **settings: Any) -> None:
     display.print_sweep(summary, out)
 
 
+@command()
+def plan(
+    file: FileArg,
+    overrides: SetOpt = None,
+    cluster: Annotated[
+        list[Path] | None,
+        opt("A cluster config to price (repeatable; default: every one in cluster_configs/)."),
+    ] = None,
+    address: Annotated[str | None, opt("Ray to profile on (default: as `raytrain run`).")] = None,
+    as_json: Annotated[bool, opt("Print the plan as one JSON object.", "--json")] = False,
+) -> None:
+    """How long and how much the experiment or sweep will cost, before it starts.
+
+    Trains a few steps of the real model and data where it would run, then prints the time per
+    epoch and trial, the trials and epochs the search and ASHA will run, the expected wall time,
+    and node-hours and cost (on demand, spot) per cluster config, from the prices in
+    cluster_configs/prices/. A price or a hardware kind it cannot know is said, never guessed."""
+    loaded = _load(file, overrides)
+    display.quiet_tensorflow(load=False)
+    from raytrain.display.plan import print_plan
+    from raytrain.plan import make_plan
+
+    found = make_plan(loaded, address=address, clusters=cluster)
+    if as_json:
+        sys.stdout.write(json.dumps(found) + "\n")
+    else:
+        print_plan(found, out)
+
+
 @command("list")
 def list_(
     tracking_uri: TrackingOpt = DB,

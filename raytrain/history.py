@@ -11,6 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from raytrain.errors import RaytrainError
+from raytrain.plan.calibration import compare
 from raytrain.storage import check_location, glob, join, parent
 from raytrain.sweep.state import STATE_FILE, SweepState
 from raytrain.tracking import names
@@ -32,6 +33,7 @@ class RunRecord:
     params: dict[str, str] = field(default_factory=dict)
     tags: dict[str, str] = field(default_factory=dict)
     trials: list[dict[str, Any]] = field(default_factory=list)
+    plan_vs_actual: str | None = None  # from the run's tags (raytrain.plan.calibration)
 
 
 def list_runs(*, tracking_uri: str, storage: str, limit: int = 50) -> list[RunRecord]:
@@ -117,6 +119,7 @@ def _record(run: Any, trials: list[dict[str, Any]] | None = None) -> RunRecord:
             if k.startswith((names.TAG_PREFIX, names.BEST_PARAM_PREFIX))
         },
         trials=trials or [],
+        plan_vs_actual=compare(tags),
     )
 
 

@@ -250,6 +250,8 @@ def print_record(record: RunRecord, console: Console | None = None) -> None:
     shown = [k for k in record.params if k.startswith(("model.", "train.", "scaling.num_workers"))]
     where += [(k, record.params[k]) for k in shown]
     where += [(k, v) for k, v in sorted(record.tags.items())]
+    if record.plan_vs_actual:
+        where.append(("plan vs actual", record.plan_vs_actual))
     print_where(where, console)
     if record.trials:
         columns = list(dict.fromkeys(k for t in record.trials for k in t))

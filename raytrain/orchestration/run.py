@@ -12,6 +12,7 @@ from __future__ import annotations
 import logging
 import queue
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
@@ -33,6 +34,7 @@ from raytrain.orchestration.prepare import (
     storage_root,
     unique_name,
 )
+from raytrain.plan.calibration import record_actual
 from raytrain.storage import exists, join
 from raytrain.tracking import names
 from raytrain.train import checkpoint
@@ -85,6 +87,7 @@ def run_experiment(
     ``on_epoch`` gets each committed epoch's metrics; ``on_start`` the run's state once it is
     saved (what ``resume_run`` needs); ``on_notice`` a line for the user when something happened
     that training survives (a lost worker, and the restart), else it is logged as a warning."""
+    started = time.monotonic()
     spec = loaded.spec
     tracking.bound_client()
     data = prepare(
@@ -114,7 +117,9 @@ def run_experiment(
     )
     state.save()
     log_lineage(state.tracked, spec, data)
-    return _train(state, data, on_epoch=on_epoch, on_start=on_start, on_notice=on_notice)
+    summary = _train(state, data, on_epoch=on_epoch, on_start=on_start, on_notice=on_notice)
+    record_actual(state.tracked, spec, started=started)  # plan vs actual (raytrain plan)
+    return summary
 
 
 def resume_run(

@@ -9,6 +9,7 @@ Everything ``raytrain run`` (with a ``tune:`` section) and ``raytrain resume`` d
 
 from __future__ import annotations
 
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -29,6 +30,7 @@ from raytrain.orchestration.prepare import (
     unique_name,
 )
 from raytrain.orchestration.run import ProgressFn
+from raytrain.plan.calibration import record_actual
 from raytrain.storage import check_location, exists, glob, is_gcs, join
 from raytrain.sweep.results import best_trial
 from raytrain.sweep.search import Extension
@@ -73,6 +75,7 @@ def run_sweep(
     on_event: ProgressFn | None = None,
 ) -> SweepSummary:
     """Sweep the experiment's ``tune.space``; every trial is a data-parallel training run."""
+    started = time.monotonic()
     spec = loaded.spec
     data = prepare(spec, spec_tracking_uri(spec), address=address, verbose=verbose)
     sweep_name = spec.tracking.run_name or unique_name(f"{spec.name}-sweep")
@@ -85,7 +88,9 @@ def run_sweep(
         tracked=start_tracking(loaded, sweep_name) if spec.tracking.enabled else None,
     )
     log_lineage(state.tracked, spec, data)  # once, on the parent run: every trial reads it
-    return _run_and_finish(state, data, on_event=on_event, earlier=[])
+    summary = _run_and_finish(state, data, on_event=on_event, earlier=[])
+    record_actual(state.tracked, spec, started=started)  # plan vs actual (raytrain plan)
+    return summary
 
 
 def resume_sweep(
