@@ -156,9 +156,15 @@ def test_the_auth_token_from_where_ray_reads_it(tmp_path, monkeypatch: pytest.Mo
     token.write_text("s3cret-token-for-the-shim-test")
     monkeypatch.delenv("RAY_AUTH_TOKEN", raising=False)
     monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(token))
+    from ray._raylet import AuthenticationTokenLoader  # its cache: a session's Ray loaded one
+
     from raytrain.cluster.jobs import _auth_headers
 
-    assert _auth_headers() == {"Authorization": "Bearer s3cret-token-for-the-shim-test"}
+    AuthenticationTokenLoader.instance().reset_cache()
+    try:
+        assert _auth_headers() == {"Authorization": "Bearer s3cret-token-for-the-shim-test"}
+    finally:
+        AuthenticationTokenLoader.instance().reset_cache()
 
 
 def test_the_private_loggers_raytrain_quiets_exist() -> None:
