@@ -97,6 +97,36 @@ def test_streamed_parquet_trains_two_workers_with_statistics_of_the_train_rows(
     assert stored.data.params["data.streaming"] == "True"
 
 
+def test_one_streamed_worker_reads_every_split_through_its_own_process(workdir: Path) -> None:
+    """One worker trains in one actor, without Ray Train: its streamed train, validation and
+    test splits come from that process's own datasets, not from a Ray Train shard."""
+    _digits_files(workdir, fmt="csv")
+    test = workdir / "test"
+    test.mkdir()
+    (workdir / "digits-2.csv").rename(test / "digits-2.csv")
+    experiment = write_yaml(
+        workdir,
+        f"""
+        name: streamed-one
+        data:
+          source: digits-*.csv
+          streaming: true
+          label: label
+          test: {{source: test/digits-2.csv}}
+        model: {{builder: mlp, params: {{hidden_units: [32]}}}}
+        train: {{epochs: 2, batch_size: 64, optimizer: {{learning_rate: 0.01}}, loss: {CE}}}
+        scaling: {{num_workers: 1}}
+        tracking: {{enabled: false}}
+        """,
+    )
+    loaded = load_experiment(experiment)
+    assert loaded.spec.in_one_process
+    summary = run_experiment(loaded)
+    assert summary.final_metrics["epoch"] == 2
+    assert summary.best_metrics["val_accuracy"] >= 0.6
+    assert 0.6 <= summary.test_metrics["test_accuracy"] <= 1.0
+
+
 def test_streamed_tfrecords_in_gcs_are_read_by_ray_data_tasks(
     gcs_emulator: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -9,14 +9,13 @@ per-epoch reports, which never hold test metrics.
 from __future__ import annotations
 
 import json
-import math
 from typing import TYPE_CHECKING, Any
 
 from raytrain import storage
 from raytrain.config.schema import Experiment
 
 if TYPE_CHECKING:
-    from raytrain.data.dataset import Dataset
+    pass
 
 __all__ = [
     "TEST_EPOCH",
@@ -24,7 +23,6 @@ __all__ = [
     "TEST_PREFIX",
     "read_test_metrics",
     "selection",
-    "test_input",
     "test_metrics",
     "write_test_metrics",
 ]
@@ -64,46 +62,3 @@ def test_metrics(reported: dict[str, Any], *, best_epoch: Any) -> dict[str, floa
         for k, v in reported.items()
         if k.startswith(TEST_PREFIX) and k != TEST_EPOCH and isinstance(v, int | float)
     }
-
-
-def test_input(spec: Experiment, data: Dataset, *, rank: int, world: int) -> tuple[Any, int]:
-    """This worker's test rows as a tf.data pipeline, and the steps every worker runs.
-
-    In memory, rows ``rank::world`` with none dropped: shards may differ by one row, so a
-    shorter one is padded with empty batches to the same number of steps (the all-reduce of
-    the metrics needs it), and the metrics are those of every test row. Streamed, Ray Train's
-    equal split leaves out up to ``world - 1`` rows.
-    """
-    import tensorflow as tf
-
-    from raytrain.data.dataset import make_tf_dataset
-
-    batch = spec.per_worker_batch_size
-    if data.streams is not None:
-        import ray.train
-
-        from raytrain.data.streaming import worker_dataset
-
-        rows = data.info.num_test // world
-        steps = max(1, math.ceil(rows / batch))
-        shard = ray.train.get_dataset_shard("test")
-        ds = worker_dataset(
-            data.streams,
-            shard,
-            batch_size=batch,
-            steps=steps,
-            shuffle=False,
-            seed=0,
-            repeat=False,
-            drop_last=False,
-        )
-        return ds, steps
-    assert data.x_test is not None
-    assert data.y_test is not None
-    x, y = data.x_test[rank::world], data.y_test[rank::world]
-    steps = max(1, math.ceil(math.ceil(len(data.x_test) / world) / batch))
-    ds = make_tf_dataset(x, y, batch_size=batch, shuffle=False, seed=0)
-    missing = steps - math.ceil(len(x) / batch)
-    if missing:
-        ds = ds.concatenate(tf.data.Dataset.from_tensors((x[:0], y[:0])).repeat(missing))
-    return ds, steps

@@ -14,7 +14,6 @@ pitfalls it steps around.
 
 from __future__ import annotations
 
-import math
 import os
 from typing import TYPE_CHECKING, Any
 
@@ -32,7 +31,6 @@ from raytrain import storage
 from raytrain.cluster.connection import WORKER_ENV, on_private_instance
 from raytrain.cluster.resources import worker_nodes
 from raytrain.config.schema import Experiment
-from raytrain.errors import DataError
 from raytrain.shims import ray_train
 from raytrain.tracking import credentials, names
 from raytrain.tracking.credentials import Credentials
@@ -44,13 +42,12 @@ from raytrain.train.evaluation import (
     TEST_EPOCH,
     TEST_PREFIX,
     selection,
-    test_input,
     write_test_metrics,
 )
 from raytrain.train.session import RayTrainSession, Session, Trained, TrialSession
 
 if TYPE_CHECKING:
-    from raytrain.data.dataset import Dataset
+    pass
 
 __all__ = ["KerasTrainer", "fit", "ray_train_settings", "train", "train_in_trial", "train_loop"]
 
@@ -190,7 +187,7 @@ def train(config: dict[str, Any], session: Session) -> None:
     in its Tune trial's process (``session`` says which)."""
     import tensorflow as tf  # here, not at the top: only workers need it (worker.py says why)
 
-    from raytrain.data.dataset import make_tf_dataset, shard
+    from raytrain.data.inputs import worker_input
     from raytrain.models import build_model
     from raytrain.train.worker import (
         Reporter,
@@ -227,15 +224,9 @@ def train(config: dict[str, Any], session: Session) -> None:
         config["data"] if not isinstance(config["data"], ray.ObjectRef) else ray.get(config["data"])
     )
     batch = spec.per_worker_batch_size
-    if data.streams is not None:
-        train_ds, val_ds, steps, val_steps = _streamed_input(spec, data, session)
-    else:
-        x, y = shard(data.x_train, data.y_train, index=rank, count=world)
-        xv, yv = shard(data.x_val, data.y_val, index=rank, count=world)
-        steps, val_steps = math.ceil(len(x) / batch), math.ceil(len(xv) / batch)
-        seed = spec.train.seed + rank
-        train_ds = make_tf_dataset(x, y, batch_size=batch, shuffle=True, seed=seed).repeat()
-        val_ds = make_tf_dataset(xv, yv, batch_size=batch, shuffle=False, seed=0).repeat()
+    where = {"rank": rank, "world": world, "shard_of": session.dataset_shard}
+    train_ds, steps = worker_input(spec, data, "train", **where)
+    val_ds, val_steps = worker_input(spec, data, "val", **where)
     if world > 1:
         train_ds = distributed(strategy, train_ds)
         val_ds = distributed(strategy, val_ds)
@@ -306,7 +297,7 @@ def train(config: dict[str, Any], session: Session) -> None:
     #    after the last epoch with no checkpoint: no selection (checkpoints, ASHA) ever sees it,
     #    and with the last epoch's metrics, so that Tune's searcher reads the same values.
     if data.info.num_test and reporter.best_weights is not None:
-        test_ds, test_steps = test_input(spec, data, rank=rank, world=world)
+        test_ds, test_steps = worker_input(spec, data, "test", **where)
         if world > 1:
             test_ds = distributed(strategy, test_ds)
         model.set_weights(reporter.best_weights)
@@ -376,40 +367,3 @@ def _set_threads(tf: Any, intra: int, inter: int) -> None:
         tf.config.threading.set_inter_op_parallelism_threads(inter)
     except RuntimeError:
         pass  # already initialized in this process: the pools keep their sizes
-
-
-def _streamed_input(spec: Experiment, data: Dataset, session: Session) -> tuple[Any, Any, int, int]:
-    """This worker's share of the streamed rows: Ray Train splits each dataset into equal
-    shards (``streaming_split(equal=True)``), so every worker runs the same number of steps."""
-    from raytrain.data.streaming import worker_dataset
-
-    assert data.streams is not None
-    rank, world = session.rank, session.world
-    batch = spec.per_worker_batch_size
-    steps = data.info.num_train // world // batch
-    val_rows = data.info.num_val // world
-    if steps < 1 or val_rows < 1:
-        raise DataError(
-            f"{data.info.num_train} training and {data.info.num_val} validation rows are too few "
-            f"for {world} worker(s) at {batch} rows per worker and step"
-        )
-    val_batch = min(batch, val_rows)
-    train_ds = worker_dataset(
-        data.streams,
-        session.dataset_shard("train"),
-        batch_size=batch,
-        steps=steps,
-        shuffle=True,
-        seed=spec.train.seed + rank,
-        repeat=True,
-    )
-    val_ds = worker_dataset(
-        data.streams,
-        session.dataset_shard("val"),
-        batch_size=val_batch,
-        steps=val_rows // val_batch,
-        shuffle=False,
-        seed=0,
-        repeat=False,
-    )
-    return train_ds, val_ds, steps, val_rows // val_batch
