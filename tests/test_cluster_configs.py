@@ -627,9 +627,13 @@ def kube_security_context(text: str) -> list[str]:
     return problems
 
 
+KUBE_TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
 def kube_service_accounts(text: str) -> list[str]:
-    """Every pod runs as a ServiceAccount of its own, defined in the same file; those of pods
-    that never call the Kubernetes API (all but the head, whose autoscaler does) get no token."""
+    """Every pod runs as a ServiceAccount of its own, defined in the same file, and no container
+    where jobs run holds a Kubernetes API token (a Ray token holder runs code there): only
+    KubeRay's autoscaler, where there is one, mounts the head account's token, projected."""
     kind_docs = docs(text)
     accounts = {d["metadata"]["name"]: d for d in kind_docs if d.get("kind") == "ServiceAccount"}
     problems = []
@@ -639,12 +643,25 @@ def kube_service_accounts(text: str) -> list[str]:
         if name not in accounts:
             problems.append(f"{where}: runs as ServiceAccount {name!r}, not one of this file's")
             continue
-        needs_api = where.endswith("/head")
         mounted = spec.get(
             "automountServiceAccountToken", accounts[name].get("automountServiceAccountToken")
         )
-        if not needs_api and mounted is not False:
-            problems.append(f"{where}: gets a Kubernetes API token it does not need")
+        if mounted is not False:
+            problems.append(f"{where}: its containers get a Kubernetes API token")
+        for c in spec.get("containers", []):
+            if any(m.get("mountPath") == KUBE_TOKEN_PATH for m in c.get("volumeMounts", [])):
+                problems.append(f"{where}/{c['name']}: mounts a Kubernetes API token")
+    for name, spec in ray_resources(kind_docs):
+        head = spec.get("headGroupSpec", {}).get("template", {}).get("spec", {})
+        volumes = {v["name"]: v for v in head.get("volumes", [])}
+        mounts = spec.get("autoscalerOptions", {}).get("volumeMounts", [])
+        token = [m for m in mounts if m.get("mountPath") == KUBE_TOKEN_PATH]
+        if spec.get("enableInTreeAutoscaling") and not token:
+            problems.append(f"{name}/autoscaler: no token to scale the cluster with")
+        for m in token:
+            sources = volumes.get(m["name"], {}).get("projected", {}).get("sources", [])
+            if not any("serviceAccountToken" in source for source in sources):
+                problems.append(f"{name}/autoscaler: {m['name']} is no projected account token")
     return problems
 
 
@@ -838,7 +855,16 @@ BROKEN = [
      "serviceAccountName: raytrain-quickstart-worker", "serviceAccountName: default",
      "not one of this file's"),
     (kube_service_accounts, "kuberay/raycluster.yaml", "automountServiceAccountToken: false\n",
-     "", "token it does not need"),
+     "", "raytrain/cpu: its containers get a Kubernetes API token"),
+    (kube_service_accounts, "kuberay/raycluster.yaml",
+     "        automountServiceAccountToken: false\n", "",
+     "raytrain/head: its containers get a Kubernetes API token"),
+    (kube_service_accounts, "kuberay/rayjob.yaml", "automountServiceAccountToken: false\n",
+     "", "raytrain-quickstart/head: its containers get a Kubernetes API token"),
+    (kube_service_accounts, "kuberay/raycluster.yaml", "    volumeMounts:\n", "    volumeMount:\n",
+     "raytrain/autoscaler: no token to scale the cluster with"),
+    (kube_service_accounts, "kuberay/raycluster.yaml", "- serviceAccountToken:", "- secret:",
+     "kube-api-token is no projected account token"),
     (kube_network_policy, "kuberay/raycluster.yaml", "kind: NetworkPolicy", "kind: NetPolicy",
      "no NetworkPolicy"),
     (kube_network_policy, "kuberay/rayjob.yaml", "- {port: 8265, protocol: TCP}",
