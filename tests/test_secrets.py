@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -311,8 +312,12 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[st
     url = f"http://127.0.0.1:{port}"
     wait_for_mlflow(url, proc)
     yield url, folder
-    proc.terminate()
-    proc.wait(timeout=30)
+    os.killpg(proc.pid, signal.SIGTERM)  # the server and its uvicorn workers
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:  # slow to stop on a loaded machine
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def test_no_secret_reaches_mlflow_or_the_console(
