@@ -349,14 +349,18 @@ def submit(
     The experiment's folder (the YAML and the model code beside it, without raytrain_results/,
     mlruns/, mlflow.db, .git, .venv) is uploaded and the job runs `python -m raytrain run FILE
     --set ...` with the nodes' own Python: every node needs raytrain installed (the cluster
-    configs install it). Ray's auth token is read from $RAY_AUTH_TOKEN, the file
-    $RAY_AUTH_TOKEN_PATH, or ~/.ray/auth_token. Exit status 0 only if the job succeeded;
-    Ctrl-C stops following, not the job.
+    configs install it). Every job can read the uploaded folder: secrets are never written in
+    the experiment, only referenced as ${env:NAME} or ${file:PATH}, which the job resolves on
+    its node. Ray's auth token is read from $RAY_AUTH_TOKEN, the file $RAY_AUTH_TOKEN_PATH, or
+    ~/.ray/auth_token. Exit status 0 only if the job succeeded; Ctrl-C stops following, not the
+    job.
     """
     from raytrain.cluster.jobs import quiet_client_logs
     from raytrain.cluster.jobs import submit as submit_job
+    from raytrain.config.references import deferred
 
-    loaded = _load(file, overrides)
+    with deferred():  # resolved by the job, on its node
+        loaded = _load(file, overrides)
     quiet_client_logs()
     job = submit_job(loaded, address=address)
     display.print_submitted(job, str(loaded.path.parent.resolve()), out)

@@ -5,14 +5,17 @@ A value is masked (replaced by ``MASK``) when its **key** names a secret, or ins
 its **content** looks like one:
 
 - a key names a secret when its last word (words split at ``_ - .`` and camelCase) is or ends in
-  password, passwd, passphrase, secret, token, apikey, credential(s), authorization or cookie,
-  or when its last two words are ``<kind> key`` for kind api, access, private, secret, signing,
-  encryption, client, account or master. So ``api_key``, ``AWS_SECRET_ACCESS_KEY``,
-  ``MLFLOW_TRACKING_PASSWORD`` are secrets, while ``sort_key``, ``num_tokens``, ``token_dim`` and
-  names that only say where a secret is (``auth_token_env``, ``password_file``) are not;
-- in text: the user-info of a URI (``https://user:pw@host`` -> ``https://***@host``),
-  ``KEY=value`` and ``KEY: value`` (YAML, JSON, a line of a log) where KEY names a secret, and
-  ``Bearer value``.
+  password, passwd, passphrase, secret, token, apikey or credential(s), or is pass, pwd, jwt,
+  dsn, authorization or cookie, or when its last two words are ``<kind> key`` for kind api, access,
+  private, secret, signing, encryption, client, account, master or ssh, or ``connection string``.
+  So ``api_key``, ``db_pass``, ``AWS_SECRET_ACCESS_KEY``, ``MLFLOW_TRACKING_PASSWORD`` are
+  secrets, while ``sort_key``, ``num_tokens``, ``token_dim`` and names that only say where a
+  secret is (``auth_token_env``, ``password_file``) are not;
+- in text: the user-info of a URI, up to its last ``@`` (``https://user:p@ss@host`` ->
+  ``https://***@host``; ``user:***@``, masked already, is kept), ``KEY=value`` and
+  ``KEY: value`` (YAML, JSON, a line of a log) and ``--KEY value`` (a command line) where KEY
+  names a secret, a signed URL's signature (``X-Goog-Signature``, ``X-Amz-Signature``, ``sig``,
+  ``signature`` query parameters) and ``Bearer value``.
 
 Masking is one way: a masked value is never a real value again. Readers of what was stored
 (``raytrain.tracking.registry``) refuse a masked value where they would use it.
@@ -37,7 +40,7 @@ _SECRET_ENDINGS = (
     "credential",
     "credentials",
 )
-_SECRET_WORDS = {"authorization", "cookie"}
+_SECRET_WORDS = {"authorization", "cookie", "pass", "pwd", "jwt", "dsn"}
 _KEY_KINDS = {
     "api",
     "access",
@@ -48,9 +51,17 @@ _KEY_KINDS = {
     "client",
     "account",
     "master",
+    "ssh",
 }
+# Query parameters that carry a signed URL's signature (GCS, S3, Azure SAS), whatever their case.
+_SIGNATURES = {"x-goog-signature", "x-amz-signature", "sig", "signature"}
 _WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z0-9]+")
-_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<info>[^/\s@'\"?#]+)@")
+# The user-info ends at the authority's last "@": a password may hold one unescaped.
+_USERINFO = re.compile(r"(?P<scheme>\b[A-Za-z][A-Za-z0-9+.\-]*://)(?P<info>[^/\s'\"?#]+)@")
+_QUERY = re.compile(r"(?P<lead>[?&;](?P<name>[A-Za-z][\w.\-]*)=)(?P<value>[^&#\s'\"]+)")
+_FLAG = re.compile(
+    r"(?P<flag>(?<![\w-])--(?P<name>[A-Za-z][\w\-]*)[ \t]+)(?P<value>[^\s\-'\"][^\s'\"]*)"
+)
 _BEARER = re.compile(r"\b(?P<word>Bearer\s+)(?P<value>[A-Za-z0-9._~+/=\-]+)")
 # A key, its separator and where its value starts: "key=", "key: ", '"key": '.
 _ASSIGN = re.compile(
@@ -67,13 +78,21 @@ def is_secret_key(name: str) -> bool:
     last = words[-1]
     if last.endswith(_SECRET_ENDINGS) or last in _SECRET_WORDS:
         return True
-    return last == "key" and len(words) > 1 and words[-2] in _KEY_KINDS
+    if len(words) < 2:
+        return False
+    return (last == "key" and words[-2] in _KEY_KINDS) or words[-2:] == ["connection", "string"]
 
 
 def mask_text(text: str) -> str:
     """``text`` with every secret its content shows replaced by ``MASK``."""
-    text = _USERINFO.sub(lambda m: f"{m['scheme']}{MASK}@", text)
+    text = _USERINFO.sub(
+        lambda m: m[0] if m["info"].endswith(f":{MASK}") else f"{m['scheme']}{MASK}@", text
+    )
     text = _BEARER.sub(lambda m: f"{m['word']}{MASK}", text)
+    text = _QUERY.sub(
+        lambda m: m[0] if m["name"].lower() not in _SIGNATURES else m["lead"] + MASK, text
+    )
+    text = _FLAG.sub(lambda m: m["flag"] + MASK if is_secret_key(m["name"]) else m[0], text)
     out, done = [], 0
     for match in _ASSIGN.finditer(text):
         start = match.end()

@@ -185,28 +185,32 @@ def read_text(location: str) -> str:
         return stream.read().decode()
 
 
-def write_text(location: str, text: str) -> None:
+def write_text(location: str, text: str, *, private: bool = False) -> None:
     """Write ``text`` whole or not at all: a local file by ``replace_file``; a gs:// object in
-    one upload, which GCS makes visible only once complete (an object write is atomic)."""
+    one upload, which GCS makes visible only once complete (an object write is atomic).
+    ``private``: a local file that holds secrets, readable by its owner only; a bucket's readers
+    are its IAM's business."""
     if not is_gcs(location):
-        replace_file(Path(resolve(location)[1]), text.encode())
+        replace_file(Path(resolve(location)[1]), text.encode(), private=private)
         return
     filesystem, path = resolve(location)
     with filesystem.open_output_stream(path) as stream:
         stream.write(text.encode())
 
 
-def replace_file(path: Path, data: bytes) -> None:
+def replace_file(path: Path, data: bytes, *, private: bool = False) -> None:
     """Write ``data`` to a temporary file beside ``path`` and rename it over ``path``: a reader
-    sees the old file or the new one, and a full disk leaves the old one, never half of one."""
-    _atomically(path, lambda stream: stream.write(data))
+    sees the old file or the new one, and a full disk leaves the old one, never half of one.
+    ``private``: mode 600 from its first byte (it holds secrets)."""
+    _atomically(path, lambda stream: stream.write(data), mode=0o600 if private else 0o666)
 
 
-def _atomically(path: Path, write: Callable[[IO[bytes]], Any]) -> None:
+def _atomically(path: Path, write: Callable[[IO[bytes]], Any], *, mode: int = 0o666) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     temporary = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
     try:
-        with temporary.open("xb") as stream:  # the umask's mode, as a plain write had
+        created = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL, mode)
+        with os.fdopen(created, "wb") as stream:  # ``mode`` less the umask, as a plain write had
             write(stream)
             stream.flush()
             os.fsync(stream.fileno())
@@ -303,7 +307,9 @@ class StoredState(BaseModel):
         raise NotImplementedError
 
     def save(self) -> None:
-        write_text(join(self.folder, self.FILE), self.model_dump_json(by_alias=True, indent=2))
+        """Owner-only: the experiment in it holds the secrets its references resolved to."""
+        text = self.model_dump_json(by_alias=True, indent=2)
+        write_text(join(self.folder, self.FILE), text, private=True)
 
     def update(self, **changes: object) -> Self:
         """This state with ``changes``, saved."""

@@ -342,18 +342,28 @@ def gcloud_commands(text: str) -> list[str]:
 
 
 HEAD_ACCOUNT = "raytrain-head@"
+HEAD_ROLE = "projects/PROJECT_ID/roles/raytrainHead"
 # Project-wide roles the head's account may hold: what Ray's node provider calls on the head
 # (instances insert/list/setLabels/delete and zone operations; TPU nodes create/list/delete).
-HEAD_PROJECT_ROLES = {"roles/compute.instanceAdmin.v1", "roles/compute.viewer", "roles/tpu.admin"}
+HEAD_PROJECT_ROLES = {HEAD_ROLE, "roles/compute.viewer", "roles/tpu.admin"}
 BROAD_ROLES = {"roles/owner", "roles/editor", "roles/compute.admin", "roles/storage.admin",
-               "roles/storage.objectAdmin", "roles/iam.serviceAccountAdmin"}  # fmt: skip
+               "roles/storage.objectAdmin", "roles/iam.serviceAccountAdmin",
+               "roles/compute.instanceAdmin.v1", "roles/compute.instanceAdmin"}  # fmt: skip
+# What Ray 2.60's GCP node provider (ray/autoscaler/_private/gcp/node.py) calls for Compute VMs.
+RAY_COMPUTE_PERMISSIONS = {
+    *(f"compute.instances.{verb}" for verb in ("create", "delete", "get", "list", "setLabels",
+      "setMetadata", "setServiceAccount", "setTags", "start", "stop")),
+    "compute.disks.create", "compute.subnetworks.use", "compute.images.useReadOnly",
+    "compute.zoneOperations.get",
+}  # fmt: skip
 
 
 def head_account_least_privilege(text: str) -> list[str]:
     """The head runs as its own service account, not Ray's ray-autoscaler-sa-v1 (`ray up` merges
     Ray's choice first, then the head's node_config over it: commands.py), and the header's
     gcloud commands grant it only the roles it needs, the broad ones never, and bucket and
-    actAs rights never project-wide."""
+    actAs rights never project-wide. Its VM rights are a custom role of Ray's calls, bound with
+    a condition that keeps it to this cluster's VMs and disks (a Ray token holder acts as it)."""
     from ray.autoscaler._private.gcp.config import DEFAULT_SERVICE_ACCOUNT_ID
 
     problems = []
@@ -365,11 +375,16 @@ def head_account_least_privilege(text: str) -> list[str]:
                 problems.append(f"the head ({name}) runs as {email}, not {HEAD_ACCOUNT}...")
     if not problems and not list(gcp_node_types(text)):
         return []
+    cluster = f"ray-{prepared(text)['cluster_name']}-"
     granted = []
     for cmd in gcloud_commands(text):
+        if "iam roles create" in cmd:
+            listed = re.search(r"--permissions[= ](\S+)", cmd)
+            extra = set(listed.group(1).split(",")) - RAY_COMPUTE_PERMISSIONS if listed else set()
+            problems += [f"the head's role holds {p}, which Ray never calls" for p in sorted(extra)]
         role = re.search(r"--role[= ](\S+)", cmd)
         roles = re.findall(r"roles/[\w.]+", cmd) if "for role in" in cmd else []
-        roles += [role.group(1)] if role and role.group(1).startswith("roles/") else []
+        roles += [role.group(1)] if role and "roles/" in role.group(1) else []
         for r in roles:
             if r in BROAD_ROLES:
                 problems.append(f"a broad role is granted: {r}")
@@ -377,8 +392,11 @@ def head_account_least_privilege(text: str) -> list[str]:
                 granted.append(r)
                 if r not in HEAD_PROJECT_ROLES:
                     problems.append(f"the head's account gets {r} project-wide")
+                kept = re.findall(r'\.startsWith\("([^"]*)"\)', cmd)
+                if r == HEAD_ROLE and (len(kept) != 2 or set(kept) != {cluster}):
+                    problems.append(f"{r} is not kept to the cluster's VMs and disks ({cluster}*)")
     tpu = any("acceleratorType" in node for _, node, _ in gcp_node_types(text))
-    needed = {"roles/tpu.admin"} if tpu else {"roles/compute.instanceAdmin.v1"}
+    needed = {"roles/tpu.admin"} if tpu else {HEAD_ROLE}
     problems += [f"the header never grants the head {r}" for r in sorted(needed - set(granted))]
     header = re.match(r"(?:#.*\n|\s*\n)*", text).group(0)
     problems += [
@@ -627,9 +645,13 @@ def kube_security_context(text: str) -> list[str]:
     return problems
 
 
+KUBE_TOKEN_PATH = "/var/run/secrets/kubernetes.io/serviceaccount"
+
+
 def kube_service_accounts(text: str) -> list[str]:
-    """Every pod runs as a ServiceAccount of its own, defined in the same file; those of pods
-    that never call the Kubernetes API (all but the head, whose autoscaler does) get no token."""
+    """Every pod runs as a ServiceAccount of its own, defined in the same file, and no container
+    where jobs run holds a Kubernetes API token (a Ray token holder runs code there): only
+    KubeRay's autoscaler, where there is one, mounts the head account's token, projected."""
     kind_docs = docs(text)
     accounts = {d["metadata"]["name"]: d for d in kind_docs if d.get("kind") == "ServiceAccount"}
     problems = []
@@ -639,12 +661,25 @@ def kube_service_accounts(text: str) -> list[str]:
         if name not in accounts:
             problems.append(f"{where}: runs as ServiceAccount {name!r}, not one of this file's")
             continue
-        needs_api = where.endswith("/head")
         mounted = spec.get(
             "automountServiceAccountToken", accounts[name].get("automountServiceAccountToken")
         )
-        if not needs_api and mounted is not False:
-            problems.append(f"{where}: gets a Kubernetes API token it does not need")
+        if mounted is not False:
+            problems.append(f"{where}: its containers get a Kubernetes API token")
+        for c in spec.get("containers", []):
+            if any(m.get("mountPath") == KUBE_TOKEN_PATH for m in c.get("volumeMounts", [])):
+                problems.append(f"{where}/{c['name']}: mounts a Kubernetes API token")
+    for name, spec in ray_resources(kind_docs):
+        head = spec.get("headGroupSpec", {}).get("template", {}).get("spec", {})
+        volumes = {v["name"]: v for v in head.get("volumes", [])}
+        mounts = spec.get("autoscalerOptions", {}).get("volumeMounts", [])
+        token = [m for m in mounts if m.get("mountPath") == KUBE_TOKEN_PATH]
+        if spec.get("enableInTreeAutoscaling") and not token:
+            problems.append(f"{name}/autoscaler: no token to scale the cluster with")
+        for m in token:
+            sources = volumes.get(m["name"], {}).get("projected", {}).get("sources", [])
+            if not any("serviceAccountToken" in source for source in sources):
+                problems.append(f"{name}/autoscaler: {m['name']} is no projected account token")
     return problems
 
 
@@ -784,8 +819,15 @@ BROKEN = [
      "enableExternalIps not false"),
     (head_account_least_privilege, "gcp.yaml", "email: raytrain-head@", "email: someone@",
      "not raytrain-head"),
-    (head_account_least_privilege, "gcp.yaml", "--role roles/compute.instanceAdmin.v1",
+    (head_account_least_privilege, "gcp.yaml", "--role projects/PROJECT_ID/roles/raytrainHead",
+     "--role roles/compute.instanceAdmin.v1", "broad role"),
+    (head_account_least_privilege, "gcp.yaml", "--role projects/PROJECT_ID/roles/raytrainHead",
      "--role roles/compute.admin", "broad role"),
+    (head_account_least_privilege, "gcp.yaml", '.startsWith("ray-raytrain-") || resource',
+     '.startsWith("ray-") || resource', "is not kept to the cluster's VMs and disks"),
+    (head_account_least_privilege, "gcp.yaml", "compute.zoneOperations.get",
+     "compute.zoneOperations.get,compute.firewalls.create",
+     "holds compute.firewalls.create, which Ray never calls"),
     (head_account_least_privilege, "gcp-tpu.yaml", "for role in roles/tpu.admin",
      "for role in roles/storage.objectUser", "gets roles/storage.objectUser project-wide"),
     (firewall_ssh_only, "gcp.yaml", "--rules tcp:22", "--rules tcp:22,tcp:5000", "more than SSH"),
@@ -838,7 +880,16 @@ BROKEN = [
      "serviceAccountName: raytrain-quickstart-worker", "serviceAccountName: default",
      "not one of this file's"),
     (kube_service_accounts, "kuberay/raycluster.yaml", "automountServiceAccountToken: false\n",
-     "", "token it does not need"),
+     "", "raytrain/cpu: its containers get a Kubernetes API token"),
+    (kube_service_accounts, "kuberay/raycluster.yaml",
+     "        automountServiceAccountToken: false\n", "",
+     "raytrain/head: its containers get a Kubernetes API token"),
+    (kube_service_accounts, "kuberay/rayjob.yaml", "automountServiceAccountToken: false\n",
+     "", "raytrain-quickstart/head: its containers get a Kubernetes API token"),
+    (kube_service_accounts, "kuberay/raycluster.yaml", "    volumeMounts:\n", "    volumeMount:\n",
+     "raytrain/autoscaler: no token to scale the cluster with"),
+    (kube_service_accounts, "kuberay/raycluster.yaml", "- serviceAccountToken:", "- secret:",
+     "kube-api-token is no projected account token"),
     (kube_network_policy, "kuberay/raycluster.yaml", "kind: NetworkPolicy", "kind: NetPolicy",
      "no NetworkPolicy"),
     (kube_network_policy, "kuberay/rayjob.yaml", "- {port: 8265, protocol: TCP}",

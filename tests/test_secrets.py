@@ -12,6 +12,7 @@ from __future__ import annotations
 import os
 import pickle
 import shutil
+import signal
 import subprocess
 import sys
 import time
@@ -26,10 +27,17 @@ from raytrain.cli import app
 from raytrain.cluster.connection import ClusterInfo
 from raytrain.config.loader import load_experiment
 from raytrain.config.schema import Experiment
-from raytrain.errors import ClusterError, RaytrainError, TrackingError, UntrustedModelError
+from raytrain.errors import (
+    ClusterError,
+    RaytrainError,
+    SpecError,
+    TrackingError,
+    UntrustedModelError,
+)
 from raytrain.masking import MASK, is_secret_key, mask_override, mask_text, mask_tree
 from raytrain.sweep.state import SweepState, check_private
 from raytrain.tracking.runs import check_reachable
+from raytrain.train.state import RunState
 
 from .conftest import SERVED, free_port, wait_for_mlflow, write_yaml
 
@@ -47,7 +55,15 @@ CANARY = "canary-Zq81vXk"
         ("client_secret", True),
         ("x-api-key", True),
         ("Authorization", True),
+        ("pwd", True),
+        ("db_pass", True),
+        ("jwt", True),
+        ("SENTRY_DSN", True),
+        ("connection_string", True),
+        ("ssh_key", True),
         ("key", False),
+        ("bypass", False),
+        ("connection", False),
         ("sort_key", False),
         ("monitor", False),
         ("num_tokens", False),
@@ -82,6 +98,141 @@ def test_text_masking_reads_uris_assignments_yaml_and_json() -> None:
     assert mask_tree({"tags": {"api_key": [1, 2], "sort_key": "name"}}) == {
         "tags": {"api_key": MASK, "sort_key": "name"}
     }
+
+
+def test_text_masking_reads_signed_urls_command_lines_and_passwords_with_at() -> None:
+    text = (
+        f"https://b.s3.amazonaws.com/k?X-Amz-Expires=60&X-Amz-Signature={CANARY}&part=1\n"
+        f"https://storage.googleapis.com/b/o?X-Goog-Signature={CANARY}#top\n"
+        f"https://a.blob.core.windows.net/c/b?sv=2024&sig={CANARY}\n"
+        f"mlflow login --password {CANARY} --epochs 3; psql --password={CANARY}\n"
+        f"postgresql://mlflow:p@ss{CANARY}@db:5432/mlflow\n"
+    )
+    masked = mask_text(text)
+    assert CANARY not in masked
+    assert "postgresql://***@db:5432/mlflow" in masked
+    for kept in ("X-Amz-Expires=60", "&part=1", "#top", "sv=2024", "--epochs 3"):
+        assert kept in masked
+    assert mask_text(masked) == masked
+
+
+def test_a_validation_error_never_echoes_a_secret(tmp_path: Path) -> None:
+    path = write_yaml(tmp_path, "name: e\ntracking: {tags: {db_pass: 98765432, n: 12345}}\n")
+    with pytest.raises(SpecError, match=r"tracking\.tags\.db_pass: .* \(got \*\*\*\)") as caught:
+        load_experiment(path, ["tracking.tags.jwt=55555"])
+    shown = str(caught.value)
+    assert "(got 12345)" in shown  # what is no secret is still shown
+    assert "98765432" not in shown
+    assert "55555" not in shown
+
+
+def test_mlflows_own_run_link_shows_no_password(
+    mlflow_server: tuple[str, Path], capfd: pytest.CaptureFixture[str]
+) -> None:
+    """MLflow prints "View run NAME at: URL" as a run ends, URL with the URI's user-info."""
+    import mlflow
+
+    from raytrain.tracking.runs import TrackedRun, end_run
+
+    url, _ = mlflow_server
+    uri = f"http://raytrain:{CANARY}@{url.removeprefix('http://')}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment_id = client.create_experiment("run-link")
+    run_id = client.create_run(experiment_id).info.run_id
+    end_run(TrackedRun(uri, "run-link", experiment_id, run_id), status="FINISHED")
+    assert client.get_run(run_id).info.status == "FINISHED"
+    assert CANARY not in capfd.readouterr().out
+
+
+def test_run_and_sweep_state_files_are_owner_only(tmp_path: Path) -> None:
+    """They hold the experiment, with the secrets its references resolved to."""
+    state_file = tmp_path / "results" / "s" / "s-sweep" / "raytrain_sweep.json"
+    state_file.parent.mkdir(parents=True)
+    state_file.write_text("{}")
+    state_file.chmod(0o644)  # as an older raytrain left it
+    state = _sweep_state(tmp_path)
+    assert Path(state.folder, state.FILE) == state_file
+    assert state_file.stat().st_mode & 0o777 == 0o600
+    run_state = RunState(
+        spec=state.spec,
+        spec_file=state.spec_file,
+        base_dir=state.base_dir,
+        storage_root=state.storage_root,
+        run_name="r",
+    )
+    run_state.save()
+    assert Path(run_state.folder, run_state.FILE).stat().st_mode & 0o777 == 0o600
+
+
+def test_secrets_are_referenced_and_resolved_where_the_experiment_loads(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from raytrain.config.references import deferred, literal_secrets
+
+    secret_file = tmp_path / "mlflow_password"
+    secret_file.write_text(f"{CANARY}-file\n")
+    monkeypatch.setenv("RAYTRAIN_TEST_KEY", f"{CANARY}-env")
+    path = write_yaml(
+        tmp_path,
+        f"""
+        name: refs
+        tracking:
+          uri: http://raytrain:${{file:{secret_file}}}@127.0.0.1:5000
+          tags: {{api_key: "${{env:RAYTRAIN_TEST_KEY}}", team: vision}}
+        """,
+    )
+    spec = load_experiment(path).spec
+    assert spec.tracking.uri == f"http://raytrain:{CANARY}-file@127.0.0.1:5000"
+    assert spec.tracking.tags["api_key"] == f"{CANARY}-env"
+    with deferred():  # raytrain submit: the job resolves them on its node
+        kept = load_experiment(path).spec
+    assert kept.tracking.tags["api_key"] == "${env:RAYTRAIN_TEST_KEY}"
+    assert literal_secrets(kept.model_dump(mode="json")) == []
+    assert literal_secrets(spec.model_dump(mode="json")) == [
+        "tracking.uri",
+        "tracking.tags.api_key",
+    ]
+    refused = {
+        "tracking.tags.team=${env:RAYTRAIN_TEST_KEY}": (
+            r"tracking\.tags: team: a \$\{env:\.\.\.\} or \$\{file:\.\.\.\} reference holds a "
+            r"secret, and here it would be shown in plain text"
+        ),
+        "tracking.tags.token=${env:RAYTRAIN_UNSET}": (
+            r"tracking\.tags: token: \$\{env:RAYTRAIN_UNSET\}: RAYTRAIN_UNSET is not set \(or "
+            r"empty\) here"
+        ),
+        "tracking.tags.token=${file:pw.txt}": (
+            r"\$\{file:pw\.txt\}: give the file's absolute path \(or ~/\.\.\.\) on the machine"
+        ),
+        f"tracking.tags.token=${{file:{tmp_path}/none}}": r"cannot read .*/none: No such file",
+    }
+    for override, message in refused.items():
+        with pytest.raises(SpecError, match=message):
+            load_experiment(path, [override])
+
+
+def test_submit_refuses_secrets_written_as_text(tmp_path: Path) -> None:
+    """Every job can read the uploaded folder: the experiment holds references only."""
+    path = write_yaml(
+        tmp_path,
+        f"""
+        name: plain
+        tracking: {{uri: "http://raytrain:{CANARY}@head:5000", tags: {{db_pass: {CANARY}}}}}
+        """,
+    )
+    runner = CliRunner()
+    result = runner.invoke(app, ["submit", str(path)], env={"RAY_ADDRESS": ""})
+    assert result.exit_code == 1
+    assert result.output.strip() == (
+        "error: exp.yaml: tracking.uri, tracking.tags.db_pass holds a secret as text, which every "
+        "user of the cluster could read in the uploaded folder: write ${env:NAME} or "
+        "${file:PATH} instead, which the job resolves on its node (docs/security.md)"
+    )
+    overridden = ["submit", str(path), "--set", "tracking.tags.api_key=" + CANARY]
+    result = runner.invoke(app, overridden, env={"RAY_ADDRESS": ""})
+    assert "--set tracking.tags.api_key=***: a secret in an override" in result.output
+    assert "write ${env:NAME} or ${file:PATH} instead" in result.output
+    assert CANARY not in result.output
 
 
 def test_errors_mask_their_messages() -> None:
@@ -161,8 +312,12 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[st
     url = f"http://127.0.0.1:{port}"
     wait_for_mlflow(url, proc)
     yield url, folder
-    proc.terminate()
-    proc.wait(timeout=30)
+    os.killpg(proc.pid, signal.SIGTERM)  # the server and its uvicorn workers
+    try:
+        proc.wait(timeout=30)
+    except subprocess.TimeoutExpired:  # slow to stop on a loaded machine
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
 
 
 def test_no_secret_reaches_mlflow_or_the_console(
@@ -210,22 +365,28 @@ def test_a_submitted_job_shows_no_secret(ray_cluster: ClusterInfo, tmp_path: Pat
     from ray.job_submission import JobSubmissionClient
 
     from raytrain.cluster.jobs import _auth_headers, list_jobs, stop_job, submit
+    from raytrain.config.references import deferred
 
     assert ray_cluster.dashboard_url is not None
+    secret_file = tmp_path / "password"  # on the node: the job resolves the references there
+    secret_file.write_text(CANARY)
+    folder = tmp_path / "experiment"
+    folder.mkdir()
     path = write_yaml(
-        tmp_path,
+        folder,
         f"""
         name: canary-job
         scaling: {{num_workers: 1}}
         tracking:
-          uri: http://raytrain:{CANARY}@127.0.0.1:{free_port()}
-          tags: {{MLFLOW_TRACKING_PASSWORD: {CANARY}}}
+          uri: http://raytrain:${{file:{secret_file}}}@127.0.0.1:{free_port()}
+          tags: {{MLFLOW_TRACKING_PASSWORD: "${{file:{secret_file}}}"}}
         """,
     )
-    secret = load_experiment(path, [f"tracking.tags.api_key={CANARY}"])
+    with deferred():
+        secret = load_experiment(path, [f"tracking.tags.api_key={CANARY}"])
+        plain = load_experiment(path, ["train.epochs=1"])
     with pytest.raises(ClusterError, match=r"--set tracking\.tags\.api_key=\*\*\*: a secret"):
         submit(secret, address=ray_cluster.dashboard_url)
-    plain = load_experiment(path, ["train.epochs=1"])
     deadline = time.monotonic() + 120  # a fresh instance's job agent registers a moment late
     while True:
         try:

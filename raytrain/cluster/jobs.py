@@ -28,8 +28,9 @@ from urllib.parse import urlsplit
 from raytrain.cluster.connection import probe_dashboard
 from raytrain.cluster.resources import locality_problem
 from raytrain.config.loader import LoadedExperiment
+from raytrain.config.references import REFERENCE, literal_secrets
 from raytrain.errors import ClusterError, RaytrainError
-from raytrain.masking import mask_override, mask_text
+from raytrain.masking import MASK, mask_override, mask_text
 
 if TYPE_CHECKING:
     from ray.job_submission import JobSubmissionClient
@@ -100,13 +101,16 @@ def submit(loaded: LoadedExperiment, *, address: str | None = None) -> Submitted
     """Upload the experiment's folder and start ``raytrain run`` on the cluster; return at once.
 
     The entrypoint and metadata are shown to anyone who can see the cluster (Ray's dashboard,
-    ``ray job list``): an override holding a secret is refused, since masking it there would
-    run the job with the mask. The experiment file travels in the uploaded folder instead.
+    ``ray job list``) and the uploaded folder can be read by every job: a secret written as text
+    in the experiment or an override is refused. It is written as a reference instead,
+    ``${env:NAME}`` or ``${file:PATH}`` (``raytrain.config.references``), which the job resolves
+    on its node: load the experiment under ``references.deferred()``.
     With ``data.locality``, the job's driver (which reads the data) runs on a node carrying that
     resource too, and the data must not sit in the uploaded folder.
     """
     spec, folder = loaded.spec, loaded.path.parent.resolve()
     _refuse_secret_overrides(loaded.overrides)
+    _refuse_literal_secrets(loaded)
     url = resolve_address(address)
     client = _client(url)
     if spec.data.locality:
@@ -350,16 +354,32 @@ def _folder_bytes(folder: Path, excludes: list[str]) -> int:
     return total
 
 
+USE_A_REFERENCE = (
+    "write ${env:NAME} or ${file:PATH} instead, which the job resolves on its node "
+    "(docs/security.md)"
+)
+
+
 def _refuse_secret_overrides(overrides: tuple[str, ...]) -> None:
     """The entrypoint is how overrides reach the job: a secret there cannot be masked."""
     for item in overrides:
-        if mask_override(item) != item:
+        referenced = REFERENCE.sub(MASK, item)
+        if mask_override(referenced) != referenced:
             raise ClusterError(
                 f"--set {mask_override(item)}: a secret in an override would be shown in plain "
-                "text with the job (its entrypoint, in Ray's dashboard and `ray job list`); put it "
-                "in the experiment file, which is uploaded, not shown, or in the nodes' "
-                "environment (e.g. MLFLOW_TRACKING_PASSWORD)"
+                "text with the job (its entrypoint, in Ray's dashboard and `ray job list`): "
+                + USE_A_REFERENCE
             )
+
+
+def _refuse_literal_secrets(loaded: LoadedExperiment) -> None:
+    """The uploaded folder is readable by every job on the cluster, whoever submitted it."""
+    found = literal_secrets(loaded.spec.model_dump(mode="json"))
+    if found:
+        raise ClusterError(
+            f"{loaded.path.name}: {', '.join(found)} holds a secret as text, which every user of "
+            f"the cluster could read in the uploaded folder: {USE_A_REFERENCE}"
+        )
 
 
 def _warnings(loaded: LoadedExperiment, upload: int) -> list[str]:

@@ -23,6 +23,9 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from raytrain.config.references import ReferenceProblem, resolve_references
+from raytrain.masking import is_secret_key
+
 __all__ = [
     "BUILTIN_BUILDERS",
     "DEFAULT_STORAGE",
@@ -101,8 +104,9 @@ LOCALITY_SHARE = 0.001  # of a data.locality resource, per worker, trial or job 
 
 
 class Section(BaseModel):
-    """Base of every section: unknown keys are errors, defaults are validated too, and an
-    integer is an integer (pydantic would take ``true`` as 1 and ``"8"`` as 8)."""
+    """Base of every section: unknown keys are errors, defaults are validated too, an integer is
+    an integer (pydantic would take ``true`` as 1 and ``"8"`` as 8), and a secret is given by
+    reference."""
 
     model_config = ConfigDict(extra="forbid", validate_default=True)
 
@@ -116,6 +120,18 @@ class Section(BaseModel):
             if isinstance(item, bool | str):
                 raise PydanticCustomError("int_type", "Input should be a valid integer")
         return value
+
+    @field_validator("*", mode="before")
+    @classmethod
+    def _resolve_references(cls, value: Any, info: ValidationInfo) -> Any:
+        """Secrets come as ``${env:NAME}`` / ``${file:PATH}`` (``raytrain.config.references``),
+        resolved in the field that holds them: a section resolves its own fields."""
+        if _section_type(cls.model_fields[str(info.field_name)].annotation) is not None:
+            return value
+        try:
+            return resolve_references(value, secret=is_secret_key(str(info.field_name)))
+        except ReferenceProblem as exc:
+            raise PydanticCustomError("reference", str(exc)) from None
 
 
 def _takes_only_integers(annotation: Any) -> bool:

@@ -63,6 +63,9 @@ CLIENT_ENV = {
     "MLFLOW_HTTP_REQUEST_BACKOFF_FACTOR": "1",
     "MLFLOW_HTTP_REQUEST_BACKOFF_JITTER": "0.5",
 }
+# MLflow prints "View run NAME at: URL" as each run ends, URL being the tracking URI with its
+# user-info, password included; raytrain shows its own link, masked (``ui_command``).
+os.environ["MLFLOW_SUPPRESS_PRINTING_URL_TO_STDOUT"] = "true"
 EPOCH_METRIC = "epoch"  # every epoch logs it, last: MLflow has an epoch when it has this step
 
 
