@@ -76,6 +76,15 @@ def test_trials_and_their_parent_read_back_from_mlflow(tmp_path: Path) -> None:
     )
 
 
+def _metrics_once_logged(client: mlflow.MlflowClient, run_id: str, key: str) -> dict:
+    """The run's metrics once ``key`` is among them (the monitor's thread logs it)."""
+    deadline = time.monotonic() + 60
+    while key not in (logged := client.get_run(run_id).data.metrics):
+        assert time.monotonic() < deadline, f"{key} never logged: {sorted(logged)}"
+        time.sleep(0.1)
+    return logged
+
+
 def test_system_metrics_are_logged_per_node(tmp_path: Path) -> None:
     uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
     client = mlflow.MlflowClient(tracking_uri=uri)
@@ -84,9 +93,43 @@ def test_system_metrics_are_logged_per_node(tmp_path: Path) -> None:
     stop = start_monitor(
         tracking.TrackedRun(uri, "system", experiment_id, run_id), node="10.0.0.2", interval_s=0.2
     )
-    time.sleep(1.0)
-    stop()
-    logged = client.get_run(run_id).data.metrics
-    for name in ["cpu_utilization_percentage", "system_memory_usage_megabytes"]:
-        assert f"system/10.0.0.2/{name}" in logged, sorted(logged)
+    try:
+        logged = _metrics_once_logged(
+            client, run_id, "system/10.0.0.2/system_memory_usage_megabytes"
+        )
+    finally:
+        stop()
+    assert "system/10.0.0.2/cpu_utilization_percentage" in logged, sorted(logged)
     assert system.node_label("node:a b/c@x") == "node_a b/c_x"
+
+
+def test_a_trial_samples_its_node_into_its_child_run_once_the_driver_made_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The trial's process starts training before the driver's Tune callback makes its child
+    run: it finds the run when it appears, and samples its node there."""
+    monkeypatch.setenv("MLFLOW_SYSTEM_METRICS_SAMPLING_INTERVAL", "0.2")
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment_id = client.create_experiment("sweep")
+    parent_id = client.create_run(experiment_id).info.run_id
+    parent = tracking.TrackedRun(uri, "sweep", experiment_id, parent_id)
+    stop = system.watch_trial(parent, "t_00001", None)
+    try:
+        child = client.create_run(
+            experiment_id,
+            tags={names.PARENT_TAG: parent_id, names.TRIAL_ID_TAG: "t_00001"},
+        ).info.run_id
+        logged = _system_keys(client, child)
+    finally:
+        stop()
+    assert any(k.endswith("/system_memory_usage_megabytes") for k in logged), logged
+    assert not [k for k in client.get_run(parent_id).data.metrics if k.startswith("system/")]
+
+
+def _system_keys(client: mlflow.MlflowClient, run_id: str) -> list[str]:
+    deadline = time.monotonic() + 60
+    while not (keys := [k for k in client.get_run(run_id).data.metrics if k.startswith("system/")]):
+        assert time.monotonic() < deadline, "no system metric was ever logged"
+        time.sleep(0.1)
+    return keys

@@ -35,6 +35,10 @@ from raytrain.sweep.results import trial_rows
 from raytrain.sweep.search import Extension, quiet_optuna, tune_config
 from raytrain.sweep.space import apply_config, search_space
 from raytrain.sweep.state import SweepState
+from raytrain.tracking import credentials
+from raytrain.tracking.credentials import Credentials
+from raytrain.tracking.runs import TrackedRun
+from raytrain.tracking.system import watch_trial
 from raytrain.train.loop import ray_train_settings
 from raytrain.train.session import code_error, record_code_error
 
@@ -89,6 +93,8 @@ def sweep(
             trials_root=trials_root(setup.storage_root, setup.sweep_name),
             base_dir=setup.base_dir,
             env={**forwarded_env(), **ray_train_settings()},
+            # Where an in-process trial samples its node's system metrics: its child run.
+            **({"parent": setup.tracked, "signed_in": credentials.current()} if in_process else {}),
         ),
         # An in-process trial holds its worker's resources (its GPU too); a Ray Train trial's
         # workers hold theirs, and the function itself ~nothing.
@@ -205,6 +211,8 @@ def _trial_in_process(
     trials_root: str,
     base_dir: str,
     env: dict[str, str],
+    parent: TrackedRun | None,
+    signed_in: Credentials | None,
 ) -> None:
     """One trial of 1 worker, trained in this process (which Tune reuses for the next trial).
 
@@ -216,10 +224,12 @@ def _trial_in_process(
 
     os.environ.update(env)
     spec = apply_config(Experiment.model_validate(base), config)
-    folder = f"{trials_root}/trial-{tune.get_context().get_trial_id()}"
+    trial_id = tune.get_context().get_trial_id()
+    folder = f"{trials_root}/trial-{trial_id}"
     earlier = code_error(folder)
     if earlier is not None:
         raise earlier
+    stop_watching = watch_trial(parent, trial_id, signed_in)
     try:
         train_in_trial(spec, data_ref=data_ref, folder=folder, base_dir=base_dir, datasets=datasets)
         _edge_hook(spec, folder, data_ref)
@@ -227,6 +237,8 @@ def _trial_in_process(
         error = find_user_error(exc)
         record_code_error(folder, error)
         raise error from None
+    finally:
+        stop_watching()
 
 
 def _edge_hook(spec: Experiment, folder: str, data_ref: ray.ObjectRef) -> None:

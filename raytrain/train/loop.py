@@ -277,7 +277,9 @@ def train(config: dict[str, Any], session: Session) -> None:
     if start_epoch:  # the restored weights are the best this attempt knows of
         reporter.set_model(model)
         reporter.on_best_candidate(start_epoch, history[-1])
-    stop_watching = watch_node(config["tracking"], config["signed_in"])  # system metrics
+    stop_watching = watch_node(  # system metrics, one series per node
+        config["tracking"], config["signed_in"], first_on_node=session.local_rank == 0
+    )
     try:
         model.fit(
             train_ds,

@@ -57,6 +57,7 @@ class Trained:
 class Session(Protocol):
     rank: int
     world: int
+    local_rank: int  # among the workers on this node
 
     def report(self, metrics: dict[str, float], folder: str | None) -> None:
         """One epoch (or the final test metrics, without ``folder``): every worker calls it."""
@@ -76,6 +77,7 @@ class RayTrainSession:
 
         context = ray.train.get_context()
         self.rank, self.world = context.get_world_rank(), context.get_world_size()
+        self.local_rank = context.get_local_rank()
 
     def report(self, metrics: dict[str, float], folder: str | None) -> None:
         import ray.train
@@ -167,7 +169,7 @@ class TrialSession:
     """A 1-worker sweep trial training in its Tune trial's process: each epoch to Tune with its
     checkpoint's location, as Ray Train's ``TuneReportCallback`` does."""
 
-    rank, world = 0, 1
+    rank, world, local_rank = 0, 1, 0
 
     def __init__(self, spec: Experiment, folder: str, datasets: dict[str, Any] | None) -> None:
         self.checkpoints = CheckpointFolder(spec, folder)
@@ -192,7 +194,7 @@ class ProcessSession:
     """A 1-worker run training in one Ray actor (``train.process``): each epoch, once its
     checkpoint is stored, to ``on_epoch`` (MLflow and the driver's progress queue)."""
 
-    rank, world = 0, 1
+    rank, world, local_rank = 0, 1, 0
 
     def __init__(
         self,
