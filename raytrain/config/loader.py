@@ -64,7 +64,7 @@ def load_experiment(
     where: dict[Path_, str] = {}
     raw = _parse_yaml(text, file, where)
     problems: list[str] = []
-    overridden: set[str] = set()  # data paths given by --set: relative to the cwd
+    overridden: set[Path_] = set()  # data paths given by --set: relative to the cwd
     for item, (key_path, value) in zip(
         overrides, _parse_override_items(overrides, problems), strict=True
     ):
@@ -235,11 +235,11 @@ class _BoundedLoader(yaml.SafeLoader):
         super().__init__(text)
         self.depth = 0
 
-    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node:
+    def compose_node(self, parent: yaml.Node | None, index: Any) -> yaml.Node | None:
         if self.depth >= MOST_DEPTH and not self.check_event(yaml.AliasEvent):
-            raise _TooBig(
-                f"nested more than {MOST_DEPTH} levels deep", self.peek_event().start_mark
-            )
+            # types-PyYAML leaves peek_event unannotated.
+            event = self.peek_event()  # type: ignore[no-untyped-call]
+            raise _TooBig(f"nested more than {MOST_DEPTH} levels deep", event.start_mark)
         self.depth += 1
         try:
             return super().compose_node(parent, index)

@@ -76,6 +76,7 @@ def spec_options(
                 (settings.setdefault(section, {}) if section else settings)[name] = given.pop(name)
             return command(**given, **{into: settings})
 
+        # What inspect (and so typer) reads; typeshed's functions do not declare it.
         wrapper.__signature__ = signature.replace(parameters=params)  # type: ignore[attr-defined]
         wrapper.__annotations__ = {p.name: p.annotation for p in params}
         return wrapper

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import json
 import types
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from typing import Annotated, Any, Literal, Union, get_args, get_origin
 
 from pydantic import BaseModel
@@ -106,7 +106,7 @@ def _type(annotation: Any) -> str:
     return getattr(annotation, "__name__", str(annotation))
 
 
-def _constraints(metadata: Any) -> list[str]:
+def _constraints(metadata: Iterable[object]) -> list[str]:
     found = []
     for item in metadata:
         for attribute, text in _CONSTRAINTS.items():
@@ -118,7 +118,7 @@ def _constraints(metadata: Any) -> list[str]:
 
 def _default(info: FieldInfo) -> str:
     if info.default_factory is not None:
-        value = info.default_factory()  # type: ignore[call-arg]
+        value = info.get_default(call_default_factory=True, validated_data={})
     elif info.default is PydanticUndefined:
         return "required"
     else:

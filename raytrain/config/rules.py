@@ -10,6 +10,7 @@ import os
 from pathlib import Path
 
 from pydantic import ValidationError
+from pydantic_core import ErrorDetails
 
 from raytrain.config.problems import Problem
 from raytrain.config.resolve import (
@@ -192,7 +193,7 @@ def _check_model(spec: Experiment, base_dir: Path) -> list[Problem]:
     return []
 
 
-def _param_problem(err: dict) -> Problem:
+def _param_problem(err: ErrorDetails) -> Problem:
     loc = ("model", "params", *err["loc"])
     if err["type"] == "extra_forbidden":
         return Problem(loc, f"unknown parameter '{err['loc'][-1]}' of this builder")

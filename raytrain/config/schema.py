@@ -56,15 +56,17 @@ __all__ = [
     "unknown_key_message",
 ]
 
-LOSSES = (
+# Each choice list once, as a Literal (what the fields are typed as) and its values.
+Loss = Literal[
     "sparse_categorical_crossentropy",
     "categorical_crossentropy",
     "binary_crossentropy",
     "mean_squared_error",
     "mean_absolute_error",
     "huber",
-)
-METRICS = (
+]
+LOSSES: tuple[Loss, ...] = get_args(Loss)
+Metric = Literal[
     "accuracy",
     "sparse_categorical_accuracy",
     "sparse_top_k_categorical_accuracy",
@@ -76,7 +78,8 @@ METRICS = (
     "auc",
     "precision",
     "recall",
-)
+]
+METRICS: tuple[Metric, ...] = get_args(Metric)
 CLASSIFICATION_LOSSES = LOSSES[:3]
 # Reported every epoch besides the compiled metrics (raytrain/train/loop.py's _Reporter).
 EXTRA_METRICS = ("epoch", "epoch_time_s", "samples_per_s", "param_count", "model_bytes")
@@ -161,7 +164,7 @@ class HeldOutSpec(Section):
         "file), or gs://BUCKET/PATH, read as data.source is (same label, features, shape and "
         "streaming).",
     )
-    format: FILE_FORMAT_CHOICES = Field(  # type: ignore[valid-type]
+    format: FILE_FORMAT_CHOICES = Field(
         "auto", description="File format; auto infers it from the file extension."
     )
 
@@ -174,7 +177,7 @@ class DataSpec(Section):
         "e.g. gs://bucket/data/*.parquet), or a folder of images with one sub-folder per class "
         "(a path ending in /).",
     )
-    format: FILE_FORMAT_CHOICES = Field(  # type: ignore[valid-type]
+    format: FILE_FORMAT_CHOICES = Field(
         "auto",
         description="File format; auto infers it from the file extension (a folder: images).",
     )
@@ -240,7 +243,7 @@ class DataSpec(Section):
     def sources(self) -> dict[str, tuple[str, str]]:
         """Each split's (source, format), by split name: train, and validation and test when
         they are files of their own."""
-        found = {"train": (self.source, self.format)}
+        found: dict[str, tuple[str, str]] = {"train": (self.source, self.format)}
         for split, held_out in (("validation", self.validation), ("test", self.test)):
             if held_out is not None:
                 found[split] = (held_out.source, held_out.format)
@@ -312,11 +315,11 @@ class TrainSpec(Section):
         128, ge=1, le=2**20, description="Global batch size, split evenly across workers."
     )
     optimizer: OptimizerSpec = Field(default_factory=OptimizerSpec, description="Optimizer.")
-    loss: Literal[LOSSES] = Field(  # type: ignore[valid-type]
+    loss: Loss = Field(
         "sparse_categorical_crossentropy",
         description="Loss; it also sets the model head (softmax, sigmoid or linear).",
     )
-    metrics: list[Literal[METRICS]] = Field(  # type: ignore[valid-type]
+    metrics: list[Metric] = Field(
         ["accuracy"], description="Metrics reported per epoch, each also as val_<name>."
     )
     mixed_precision: Literal["none", "mixed_float16", "mixed_bfloat16"] = Field(
@@ -435,7 +438,8 @@ class TrackingSpec(Section):
     )
 
 
-EXPORT_MODES = ("none", "float16", "dynamic", "int8")
+ExportMode = Literal["none", "float16", "dynamic", "int8"]
+EXPORT_MODES: tuple[ExportMode, ...] = get_args(ExportMode)
 # A sweep's edge metrics, tflite_<mode>_<what>: the export mode of each name, and every name.
 EDGE_MODES = {"float32": "none", "float16": "float16", "dynamic": "dynamic", "int8": "int8"}
 EDGE_METRICS = tuple(
@@ -449,7 +453,7 @@ class ExportSpec(Section):
     format: Literal["tflite"] = Field(
         "tflite", description="Export format: TFLite (LiteRT), for mobile and edge devices."
     )
-    quantize: list[Literal[EXPORT_MODES]] = Field(  # type: ignore[valid-type]
+    quantize: list[ExportMode] = Field(
         list(EXPORT_MODES),
         min_length=1,
         description="Modes exported and compared: none (float32, always exported: the reference "
@@ -577,7 +581,7 @@ class TuneSpec(Section):
         return self.metric if isinstance(self.metric, list) else [self.metric]
 
     @property
-    def modes(self) -> list[str]:
+    def modes(self) -> list[Literal["min", "max"]]:
         return self.mode if isinstance(self.mode, list) else [self.mode]
 
     @property

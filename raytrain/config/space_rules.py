@@ -147,9 +147,9 @@ def _check_constraints(spec: Experiment, known: list[str]) -> list[Problem]:
 
 
 def _check_space_entry(
-    spec: Experiment, key: str, entry: dict, base_dir: Path, rules: Rules
+    spec: Experiment, key: str, entry: dict[str, Any], base_dir: Path, rules: Rules
 ) -> list[Problem]:
-    loc = ("tune", "space", key)
+    loc: tuple[str | int, ...] = ("tune", "space", key)
     if len(entry) != 1 or next(iter(entry)) not in SPACE_KINDS:
         return [
             Problem(
