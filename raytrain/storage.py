@@ -222,7 +222,7 @@ def _atomically(path: Path, write: Callable[[IO[bytes]], Any], *, mode: int = 0o
 
 def exists(location: str) -> bool:
     filesystem, path = resolve(location)
-    return filesystem.get_file_info(path).type != pafs.FileType.NotFound
+    return bool(filesystem.get_file_info(path).type != pafs.FileType.NotFound)
 
 
 def upload_folder(folder: Path, location: str) -> None:
@@ -233,7 +233,7 @@ def upload_folder(folder: Path, location: str) -> None:
         for source in sorted(p for p in folder.rglob("*") if p.is_file()):
             target = Path(resolve(location)[1], source.relative_to(folder))
             with source.open("rb") as original:
-                _atomically(target, lambda stream, f=original: shutil.copyfileobj(f, stream))
+                _atomically(target, functools.partial(shutil.copyfileobj, original))
         return
     filesystem, path = resolve(location)
     filesystem.create_dir(path, recursive=True)

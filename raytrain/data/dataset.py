@@ -197,7 +197,7 @@ def _read(spec: DataSpec, source: str, declared: str) -> tuple[np.ndarray, np.nd
         return _shaped(spec, x, features), y, features
     import pandas as pd
 
-    frames = []
+    frames: list[pd.DataFrame] = []
     try:
         for f in found.files:
             with open_input(f) as stream:

@@ -59,8 +59,8 @@ def image_files(folder: str) -> tuple[list[str], list[str]]:
             f"class folder '{join(folder, empty[0])}' holds no JPEG or PNG image"
             + (f" (nor do: {', '.join(empty[1:6])})" if len(empty) > 1 else "")
         )
-    found = [(join(folder, path), label) for label in sorted(classes) for path in classes[label]]
-    return [f for f, _ in found], [label for _, label in found]
+    pairs = [(join(folder, path), label) for label in sorted(classes) for path in classes[label]]
+    return [f for f, _ in pairs], [label for _, label in pairs]
 
 
 def pixel_names(shape: tuple[int, ...]) -> list[str]:
@@ -111,7 +111,7 @@ def decode(location: str, *, shape: list[int] | None) -> np.ndarray:
             content = stream.read()
         with Image.open(io.BytesIO(content)) as opened:
             opened.load()
-            image = opened
+            image: Image.Image = opened
             if image.mode not in _CHANNELS:  # palette, CMYK, ...: as RGB(A)
                 image = image.convert("RGBA" if "transparency" in image.info else "RGB")
             if shape is not None and image.size != (shape[1], shape[0]):

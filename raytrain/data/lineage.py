@@ -9,6 +9,7 @@ downloaded). On-prem data stays on-prem: only this record reaches the tracking s
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import os
 from dataclasses import dataclass, field
@@ -116,7 +117,7 @@ def _fingerprint(source: str, declared: str) -> _Fingerprint:
         for location in files:
             content.update(os.path.basename(location).encode() + b"\0")
             with open(location, "rb") as stream:
-                for chunk in iter(lambda s=stream: s.read(1 << 20), b""):
+                for chunk in iter(functools.partial(stream.read, 1 << 20), b""):
                     content.update(chunk)
         return _Fingerprint(
             source, content.hexdigest()[:_DIGEST_CHARS], "content", len(files), total

@@ -62,7 +62,12 @@ def open_streams(
     *,
     loss: str,
     task_cpus: float | None = None,
-) -> tuple[Streams, dict[str, Any], dict[str, Any], tuple]:
+) -> tuple[
+    Streams,
+    dict[str, Any],
+    dict[str, Any],
+    tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray],
+]:
     """Plan the reads of each split's files, split rows by hash (unless validation has files of
     its own) and run the statistics passes.
 
@@ -337,7 +342,7 @@ class _Split:
         key = f"{self.seed % 10**16:016d}"  # pandas keys string columns only, with 16 characters
         hashed = pd.util.hash_pandas_object(frame[self.features], index=False, hash_key=key)
         # Numbers hash the same under any key: mix the seed in (splitmix64's finalizer).
-        x = hashed.to_numpy() ^ np.uint64((self.seed * 0x9E3779B97F4A7C15) % 2**64)
+        x: np.ndarray = hashed.to_numpy() ^ np.uint64((self.seed * 0x9E3779B97F4A7C15) % 2**64)
         x = (x ^ (x >> np.uint64(30))) * np.uint64(0xBF58476D1CE4E5B9)
         x = (x ^ (x >> np.uint64(27))) * np.uint64(0x94D049BB133111EB)
         x ^= x >> np.uint64(31)

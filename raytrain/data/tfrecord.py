@@ -29,11 +29,12 @@ def read_frames(stream: IO[bytes], *, name: str, rows_per_frame: int = 65_536) -
     """The records of one TFRecord file (gzip-compressed too), ``rows_per_frame`` at a time."""
     import pandas as pd
 
-    if _is_gzip(stream):
-        stream = gzip.GzipFile(fileobj=stream)  # type: ignore[assignment]
+    source: IO[bytes] | gzip.GzipFile = (
+        gzip.GzipFile(fileobj=stream) if _is_gzip(stream) else stream
+    )
     example = _example_class()
     rows: list[dict[str, Any]] = []
-    for payload in _records(stream, name=name):
+    for payload in _records(source, name=name):
         message = example()
         try:
             message.ParseFromString(payload)
@@ -62,7 +63,7 @@ def _is_gzip(stream: IO[bytes]) -> bool:
     return magic == b"\x1f\x8b"
 
 
-def _records(stream: IO[bytes], *, name: str) -> Iterator[bytes]:
+def _records(stream: IO[bytes] | gzip.GzipFile, *, name: str) -> Iterator[bytes]:
     """Each record's payload, both of its CRCs checked: a file that is not a TFRecord fails
     on its first header, and a damaged record is an error rather than wrong numbers."""
     while True:
@@ -81,7 +82,7 @@ def _records(stream: IO[bytes], *, name: str) -> Iterator[bytes]:
 def _masked_crc(data: bytes) -> int:
     import google_crc32c
 
-    crc = google_crc32c.value(data)
+    crc: int = google_crc32c.value(data)
     return (((crc >> 15) | (crc << 17)) + 0xA282EAD8) & 0xFFFFFFFF
 
 
