@@ -166,12 +166,12 @@ class _Version:
         return np.split(outputs, np.cumsum([len(r) for r in requests])[:-1])
 
 
-def _json(model: type, text: str = "Success.") -> dict[str, Any]:
+def _json(model: type, text: str = "Success.") -> schemas.Responses:
     return {200: {"model": model, "description": text}}
 
 
 BINARY = {"application/octet-stream": {"schema": {"type": "string", "format": "binary"}}}
-INFER = {
+INFER: schemas.Responses = {
     **_json(schemas.InferResponse, "JSON tensors, or binary ones after a JSON header."),
     **ERRORS["body"],
 }

@@ -130,7 +130,8 @@ def deploy(
         if spec.autoscaling
         else {"num_replicas": spec.num_replicas}
     )
-    app = ModelServer.options(
+    # @serve.deployment made ModelServer a Deployment, which mypy does not see.
+    app = ModelServer.options(  # type: ignore[attr-defined]
         name=f"{primary.name}-server",
         max_ongoing_requests=spec.max_ongoing_requests,
         max_queued_requests=spec.max_queued_requests,

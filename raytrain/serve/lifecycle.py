@@ -23,7 +23,7 @@ import urllib.request
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 from raytrain.config.options import as_args
 from raytrain.config.schema import DEFAULT_TRACKING_URI, Experiment, ServeSpec
@@ -243,7 +243,7 @@ def start_server(port: int, args: list[str]) -> str:
     )
 
 
-def running(port: int) -> dict | None:
+def running(port: int) -> dict[str, Any] | None:
     """The live raytrain server on ``port`` (pid, url, Ray address), if there is one."""
     state = _state_file(port)
     if not state.is_file():
@@ -309,7 +309,7 @@ def _started(pid: int) -> float | None:
     import psutil
 
     try:
-        return psutil.Process(pid).create_time()
+        return cast(float, psutil.Process(pid).create_time())
     except psutil.Error:
         return None
 
@@ -337,6 +337,6 @@ def _alive(pid: int) -> bool:
 def _healthy(url: str) -> bool:
     try:
         with urllib.request.urlopen(f"{url}/healthz", timeout=2) as response:
-            return response.status == 200
+            return cast(int, response.status) == 200
     except OSError:
         return False

@@ -18,6 +18,8 @@ from raytrain.serve.tensors import DATATYPES, INPUT
 __all__ = ["ERRORS", "openapi"]
 
 Number = float
+# A route's documented answers, by status code: FastAPI's ``responses``.
+Responses = dict[int | str, dict[str, Any]]
 
 
 class Error(BaseModel):
@@ -50,6 +52,8 @@ class TensorInfo(BaseModel):
 class V2Input(BaseModel):
     name: Literal["input"]
     shape: list[int]
+    # The Literal is built from DATATYPES' keys at import, so the two never differ; mypy
+    # cannot evaluate it and reads the field as Any.
     datatype: Literal[tuple(DATATYPES)]  # type: ignore[valid-type]
     data: list[Any] | None = Field(None, description="Row-major numbers, flat or nested.")
     parameters: dict[str, Any] | None = Field(
@@ -132,7 +136,7 @@ def _error(text: str) -> dict[str, Any]:
     return {"model": Error, "description": text}
 
 
-ERRORS = {  # the errors each kind of route answers with
+ERRORS: dict[str, Responses] = {  # the errors each kind of route answers with
     "model": {404: _error("No such model or version here.")},
     "body": {
         400: _error("Not JSON, or a broken binary layout."),
@@ -143,7 +147,8 @@ ERRORS = {  # the errors each kind of route answers with
         503: _error("Queue full (max_queued_requests); see Retry-After (Serve's proxy)."),
     },
 }
-BODIES = {  # request models per route: (path, method) -> content type -> model
+# Request models per route: (path, method) -> content type -> model.
+BODIES: dict[tuple[str, str], list[type[BaseModel]]] = {
     ("/v1/models/{name}:predict", "post"): [InstancesRequest, InputsRequest],
     ("/v2/models/{name}/infer", "post"): [InferRequest],
     ("/v2/models/{name}/versions/{version}/infer", "post"): [InferRequest],

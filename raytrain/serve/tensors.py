@@ -113,8 +113,7 @@ def batch(values: Any, shape: list[int], *, what: str, expected: str) -> np.ndar
     if array32.ndim == 1 or list(array32.shape[1:]) != shape:
         if array32.ndim > 1 and math.prod(array32.shape[1:]) == math.prod(shape):
             return array32.reshape(len(array32), *shape)
-        got = list(array32.shape[1:])
-        raise BadRequest(422, f"{what} have shape {got}; expected {expected}")
+        raise BadRequest(422, f"{what} have shape {list(array32.shape[1:])}; expected {expected}")
     return array32
 
 
@@ -188,6 +187,7 @@ def parse_v2(
         f'{{"inputs": [{{"name": "{INPUT}", "shape": [n, {", ".join(map(str, shape))}], '
         f'"datatype": "FP32", "data": [...]}}]}}'
     )
+    binary: bytes | bytearray
     json_part, binary = raw, b""
     if header_length is not None:
         digits = header_length.isascii() and header_length.isdigit()
@@ -246,7 +246,7 @@ def _flat(data: list[Any], depth: int) -> list[Any]:
     return [leaf for v in data for leaf in (_flat(v, depth - 1) if type(v) is list else [v])]
 
 
-def _from_bytes(binary: bytes, size: Any, dims: list[int], datatype: str) -> np.ndarray:
+def _from_bytes(binary: bytes | bytearray, size: Any, dims: list[int], datatype: str) -> np.ndarray:
     dtype = np.dtype(DATATYPES[datatype])
     needed = math.prod(dims) * dtype.itemsize
     if type(size) is not int or size != needed or len(binary) != size:
