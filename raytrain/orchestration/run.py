@@ -15,7 +15,7 @@ import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
@@ -238,7 +238,7 @@ def _next_event(progress: Queue | None, worker: threading.Thread) -> dict[str, A
         worker.join(timeout=0.5)
         return None
     try:
-        return progress.get(timeout=0.5)
+        return cast("dict[str, Any] | str", progress.get(timeout=0.5))
     except (queue.Empty, ray.util.queue.Empty):
         return None
 

@@ -171,7 +171,7 @@ def _run_and_finish(
     if tracked and best is not None:
         if version is None:  # an extension that found no better trial registers nothing new
             version = _register(state, best, data)
-        if version:
+        if version and spec.tracking.register_as:
             metric, mode = spec.tune.metrics[0], spec.tune.modes[0]
             _, champion = tracking.promote_champion(
                 tracked.uri,

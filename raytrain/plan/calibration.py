@@ -9,11 +9,14 @@ import json
 import logging
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from raytrain import storage
 from raytrain.config.schema import Experiment
 from raytrain.tracking import names
+
+if TYPE_CHECKING:
+    from raytrain.tracking.runs import TrackedRun
 
 __all__ = [
     "ACTUAL_NODE_HOURS_TAG",
@@ -50,7 +53,7 @@ def save_plan(spec: Experiment, plan: dict[str, Any]) -> str:
     return location
 
 
-def record_actual(tracked: Any, spec: Experiment, *, started: float) -> None:
+def record_actual(tracked: TrackedRun | None, spec: Experiment, *, started: float) -> None:
     """Tag the run with its wall time since ``started`` (``time.monotonic``), its node-hours (the
     cluster's alive nodes for that time) and the plan made for this experiment, if any. Never
     fails the run: a missing tag is only a missing comparison."""

@@ -248,7 +248,7 @@ def _priced(
     wall, planned = run_wall(spec, profile, slots)
     concurrent = planned.concurrent if planned else 1
     extra = max(0, concurrent * spec.scaling.num_workers - on_head)
-    hours: dict[str, float] = {}
+    hours = {}
     if head is not None:
         hours[head.name] = wall / 3600
     if extra and worker is not None:
@@ -280,8 +280,10 @@ def _usd(hours: dict[str, float], nodes: dict[str, NodeType]) -> float | None:
 
 
 def _sort_price(node: NodeType) -> float:
-    known = node.price is not None and node.price.usd_per_hour is not None
-    return node.price.usd_per_hour if known else math.inf  # type: ignore[union-attr,return-value]
+    price = node.price
+    if price is None or price.usd_per_hour is None:
+        return math.inf
+    return price.usd_per_hour
 
 
 def _dollars(value: float | None) -> str:

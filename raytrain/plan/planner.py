@@ -8,9 +8,11 @@ from pathlib import Path
 from typing import Any
 
 from raytrain.config.loader import LoadedExperiment
+from raytrain.config.schema import Experiment
 from raytrain.plan.calibration import save_plan
 from raytrain.plan.clusters import load_cluster, shipped_configs
 from raytrain.plan.estimate import (
+    ConfigCost,
     Profile,
     config_cost,
     hardware_needed,
@@ -82,7 +84,7 @@ def make_plan(
     return plan
 
 
-def _config_entry(cost: Any) -> dict[str, Any]:
+def _config_entry(cost: ConfigCost) -> dict[str, Any]:
     hours = cost.node_hours
     return {
         "name": cost.name,
@@ -97,7 +99,7 @@ def _config_entry(cost: Any) -> dict[str, Any]:
     }
 
 
-def _new_store(spec: Any) -> bool:
+def _new_store(spec: Experiment) -> bool:
     """Whether the run will create its sqlite MLflow store (seconds of schema migrations)."""
     from raytrain.tracking import absolute_tracking_uri
 

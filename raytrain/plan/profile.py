@@ -15,6 +15,7 @@ import statistics
 import tempfile
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import replace
 from typing import Any
 
@@ -127,7 +128,7 @@ def _sliced(data: Dataset, *, rows: int, world: int) -> Dataset:
 
 
 def _timed_fit(
-    fit: Any, spec: Experiment, data: Dataset, folder: str, base_dir: str
+    fit: Callable[..., object], spec: Experiment, data: Dataset, folder: str, base_dir: str
 ) -> tuple[list[tuple[float, dict[str, Any]]], float, float]:
     """Run ``fit`` with no tracking; each committed epoch with the time it reached this driver,
     when fit began and when it returned."""

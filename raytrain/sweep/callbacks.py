@@ -120,11 +120,11 @@ class TrialTracker(tune.Callback):
         self.children[trial_id] = run_id
         return run_id
 
-    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.child(trial.trial_id, trial.config)
 
     def on_trial_result(
-        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+        self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
     ) -> None:
         if EDGE_EPOCH in result:  # after the last epoch and its test: the edge metrics
             metrics = {k: float(v) for k, v in result.items() if k in EDGE_METRICS}
@@ -143,11 +143,11 @@ class TrialTracker(tune.Callback):
             run = self._child_run(trial)
             tracking.log_metrics(run, metrics, step=step)
 
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         epoch = int((trial.last_result or {}).get("epoch", 0))
         self._end(trial, trial_status(epoch, self.total_epochs, error=False), reason=None)
 
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         # Tune writes the error to the trial's local folder at once, to storage later.
         path = Path(trial.error_file) if trial.error_file else None
         text = path.read_text() if path and path.is_file() else ""
@@ -181,7 +181,7 @@ class SweepProgress(tune.Callback, tune.Stopper):
         self.reached_target = False
 
     # Stopper: no per-trial decision (that is the scheduler's); a sweep-wide one.
-    def __call__(self, trial_id: str, result: dict) -> bool:
+    def __call__(self, trial_id: str, result: dict[str, Any]) -> bool:
         value = result.get(self.metric)
         if self.target is not None and isinstance(value, int | float):
             hit = value >= self.target if self.mode == "max" else value <= self.target
@@ -192,12 +192,12 @@ class SweepProgress(tune.Callback, tune.Stopper):
         too_many_failed = self.max_failed is not None and self.counts["failed"] > self.max_failed
         return self.reached_target or too_many_failed
 
-    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+    def on_trial_start(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self.counts["running"] += 1
         self._emit("start", trial)
 
     def on_trial_result(
-        self, iteration: int, trials: list, trial: Any, result: dict, **info: Any
+        self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
     ) -> None:
         value = result.get(self.metric)
         if isinstance(value, int | float) and math.isfinite(value):
@@ -207,11 +207,11 @@ class SweepProgress(tune.Callback, tune.Stopper):
             self.best = value if better else self.best
         self._emit("result", trial, epoch=int(result.get("epoch", 0)))
 
-    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+    def on_trial_complete(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         epoch = int((trial.last_result or {}).get("epoch", 0))
         self._finish(trial, trial_status(epoch, self.total_epochs, error=False))
 
-    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+    def on_trial_error(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         self._finish(trial, "failed")
 
     def _finish(self, trial: Any, status: str) -> None:
@@ -311,7 +311,7 @@ def optuna_plots(spec: Experiment, rows: list[dict[str, Any]]) -> dict[str, str]
         return {}
     from optuna import visualization as vis
 
-    makers = {
+    makers: dict[str, Callable[[optuna.Study], Any]] = {
         "optimization_history": vis.plot_optimization_history,
         "param_importances": vis.plot_param_importances,
         "parallel_coordinate": vis.plot_parallel_coordinate,

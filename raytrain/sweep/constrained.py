@@ -31,7 +31,7 @@ class ConstrainedSearch(OptunaSearch):
         self.constraints = constraints
 
     def on_trial_complete(
-        self, trial_id: str, result: dict | None = None, error: bool = False
+        self, trial_id: str, result: dict[str, Any] | None = None, error: bool = False
     ) -> None:
         ot_trial = self._ot_trials.get(trial_id)
         if result and ot_trial is not None and trial_id not in self._completed_trials:

@@ -178,7 +178,7 @@ def violations(values: dict[str, Any], constraints: dict[str, ConstraintSpec]) -
     measured) misses it by infinity."""
     found = {}
     for metric, bound in constraints.items():
-        value = values.get(metric)
+        value = values.get(metric, math.nan)  # missing: not known
         known = isinstance(value, int | float) and math.isfinite(value)
         if bound.max is not None:
             found[f"{metric}.max"] = float(value - bound.max) if known else math.inf

@@ -11,7 +11,7 @@ import csv
 import io
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 from raytrain import tracking
 from raytrain.config.schema import TuneSpec
@@ -112,7 +112,7 @@ def _html(
             )
         )
     figure.update_layout(title=f"{y} against {x}", xaxis_title=x, yaxis_title=y)
-    return figure.to_html(include_plotlyjs="cdn")
+    return cast(str, figure.to_html(include_plotlyjs="cdn"))
 
 
 def _png(points: list[dict[str, Any]], on_front: set[str], x: str, y: str, path: Path) -> None:
@@ -122,7 +122,11 @@ def _png(points: list[dict[str, Any]], on_front: set[str], x: str, y: str, path:
     import matplotlib.pyplot as plt
 
     figure, axes = plt.subplots(figsize=(7, 4.5))
-    for front, style in ((False, {"color": "0.6"}), (True, {"color": "C0"})):
+    styles: tuple[tuple[bool, dict[str, Any]], ...] = (
+        (False, {"color": "0.6"}),
+        (True, {"color": "C0"}),
+    )
+    for front, style in styles:
         chosen = [p for p in points if (p["trial_id"] in on_front) == front]
         axes.scatter([value_of(p, x) for p in chosen], [value_of(p, y) for p in chosen], **style)
         if front:

@@ -3,12 +3,14 @@ and the best trial (or the Pareto front of a multi-objective sweep)."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
-from raytrain.config.schema import EDGE_METRICS, ConstraintSpec, Experiment
+from raytrain.config.schema import EDGE_METRICS, ConstraintSpec, Experiment, TuneSpec
 from raytrain.storage import exists, join, ray_storage, to_uri
 from raytrain.sweep.edge import satisfies
+from raytrain.sweep.state import SweepState
 from raytrain.train.evaluation import test_metrics
 
 __all__ = ["best_trial", "error_reason", "pareto_front", "past_rows", "trial_rows", "trial_status"]
@@ -30,7 +32,9 @@ def trial_status(last_epoch: int, total_epochs: int, error: bool) -> str:
     return "finished" if last_epoch >= total_epochs else "stopped_early"
 
 
-def pareto_front(rows: list[dict[str, Any]], metrics: list[str], modes: list[str]) -> list[dict]:
+def pareto_front(
+    rows: list[dict[str, Any]], metrics: list[str], modes: Sequence[str]
+) -> list[dict[str, Any]]:
     """The rows no other row beats on every metric (multi-objective sweeps)."""
 
     def key(row: dict[str, Any]) -> list[float]:
@@ -53,8 +57,8 @@ def pareto_front(rows: list[dict[str, Any]], metrics: list[str], modes: list[str
 
 def best_trial(
     rows: list[dict[str, Any]],
-    metrics: list[str],
-    modes: list[str],
+    metrics: Sequence[str],
+    modes: Sequence[str],
     constraints: dict[str, ConstraintSpec] | None = None,
 ) -> tuple[dict[str, Any] | None, list[dict[str, Any]]]:
     """The best row by the first metric's best value, and (several metrics) the Pareto front
@@ -110,7 +114,7 @@ def _number(value: Any) -> bool:
     return isinstance(value, int | float)
 
 
-def _first(tune_spec: Any) -> tuple[str, str]:
+def _first(tune_spec: TuneSpec) -> tuple[str, str]:
     return tune_spec.metrics[0], tune_spec.modes[0]
 
 
@@ -125,7 +129,7 @@ def _best_epoch(frame: Any, metric: str, mode: str) -> Any:
     return ranked["epoch"].iloc[0]
 
 
-def past_rows(state: Any, names: list[str]) -> list[dict[str, Any]]:
+def past_rows(state: SweepState, names: list[str]) -> list[dict[str, Any]]:
     """The trial rows of Tune experiments that already ran, read back from their storage."""
     from ray.tune import ExperimentAnalysis, ResultGrid
 

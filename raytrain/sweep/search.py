@@ -5,8 +5,9 @@ ASHA (or median stopping) scheduling, and an extension's search warm-started wit
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 
 from ray import tune
 
@@ -73,7 +74,7 @@ def _searcher(tune_spec: TuneSpec, concurrent: int, extension: Extension | None)
 
     from raytrain.sweep.constrained import ConstrainedSearch
 
-    samplers = {
+    samplers: dict[str, Callable[[], optuna.samplers.BaseSampler]] = {
         "tpe": lambda: optuna.samplers.TPESampler(seed=seed),
         "cmaes": lambda: optuna.samplers.CmaEsSampler(seed=seed),
         "random": lambda: optuna.samplers.RandomSampler(seed=seed),
@@ -119,7 +120,7 @@ def _warm_study(tune_spec: TuneSpec, rows: list[dict[str, Any]]) -> Any:
             optuna.trial.create_trial(
                 params=params,
                 distributions=distributions,
-                values=values,
+                values=cast(list[float], values),  # all numbers: checked above
                 system_attrs={
                     f"constraints:{k}": v for k, v in violations(judged, constraints).items()
                 },

@@ -3,6 +3,7 @@ Tune sampled (pure functions: no Tune run needed to test them)."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any
 
 from ray import tune
@@ -14,7 +15,7 @@ __all__ = ["apply_config", "search_space"]
 
 def search_space(tune_spec: TuneSpec) -> dict[str, Any]:
     """The spec's ``tune.space`` as Ray Tune domains, keyed by dotted path."""
-    domains = {
+    domains: dict[str, Callable[[list[Any]], Any]] = {
         "uniform": lambda a: tune.uniform(a[0], a[1]),
         "loguniform": lambda a: tune.loguniform(a[0], a[1]),
         "quniform": lambda a: tune.quniform(a[0], a[1], a[2]),

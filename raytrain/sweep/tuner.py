@@ -13,6 +13,7 @@ through callbacks on this driver (``callbacks.py``): trials never talk to MLflow
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -63,7 +64,7 @@ def sweep(
     *,
     data_ref: ray.ObjectRef,
     datasets: dict[str, Any] | None = None,
-    on_event: Any | None = None,
+    on_event: Callable[[dict[str, Any]], None] | None = None,
     restore_path: str | None = None,
     extension: Extension | None = None,
 ) -> SweepOutcome:
@@ -255,7 +256,7 @@ class _NoRetryAfterCodeErrors(tune.Callback):
     def __init__(self, root: str) -> None:
         self.root = root
 
-    def on_trial_recover(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+    def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
         if code_error(f"{self.root}/trial-{trial.trial_id}") is not None:
             trial.max_failures = 0
 
@@ -267,5 +268,5 @@ class _CollectAbandonedGroups(tune.Callback):
     def __init__(self, collector: AbandonedGroupCollector) -> None:
         self.collector = collector
 
-    def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
+    def on_step_end(self, iteration: int, trials: list[Any], **info: Any) -> None:
         self.collector.tick()
