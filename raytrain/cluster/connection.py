@@ -8,7 +8,7 @@ import os
 import socket
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, cast
 from urllib.parse import urlsplit
 
 import ray
@@ -184,4 +184,4 @@ def _listening(host: str, port: int, address: str, port_hint: str, timeout_s: fl
 def state_address() -> str:
     """The connected cluster's address for State API calls: given none, Ray looks for the
     machine's most recently started cluster, which is another one where several share a host."""
-    return ray.get_runtime_context().gcs_address
+    return cast(str, ray.get_runtime_context().gcs_address)

@@ -22,7 +22,7 @@ from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
 from raytrain.cluster.connection import probe_dashboard
@@ -169,7 +169,7 @@ def job_logs(job_id: str, *, address: str | None = None) -> str:
     """Everything the job printed so far."""
     url = resolve_address(address)
     with _errors(url, job_id):
-        return _client(url).get_job_logs(job_id)
+        return cast(str, _client(url).get_job_logs(job_id))
 
 
 def stop_job(job_id: str, *, address: str | None = None, timeout_s: float = 60.0) -> str:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 from collections.abc import Callable, Iterable
-from typing import Any
+from typing import Any, cast
 
 import ray
 
@@ -182,11 +182,17 @@ class AbandonedGroupCollector:
 def _live_actors_of_this_job() -> list[Any]:
     from ray.util.state import list_actors
 
-    return list_actors(
-        address=state_address(),
-        filters=[("job_id", "=", ray.get_runtime_context().get_job_id()), ("state", "!=", "DEAD")],
-        detail=True,  # placement_group_id is a detail column
-        limit=10_000,
+    return cast(
+        list[Any],
+        list_actors(
+            address=state_address(),
+            filters=[
+                ("job_id", "=", ray.get_runtime_context().get_job_id()),
+                ("state", "!=", "DEAD"),
+            ],
+            detail=True,  # placement_group_id is a detail column
+            limit=10_000,
+        ),
     )
 
 

@@ -14,7 +14,10 @@ __all__ = ["print_plan"]
 def print_plan(plan: dict[str, Any], console: Console | None = None) -> None:
     console = console or Console()
     plain: dict[str, Any] = {"markup": False, "highlight": False, "soft_wrap": True}
-    say = lambda text: console.print(text, **plain)  # noqa: E731
+
+    def say(text: str) -> None:
+        console.print(text, **plain)
+
     trials, epochs = plan["trials"], plan["epochs"]
     what = (
         f"{trials} trial(s), {epochs:.3g} epoch(s) expected in all"

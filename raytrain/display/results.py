@@ -7,7 +7,7 @@ import json
 import time
 from typing import TYPE_CHECKING, Any
 
-from rich.console import Console
+from rich.console import Console, JustifyMethod
 from rich.table import Table
 
 from raytrain.masking import mask_text, mask_tree
@@ -99,12 +99,16 @@ def print_run(summary: RunSummary, spec: Experiment, console: Console | None = N
     """A training run: best and last value of each metric, then where its results are."""
     console = console or Console()
     table = Table(title=f"best checkpoint by {spec.checkpoint.score}", title_justify="left")
-    columns = [("metric", "left"), ("best", "right"), ("last epoch", "right")]
+    columns: list[tuple[str, JustifyMethod]] = [
+        ("metric", "left"),
+        ("best", "right"),
+        ("last epoch", "right"),
+    ]
     tested = summary.test_metrics
     if tested:  # the best checkpoint's, on data.test
         columns.append(("test", "right"))
     for column, justify in columns:
-        table.add_column(column, justify=justify)  # type: ignore[arg-type]
+        table.add_column(column, justify=justify)
     for key in sorted(summary.best_metrics):
         last = summary.final_metrics.get(key)
         cells = [key, f"{summary.best_metrics[key]:.4g}", _number(last)]

@@ -19,10 +19,10 @@ import shutil
 import statistics
 import tempfile
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import numpy as np
 from pydantic import ValidationError
@@ -231,7 +231,7 @@ def to_tflite(
         if int8_io:
             converter.inference_input_type = converter.inference_output_type = tf.int8
     try:
-        return converter.convert()
+        return cast(bytes, converter.convert())
     except Exception as exc:  # ConverterError, or anything the MLIR passes raise
         raise ExportError(_converter_message(exc, mode)) from None
 
@@ -250,7 +250,7 @@ def tflite_predict(content: bytes, x: np.ndarray, *, threads: int = 1) -> np.nda
     return np.concatenate(outputs)
 
 
-def evaluation_metric(loss: str, metrics: list[str]) -> str:
+def evaluation_metric(loss: str, metrics: Sequence[str]) -> str:
     """accuracy for a classifier; for a regressor, the experiment's error metric (else MAE)."""
     if loss in CLASSIFICATION_LOSSES:
         return "accuracy"
@@ -365,7 +365,7 @@ def _quantize(x: np.ndarray, detail: dict[str, Any]) -> np.ndarray:
         return x.astype(detail["dtype"], copy=False)
     limits = np.iinfo(detail["dtype"])
     q = np.clip(np.round(x / scale + zero_point), limits.min, limits.max)
-    return q.astype(detail["dtype"])
+    return cast(np.ndarray, q.astype(detail["dtype"]))
 
 
 def _dequantize(y: np.ndarray, detail: dict[str, Any]) -> np.ndarray:

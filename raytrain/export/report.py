@@ -50,7 +50,7 @@ class ExportReport:
 
         def row(
             model: str, size: int, ratio: str, value: float, delta: str, ms: float, spread: str
-        ) -> dict:
+        ) -> dict[str, str]:
             shown = f"{value:.2%}" if percent else f"{value:.4g}"
             return {
                 "model": model,

@@ -52,7 +52,7 @@ def calls(owner: types.ModuleType | type, name: str, *, shim: str, written_for: 
 
 def _code_objects(owner: types.ModuleType | type) -> Iterator[types.CodeType]:
     module = owner.__name__ if isinstance(owner, types.ModuleType) else owner.__module__
-    pending = [
+    pending: list[object] = [
         value
         for value in vars(owner).values()
         if inspect.isfunction(value) or inspect.isclass(value)

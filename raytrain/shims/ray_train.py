@@ -83,7 +83,7 @@ calls(
 def install_failure_policy(policy: type) -> None:
     """Make every Ray Train run this process starts decide its failures with ``policy`` (built
     from the run's ``FailureConfig``, as Ray's own default policy is)."""
-    data_parallel_trainer.create_failure_policy = policy  # type: ignore[attr-defined]
+    data_parallel_trainer.create_failure_policy = policy
 
 
 def installed_failure_policy() -> Any:
@@ -91,7 +91,7 @@ def installed_failure_policy() -> Any:
     return data_parallel_trainer.create_failure_policy
 
 
-class LeanTrainer(data_parallel_trainer.DataParallelTrainer):  # type: ignore[misc]
+class LeanTrainer(data_parallel_trainer.DataParallelTrainer):
     """Ray's ``DataParallelTrainer`` that leaves out the default callbacks (each a helper
     process or actor) that ``unneeded_callbacks`` names."""
 

@@ -42,5 +42,6 @@ def device_datasets_without_autotuning() -> None:
     def without_autotuning(*args: Any, **kwargs: Any) -> Any:
         return create(*args, **kwargs).with_options(options)
 
+    # A marker on the function (the check above): typeshed's functions have no such attribute.
     without_autotuning.autotune_off = True  # type: ignore[attr-defined]
     multi_device_iterator_ops._create_device_dataset = without_autotuning

@@ -13,7 +13,7 @@ import difflib
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -131,8 +131,9 @@ def download(model: RegisteredModel, path: str = "") -> str:
     location = _client(model.tracking_uri).get_model_version_download_uri(model.name, model.version)
     if path:  # one file of the model, e.g. its MLmodel, not the whole model
         location = f"{location.rstrip('/')}/{path}"
-    return mlflow.artifacts.download_artifacts(
-        artifact_uri=location, tracking_uri=model.tracking_uri
+    return cast(
+        str,
+        mlflow.artifacts.download_artifacts(artifact_uri=location, tracking_uri=model.tracking_uri),
     )
 
 
@@ -184,9 +185,9 @@ def inert_pickle(data: bytes) -> bool:
             elif op.name in ("MARK", "EMPTY_DICT"):
                 stack.append(mark if op.name == "MARK" else mapping)
             elif op.name in ("MEMOIZE", "PUT", "BINPUT", "LONG_BINPUT"):
-                memo[len(memo) if op.name == "MEMOIZE" else int(arg)] = stack[-1]
+                memo[len(memo) if op.name == "MEMOIZE" else int(cast(int, arg))] = stack[-1]
             elif op.name in ("GET", "BINGET", "LONG_BINGET"):
-                stack.append(memo[int(arg)])
+                stack.append(memo[int(cast(int, arg))])
             elif op.name == "STACK_GLOBAL":
                 module = stack[-2]
                 if not (isinstance(module, str) and module.startswith("tf_keras.")):

@@ -22,7 +22,7 @@ import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import yaml
 
@@ -226,12 +226,12 @@ def _masked_file(path: Path) -> str | None:
     return masked if same else None
 
 
-def child_runs(client: Any, experiment_id: str, parent_id: str, *, trial_id: str = "") -> list:
+def child_runs(client: Any, experiment_id: str, parent_id: str, *, trial_id: str = "") -> list[Any]:
     """A sweep's trial runs (all, or the one of ``trial_id``): nested under its parent run."""
     where = f"tags.`{names.PARENT_TAG}` = '{parent_id}'"
     if trial_id:
         where += f" and tags.`{names.TRIAL_ID_TAG}` = '{trial_id}'"
-    return client.search_runs([experiment_id], filter_string=where)
+    return cast(list[Any], client.search_runs([experiment_id], filter_string=where))
 
 
 def end_run(

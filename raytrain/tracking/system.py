@@ -13,6 +13,7 @@ import re
 import threading
 import time
 from collections.abc import Callable
+from typing import cast
 
 from raytrain.tracking.credentials import Credentials
 from raytrain.tracking.runs import TrackedRun, child_runs
@@ -106,4 +107,4 @@ def start_monitor(run: TrackedRun, *, node: str, interval_s: float = 10.0) -> Ca
         resume_logging=True,  # a resumed run continues its series
     )
     monitor.start()
-    return monitor.finish
+    return cast(Callable[[], None], monitor.finish)

@@ -52,7 +52,7 @@ def selection(spec: Experiment) -> tuple[str, str]:
     return spec.checkpoint.score, spec.checkpoint.mode
 
 
-def test_metrics(reported: dict[str, Any], *, best_epoch: Any) -> dict[str, float]:
+def test_metrics(reported: dict[str, Any], *, best_epoch: float | None) -> dict[str, float]:
     """The test metrics of a run's last report, if they were measured with the weights of
     ``best_epoch`` (a run restarted after a failure may have lost the best epoch's weights)."""
     if reported.get(TEST_EPOCH) is None or reported.get(TEST_EPOCH) != best_epoch:

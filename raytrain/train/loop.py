@@ -15,7 +15,7 @@ pitfalls it steps around.
 from __future__ import annotations
 
 import os
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, cast
 
 import ray
 import ray.train
@@ -305,7 +305,7 @@ def train(config: dict[str, Any], session: Session) -> None:
         model.set_weights(reporter.best_weights)
         scores = model.evaluate(test_ds, steps=test_steps, return_dict=True, verbose=0)
         tested = {f"{TEST_PREFIX}{k}": float(v) for k, v in scores.items()}
-        tested[TEST_EPOCH] = reporter.best_epoch
+        tested[TEST_EPOCH] = cast(int, reporter.best_epoch)  # set with best_weights
         if rank == 0:
             write_test_metrics(config["run_folder"], tested)
         session.report({**reporter.last, **tested}, None)
@@ -324,12 +324,13 @@ class EpochSink:
         total_epochs: int,
         signed_in: Credentials | None = None,
     ) -> None:
-        self.tracking, self.logger = tracking, None  # the logger's thread starts where it runs
+        self.tracking = tracking
+        self.logger: EpochLogger | None = None  # the logger's thread starts where it runs
         self.signed_in = signed_in
         self.progress, self.total_epochs = progress, total_epochs
 
     def __call__(self, epoch: dict[str, float]) -> None:
-        event = {**epoch, "total_epochs": self.total_epochs}
+        event: dict[str, Any] = {**epoch, "total_epochs": self.total_epochs}
         if self.tracking:
             if self.logger is None:
                 if self.signed_in:  # signs in as the driver did
@@ -355,7 +356,9 @@ class _CommittedEpochs(UserCallback):
     def __init__(self, sink: EpochSink) -> None:
         self.sink = sink
 
-    def after_report(self, run_context: Any, metrics: list[dict], checkpoint: Any) -> None:
+    def after_report(
+        self, run_context: Any, metrics: list[dict[str, Any]], checkpoint: Any
+    ) -> None:
         if checkpoint is not None:  # else not an epoch: the final metrics of a finished run
             self.sink(dict(metrics[0]))  # rank 0's
 

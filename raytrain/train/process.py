@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
-from typing import Any
+from typing import Any, cast
 
 import ray
 
@@ -68,6 +68,7 @@ def fit_in_process(
     }
     limit, lost = spec.failure.max_failures, 0
     while True:
+        # @ray.remote made _Trainer an actor class, which mypy does not see.
         trainer = _Trainer.options(**options).remote()  # type: ignore[attr-defined]
         node = "a node"
         try:
@@ -101,9 +102,11 @@ class _Trainer:
     """The run's one training process."""
 
     def node(self) -> str:
-        return ray.util.get_node_ip_address()
+        return cast(str, ray.util.get_node_ip_address())
 
-    def train(self, config: dict[str, Any], folder: str, datasets: Any) -> dict[str, float]:
+    def train(
+        self, config: dict[str, Any], folder: str, datasets: dict[str, Any] | None
+    ) -> dict[str, float]:
         from raytrain.train.loop import EpochSink, train
 
         spec = Experiment.model_validate(config["spec"])

@@ -252,5 +252,5 @@ def code_error(folder: str) -> TrainingError | None:
     return TrainingError(json.loads(storage.read_text(location))["error"])
 
 
-def record_code_error(folder: str, error: Exception) -> None:
+def record_code_error(folder: str, error: BaseException) -> None:
     storage.write_text(storage.join(folder, CODE_ERROR_FILE), json.dumps({"error": str(error)}))

@@ -66,13 +66,13 @@ class Reporter(tf.keras.callbacks.Callback):
             self._best_score, self.best_epoch = score, epoch
             self.best_weights = self.model.get_weights()
 
-    def on_epoch_begin(self, epoch: int, logs: dict | None = None) -> None:
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         self._t0 = time.perf_counter()
 
-    def on_test_begin(self, logs: dict | None = None) -> None:
+    def on_test_begin(self, logs: dict[str, Any] | None = None) -> None:
         self._train_s = time.perf_counter() - self._t0  # validation is not training throughput
 
-    def on_epoch_end(self, epoch: int, logs: dict | None = None) -> None:
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
         done = epoch + 1
         metrics = {k: float(v) for k, v in (logs or {}).items()}
         if not math.isfinite(metrics.get("loss", 0.0)):
@@ -136,7 +136,9 @@ def all_reduce_gradients_as(dtype_name: str, bytes_per_pack: int, optimizer: Any
     dtype = tf.as_dtype(dtype_name)
     options = tf.distribute.experimental.CommunicationOptions(bytes_per_pack=bytes_per_pack)
 
-    def aggregate_gradients(self: Any, grads_and_vars: list) -> list:
+    def aggregate_gradients(
+        self: Any, grads_and_vars: list[tuple[Any, Any]]
+    ) -> list[tuple[Any, Any]]:
         present = [(g, v) for g, v in grads_and_vars if g is not None]
         summed = tf.distribute.get_replica_context().all_reduce(
             tf.distribute.ReduceOp.SUM, [tf.cast(g, dtype) for g, _ in present], options=options
