@@ -67,6 +67,7 @@ test-fast: install  # no Ray: pure-Python and schema tests, under 2 minutes
 lint: install
 	$(BIN)/ruff check raytrain tests benchmarks docs/hooks.py
 	$(BIN)/ruff format --check raytrain tests benchmarks docs/hooks.py
+	$(BIN)/python -m mypy  # strict on raytrain/: [tool.mypy] in pyproject.toml
 
 format: install
 	$(BIN)/ruff format raytrain tests benchmarks docs/hooks.py
@@ -112,4 +113,4 @@ bench: install
 	$(BIN)/python -m benchmarks
 
 clean:
-	rm -rf $(VENV) $(TF_COMPAT_VENV) .pytest_cache .ruff_cache raytrain_results mlflow.db site
+	rm -rf $(VENV) $(TF_COMPAT_VENV) .pytest_cache .ruff_cache .mypy_cache raytrain_results mlflow.db site
