@@ -224,7 +224,7 @@ def train(config: dict[str, Any], session: Session) -> None:
         config["data"] if not isinstance(config["data"], ray.ObjectRef) else ray.get(config["data"])
     )
     batch = spec.per_worker_batch_size
-    where = {"rank": rank, "world": world, "shard_of": session.dataset_shard}
+    where: dict[str, Any] = {"rank": rank, "world": world, "shard_of": session.dataset_shard}
     train_ds, steps = worker_input(spec, data, "train", **where)
     val_ds, val_steps = worker_input(spec, data, "val", **where)
     if world > 1:
