@@ -81,7 +81,7 @@ lock: install
 
 # TPU hosts: PyPI's newest tensorflow-tpu is one minor behind the pinned TensorFlow, so they
 # install the `tpu` extra with these pins in place of constraints.txt's TensorFlow lines
-# (cluster_configs/gcp-tpu.yaml; docs/clusters.md "TPUs"). Keep them equal to the `tpu` extra.
+# (cluster_configs/gcp-tpu.yaml; docs/how-to/gcp.md "TPUs"). Keep them equal to the `tpu` extra.
 TPU_TF       := 2.20.0
 TPU_TF_KERAS := 2.20.1
 TPU_PINS     := tensorflow==$(TPU_TF) tensorflow-tpu==$(TPU_TF) tf_keras==$(TPU_TF_KERAS) \

@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Starts raytrain's MLflow tracking server with MLflow's basic-auth app: every request needs a
 # user name and password. Every cluster config runs this script on the head (ray up), and the
-# Kubernetes server pod runs it too; docs/tracking.md explains the whole setup.
+# Kubernetes server pod runs it too; docs/how-to/tracking-server.md explains the whole setup.
 #
 # Settings (environment variables; all optional):
 #   MLFLOW_HOST                   address to listen on. Default: the machine's first address
@@ -24,7 +24,7 @@
 #                                 others created: READ (default), or NO_PERMISSIONS. EDIT (log
 #                                 runs, register versions, move the champion alias) would let any
 #                                 user plant a model that serving and export load; grant it per
-#                                 experiment or model instead (docs/tracking.md). The jobs user
+#                                 experiment or model instead (docs/how-to/tracking-server.md). The jobs user
 #                                 may edit every experiment and model; deleting and granting stay
 #                                 with their creator and the admin.
 #   MLFLOW_ALLOWED_HOSTS          Host headers the server accepts. Default: MLFLOW_HOST and

@@ -1,9 +1,11 @@
 """mkdocs hooks: the pages generated from the code, filled in at build time.
 
-- ``reference.md``: the experiment reference, from the pydantic schema
+- ``reference/experiment.md``: the experiment reference, from the pydantic schema
   (``raytrain.config.reference.experiment_reference``);
-- ``api.md``: the public Python API, from ``raytrain.__all__`` (signatures and docstrings);
-- ``cli.md``: the ``raytrain`` command, from its typer app (every command, argument and option).
+- ``reference/api.md``: the public Python API, from ``raytrain.__all__`` (signatures and
+  docstrings);
+- ``reference/cli.md``: the ``raytrain`` command, from its typer app (every command, argument
+  and option).
 
 Each page holds a marker comment that is replaced; a missing marker fails the build.
 """
@@ -16,9 +18,9 @@ import re
 from typing import Any
 
 MARKERS = {
-    "reference.md": "<!-- experiment-reference -->",
-    "api.md": "<!-- python-api -->",
-    "cli.md": "<!-- cli-reference -->",
+    "reference/experiment.md": "<!-- experiment-reference -->",
+    "reference/api.md": "<!-- python-api -->",
+    "reference/cli.md": "<!-- cli-reference -->",
 }
 
 
@@ -28,11 +30,11 @@ def on_page_markdown(markdown: str, page: Any, config: Any, files: Any) -> str:
         return markdown
     if marker not in markdown:
         raise ValueError(f"{page.file.src_uri}: the marker {marker} is missing")
-    if page.file.src_uri == "reference.md":
+    if page.file.src_uri == "reference/experiment.md":
         from raytrain.config.reference import experiment_reference
 
         return markdown.replace(marker, experiment_reference())
-    if page.file.src_uri == "cli.md":
+    if page.file.src_uri == "reference/cli.md":
         return markdown.replace(marker, cli_reference())
     return markdown.replace(marker, python_api())
 
@@ -117,7 +119,7 @@ def python_api() -> str:
             out += [f"### `{name}`", "", "```python", _signature(name, obj, kind), "```", ""]
             out += [_docstring(obj), ""]
             if hasattr(obj, "model_fields"):
-                out += ["Every field is listed in the [experiment reference](reference.md).", ""]
+                out += ["Every field is listed in the [experiment reference](experiment.md).", ""]
             elif dataclasses.is_dataclass(obj):
                 out += ["A dataclass: its fields are the arguments above.", ""]
     return "\n".join(out)

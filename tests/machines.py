@@ -7,7 +7,7 @@ folder name under /tmp). Its sshd is PID 1 there: killing it ends the whole mach
 "laptop" is one more namespace holding the LAN's bridge; ``ray up``, ``ray dashboard`` and
 ``raytrain submit`` run in it. All addresses exist only inside these namespaces, which the
 ``Lan`` removes on exit, as it removes the SSH user it made. What the machines do not have apart:
-one filesystem (a real cluster needs shared storage or gs:// for that; see docs/clusters.md).
+one filesystem (a real cluster needs shared storage or gs:// for that; see docs/how-to/on-prem.md).
 
 Needs root, iproute2 (``ip netns``), util-linux (``unshare``) and openssh-server: ``make
 system-deps``.

@@ -17,10 +17,13 @@ from pydantic import BaseModel
 from typer.testing import CliRunner
 
 from raytrain.cli import app
+from raytrain.config.loader import load_experiment
 from raytrain.config.reference import experiment_reference
 from raytrain.config.schema import BUILTIN_BUILDERS, Experiment
+from raytrain.errors import SpecError
 
 from .conftest import REPO
+from .docs_blocks import Block, all_blocks
 
 DOCS = REPO / "docs"
 
@@ -152,7 +155,7 @@ def test_the_command_reference_has_every_command_and_option(hooks: types.ModuleT
         for option in set(re.findall(r"^│ \*? *(--[a-z][a-z0-9-]+)", usage, flags=re.MULTILINE)) - {
             "--help"
         }:
-            assert f"`{option}`" in page, f"raytrain {command} {option} is not on docs/cli.md"
+            assert f"`{option}`" in page, f"raytrain {command} {option} is not on the CLI page"
     assert "| `--version` | off |" in page
     assert "| `--tracking-uri` | `sqlite:///mlflow.db` | MLflow tracking URI. |" in page
 
@@ -167,9 +170,9 @@ def test_prerequisites_are_stated_where_the_make_commands_are() -> None:
     README (GitHub does not include files)."""
     snippet = (DOCS / "_snippets" / "prerequisites.md").read_text().strip()
     assert snippet in (REPO / "README.md").read_text()
-    for page in ["index.md", "quickstart.md"]:
+    for page in ["index.md", "tutorials/quickstart.md", "tutorials/first-model.md"]:
         text = (DOCS / page).read_text()
-        assert "make run" in text
+        assert "make run" in text or "make install-run" in text
         assert '--8<-- "docs/_snippets/prerequisites.md"' in text, page
 
 
@@ -213,3 +216,75 @@ def test_every_quote_of_a_figure_agrees(what: str, value: str, pattern: str) -> 
     assert len(quotes) >= 2, f"{what}: quoted in fewer than two places: {quotes}"
     wrong = sorted(quote for quote in quotes if not quote.endswith(f": {value}"))
     assert not wrong, f"{what} is {value}, but: {wrong}"
+
+
+# Every YAML block of the pages is a whole experiment, a fragment of one (marked
+# `<!-- yaml: fragment -->`, validated inside a whole one) or marked as not an experiment.
+YAML_BLOCKS = [b for b in all_blocks() if b.language == "yaml"]
+# What a block cannot show in the docs' own folder: its data files, its model module, a bucket,
+# the secrets its ${file:...} and ${env:...} references name.
+ELSEWHERE = re.compile(
+    r"^(data\.(source|validation\.source|test\.source)|model\.builder|storage|export\.out): .*"
+    r"(does not exist|no file matches|cannot import|is not a folder|gs://|bucket)"
+    r"|^[\w.]+: (\w+: )?\$\{(file|env):[^}]*\}: (cannot read|\w+ is not set)"
+)
+
+
+def test_yaml_blocks_are_found_and_marked() -> None:
+    assert len(YAML_BLOCKS) >= 10
+    for block in YAML_BLOCKS:
+        if block.mark.startswith("yaml:"):
+            assert block.mark in {"yaml: fragment"} or block.mark.startswith(
+                "yaml: not an experiment ("
+            ), f"{block.where}: unknown mark {block.mark!r}"
+
+
+@pytest.mark.parametrize("block", YAML_BLOCKS, ids=[b.where for b in YAML_BLOCKS])
+def test_every_yaml_block_validates(block: Block, tmp_path: Path) -> None:
+    if block.mark.startswith("yaml: not an experiment"):
+        return
+    data = yaml.safe_load(block.text)
+    assert isinstance(data, dict), block.where
+    if block.mark == "yaml: fragment":
+        assert "name" not in data, f"{block.where}: a whole experiment, not a fragment"
+        data = _merged(FRAGMENT_BASE, data)
+        if isinstance(data.get("tune"), dict):  # a tune: fragment about something else
+            data["tune"].setdefault("space", FRAGMENT_SPACE)
+    else:
+        assert "name" in data, f"{block.where}: a fragment: mark it <!-- yaml: fragment -->"
+    for name, text in _files_beside(block).items():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(text)
+    path = tmp_path / "experiment.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    try:
+        load_experiment(path)
+    except SpecError as exc:
+        problems = [p.split(": ", 1)[1] for p in exc.problems if ": " in p]
+        wrong = [p for p in problems if not ELSEWHERE.match(p)]
+        assert not wrong, f"{block.where}:\n" + "\n".join(wrong)
+
+
+# The whole experiment a fragment is validated in: what the smallest experiment says, a
+# registered model (what an `export:` section needs) and, for a `tune:` section without one, a
+# search space.
+FRAGMENT_BASE = {"name": "docs-fragment", "tracking": {"register_as": "docs-fragment"}}
+FRAGMENT_SPACE = {"train.optimizer.learning_rate": {"loguniform": [1.0e-4, 1.0e-2]}}
+
+
+def _merged(base: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in extra.items():
+        both = isinstance(value, dict) and isinstance(out.get(key), dict)
+        out[key] = _merged(out[key], value) if both else value
+    return out
+
+
+def _files_beside(block: Block) -> dict[str, str]:
+    """The files a page's own blocks write beside the experiment (the tutorial's CSV comes from
+    a command: a small stand-in with its columns)."""
+    if block.page != "tutorials/first-model.md":
+        return {}
+    header = ",".join([f"pixel{i}" for i in range(64)] + ["digit"])
+    rows = [",".join(["0"] * 64 + [str(i % 10)]) for i in range(20)]
+    return {"data/digits.csv": "\n".join([header, *rows]) + "\n"}

@@ -176,7 +176,7 @@ def _experiment(folder: Path, *, epochs: int = 2, data: str = '{source: "builtin
 
 
 # The submitting user's MLflow credentials: `raytrain submit` must not send them anywhere (the
-# job signs in with the cluster's own, docs/tracking.md).
+# job signs in with the cluster's own, docs/how-to/tracking-server.md).
 SUBMITTERS_MLFLOW_USER = {
     "MLFLOW_TRACKING_USERNAME": "alice",
     "MLFLOW_TRACKING_PASSWORD": "alices-secret-7f3a9c",

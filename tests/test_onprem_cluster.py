@@ -3,7 +3,7 @@
 The machines are Linux network namespaces with their own sshd, PID namespace and /tmp
 (tests/machines.py); they have no route to a package index, so the nodes install from the
 wheelhouse (`make wheelhouse`), as an air-gapped site does. The config is filled in only where its
-header says, and every other step is the header's or docs/clusters.md's: a key made for the
+header says, and every other step is the header's or docs/how-to/on-prem.md's: a key made for the
 cluster, Ray's token, `ray up`, `ray dashboard`, `raytrain submit`, `ray down`. The machines share
 one filesystem (their home folder, and the results folder the experiments use): a real cluster
 needs shared storage or gs:// for that, which a test below checks raytrain says.
@@ -64,7 +64,8 @@ class OnPrem:
 
     def python(self, code: str) -> object:
         """``code``'s printed JSON, run on the laptop (only it reaches the LAN's addresses),
-        signed in to the head's MLflow as its admin (docs/tracking.md: the UI's user)."""
+        signed in to the head's MLflow as its admin (the UI's user, docs/how-to/tracking-server.md).
+        """
         signed_in = {"MLFLOW_TRACKING_USERNAME": "admin"}
         signed_in["MLFLOW_TRACKING_PASSWORD"] = self.admin_password
         done = self.lan.on_laptop(
@@ -171,10 +172,10 @@ def onprem() -> Iterator[OnPrem]:
                 stderr=subprocess.DEVNULL,
                 start_new_session=True,
             )
-            # docs/clusters.md's line, as written there (checked in a test of its own)
+            # docs/how-to/on-prem.md's line, as written there (checked in a test of its own)
             read = f"ray exec {config} 'cat ~/mlflow/tracking_uri' | tr -d '\\r' | grep -m1 '^http'"
             cluster.docs_uri = cluster.laptop("bash", "-c", read).stdout.strip()
-            # docs/clusters.md's line for the admin's password (the UI's sign-in)
+            # docs/how-to/on-prem.md's line for the admin's password (the UI's sign-in)
             read = (
                 f"ray exec {config} 'sed \"s/^/admin password: /\" ~/mlflow/admin_password'"
                 " | tr -d '\\r' | grep -m1 '^admin password: '"
@@ -251,7 +252,7 @@ def _experiment(cluster: OnPrem, name: str, body: str) -> Path:
 
 
 def _submit(cluster: OnPrem, experiment: Path, *overrides: str) -> subprocess.CompletedProcess[str]:
-    """`raytrain submit` as docs/clusters.md writes it."""
+    """`raytrain submit` as docs/how-to/on-prem.md writes it."""
     sets = [f"tracking.uri={cluster.tracking_uri}", f"storage={cluster.shared}", *overrides]
     args = [arg for value in sets for arg in ("--set", value)]
     return cluster.raytrain("submit", str(experiment), "--address", DASHBOARD, *args)
