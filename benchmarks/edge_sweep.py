@@ -34,7 +34,7 @@ SPACE = (
 
 def run(folder: Path, *, quick: bool) -> list[dict[str, Any]]:
     from raytrain.data.dataset import load_dataset
-    from raytrain.export.edge import (
+    from raytrain.export.tflite import (
         evaluation_metric,
         export_settings,
         measure_mode,

@@ -250,7 +250,7 @@ def list_(
     limit: Annotated[int, opt("At most this many runs.")] = 50,
 ) -> None:
     """Past runs and sweeps, newest first, with their best results."""
-    from raytrain.history import list_runs
+    from raytrain.past_runs import list_runs
 
     records = list_runs(tracking_uri=tracking_uri, storage=storage, limit=limit)
     display.print_records(records, out, empty=f"no runs in {tracking_uri} or {storage}")
@@ -262,7 +262,7 @@ def show(
     tracking_uri: TrackingOpt = DB,
 ) -> None:
     """One run or sweep: its values, best metrics, trials and where its files are."""
-    from raytrain.history import show_run
+    from raytrain.past_runs import show_run
 
     display.print_record(show_run(name, tracking_uri=tracking_uri), out)
 
@@ -282,7 +282,7 @@ def export(
     Unset options keep the experiment's export: settings, else the defaults."""
     display.quiet_tensorflow()
     os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-    from raytrain.export.edge import export_model
+    from raytrain.export.tflite import export_model
 
     spec = _load(experiment).spec if experiment else None
     uri = tracking_uri or (spec.tracking.uri if spec else DB)

@@ -8,7 +8,7 @@ A message names a setting the user can change by its Python name, written `name`
 the function called, or a spec field), and lists it in ``options``: the library does not know
 how its caller spells settings. ``spelled`` shows them the caller's way, e.g. the CLI's ``--name``.
 
-A message is masked (``raytrain.masking``) when the error is made: an error names URIs and
+A message is masked (``raytrain.secrets``) when the error is made: an error names URIs and
 settings, and it is printed, logged and stored in MLflow run tags.
 """
 
@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from collections.abc import Callable, Sequence
 
-from raytrain.masking import mask_text
+from raytrain.secrets import mask_text
 
 __all__ = [
     "AliasNotFoundError",

@@ -21,7 +21,7 @@ PACKAGE = REPO / "raytrain"
 # Bottom to top. A module may import a package of a lower layer only; a package or module that is
 # in no layer fails test_every_package_has_a_layer (place it before it lands).
 LAYERS: list[set[str]] = [
-    {"masking"},  # secrets out of messages, MLflow and job metadata: errors mask their messages
+    {"secrets"},  # secrets out of messages, MLflow and job metadata: errors mask their messages
     {"errors"},
     {"shims"},  # every use of a private Ray, TensorFlow or MLflow name
     {"storage"},
@@ -31,7 +31,7 @@ LAYERS: list[set[str]] = [
     {"train", "serve", "export"},  # the training loop; serving and exporting registered models
     {"sweep"},  # the search; a trial trains with train's loop
     {"orchestration", "plan"},  # an experiment end to end; its plan: time and cost before it
-    {"history"},
+    {"past_runs"},
     {"display"},
     {"cli"},
     {"__main__"},

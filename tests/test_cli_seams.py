@@ -277,7 +277,7 @@ def test_help_validate_and_the_serve_lifecycle_load_no_tensorflow_or_ray() -> No
 
 
 def test_bad_export_options_name_the_setting() -> None:
-    from raytrain.export.edge import _settings
+    from raytrain.export.tflite import _settings
 
     with pytest.raises(SpecError) as info:
         _settings(None, {"quantize": ["int4"], "format": None})

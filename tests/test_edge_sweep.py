@@ -221,7 +221,7 @@ def test_the_pareto_front_is_on_the_parent_run_naming_trials_and_configs(
 
 
 def test_an_export_of_the_champion_reproduces_the_sweeps_measurements(edge_sweep: Any) -> None:
-    from raytrain.export.edge import export_model
+    from raytrain.export.tflite import export_model
 
     report = export_model(
         "digits-edge@champion",

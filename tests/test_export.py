@@ -30,8 +30,8 @@ from raytrain.errors import (
     SpecError,
     VersionNotFoundError,
 )
-from raytrain.export.edge import evaluation_metric, export_model, score, to_tflite
 from raytrain.export.report import ExportReport
+from raytrain.export.tflite import evaluation_metric, export_model, score, to_tflite
 from raytrain.orchestration.finish import export_registered
 from raytrain.tracking import registry
 

@@ -474,8 +474,8 @@ def test_locality_pins_workers_and_trials(tmp_path: Path) -> None:
         _experiment(tmp_path), ["data.locality=onprem", "scaling.resources_per_worker={CPU: 2}"]
     ).spec
     assert spec.worker_resources() == {"onprem": 0.001, "CPU": 2}
-    assert spec.locality_resources() == {"onprem": 0.001}  # what each sweep trial adds
-    assert load_experiment(_experiment(tmp_path)).spec.locality_resources() == {}
+    assert spec.data.locality_resources() == {"onprem": 0.001}  # what each sweep trial adds
+    assert load_experiment(_experiment(tmp_path)).spec.data.locality_resources() == {}
 
 
 def test_locality_data_need_not_exist_on_the_submitting_machine(tmp_path: Path) -> None:

@@ -34,7 +34,7 @@ from raytrain.errors import (
     TrackingError,
     UntrustedModelError,
 )
-from raytrain.masking import MASK, is_secret_key, mask_override, mask_text, mask_tree
+from raytrain.secrets import MASK, is_secret_key, mask_override, mask_text, mask_tree
 from raytrain.sweep.state import SweepState, check_private
 from raytrain.tracking.runs import check_reachable
 from raytrain.train.state import RunState
@@ -443,7 +443,7 @@ def planted(registry: str, tmp_path_factory: pytest.TempPathFactory) -> tuple[st
 def test_a_planted_pickle_is_refused_by_serve_and_export(
     planted: tuple[str, Path], workdir: Path
 ) -> None:
-    from raytrain.export.edge import export_model
+    from raytrain.export.tflite import export_model
     from raytrain.serve import describe
     from raytrain.serve.deployment import serve_model
     from raytrain.tracking.registry import load_keras, resolve

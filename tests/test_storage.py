@@ -26,9 +26,9 @@ from raytrain.config.schema import DataSpec
 from raytrain.data.dataset import load_dataset
 from raytrain.errors import DataError, ExportError, StorageError
 from raytrain.export.destination import MANIFEST, publish
-from raytrain.history import list_runs
 from raytrain.orchestration.run import run_experiment
 from raytrain.orchestration.sweep import run_sweep
+from raytrain.past_runs import list_runs
 from raytrain.storage import (
     EMULATOR_ENV,
     check_location,

@@ -26,8 +26,8 @@ from raytrain.cluster.connection import ClusterInfo, state_address
 from raytrain.config.loader import load_experiment
 from raytrain.data.dataset import load_dataset
 from raytrain.errors import RaytrainError
-from raytrain.history import list_runs, show_run
 from raytrain.orchestration.sweep import resume_sweep, run_sweep
+from raytrain.past_runs import list_runs, show_run
 from raytrain.sweep.callbacks import TrialTracker, discard_lost_trials
 from raytrain.sweep.search import tune_config
 from raytrain.sweep.space import search_space

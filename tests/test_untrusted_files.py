@@ -118,7 +118,7 @@ def registry(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Registry]:
 def test_a_planted_hdf5_lambda_is_refused_by_serve_and_export(
     registry: Registry, workdir: Path
 ) -> None:
-    from raytrain.export.edge import export_model
+    from raytrain.export.tflite import export_model
     from raytrain.serve import describe
     from raytrain.serve.deployment import serve_model
 

@@ -84,7 +84,7 @@ def read(folder: Path, *, with_raytrain: bool) -> dict:
         saved = Path(tmp, "saved_model")
         model.save(str(saved), save_format="tf")
         if with_raytrain:
-            from raytrain.export.edge import tflite_predict, to_tflite
+            from raytrain.export.tflite import tflite_predict, to_tflite
 
             content = to_tflite(saved, "none", representative=X[:8])
             exported = tflite_predict(content, X[:4])

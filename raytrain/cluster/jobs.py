@@ -30,7 +30,7 @@ from raytrain.cluster.resources import locality_problem
 from raytrain.config.loader import LoadedExperiment
 from raytrain.config.references import REFERENCE, literal_secrets
 from raytrain.errors import ClusterError, RaytrainError
-from raytrain.masking import MASK, mask_override, mask_text
+from raytrain.secrets import MASK, mask_override, mask_text
 
 if TYPE_CHECKING:
     from ray.job_submission import JobSubmissionClient
@@ -130,7 +130,7 @@ def submit(loaded: LoadedExperiment, *, address: str | None = None) -> Submitted
                 "raytrain.file": mask_text(loaded.path.name),
                 "raytrain.overrides": " ".join(mask_override(o) for o in loaded.overrides),
             },
-            entrypoint_resources=spec.locality_resources() or None,
+            entrypoint_resources=spec.data.locality_resources() or None,
         )
     return Submitted(job_id, url, entrypoint, upload, warnings)
 

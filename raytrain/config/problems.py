@@ -3,7 +3,7 @@
 import re
 from typing import NamedTuple
 
-from raytrain.masking import MASK, is_secret_key
+from raytrain.secrets import MASK, is_secret_key
 
 __all__ = ["Problem"]
 

@@ -7,7 +7,7 @@ the node that runs the job), by that environment variable or by that file's text
 newline dropped); the file's path is absolute (``~`` allowed), so that it is never a file of the
 uploaded folder.
 
-A reference stands only where what it becomes is masked (``raytrain.masking``): under a key that
+A reference stands only where what it becomes is masked (``raytrain.secrets``): under a key that
 names a secret (``password: ${env:DB_PASSWORD}``) or as the password of a URI
 (``http://raytrain:${file:~/.secrets/mlflow}@head:5000``); elsewhere its secret would be shown
 in plain text, so it is refused.
@@ -23,7 +23,7 @@ from contextvars import ContextVar
 from pathlib import Path
 from typing import Any
 
-from raytrain.masking import MASK, is_secret_key, mask_text
+from raytrain.secrets import MASK, is_secret_key, mask_text
 
 __all__ = ["REFERENCE", "ReferenceProblem", "deferred", "literal_secrets", "resolve_references"]
 

@@ -24,7 +24,7 @@ from pydantic import (
 from pydantic_core import PydanticCustomError
 
 from raytrain.config.references import ReferenceProblem, resolve_references
-from raytrain.masking import is_secret_key
+from raytrain.secrets import is_secret_key
 
 __all__ = [
     "BUILTIN_BUILDERS",
@@ -249,7 +249,7 @@ class DataSpec(Section):
                 found[split] = (held_out.source, held_out.format)
         return found
 
-    def placement(self) -> dict[str, float]:
+    def locality_resources(self) -> dict[str, float]:
         """The Ray resources that pin a process (worker, trial, job driver, read task) to the
         nodes that may read the data: a sliver of ``locality``. Placement, not capacity: a node
         with ``{onprem: 1}`` still takes any number of them."""
@@ -777,7 +777,7 @@ class Experiment(Section):
     def worker_resources(self) -> dict[str, float]:
         """Resources one worker holds, GPU included when ``use_gpu`` asks for it, and a sliver
         of the ``data.locality`` resource, which keeps it on the nodes that may read the data."""
-        resources = {**self.locality_resources(), **self.scaling.resources_per_worker}
+        resources = {**self.data.locality_resources(), **self.scaling.resources_per_worker}
         if self.scaling.use_gpu:
             resources.setdefault("GPU", 1.0)
         return resources
@@ -789,10 +789,6 @@ class Experiment(Section):
         what its own configuration asks for, in a Ray Train run)."""
         swept = self.tune is not None and any(k.split(".")[0] == "scaling" for k in self.tune.space)
         return self.scaling.num_workers == 1 and self.scaling.one_worker == "process" and not swept
-
-    def locality_resources(self) -> dict[str, float]:
-        """What pins a process to the data's nodes (see ``DataSpec.placement``)."""
-        return self.data.placement()
 
 
 def unknown_key_message(loc: tuple[str | int, ...]) -> str:

@@ -85,7 +85,7 @@ def open_streams(
     _follow_ray_log_level()
 
     train = splits["train"]
-    remote: dict[str, Any] = {"resources": spec.placement()} if spec.locality else {}
+    remote: dict[str, Any] = {"resources": spec.locality_resources()} if spec.locality else {}
     if task_cpus is not None:
         remote["num_cpus"] = task_cpus
     if task_cpus == 0:  # tasks that hold no CPU: as many at once as there are CPUs, not more

@@ -13,7 +13,7 @@ from raytrain.display.live import (
     native_logs_muted,
     quiet_tensorflow,
 )
-from raytrain.display.results import (
+from raytrain.display.summaries import (
     experiment_summary,
     headline,
     print_deployment,

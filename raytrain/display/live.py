@@ -21,7 +21,7 @@ from rich.progress import (
 )
 from rich.text import Text
 
-from raytrain.display.results import print_deployment
+from raytrain.display.summaries import print_deployment
 
 if TYPE_CHECKING:
     from raytrain.train.state import RunState

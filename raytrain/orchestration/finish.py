@@ -65,6 +65,6 @@ def export_registered(
     """The ``export:`` section's edge export, once a model version is registered."""
     if spec.export is None or tracked is None or not version:
         return None
-    from raytrain.export.edge import export_after_training
+    from raytrain.export.tflite import export_after_training
 
     return export_after_training(spec, tracking_uri=tracked.uri, version=version, data=data)

@@ -13,12 +13,12 @@ from raytrain import tracking
 from raytrain.cluster.connection import connect
 from raytrain.cluster.placement import release_orphaned_placement_groups
 from raytrain.cluster.resources import check_locality, cpus_on
-from raytrain.cluster.shared import check_storage_on_nodes
+from raytrain.cluster.storage_check import check_storage_on_nodes
 from raytrain.config.loader import LoadedExperiment
 from raytrain.config.schema import Experiment
 from raytrain.data.dataset import Dataset, load_dataset
 from raytrain.errors import TrackingError
-from raytrain.masking import mask_override
+from raytrain.secrets import mask_override
 from raytrain.storage import check_writable, forwarded_env, is_gcs, join
 from raytrain.tracking import names
 

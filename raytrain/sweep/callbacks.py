@@ -19,7 +19,7 @@ from ray import tune
 
 from raytrain import tracking
 from raytrain.config.schema import EDGE_METRICS, EXTRA_METRICS, Experiment
-from raytrain.masking import is_secret_key, mask_tree
+from raytrain.secrets import is_secret_key, mask_tree
 from raytrain.sweep.edge import EDGE_EPOCH
 from raytrain.sweep.results import error_reason, trial_status
 from raytrain.tracking import names
@@ -289,7 +289,7 @@ def optuna_plots(spec: Experiment, rows: list[dict[str, Any]]) -> dict[str, str]
     """Optuna's optimization history, parameter importances and parallel coordinates, as HTML.
 
     The study is rebuilt from the trial table, so the plots exist whatever the search algorithm.
-    A swept value whose key names a secret (``raytrain.masking``) is left out of them.
+    A swept value whose key names a secret (``raytrain.secrets``) is left out of them.
     """
     import optuna
 

@@ -58,7 +58,7 @@ def measure_checkpoint(spec: Experiment, location: str, data: Dataset) -> dict[s
 
 
 def _measure(spec: Experiment, location: str, data: Dataset) -> dict[str, float]:
-    from raytrain.export.edge import (
+    from raytrain.export.tflite import (
         evaluation_metric,
         export_settings,
         measure_mode,

@@ -15,7 +15,7 @@ from typing import Any, cast
 
 from raytrain import tracking
 from raytrain.config.schema import TuneSpec
-from raytrain.masking import mask_tree
+from raytrain.secrets import mask_tree
 from raytrain.sweep.edge import satisfies, value_of
 from raytrain.sweep.results import pareto_front
 from raytrain.tracking import names

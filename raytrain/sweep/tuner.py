@@ -99,7 +99,9 @@ def sweep(
         ),
         # An in-process trial holds its worker's resources (its GPU too); a Ray Train trial's
         # workers hold theirs, and the function itself ~nothing.
-        spec.worker_resources() if in_process else {**TRIAL_RESOURCES, **spec.locality_resources()},
+        spec.worker_resources()
+        if in_process
+        else {**TRIAL_RESOURCES, **spec.data.locality_resources()},
     )
     if in_process:  # no worker groups to lose track of; a code error is not retried
         collector: tune.Callback = _NoRetryAfterCodeErrors(

@@ -93,8 +93,8 @@ def metric_tag(metric: str) -> str:
 def trial_run_name(values: dict[str, Any]) -> str:
     """A trial's run name from what differs between trials, its swept values:
     ``learning_rate=3.2e-3 hidden_units=[64]``. Each path is shortened to its last key, or more
-    where two would read alike. Secrets are left out (``raytrain.masking``)."""
-    from raytrain.masking import is_secret_key
+    where two would read alike. Secrets are left out (``raytrain.secrets``)."""
+    from raytrain.secrets import is_secret_key
 
     keys = [key for key in values if not is_secret_key(key)]
     labels = {}

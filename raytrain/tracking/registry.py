@@ -26,7 +26,7 @@ from raytrain.errors import (
     UntrustedModelError,
     VersionNotFoundError,
 )
-from raytrain.masking import masked_paths
+from raytrain.secrets import masked_paths
 from raytrain.tracking.keras_file import check_keras_file, load_keras_file
 from raytrain.tracking.names import CHAMPION, PARENT_TAG, SPEC_ARTIFACT, SPEC_FOLDER
 from raytrain.tracking.runs import absolute_tracking_uri, check_reachable

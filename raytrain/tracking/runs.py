@@ -27,7 +27,7 @@ from typing import Any, cast
 import yaml
 
 from raytrain.errors import TrackingError
-from raytrain.masking import mask_text, mask_tree
+from raytrain.secrets import mask_text, mask_tree
 from raytrain.tracking import credentials, names
 
 __all__ = [

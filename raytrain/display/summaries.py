@@ -10,15 +10,15 @@ from typing import TYPE_CHECKING, Any
 from rich.console import Console, JustifyMethod
 from rich.table import Table
 
-from raytrain.masking import mask_text, mask_tree
+from raytrain.secrets import mask_text, mask_tree
 
 if TYPE_CHECKING:
     from raytrain.cluster.jobs import JobRecord, Submitted
     from raytrain.config.schema import Experiment
     from raytrain.export.report import ExportReport
-    from raytrain.history import RunRecord
     from raytrain.orchestration.run import RunSummary
     from raytrain.orchestration.sweep import SweepSummary
+    from raytrain.past_runs import RunRecord
     from raytrain.serve.deployment import Deployment
 
 __all__ = [
