@@ -49,7 +49,16 @@ from raytrain.train.session import RayTrainSession, Session, Trained, TrialSessi
 if TYPE_CHECKING:
     pass
 
-__all__ = ["KerasTrainer", "fit", "ray_train_settings", "train", "train_in_trial", "train_loop"]
+__all__ = [
+    "EpochSink",
+    "KerasTrainer",
+    "fit",
+    "loop_config",
+    "ray_train_settings",
+    "train",
+    "train_in_trial",
+    "train_loop",
+]
 
 
 class KerasTrainer(ray_train.LeanTrainer):
@@ -91,16 +100,15 @@ def fit(
     # run would be spent waiting. Polling at 0.1 s cut a 0.02 s epoch's wall time from 2 s to
     # 0.2 s (benchmarks/README.md). The variable propagates from this driver to the controller.
     os.environ.setdefault("RAY_TRAIN_HEALTH_CHECK_INTERVAL_S", "0.1")
-    signed_in = credentials.current() if tracking else None
-    config = {
-        "spec": spec.model_dump(mode="json"),
-        "data": data_ref,
-        "tracking": tracking,
-        "signed_in": signed_in,  # shown (Ray Train's run details) as its repr, password hidden
-        "progress": progress,
-        "base_dir": base_dir,
-        "run_folder": storage.join(storage_path, run_name),
-    }
+    config = loop_config(
+        spec,
+        data_ref=data_ref,
+        run_folder=storage.join(storage_path, run_name),
+        base_dir=base_dir,
+        tracking=tracking,
+        progress=progress,
+    )
+    signed_in = config["signed_in"]
     path, filesystem = storage.ray_storage(storage_path)
     failures.install()
     if tracking is not None or progress is not None:
@@ -147,6 +155,29 @@ def fit(
     )
 
 
+def loop_config(
+    spec: Experiment,
+    *,
+    data_ref: ray.ObjectRef,
+    run_folder: str,
+    base_dir: str,
+    tracking: TrackedRun | None = None,
+    progress: Any | None = None,
+) -> dict[str, Any]:
+    """What ``train`` reads, wherever it runs: the run's MLflow run (a single run; a sweep's
+    trials log through the driver) signed in as this driver is, and the driver's progress queue."""
+    return {
+        "spec": spec.model_dump(mode="json"),
+        "data": data_ref,
+        "tracking": tracking,
+        # Shown (Ray Train's run details) as its repr, password hidden.
+        "signed_in": credentials.current() if tracking else None,
+        "progress": progress,
+        "base_dir": base_dir,
+        "run_folder": run_folder,
+    }
+
+
 def train_in_trial(
     spec: Experiment,
     *,
@@ -158,15 +189,7 @@ def train_in_trial(
     """A 1-worker sweep trial, trained in this (Tune trial) process: no Ray Train run, no worker
     process, no TensorFlow import after the process's first trial. Checkpoints go to ``folder``
     in Ray Train's layout, each epoch to Tune (``session.TrialSession``)."""
-    config = {
-        "spec": spec.model_dump(mode="json"),
-        "data": data_ref,
-        "tracking": None,
-        "signed_in": None,
-        "progress": None,
-        "base_dir": base_dir,
-        "run_folder": folder,
-    }
+    config = loop_config(spec, data_ref=data_ref, run_folder=folder, base_dir=base_dir)
     train(config, TrialSession(spec, folder, datasets))
 
 

@@ -26,9 +26,9 @@ import ray
 from raytrain import storage
 from raytrain.cluster.connection import WORKER_ENV
 from raytrain.config.schema import Experiment
-from raytrain.tracking import credentials
 from raytrain.tracking.runs import CLIENT_ENV, TrackedRun
 from raytrain.train.backend import WORKER_NODES_ENV
+from raytrain.train.loop import loop_config
 from raytrain.train.session import CheckpointFolder, ProcessSession, Trained
 
 __all__ = ["fit_in_process", "loss_notice"]
@@ -50,15 +50,14 @@ def fit_in_process(
     """Train the 1-worker experiment in one actor on the connected cluster; start it again
     after a loss (``failure.max_failures``)."""
     folder = storage.join(storage_path, run_name)
-    config = {
-        "spec": spec.model_dump(mode="json"),
-        "data": data_ref,
-        "tracking": tracking,
-        "signed_in": credentials.current() if tracking else None,
-        "progress": progress,
-        "base_dir": base_dir,
-        "run_folder": folder,
-    }
+    config = loop_config(
+        spec,
+        data_ref=data_ref,
+        run_folder=folder,
+        base_dir=base_dir,
+        tracking=tracking,
+        progress=progress,
+    )
     resources = dict(spec.worker_resources())
     options = {
         "num_cpus": resources.pop("CPU", 1.0),
