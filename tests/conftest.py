@@ -55,6 +55,7 @@ LONGEST_FIRST = (
     "test_jobs",
     "test_serving",
     "test_held_out",
+    "test_tutorial",
 )
 
 

@@ -246,7 +246,8 @@ def test_a_run_on_a_private_instance_starts_no_cleaner_and_no_preemption_watcher
     (tmp_path / "exp.yaml").write_text(
         "name: private\ndata: {source: 'builtin:digits'}\n"
         "model: {builder: mlp, params: {hidden_units: [8]}}\ntrain: {epochs: 1}\n"
-        f"scaling: {{num_workers: 1}}\nstorage: {tmp_path / 'results'}\n"
+        "scaling: {num_workers: 1, one_worker: ray_train}\n"  # a Ray Train run's own actors
+        f"storage: {tmp_path / 'results'}\n"
         "tracking: {enabled: false}\n"
     )
     (tmp_path / "driver.py").write_text(PRIVATE_RUN)

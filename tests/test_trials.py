@@ -60,6 +60,55 @@ def _pids(folder: Path) -> set[int]:
     }
 
 
+# First in the module: run after the reuse test below, Ray's State API never listed this
+# sweep's trial process (seen three times; not understood yet).
+def test_a_trial_whose_process_is_lost_resumes_from_its_checkpoint(workdir: Path) -> None:
+    """The trial's process is killed once its first checkpoint is written: Tune starts it again
+    (failure.max_failures), and it resumes from its latest checkpoint, not from epoch 0."""
+    from ray.util.state import list_actors
+
+    experiment = workdir / "raytrain_results" / "digits-mlp" / "lost"
+    trials = experiment.parent / "lost-trials"
+    killed: list[int] = []
+
+    def kill_after_the_first_checkpoint() -> None:
+        while not list(trials.glob("trial-*/checkpoint_*/raytrain_state.json")):
+            time.sleep(0.05)
+        # Tune's trial processes on this instance (an earlier sweep's may still be closing).
+        filters = [("class_name", "=", "ImplicitFunc"), ("state", "=", "ALIVE")]
+        # Ray's State API can list a new actor a moment after it runs.
+        while not (found := list_actors(address=state_address(), filters=filters, limit=10_000)):
+            time.sleep(0.1)
+        for actor in found:
+            os.kill(actor.pid, signal.SIGKILL)
+            killed.append(actor.pid)
+
+    list_actors(address=state_address(), limit=1)  # its first answer is slow: not mid-run
+    killer = threading.Thread(target=kill_after_the_first_checkpoint, daemon=True)
+    killer.start()
+    rows = _sweep(
+        workdir,
+        "lost",
+        [0.01],
+        "train.epochs=40",
+        "train.batch_size=4",  # ~0.3 s epochs: the kill lands mid-run, the state API slow too
+        "failure.max_failures=1",
+    )
+    killer.join(timeout=60)
+    assert killed, "the trial finished before its process could be killed"
+    (row,) = rows.values()
+    assert row["status"] == "finished"
+    assert row["epochs"] == 40
+    reports = [
+        json.loads(line)
+        for result in experiment.glob("*/result.json")
+        for line in result.read_text().splitlines()
+    ]
+    after = [r["epoch"] for r in reports if r["pid"] not in killed]
+    assert after, "no other process reported"
+    assert min(after) > 1, after  # the new process resumed from a checkpoint
+
+
 def test_a_trial_after_another_in_the_same_process_trains_as_it_would_alone(
     workdir: Path,
 ) -> None:
@@ -101,45 +150,3 @@ def test_an_error_of_the_trials_code_fails_it_without_a_retry(workdir: Path) -> 
     # error before building anything, and there was no third.
     (errors,) = (folder / "bad-builder").glob("*/error.txt")
     assert errors.read_text().count("Failure #") == 2
-
-
-def test_a_trial_whose_process_is_lost_resumes_from_its_checkpoint(workdir: Path) -> None:
-    """The trial's process is killed once its first checkpoint is written: Tune starts it again
-    (failure.max_failures), and it resumes from its latest checkpoint, not from epoch 0."""
-    from ray.util.state import list_actors
-
-    experiment = workdir / "raytrain_results" / "digits-mlp" / "lost"
-    trials = experiment.parent / "lost-trials"
-    killed: list[int] = []
-
-    def kill_after_the_first_checkpoint() -> None:
-        while not list(trials.glob("trial-*/checkpoint_*/raytrain_state.json")):
-            time.sleep(0.05)
-        filters = [("class_name", "=", "ImplicitFunc"), ("state", "=", "ALIVE")]
-        (actor,) = list_actors(address=state_address(), filters=filters, detail=True)
-        os.kill(actor.pid, signal.SIGKILL)
-        killed.append(actor.pid)
-
-    killer = threading.Thread(target=kill_after_the_first_checkpoint, daemon=True)
-    killer.start()
-    rows = _sweep(
-        workdir,
-        "lost",
-        [0.01],
-        "train.epochs=20",
-        "train.batch_size=4",  # ~0.3 s epochs: the kill lands mid-run
-        "failure.max_failures=1",
-    )
-    killer.join(timeout=60)
-    assert killed, "the trial finished before its process could be killed"
-    (row,) = rows.values()
-    assert row["status"] == "finished"
-    assert row["epochs"] == 20
-    reports = [
-        json.loads(line)
-        for result in experiment.glob("*/result.json")
-        for line in result.read_text().splitlines()
-    ]
-    after = [r["epoch"] for r in reports if r["pid"] != killed[0]]
-    assert after, "no other process reported"
-    assert min(after) > 1, after  # the new process resumed from a checkpoint

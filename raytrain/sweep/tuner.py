@@ -225,6 +225,9 @@ def _trial_in_process(
     attempt Tune has already scheduled raises the recorded error before training."""
     from raytrain.train.loop import train_in_trial
 
+    # The driver's storage settings (an emulator's address) first: the trial's folder may be
+    # in a bucket only they reach.
+    os.environ.update(env)
     trial_id = tune.get_context().get_trial_id()
     folder = f"{trials_root}/trial-{trial_id}"
     earlier = code_error(folder)
@@ -232,7 +235,6 @@ def _trial_in_process(
         raise earlier
     stop_watching = watch_trial(parent, trial_id, signed_in)
     try:  # whatever this process raises is the trial's own: its configuration, code or data
-        os.environ.update(env)
         spec = apply_config(Experiment.model_validate(base), config)
         train_in_trial(spec, data_ref=data_ref, folder=folder, base_dir=base_dir, datasets=datasets)
         _edge_hook(spec, folder, data_ref)

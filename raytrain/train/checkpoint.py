@@ -20,8 +20,6 @@ import os
 from pathlib import Path
 from typing import Any
 
-from raytrain.storage import replace_file
-
 __all__ = ["MODEL_FILE", "load_model", "read_history", "restore", "write"]
 
 MODEL_FILE = "model.keras"
@@ -43,7 +41,10 @@ def write(model: Any, folder: str, *, history: list[dict[str, float]]) -> None:
     model.save(os.path.join(folder, MODEL_FILE), save_format="keras_v3")
     last = history[-1]
     state = {"epoch": int(last["epoch"]), "metrics": last, "history": history}
-    replace_file(Path(folder, STATE_FILE), json.dumps(state).encode())
+    # A plain write: ``folder`` is a fresh temporary folder that becomes a checkpoint only once
+    # complete (Ray Train commits it, or CheckpointFolder copies it), and this module stays
+    # loadable with TensorFlow alone (tests/tf_versions_child.py, the TPU hosts' TensorFlow).
+    Path(folder, STATE_FILE).write_text(json.dumps(state))
 
 
 def restore(model: Any, folder: str | None) -> list[dict[str, float]]:
