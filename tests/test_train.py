@@ -17,6 +17,7 @@ from raytrain.cluster.connection import state_address
 from raytrain.config.loader import load_experiment
 from raytrain.errors import ModelBuildError, TrainingError
 from raytrain.orchestration.run import run_experiment
+from raytrain.train import checkpoint
 from raytrain.train.checkpoint import MODEL_FILE
 
 from .conftest import REPO, write_yaml
@@ -85,7 +86,14 @@ def test_two_workers_converge_and_mlflow_has_everything(workdir: Path) -> None:
     assert len(kept) == loaded.spec.checkpoint.keep
 
 
-def test_tabular_csv_with_string_labels(workdir: Path) -> None:
+def test_tabular_csv_with_string_labels(workdir: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A 1-worker run, whose model is logged by the process that trained it: this process
+    never loads it (nor imports TensorFlow for it)."""
+
+    def not_here(location: str) -> None:
+        raise AssertionError(f"the driver loaded {location}")
+
+    monkeypatch.setattr(checkpoint, "load_model", not_here)
     rng = np.random.default_rng(1)
     x = rng.normal(size=(400, 4)).astype(np.float32)
     label = np.where(x[:, 0] - 2 * x[:, 1] > 0, "pos", "neg")

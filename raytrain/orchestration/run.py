@@ -39,6 +39,7 @@ from raytrain.storage import exists, join
 from raytrain.tracking import names
 from raytrain.train import checkpoint
 from raytrain.train.evaluation import read_test_metrics, test_metrics
+from raytrain.train.process import release
 from raytrain.train.session import Trained
 from raytrain.train.state import STATE_FILE, RunState, find_run
 
@@ -260,11 +261,13 @@ def _finish(
             "epoch's weights; evaluate the registered model on the test data instead"
         )
     unlogged = None
-    if tracked:
-        try:
+    try:
+        if tracked:
             state = _log_end(state, result, best_checkpoint, best_metrics, data, tested)
-        except Exception as exc:  # MLflow raises many types; the trained run is kept
-            unlogged = _unlogged(state, exc, missed)
+    except Exception as exc:  # MLflow raises many types; the trained run is kept
+        unlogged = _unlogged(state, exc, missed)
+    finally:
+        release(result)
     return RunSummary(
         name=spec.name,
         run_name=state.run_name,
@@ -306,6 +309,7 @@ def _log_end(
             data=data,
             loss=spec.train.loss,
             register_as=spec.tracking.register_as,
+            trainer=result.trainer,
         )
         record_test_metrics(tracked.uri, spec.tracking.register_as, version, tested)
         state = state.update(model_logged=True, registered_version=version)

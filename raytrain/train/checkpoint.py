@@ -20,7 +20,7 @@ import os
 from pathlib import Path
 from typing import Any
 
-__all__ = ["MODEL_FILE", "load_model", "read_history", "restore", "write"]
+__all__ = ["MODEL_FILE", "load_model", "log_model", "read_history", "restore", "write"]
 
 MODEL_FILE = "model.keras"
 WEIGHTS = "weights"
@@ -56,6 +56,18 @@ def restore(model: Any, folder: str | None) -> list[dict[str, float]]:
     state = json.loads(Path(folder, STATE_FILE).read_text())
     model.load_weights(os.path.join(folder, WEIGHTS))
     return _history(state)
+
+
+def log_model(
+    run: Any, location: str, *, example: Any, metadata: dict[str, Any], register_as: str | None
+) -> str | None:
+    """Log the model of the checkpoint at ``location`` on ``run`` (a ``TrackedRun``), registered
+    as ``register_as`` if given; return the version. Run where TensorFlow is imported already."""
+    from raytrain.tracking.runs import log_model as log_keras_model
+
+    return log_keras_model(
+        run, load_model(location), example=example, metadata=metadata, register_as=register_as
+    )
 
 
 def read_history(location: str) -> list[dict[str, float]]:

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import logging
 import os
+from dataclasses import replace
 from typing import Any, cast
 
 import ray
@@ -31,7 +32,7 @@ from raytrain.train.backend import WORKER_NODES_ENV
 from raytrain.train.loop import loop_config
 from raytrain.train.session import CheckpointFolder, ProcessSession, Trained
 
-__all__ = ["fit_in_process", "loss_notice"]
+__all__ = ["fit_in_process", "loss_notice", "release"]
 
 log = logging.getLogger(__name__)
 
@@ -73,8 +74,10 @@ def fit_in_process(
         try:
             node = ray.get(trainer.node.remote())
             metrics = ray.get(trainer.train.remote(config, folder, datasets))
-            return CheckpointFolder(spec, folder).trained(metrics)
+            # Kept up, TensorFlow imported, to log the model (``release`` ends it).
+            return replace(CheckpointFolder(spec, folder).trained(metrics), trainer=trainer)
         except ray.exceptions.RayActorError as exc:  # its process or node is gone
+            ray.kill(trainer)
             lost += 1
             if 0 <= limit < lost:
                 raise
@@ -83,8 +86,15 @@ def fit_in_process(
                 log.warning(notice)
             else:
                 progress.put(notice)
-        finally:
+        except BaseException:
             ray.kill(trainer)
+            raise
+
+
+def release(trained: Trained) -> None:
+    """End the process that trained ``trained``, if it is still up: its resources go back."""
+    if trained.trainer is not None:
+        ray.kill(trained.trainer)
 
 
 def loss_notice(node: str, why: str, retry: int, limit: int) -> str:
@@ -118,3 +128,9 @@ class _Trainer:
         if sink.logger is not None:
             sink.logger.flush()
         return session.final
+
+    def log_model(self, run: TrackedRun, location: str, **args: Any) -> str | None:
+        """The driver's model logging, here where TensorFlow is imported already."""
+        from raytrain.train.checkpoint import log_model
+
+        return log_model(run, location, **args)

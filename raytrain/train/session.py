@@ -52,6 +52,10 @@ class Trained:
     metrics: dict[str, float]
     latest: str | None
     kept: list[tuple[str, dict[str, float]]]
+    # The process that trained, still up with TensorFlow imported (a 1-worker run's actor): the
+    # driver has it log the best model instead of importing TensorFlow itself (seconds of CPU).
+    # None after a Ray Train run, whose workers are gone once it returns.
+    trainer: Any = None
 
 
 class Session(Protocol):
