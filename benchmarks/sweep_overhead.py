@@ -6,6 +6,8 @@ after the other, timed from its start to its exit:
 
 - plain Optuna + tf_keras: the same 6 configurations (model, data, epochs, batch, seed) trained
   one after another in one process, TensorFlow's default threads: the anchor;
+- Ray Tune floor: the same plain tf_keras training in Ray Tune function trials (1 CPU each, 2 at
+  a time, processes reused), nothing of raytrain's: what a sweep on Ray Tune pays here at least;
 - raytrain, 1-worker trials in their Tune trial's process (the default), 2 at a time;
 - raytrain, 1-worker trials as Ray Train runs (``scaling.one_worker: ray_train``: every trial before
   in-process trials), 2 at a time;
@@ -34,6 +36,7 @@ REPO = Path(__file__).resolve().parent.parent
 LEARNING_RATES = [3e-4, 1e-3, 2e-3, 3e-3, 5e-3, 1e-2]
 SIDES = {  # side -> (program, overrides of the experiment)
     "plain optuna + tf_keras": ("optuna", {}),
+    "Ray Tune floor": ("tune_floor", {}),
     "raytrain in-process trials": ("raytrain", {}),
     "raytrain Ray Train trials": ("raytrain", {"one_worker": "ray_train"}),
     "raytrain 2-worker trials": ("raytrain", {"num_workers": 2}),
