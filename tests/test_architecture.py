@@ -1,5 +1,6 @@
 """The package's shape, read from its source with ``ast`` (nothing is imported but in the last
-test): no import cycle between modules, and every package imports only from the layers below it.
+test): no import cycle between modules, every package imports only from the layers below it, and
+one module answers for ``data.locality``.
 
 Every import counts: at module level, inside functions, and under ``if TYPE_CHECKING:``. An import
 a function makes late is still a dependency, only one that fails later.
@@ -263,6 +264,36 @@ def test_the_graph_sees_every_kind_of_import() -> None:
     assert _cycles([*cycle, Edge("raytrain.c", "raytrain.a", "")]) == [
         ["raytrain.a", "raytrain.a.b"]
     ]
+
+
+# data.locality's owner, and the schema that holds the field and hands the owner out.
+LOCALITY_OWNERS = {"raytrain/config/locality.py", "raytrain/config/schema.py"}
+
+
+def _reads_locality(tree: ast.AST) -> list[int]:
+    """Lines that read a ``locality`` attribute: ``x.locality`` or ``getattr(x, "locality")``."""
+    return sorted(
+        node.lineno
+        for node in ast.walk(tree)
+        if (isinstance(node, ast.Attribute) and node.attr == "locality")
+        or (isinstance(node, ast.Constant) and node.value == "locality")
+    )
+
+
+def test_only_its_owner_reads_data_locality() -> None:
+    """Every question about ``data.locality`` (the resources to request, which nodes may read
+    the data, the messages) is answered by ``raytrain.config.locality``, through
+    ``DataSpec.locality_rule``: a module that read the field would build an answer of its own."""
+    reads = [
+        f"{path.relative_to(REPO)}:{line}"
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if path.relative_to(REPO).as_posix() not in LOCALITY_OWNERS
+        for line in _reads_locality(ast.parse(path.read_text()))
+    ]
+    hint = "ask spec.data.locality_rule (raytrain/config/locality.py) instead:\n"
+    assert reads == [], hint + "\n".join(reads)
+    sample = 'a = spec.data.locality\nb = getattr(d, "locality")\nc = d.locality_rule.pinned\n'
+    assert _reads_locality(ast.parse(sample)) == [1, 2]
 
 
 def test_only_training_workers_import_tensorflow() -> None:

@@ -30,8 +30,9 @@ import pytest
 
 from raytrain.cluster.connection import ClusterInfo
 from raytrain.cluster.jobs import cluster_nodes, list_jobs, stop_job
-from raytrain.cluster.resources import check_locality, locality_problem
+from raytrain.cluster.resources import check_locality
 from raytrain.config.loader import load_experiment
+from raytrain.config.locality import Locality
 from raytrain.errors import ClusterError, SpecError
 
 from .conftest import free_ports, write_yaml
@@ -474,8 +475,8 @@ def test_locality_pins_workers_and_trials(tmp_path: Path) -> None:
         _experiment(tmp_path), ["data.locality=onprem", "scaling.resources_per_worker={CPU: 2}"]
     ).spec
     assert spec.worker_resources() == {"onprem": 0.001, "CPU": 2}
-    assert spec.data.locality_resources() == {"onprem": 0.001}  # what each sweep trial adds
-    assert load_experiment(_experiment(tmp_path)).spec.data.locality_resources() == {}
+    assert spec.data.locality_rule.resources() == {"onprem": 0.001}  # what each trial adds
+    assert load_experiment(_experiment(tmp_path)).spec.data.locality_rule.resources() == {}
 
 
 def test_locality_data_need_not_exist_on_the_submitting_machine(tmp_path: Path) -> None:
@@ -488,15 +489,36 @@ def test_locality_data_need_not_exist_on_the_submitting_machine(tmp_path: Path) 
 
 def test_locality_problem_names_what_the_nodes_have() -> None:
     nodes = [{"CPU": 4.0, "memory": 1e9, "node:10.0.0.1": 1.0, "gcp": 1.0}, {"CPU": 2.0}]
-    assert locality_problem("gcp", nodes) is None
-    problem = locality_problem("onprem", nodes)
+    assert Locality("gcp").problem(nodes) is None
+    assert Locality().problem([]) is None  # unpinned: any node will do, even none yet
+    problem = Locality("onprem").problem(nodes)
     assert problem is not None
     assert problem.startswith(
         "data.locality: no node in the cluster has resource 'onprem' (nodes have: CPU, gcp, memory)"
     )
 
 
+def test_locality_answers_for_every_module(tmp_path: Path) -> None:
+    """What the summary, the plan, the node filters and `raytrain submit` get from the owner."""
+    onprem, anywhere = Locality("onprem"), Locality()
+    assert (onprem.describe(), anywhere.describe()) == ("read only on nodes with 'onprem'", None)
+    assert (onprem.allows({"onprem": 1.0}), onprem.allows({"CPU": 8.0})) == (True, False)
+    assert (anywhere.allows({}), anywhere.pinned, anywhere.resources()) == (True, False, {})
+    assert onprem.config_problem({"CPU", "onprem"}) is None
+    assert onprem.config_problem({"CPU"}) == "data.locality: onprem: no node here carries it"
+    assert anywhere.config_problem(set()) is None
+    inside = str(tmp_path / "data.csv")
+    assert onprem.upload_problem(inside, tmp_path) == (
+        f"data.locality: data.source '{inside}' is inside the experiment's folder, which "
+        "`raytrain submit` uploads to the cluster: keep the data on the 'onprem' nodes and give "
+        "its path there"
+    )
+    assert onprem.upload_problem("/data/on/prem/x.csv", tmp_path) is None
+    assert onprem.upload_problem("builtin:iris", tmp_path) is None
+    assert anywhere.upload_problem(inside, tmp_path) is None
+
+
 def test_run_checks_locality_on_the_connected_cluster(ray_cluster: ClusterInfo) -> None:
-    check_locality(None)
+    check_locality(Locality())
     with pytest.raises(ClusterError, match="no node in the cluster has resource 'onprem'"):
-        check_locality("onprem")
+        check_locality(Locality("onprem"))

@@ -26,8 +26,8 @@ from typing import TYPE_CHECKING, Any, cast
 from urllib.parse import urlsplit
 
 from raytrain.cluster.connection import probe_dashboard
-from raytrain.cluster.resources import locality_problem
 from raytrain.config.loader import LoadedExperiment
+from raytrain.config.locality import Locality
 from raytrain.config.references import REFERENCE, literal_secrets
 from raytrain.errors import ClusterError, RaytrainError
 from raytrain.secrets import MASK, mask_override, mask_text
@@ -113,8 +113,8 @@ def submit(loaded: LoadedExperiment, *, address: str | None = None) -> Submitted
     _refuse_literal_secrets(loaded)
     url = resolve_address(address)
     client = _client(url)
-    if spec.data.locality:
-        _check_locality_placement(spec.data.locality, spec.data.source, folder, url)
+    if spec.data.locality_rule.pinned:
+        _check_locality_placement(spec.data.locality_rule, spec.data.source, folder, url)
     upload = _folder_bytes(folder, EXCLUDES)
     warnings = _warnings(loaded, upload)
     command = ["python", "-m", "raytrain", "run", loaded.path.name]
@@ -130,7 +130,7 @@ def submit(loaded: LoadedExperiment, *, address: str | None = None) -> Submitted
                 "raytrain.file": mask_text(loaded.path.name),
                 "raytrain.overrides": " ".join(mask_override(o) for o in loaded.overrides),
             },
-            entrypoint_resources=spec.data.locality_resources() or None,
+            entrypoint_resources=spec.data.locality_rule.resources() or None,
         )
     return Submitted(job_id, url, entrypoint, upload, warnings)
 
@@ -327,18 +327,13 @@ def _record(details: Any) -> JobRecord:
     )
 
 
-def _check_locality_placement(resource: str, source: str, folder: Path, url: str) -> None:
-    """The job would wait forever for a node with ``resource``; and data in the uploaded folder
-    would leave the nodes it belongs on."""
-    problem = locality_problem(resource, [n["resources"] for n in cluster_nodes(address=url)])
+def _check_locality_placement(locality: Locality, source: str, folder: Path, url: str) -> None:
+    """The job would wait forever for a node that may read the data; and data in the uploaded
+    folder would leave the nodes it belongs on."""
+    nodes = [n["resources"] for n in cluster_nodes(address=url)]
+    problem = locality.problem(nodes) or locality.upload_problem(source, folder)
     if problem:
         raise ClusterError(problem)
-    if not source.startswith("builtin:") and Path(source).is_relative_to(folder):
-        raise ClusterError(
-            f"data.locality: data.source '{source}' is inside the experiment's folder, which "
-            f"`raytrain submit` uploads to the cluster: keep the data on the '{resource}' nodes "
-            "and give its path there"
-        )
 
 
 def _folder_bytes(folder: Path, excludes: list[str]) -> int:

@@ -11,13 +11,13 @@ import math
 
 import ray
 
+from raytrain.config.locality import Locality
 from raytrain.errors import ClusterError
 
 __all__ = [
     "check_feasible",
     "check_locality",
     "cpus_on",
-    "locality_problem",
     "worker_nodes",
     "worker_slots",
 ]
@@ -47,26 +47,12 @@ def check_feasible(*, num_workers: int, per_worker: dict[str, float], what: str)
     raise ClusterError(message)
 
 
-def check_locality(resource: str | None) -> None:
-    """Fail fast unless some alive node carries the ``data.locality`` resource: work that asks
-    for it would otherwise wait in Ray's queue forever."""
-    problem = locality_problem(resource, _alive_nodes()) if resource else None
+def check_locality(locality: Locality) -> None:
+    """Fail fast unless some alive node may read the data: work that asks for the
+    ``data.locality`` resource would otherwise wait in Ray's queue forever."""
+    problem = locality.problem(_alive_nodes()) if locality.pinned else None
     if problem:
         raise ClusterError(problem)
-
-
-def locality_problem(resource: str, nodes: list[dict[str, float]]) -> str | None:
-    """Why no node of ``nodes`` (their resources) can hold ``data.locality``'s work, or None."""
-    if any(node.get(resource, 0.0) > 0 for node in nodes):
-        return None
-    internal = ("node:", "accelerator_type:", "object_store_memory")
-    have = sorted({name for node in nodes for name in node if not name.startswith(internal)})
-    return (
-        f"data.locality: no node in the cluster has resource '{resource}' (nodes have: "
-        f"{', '.join(have) or 'nothing'}); start the nodes that hold the data with "
-        f"`ray start ... --resources '{{\"{resource}\": 1}}'` (or resources: in the cluster "
-        "config), or fix data.locality"
-    )
 
 
 def worker_nodes(node_ids: list[str]) -> list[str]:
@@ -81,9 +67,9 @@ def worker_slots(per_worker: dict[str, float]) -> int:
     return sum(_fits_on(node, needed) for node in _alive_nodes())
 
 
-def cpus_on(resource: str | None) -> float:
-    """CPUs of the alive nodes that carry ``resource`` (every alive node when None)."""
-    return sum(n.get("CPU", 0.0) for n in _alive_nodes() if resource is None or n.get(resource))
+def cpus_on(locality: Locality) -> float:
+    """CPUs of the alive nodes that may read the data."""
+    return sum(n.get("CPU", 0.0) for n in _alive_nodes() if locality.allows(n))
 
 
 def _alive_nodes() -> list[dict[str, float]]:

@@ -15,6 +15,7 @@ from pathlib import Path
 import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
+from raytrain.config.locality import Locality
 from raytrain.errors import RaytrainError, StorageError
 from raytrain.storage import check_writable, is_gcs
 
@@ -23,14 +24,12 @@ __all__ = ["check_storage_on_nodes"]
 PROBE_TIMEOUT_S = 60.0  # a node starts one Python worker for its probe
 
 
-def check_storage_on_nodes(location: str, *, resource: str | None = None) -> None:
-    """On a cluster of several nodes: every alive node (those carrying ``resource``, when set,
-    where the run may place work) can write ``location`` and sees what this process wrote
-    there. A bucket is one place for every node; one node is this process's own check."""
+def check_storage_on_nodes(location: str, *, locality: Locality) -> None:
+    """On a cluster of several nodes: every alive node that may read the data (where the run
+    may place work) can write ``location`` and sees what this process wrote there. A bucket is
+    one place for every node; one node is this process's own check."""
     nodes = [
-        node
-        for node in ray.nodes()
-        if node.get("Alive") and (resource is None or node["Resources"].get(resource))
+        node for node in ray.nodes() if node.get("Alive") and locality.allows(node["Resources"])
     ]
     if is_gcs(location) or len(nodes) < 2:
         return

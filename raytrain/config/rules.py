@@ -119,7 +119,7 @@ def _check_source(
     # A gs:// source is listed when the run starts (that takes credentials); here, its format.
     matches = [source] if source.startswith("gs://") or os.path.isdir(source) else []
     matches = matches or sorted(glob.glob(source))
-    if not matches and data.locality:
+    if not matches and data.locality_rule.pinned:
         # The data may live only on the nodes with that resource, and is checked there again:
         # a submitted job re-validates the experiment on the node that reads it.
         matches = [source]

@@ -23,6 +23,7 @@ from pydantic import (
 )
 from pydantic_core import PydanticCustomError
 
+from raytrain.config.locality import Locality
 from raytrain.config.references import ReferenceProblem, resolve_references
 from raytrain.secrets import is_secret_key
 
@@ -103,7 +104,6 @@ RESERVED_RESOURCES = ("CPU", "GPU", "TPU", "memory", "object_store_memory")
 RESERVED_RESOURCE_PREFIXES = ("node:", "accelerator_type:")
 Seed = Annotated[int, Field(ge=0, le=MOST_SEED)]
 Units = Annotated[int, Field(gt=0, le=MOST_UNITS)]
-LOCALITY_SHARE = 0.001  # of a data.locality resource, per worker, trial or job driver
 
 
 class Section(BaseModel):
@@ -249,11 +249,11 @@ class DataSpec(Section):
                 found[split] = (held_out.source, held_out.format)
         return found
 
-    def locality_resources(self) -> dict[str, float]:
-        """The Ray resources that pin a process (worker, trial, job driver, read task) to the
-        nodes that may read the data: a sliver of ``locality``. Placement, not capacity: a node
-        with ``{onprem: 1}`` still takes any number of them."""
-        return {self.locality: LOCALITY_SHARE} if self.locality else {}
+    @property
+    def locality_rule(self) -> Locality:
+        """``locality`` as the one object every module asks about it: the resources to request,
+        which nodes may read the data, the messages (``raytrain.config.locality``)."""
+        return Locality(self.locality)
 
 
 class MLPParams(Section):
@@ -777,7 +777,7 @@ class Experiment(Section):
     def worker_resources(self) -> dict[str, float]:
         """Resources one worker holds, GPU included when ``use_gpu`` asks for it, and a sliver
         of the ``data.locality`` resource, which keeps it on the nodes that may read the data."""
-        resources = {**self.data.locality_resources(), **self.scaling.resources_per_worker}
+        resources = {**self.data.locality_rule.resources(), **self.scaling.resources_per_worker}
         if self.scaling.use_gpu:
             resources.setdefault("GPU", 1.0)
         return resources

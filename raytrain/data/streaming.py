@@ -85,7 +85,8 @@ def open_streams(
     _follow_ray_log_level()
 
     train = splits["train"]
-    remote: dict[str, Any] = {"resources": spec.locality_resources()} if spec.locality else {}
+    pin = spec.locality_rule.resources()
+    remote: dict[str, Any] = {"resources": pin} if pin else {}
     if task_cpus is not None:
         remote["num_cpus"] = task_cpus
     if task_cpus == 0:  # tasks that hold no CPU: as many at once as there are CPUs, not more

@@ -45,10 +45,11 @@ def experiment_summary(spec: Experiment) -> str:
         else f"validation {data.validation_split:.0%}"
     )
     test = f", test {data.test.source}" if data.test else ""
+    where = data.locality_rule.describe()
     lines = [
         f"  data      {data.source} ({validation}{test})"
         f"{', streamed with Ray Data' if data.streaming else ''}"
-        f"{f', read only on nodes with {data.locality!r}' if data.locality else ''}",
+        f"{f', {where}' if where else ''}",
         f"  model     {spec.model.builder} {json.dumps(mask_tree(spec.model.params))}",
         f"  train     {train.epochs} epochs, global batch {train.batch_size} "
         f"({spec.per_worker_batch_size} per worker), {train.optimizer.name} "

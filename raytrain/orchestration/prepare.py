@@ -65,8 +65,8 @@ def prepare(
     cluster = connect(address, verbose=verbose, env_vars=env, on_notice=on_notice)
     if not cluster.started:  # a killed driver's leftovers would block this run
         release_orphaned_placement_groups()  # (none on an instance this run just started)
-    check_locality(spec.data.locality)
-    check_storage_on_nodes(spec.storage, resource=spec.data.locality)
+    check_locality(spec.data.locality_rule)
+    check_storage_on_nodes(spec.storage, locality=spec.data.locality_rule)
     if spec.data.streaming:
         data = load_dataset(spec.data, loss=spec.train.loss, task_cpus=_data_task_cpus(spec))
     return data
@@ -78,7 +78,7 @@ def _data_task_cpus(spec: Experiment) -> float | None:
     trials, and workers holding every CPU would starve the tasks that feed them (seen: a
     2-worker run on 2 CPUs waited forever)."""
     held = spec.scaling.num_workers * spec.worker_resources().get("CPU", 0.0)
-    spare = cpus_on(spec.data.locality) - held
+    spare = cpus_on(spec.data.locality_rule) - held
     return None if spec.tune is None and spare >= 1 else 0
 
 

@@ -186,11 +186,9 @@ def config_cost(
         for n in cluster.node_types
     ]
     need = spec.worker_resources()
-    locality = spec.data.locality
-    if locality and locality not in cluster.provides:
-        return ConfigCost(
-            cluster.name, False, note=f"data.locality: {locality}: no node here carries it"
-        )
+    unplaceable = spec.data.locality_rule.config_problem(cluster.provides)
+    if unplaceable:
+        return ConfigCost(cluster.name, False, note=unplaceable)
     fitting = [n for n in cluster.node_types if n.hardware == hardware and _fits(n, need) > 0]
     if not fitting:
         return ConfigCost(cluster.name, False, note=f"no {hardware} node type fits a worker")

@@ -54,7 +54,7 @@ def profile(spec: Experiment, *, base_dir: str, connect_s: float) -> Profile:
     """Train ``PROFILE_EPOCHS`` short epochs of ``spec`` on the connected cluster and measure."""
     from raytrain.train.loop import fit
 
-    check_locality(spec.data.locality)
+    check_locality(spec.data.locality_rule)
     check_feasible(
         num_workers=spec.scaling.num_workers,
         per_worker=spec.worker_resources(),

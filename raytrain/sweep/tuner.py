@@ -101,7 +101,7 @@ def sweep(
         # workers hold theirs, and the function itself ~nothing.
         spec.worker_resources()
         if in_process
-        else {**TRIAL_RESOURCES, **spec.data.locality_resources()},
+        else {**TRIAL_RESOURCES, **spec.data.locality_rule.resources()},
     )
     if in_process:  # no worker groups to lose track of; a code error is not retried
         collector: tune.Callback = _NoRetryAfterCodeErrors(
