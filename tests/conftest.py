@@ -184,9 +184,12 @@ def registry(tmp_path_factory: pytest.TempPathFactory, ray_cluster: ClusterInfo)
         run_experiment(load_experiment(path))
     # Version 2: the same files registered again (what a promotion of a retrained model looks
     # like to the server), cheaper than a second training run.
+    # Its files' location, not its models:/ source: MLflow resolves that through the
+    # process-wide tracking URI, which this process (whose run was logged by its actor) never set.
     client = mlflow.MlflowClient(tracking_uri=uri)
     first = client.get_model_version(SERVED, "1")
-    client.create_model_version(SERVED, first.source, run_id=first.run_id)
+    files = client.get_model_version_download_uri(SERVED, "1")
+    client.create_model_version(SERVED, files, run_id=first.run_id)
     return uri
 
 

@@ -108,6 +108,7 @@ def test_tabular_csv_with_string_labels(workdir: Path, monkeypatch: pytest.Monke
     summary = run_experiment(loaded)
     assert summary.best_metrics["val_accuracy"] >= 0.9
     assert summary.tracking is not None
+    mlflow.set_tracking_uri(summary.tracking.uri)  # this process never needed it
     meta = mlflow.models.get_model_info(f"runs:/{summary.tracking.run_id}/model").metadata
     assert meta["label_names"] == ["neg", "pos"]
 
