@@ -39,6 +39,9 @@ os.environ[PREEMPTION_WATCHER_ENV] = "0"
 # Housekeeping through a private Ray call raises under test instead of logging: a shim gone dead
 # must fail the suite, not pass for "nothing to clean up".
 os.environ[STRICT_ENV] = "1"
+# MLflow 3's GenAI job runner (a runner and three huey consumer processes per `mlflow server`)
+# serves nothing raytrain uses: the test servers start without it, as start_mlflow.sh's does.
+os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
 
 REPO = Path(__file__).resolve().parent.parent
 BUCKET = "raytrain-test"  # created by the gcs_emulator fixture
