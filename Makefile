@@ -96,9 +96,9 @@ lock: install
 	  echo "# Regenerate after changing pyproject.toml: make lock"; \
 	  $(BIN)/python -m pip freeze --exclude-editable | grep -v '^raytrain'; } > constraints.txt.new
 	$(BIN)/uv pip compile --quiet --no-header --no-annotate $(LOCK_TARGET) \
-	  pyproject.toml requirements/build.in --extra gpu -c constraints.txt.new \
-	  | grep -E '$(NODE_ONLY)' >> constraints.txt.new
-	mv constraints.txt.new constraints.txt
+	  pyproject.toml requirements/build.in --extra gpu -c constraints.txt.new -o constraints.txt.all
+	grep -E '$(NODE_ONLY)' constraints.txt.all >> constraints.txt.new
+	mv constraints.txt.new constraints.txt && rm constraints.txt.all
 	$(MAKE) constraints-tpu.txt
 	$(MAKE) locks
 
