@@ -127,7 +127,8 @@ requirements/nodes-%.txt: pyproject.toml constraints.txt requirements/build.in
 TPU_TARGET := --python-version 3.11 --python-platform x86_64-manylinux_2_31
 
 requirements/nodes-tpu.txt: pyproject.toml constraints-tpu.txt requirements/build.in
-	$(UV_LOCK) $(TPU_TARGET) pyproject.toml requirements/build.in --extra tpu -c constraints-tpu.txt -o $@
+	$(UV_LOCK) $(TPU_TARGET) pyproject.toml requirements/build.in --extra tpu \
+	  -c constraints-tpu.txt -o $@
 
 requirements/tensorflow-tpu.txt: constraints-tpu.txt
 	echo tensorflow-tpu | $(UV_LOCK) $(TPU_TARGET) --no-deps - -c constraints-tpu.txt -o $@
