@@ -27,6 +27,7 @@ import pytest
 import yaml
 
 from .conftest import MlflowServer, free_port, signed_in_as, stop_mlflow
+from .test_locks import dockerfile_runs, install_problems, lock_paths, pip_installs, raytrain_itself
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = ROOT / "cluster_configs"
@@ -166,24 +167,21 @@ def no_credentials(text: str) -> list[str]:
 
 
 def pinned_install(text: str) -> list[str]:
-    """Every pip install is pinned; TPU hosts install the `tpu` extra under constraints-tpu.txt
-    (TensorFlow's TPU build is a minor behind), every other node constraints.txt."""
+    """Every pip install is a hash-pinned lock with --require-hashes, or raytrain itself with
+    --no-deps (tests/test_locks.py); GPU node types install the `gpu` extra's lock, TPU hosts the
+    TPU build's (TensorFlow's TPU build is a minor behind), no other node a TPU lock."""
     config = prepared(text)
-    problems = [
-        f"pip install without -c constraints.txt or constraints-tpu.txt: {c!r}"
-        for c in all_commands(config)
-        if "pip install" in c and not re.search(r"-c constraints(-tpu)?\.txt\b", c)
-    ]
+    problems = [p for c in all_commands(config) for p in install_problems(c)]
     for name, setup in node_setups(config).items():
-        installs = [c for c in setup if re.search(r"pip install\b.*\s-e\s+['\"]?\.", c)]
-        if not installs:
+        installs = [i for c in setup for i in pip_installs(c)]
+        locks = {path for c in setup for i in pip_installs(c) for path in lock_paths(i, c)}
+        if not any(raytrain_itself(i) for i in installs):
             problems.append(f"node type {name}: raytrain is never installed")
         resources = config["available_node_types"][name]["resources"]
-        if resources.get("GPU", 0) and not any("[gpu]" in c for c in installs):
-            problems.append(f"node type {name} has GPUs but not the `gpu` extra")
-        tpu_build = [c for c in installs if "[tpu]" in c and "-c constraints-tpu.txt" in c]
-        if resources.get("TPU", 0) and not tpu_build:
-            problems.append(f"node type {name} has TPUs but not the `tpu` extra")
+        if resources.get("GPU", 0) and "requirements/nodes-gpu.txt" not in locks:
+            problems.append(f"node type {name} has GPUs but not the `gpu` extra's lock")
+        if resources.get("TPU", 0) and "requirements/nodes-tpu.txt" not in locks:
+            problems.append(f"node type {name} has TPUs but not the `tpu` extra's lock")
         if not resources.get("TPU", 0) and any("tpu" in c for c in setup):
             problems.append(f"node type {name} has no TPU but installs TensorFlow's TPU build")
     return problems
@@ -734,11 +732,7 @@ def dockerfile_pinned(text: str) -> list[str]:
         for line in re.findall(r"(?m)^FROM\s+(\S+)", text)
         if ":" not in line.rpartition("/")[2] or line.endswith(":latest")
     ]
-    return problems + [
-        f"pip install without -c constraints.txt: {line!r}"
-        for line in re.findall(r"(?m)^.*pip install.*$", text)
-        if "-c constraints.txt" not in line
-    ]
+    return problems + [p for run in dockerfile_runs(text) for p in install_problems(run)]
 
 
 # ---- tests --------------------------------------------------------------------------------------
@@ -785,9 +779,12 @@ BROKEN = [
     (no_credentials, "kuberay/raycluster.yaml", "apiVersion: ray.io/v1",
      "apiVersion: v1\nkind: Secret\nstringData: {auth_token: x}\n---\napiVersion: ray.io/v1",
      "Kubernetes Secret"),
-    (pinned_install, "gcp.yaml", "pip install -q -c constraints.txt -e '.[gcp]'",
-     "pip install -q -e '.[gcp]'", "without -c constraints.txt"),
-    (pinned_install, "gcp.yaml", "-e '.[gpu]'", "-e .", "not the `gpu` extra"),
+    (pinned_install, "gcp.yaml", "--require-hashes -r requirements/nodes-gcp.txt",
+     "-r requirements/nodes-gcp.txt", "without --require-hashes"),
+    (pinned_install, "gcp.yaml", "-r requirements/nodes-gpu.txt", "-r requirements/nodes.txt",
+     "not the `gpu` extra's lock"),
+    (pinned_install, "onprem.yaml", "--no-deps --no-build-isolation -e .", "-e .",
+     "raytrain is never installed"),
     (mlflow_on_head, "onprem.yaml", "bash ~/raytrain/cluster_configs/start_mlflow.sh",
      "true", "0 MLflow"),
     (mlflow_on_head, "gcp.yaml", "postgresql://mlflow@CLOUD_SQL_IP",
@@ -843,8 +840,10 @@ BROKEN = [
     (spot_workers, "gcp.yaml", "scheduling: {onHostMaintenance: TERMINATE}",
      "scheduling: [{onHostMaintenance: TERMINATE}]", "is a list"),
     (spot_workers, "gcp-tpu.yaml", "schedulingConfig: {spot: true}", "", "no spot"),
-    (pinned_install, "gcp-tpu.yaml", "-c constraints-tpu.txt\n        -e '.[tpu]'",
-     "-c constraints.txt\n        -e .", "not the `tpu` extra"),
+    (pinned_install, "gcp-tpu.yaml", "-r requirements/nodes-tpu.txt", "-r requirements/nodes.txt",
+     "not the `tpu` extra's lock"),
+    (pinned_install, "gcp-tpu.yaml", "-r requirements/nodes-gcp.txt", "-r constraints.txt",
+     "no lock in requirements/"),
     (kube_kinds, "kuberay/rayjob.yaml", "apiVersion: ray.io/v1", "apiVersion: ray.io/v1alpha1",
      "not ray.io/v1"),
     (kube_kinds, "kuberay/raycluster.yaml", "  workerGroupSpecs:", "  otherGroupSpecs:",
@@ -900,8 +899,10 @@ BROKEN = [
      "            matchLabels: *cluster_pods\n", "    - {}\n", "admits anyone"),
     (dockerfile_pinned, "kuberay/Dockerfile", "\nFROM python:3.11-slim-bookworm\n",
      "\nFROM python:latest\n", "not pinned"),
-    (dockerfile_pinned, "kuberay/Dockerfile", "pip install --no-cache-dir -c constraints.txt",
-     "pip install --no-cache-dir", "without -c constraints.txt"),
+    (dockerfile_pinned, "kuberay/Dockerfile", "pip install --no-cache-dir --require-hashes",
+     "pip install --no-cache-dir", "without --require-hashes"),
+    (dockerfile_pinned, "kuberay/Dockerfile", "--no-deps --no-build-isolation .",
+     "--no-build-isolation .", "without --require-hashes"),
 ]
 # fmt: on
 

@@ -31,11 +31,14 @@ def pins(name: str) -> dict[str, str]:
 
 
 def test_tpu_constraints_follow_the_main_ones() -> None:
-    """constraints-tpu.txt is constraints.txt with the TPU extra's TensorFlow: every other pin
-    the same, so TPU hosts run the same Ray, MLflow and raytrain dependencies."""
+    """constraints-tpu.txt is constraints.txt with the TPU extra's TensorFlow and libtpu (the
+    TPU hosts' alone): every other pin the same, so TPU hosts run the same Ray, MLflow and
+    raytrain dependencies."""
     main, tpu = pins("constraints.txt"), pins("constraints-tpu.txt")
-    tensorflow_family = {"tensorflow", "tensorflow-tpu", "tf-keras"}
+    tensorflow_family = {"tensorflow", "tensorflow-tpu", "tf-keras", "libtpu"}
     tensorflow_family |= {"tensorboard", "tensorboard-data-server"}
+    assert "libtpu" not in main
+    assert "libtpu" in tpu  # tensorflow-tpu names no upper bound: the Makefile's TPU_LIBTPU
     assert {k: v for k, v in main.items() if k not in tensorflow_family} == {
         k: v for k, v in tpu.items() if k not in tensorflow_family
     }
