@@ -26,8 +26,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $(VENV)/.installed-run $@
 
 # System packages the tests use (root, Debian/Ubuntu): sshd and rsync for the two-machine
-# `ray up` test, iproute2 for its network namespaces, PostgreSQL for the tracking-store tests.
-SYSTEM_PACKAGES := openssh-server rsync iproute2 util-linux python3-venv postgresql
+# `ray up` test, iproute2 for its network namespaces, PostgreSQL for the tracking-store tests,
+# sudo and openssl for MLflow's own user and its TLS on the `ray up` head (mlflow_user.sh).
+SYSTEM_PACKAGES := openssh-server rsync iproute2 util-linux python3-venv postgresql sudo openssl
 
 system-deps:
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p > /dev/null 2>&1 || echo $$p; done); \

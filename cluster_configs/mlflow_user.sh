@@ -124,6 +124,13 @@ else
   move_secret "$ray_home/mlflow/admin_password" "$server_home/mlflow/admin_password"
 fi
 
+# A local artifacts folder is the server's.
+artifacts=${MLFLOW_ARTIFACTS_DESTINATION:-}
+if [[ $artifacts == /* ]]; then
+  install -d -o "$name" -g "$name" -m 750 "$artifacts"
+  chown "$name:$name" "$artifacts"
+fi
+
 # The Ray user may start and stop the server, nothing else.
 rule=$(mktemp)
 cat > "$rule" <<SUDOERS
