@@ -14,7 +14,7 @@
 #                                 (mode 600) or PGPASSWORD, the PostgreSQL client's own places.
 #   MLFLOW_PGPASS_SECRET          on GCP: a Secret Manager secret holding ~/.pgpass's line(s)
 #                                 (HOST:5432:*:USER:PASSWORD), fetched with the VM's service
-#                                 account into ~/.pgpass on each start
+#                                 account (Secret Manager's REST API) into ~/.pgpass on each start
 #   MLFLOW_AUTH_DATABASE_URI      the users and permissions. Default
 #                                 sqlite:///$MLFLOW_HOME/basic_auth.db; on PostgreSQL, a database
 #                                 of its own: postgresql://USER@HOST:5432/mlflow_auth
@@ -142,7 +142,24 @@ for uri in "$backend" "$auth_db"; do
   esac
 done
 if [ -n "${MLFLOW_PGPASS_SECRET:-}" ]; then
-  gcloud secrets versions access latest --secret="$MLFLOW_PGPASS_SECRET" > "$HOME/.pgpass.new"
+  # Secret Manager's REST API with the VM's service account (google-auth, which MLflow's GCS
+  # client brings): no gcloud, whose snap refuses homes outside /home (raytrain-mlflow's).
+  python - "$MLFLOW_PGPASS_SECRET" > "$HOME/.pgpass.new" <<'EOF'
+import base64
+import sys
+
+import google.auth
+from google.auth.transport.requests import AuthorizedSession
+
+credentials, project = google.auth.default(
+    scopes=["https://www.googleapis.com/auth/cloud-platform"]
+)
+name = sys.argv[1] if "/" in sys.argv[1] else f"projects/{project}/secrets/{sys.argv[1]}"
+url = f"https://secretmanager.googleapis.com/v1/{name}/versions/latest:access"
+answer = AuthorizedSession(credentials).get(url, timeout=60)
+answer.raise_for_status()
+sys.stdout.write(base64.b64decode(answer.json()["payload"]["data"]).decode())
+EOF
   mv "$HOME/.pgpass.new" "$HOME/.pgpass"
 fi
 mkdir -p "$home" "$HOME/.mlflow"
