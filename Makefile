@@ -26,8 +26,9 @@ $(VENV)/.installed: pyproject.toml constraints.txt
 	touch $(VENV)/.installed-run $@
 
 # System packages the tests use (root, Debian/Ubuntu): sshd and rsync for the two-machine
-# `ray up` test, iproute2 for its network namespaces, PostgreSQL for the tracking-store tests.
-SYSTEM_PACKAGES := openssh-server rsync iproute2 util-linux python3-venv postgresql
+# `ray up` test, iproute2 for its network namespaces, PostgreSQL for the tracking-store tests,
+# sudo and openssl for MLflow's own user and its TLS on the `ray up` head (mlflow_user.sh).
+SYSTEM_PACKAGES := openssh-server rsync iproute2 util-linux python3-venv postgresql sudo openssl
 
 system-deps:
 	@missing=$$(for p in $(SYSTEM_PACKAGES); do dpkg -s $$p > /dev/null 2>&1 || echo $$p; done); \
@@ -110,7 +111,7 @@ lock: install
 LOCK_TARGET := --python-version 3.11 --python-platform x86_64-manylinux_2_28
 UV_LOCK      = $(BIN)/uv pip compile --quiet --generate-hashes --custom-compile-command 'make locks'
 LOCKS        := $(addprefix requirements/,nodes.txt nodes-gpu.txt nodes-gcp.txt nodes-tpu.txt \
-                tensorflow-tpu.txt)
+                tensorflow-tpu.txt mlflow-server.txt)
 
 locks: $(LOCKS)
 
@@ -121,6 +122,10 @@ requirements/nodes.txt: pyproject.toml constraints.txt requirements/build.in
 
 requirements/nodes-%.txt: pyproject.toml constraints.txt requirements/build.in
 	$(UV_LOCK) $(LOCK_TARGET) pyproject.toml requirements/build.in --extra $* -c constraints.txt -o $@
+
+# The head's MLflow server, in a venv of its own (cluster_configs/mlflow_user.sh).
+requirements/mlflow-server.txt: requirements/mlflow-server.in constraints.txt
+	$(UV_LOCK) $(LOCK_TARGET) requirements/mlflow-server.in -c constraints.txt -o $@
 
 # TPU hosts: the `tpu` extra under constraints-tpu.txt, libtpu pinned there. tensorflow-tpu.txt is
 # its one line again, reinstalled last (cluster_configs/gcp-tpu.yaml says why).

@@ -187,13 +187,18 @@ def pinned_install(text: str) -> list[str]:
     return problems
 
 
-START_MLFLOW = "bash ~/raytrain/cluster_configs/start_mlflow.sh"
+# The head starts MLflow through the wrapper mlflow_user.sh installed (start_mlflow.sh run as
+# the system user raytrain-mlflow), the one command the Ray user may run with sudo.
+START_MLFLOW = "sudo -n /opt/raytrain-mlflow/bin/raytrain-mlflow start"
+MLFLOW_USER = "bash ~/raytrain/cluster_configs/mlflow_user.sh"
 
 
 def mlflow_on_head(text: str) -> list[str]:
-    """The head starts MLflow through the shared script, once, before Ray (workers that join
-    copy its credentials file); nothing starts an MLflow server another way, and no database URI
-    carries a password."""
+    """The head sets up MLflow's own system user (mlflow_user.sh, in head_setup_commands, with
+    the settings) and starts MLflow through its wrapper, once, before Ray (workers that join copy
+    its credentials file, and its CA where it serves HTTPS); nothing starts an MLflow server
+    another way or as the Ray user, and no database URI carries a password. On-prem, where the
+    network is the site's own, MLflow serves HTTPS (MLFLOW_TLS=1)."""
     config = prepared(text)
     head = config["head_start_ray_commands"]
     servers = [i for i, c in enumerate(head) if START_MLFLOW in c]
@@ -203,13 +208,24 @@ def mlflow_on_head(text: str) -> list[str]:
     ray_start = [i for i, c in enumerate(head) if "ray start --head" in c]
     if servers and ray_start and servers[0] > ray_start[0]:
         problems.append("MLflow starts after Ray: joining workers would miss its credentials")
-    if "~/.mlflow/credentials" not in config.get("cluster_synced_files", []):
+    setups = [c for c in config.get("head_setup_commands", []) if MLFLOW_USER in c]
+    if len(setups) != 1:
+        problems.append(f"{len(setups)} head_setup_commands run mlflow_user.sh, not 1")
+    synced = config.get("cluster_synced_files", [])
+    if "~/.mlflow/credentials" not in synced:
         problems.append("cluster_synced_files lacks ~/.mlflow/credentials")
+    tls = any("MLFLOW_TLS=1" in c for c in setups)
+    if tls and "~/.mlflow/ca.pem" not in synced:
+        problems.append("MLflow serves HTTPS but cluster_synced_files lacks ~/.mlflow/ca.pem")
+    if config["provider"]["type"] == "local" and not tls:
+        problems.append("on-prem MLflow without TLS (MLFLOW_TLS=1): passwords in clear text")
     for cmd in all_commands(config):
-        if "mlflow server" in cmd:
-            problems.append(f"MLflow started without start_mlflow.sh: {cmd!r}")
+        if "mlflow server" in cmd or "start_mlflow.sh" in cmd:
+            problems.append(f"MLflow started without its own user's wrapper: {cmd!r}")
         if START_MLFLOW in cmd and cmd not in (head[i] for i in servers):
             problems.append(f"MLflow started on workers: {cmd!r}")
+        if MLFLOW_USER in cmd and cmd not in setups:
+            problems.append(f"mlflow_user.sh run outside the head's setup: {cmd!r}")
         if re.search(r"MLFLOW_\w+=\S*://[^\s/@]*:[^\s/@]*@", cmd):
             problems.append("a database password in an MLflow setting")
     return problems
@@ -341,10 +357,14 @@ def gcloud_commands(text: str) -> list[str]:
 
 HEAD_ACCOUNT = "raytrain-head@"
 HEAD_ROLE = "projects/PROJECT_ID/roles/raytrainHead"
+# TPU clusters: IAM Conditions cannot name TPU nodes (tpu.googleapis.com has no resource
+# attributes), so a custom role of Ray's TPU calls, unconditioned.
+TPU_HEAD_ROLE = "projects/PROJECT_ID/roles/raytrainTpuHead"
 # Project-wide roles the head's account may hold: what Ray's node provider calls on the head
 # (instances insert/list/setLabels/delete and zone operations; TPU nodes create/list/delete).
-HEAD_PROJECT_ROLES = {HEAD_ROLE, "roles/compute.viewer", "roles/tpu.admin"}
+HEAD_PROJECT_ROLES = {HEAD_ROLE, TPU_HEAD_ROLE}
 BROAD_ROLES = {"roles/owner", "roles/editor", "roles/compute.admin", "roles/storage.admin",
+               "roles/tpu.admin", "roles/compute.viewer",
                "roles/storage.objectAdmin", "roles/iam.serviceAccountAdmin",
                "roles/compute.instanceAdmin.v1", "roles/compute.instanceAdmin"}  # fmt: skip
 # What Ray 2.60's GCP node provider (ray/autoscaler/_private/gcp/node.py) calls for Compute VMs.
@@ -353,6 +373,14 @@ RAY_COMPUTE_PERMISSIONS = {
       "setMetadata", "setServiceAccount", "setTags", "start", "stop")),
     "compute.disks.create", "compute.subnetworks.use", "compute.images.useReadOnly",
     "compute.zoneOperations.get",
+}  # fmt: skip
+# What its TPU node provider calls (the GCPTPU class there): TPU nodes list, get, create, patch
+# (labels: update), start, stop, delete and their operations; and Compute VMs listed and read
+# (the head is one).
+RAY_TPU_PERMISSIONS = {
+    *(f"tpu.nodes.{verb}" for verb in ("create", "delete", "get", "list", "update", "start",
+      "stop")),
+    "tpu.operations.get", "compute.instances.get", "compute.instances.list",
 }  # fmt: skip
 
 
@@ -378,7 +406,8 @@ def head_account_least_privilege(text: str) -> list[str]:
     for cmd in gcloud_commands(text):
         if "iam roles create" in cmd:
             listed = re.search(r"--permissions[= ](\S+)", cmd)
-            extra = set(listed.group(1).split(",")) - RAY_COMPUTE_PERMISSIONS if listed else set()
+            calls = RAY_TPU_PERMISSIONS if "raytrainTpuHead" in cmd else RAY_COMPUTE_PERMISSIONS
+            extra = set(listed.group(1).split(",")) - calls if listed else set()
             problems += [f"the head's role holds {p}, which Ray never calls" for p in sorted(extra)]
         role = re.search(r"--role[= ](\S+)", cmd)
         roles = re.findall(r"roles/[\w.]+", cmd) if "for role in" in cmd else []
@@ -394,7 +423,7 @@ def head_account_least_privilege(text: str) -> list[str]:
                 if r == HEAD_ROLE and (len(kept) != 2 or set(kept) != {cluster}):
                     problems.append(f"{r} is not kept to the cluster's VMs and disks ({cluster}*)")
     tpu = any("acceleratorType" in node for _, node, _ in gcp_node_types(text))
-    needed = {"roles/tpu.admin"} if tpu else {HEAD_ROLE}
+    needed = {TPU_HEAD_ROLE} if tpu else {HEAD_ROLE}
     problems += [f"the header never grants the head {r}" for r in sorted(needed - set(granted))]
     header = re.match(r"(?:#.*\n|\s*\n)*", text).group(0)
     problems += [
@@ -486,7 +515,7 @@ RAY_UP_RULES: list[Rule] = [
 # ---- rules for Kubernetes manifests -------------------------------------------------------------
 
 KINDS = {"RayCluster", "RayJob", "Deployment", "Service", "PersistentVolumeClaim",
-         "ServiceAccount", "NetworkPolicy"}  # fmt: skip
+         "ServiceAccount", "NetworkPolicy", "Role", "RoleBinding"}  # fmt: skip
 KUBERAY_SCHEMAS = ROOT / "tests" / "fixtures" / "kuberay-v1.7.0-schemas.yaml"
 
 
@@ -681,6 +710,52 @@ def kube_service_accounts(text: str) -> list[str]:
     return problems
 
 
+# What Ray 2.60's KubeRay node provider calls with the autoscaler's token
+# (ray/autoscaler/_private/kuberay/node_provider.py): GET pods/HEAD and pods?labelSelector=...,
+# GET and PATCH rayclusters/NAME.
+AUTOSCALER_RULES = {("", "pods"): {"get", "list"}, ("ray.io", "rayclusters"): {"get", "patch"}}
+
+
+def kube_rbac(text: str) -> list[str]:
+    """An autoscaling RayCluster's head account is bound to a Role of its own file, named like the
+    cluster (KubeRay then makes none, whose rules are broader), that grants what the autoscaler
+    calls and nothing else: pods get and list, this RayCluster (by name) get and patch. No other
+    binding, no ClusterRole, no wildcard."""
+    kind_docs = docs(text)
+    roles = {d["metadata"]["name"]: d for d in kind_docs if d.get("kind") == "Role"}
+    bindings = [d for d in kind_docs if d.get("kind") == "RoleBinding"]
+    clusters = {
+        name: spec for name, spec in ray_resources(kind_docs) if spec.get("enableInTreeAutoscaling")
+    }
+    problems = []
+    for name, role in roles.items():
+        for rule in role.get("rules", []):
+            for group in rule.get("apiGroups", []):
+                for resource in rule.get("resources", []):
+                    allowed = AUTOSCALER_RULES.get((group, resource), set())
+                    extra = set(rule.get("verbs", [])) - allowed
+                    if extra:
+                        problems.append(f"Role {name}: {sorted(extra)} on {resource}")
+                    if resource == "rayclusters" and rule.get("resourceNames") != [name]:
+                        problems.append(f"Role {name}: rayclusters not kept to {name!r}")
+    for binding in bindings:
+        ref = binding.get("roleRef", {})
+        if ref.get("kind") != "Role" or ref.get("name") not in roles:
+            problems.append(f"RoleBinding {binding['metadata']['name']}: not this file's Role")
+    for name, spec in clusters.items():
+        head = spec.get("headGroupSpec", {}).get("template", {}).get("spec", {})
+        account = head.get("serviceAccountName")
+        bound = [
+            b
+            for b in bindings
+            if b.get("roleRef", {}).get("name") == name
+            and {"kind": "ServiceAccount", "name": account} in b.get("subjects", [])
+        ]
+        if name not in roles or not bound:
+            problems.append(f"{name}: the autoscaler's account {account} has no Role {name!r}")
+    return problems
+
+
 def selects(selector: dict[str, Any], labels: dict[str, str]) -> bool:
     return all(labels.get(k) == v for k, v in selector.get("matchLabels", {}).items())
 
@@ -722,7 +797,7 @@ def kube_network_policy(text: str) -> list[str]:
 KUBE_RULES: list[Rule] = [
     kube_kinds, kube_ray_version, kube_images_pinned, kube_services_internal, kube_token_auth,
     kube_locality, rayjob_entrypoint, no_credentials, header_block, kube_crd_schema,
-    kube_security_context, kube_service_accounts, kube_network_policy,
+    kube_security_context, kube_service_accounts, kube_network_policy, kube_rbac,
 ]  # fmt: skip
 
 
@@ -785,14 +860,19 @@ BROKEN = [
      "not the `gpu` extra's lock"),
     (pinned_install, "onprem.yaml", "--no-deps --no-build-isolation -e .", "-e .",
      "raytrain is never installed"),
-    (mlflow_on_head, "onprem.yaml", "bash ~/raytrain/cluster_configs/start_mlflow.sh",
-     "true", "0 MLflow"),
+    (mlflow_on_head, "onprem.yaml", START_MLFLOW, "echo", "0 MLflow"),
+    (mlflow_on_head, "gcp.yaml", MLFLOW_USER, "echo", "0 head_setup_commands"),
+    (mlflow_on_head, "onprem.yaml", START_MLFLOW,
+     "source ~/raytrain-venv/bin/activate && bash ~/raytrain/cluster_configs/start_mlflow.sh",
+     "without its own user's wrapper"),
+    (mlflow_on_head, "onprem.yaml", "    MLFLOW_TLS=1\n", "", "without TLS"),
+    (mlflow_on_head, "onprem.yaml", ', "~/.mlflow/ca.pem"]', "]", "lacks ~/.mlflow/ca.pem"),
     (mlflow_on_head, "gcp.yaml", "postgresql://mlflow@CLOUD_SQL_IP",
      "postgresql://mlflow:pw@CLOUD_SQL_IP", "database password"),
     (mlflow_on_head, "gcp-tpu.yaml", 'cluster_synced_files: ["~/.mlflow/credentials"]', "",
      "cluster_synced_files"),
     (mlflow_on_head, "gcp.yaml", "  - ray stop\n",
-     "  - ray stop\n  - mlflow server --host 0.0.0.0\n", "without start_mlflow.sh"),
+     "  - ray stop\n  - mlflow server --host 0.0.0.0\n", "without its own user's wrapper"),
     (gpu_terminate_on_maintenance, "gcp.yaml", "onHostMaintenance: TERMINATE",
      "onHostMaintenance: MIGRATE", "onHostMaintenance TERMINATE"),
     (tpu_node_types, "gcp-tpu.yaml", "      acceleratorType: v4-8",
@@ -825,8 +905,19 @@ BROKEN = [
     (head_account_least_privilege, "gcp.yaml", "compute.zoneOperations.get",
      "compute.zoneOperations.get,compute.firewalls.create",
      "holds compute.firewalls.create, which Ray never calls"),
-    (head_account_least_privilege, "gcp-tpu.yaml", "for role in roles/tpu.admin",
-     "for role in roles/storage.objectUser", "gets roles/storage.objectUser project-wide"),
+    (head_account_least_privilege, "gcp-tpu.yaml", f"--role {TPU_HEAD_ROLE}",
+     "--role roles/tpu.admin", "broad role"),
+    (head_account_least_privilege, "gcp-tpu.yaml", "tpu.operations.get,",
+     "tpu.operations.get,compute.instances.delete,",
+     "holds compute.instances.delete, which Ray never calls"),
+    (head_account_least_privilege, "gcp-tpu.yaml", f"--role {TPU_HEAD_ROLE}",
+     "--role roles/storage.objectUser", "gets roles/storage.objectUser project-wide"),
+    (kube_rbac, "kuberay/raycluster.yaml", "    verbs: [get, list]",
+     "    verbs: [get, list, create]", "['create'] on pods"),
+    (kube_rbac, "kuberay/raycluster.yaml", "    resourceNames: [raytrain]\n", "",
+     "not kept to 'raytrain'"),
+    (kube_rbac, "kuberay/raycluster.yaml", "  - {kind: ServiceAccount, name: raytrain-ray-head}",
+     "  - {kind: ServiceAccount, name: someone}", "has no Role"),
     (firewall_ssh_only, "gcp.yaml", "--rules tcp:22", "--rules tcp:22,tcp:5000", "more than SSH"),
     (firewall_ssh_only, "gcp-tpu.yaml", "--source-ranges YOUR_CIDR", "--source-ranges 0.0.0.0/0",
      "whole internet"),
@@ -923,19 +1014,42 @@ def test_rule_rejects_a_broken_file(rule: Rule, name: str, old: str, new: str, w
 
 
 def mlflow_command(path: Path) -> str:
-    return next(
-        c for c in prepared(path.read_text())["head_start_ray_commands"] if START_MLFLOW in c
-    )
+    """The MLflow setup command of the head (mlflow_user.sh with the settings)."""
+    return next(c for c in prepared(path.read_text())["head_setup_commands"] if MLFLOW_USER in c)
 
 
 SETTING = re.compile(r"MLFLOW_\w+=\S+\s+")
+# What the wrapper runs, as raytrain-mlflow, with the settings in its environment.
+WRAPPED = "source ~/raytrain-venv/bin/activate && bash ~/raytrain/cluster_configs/start_mlflow.sh"
 
 
 def test_every_config_starts_mlflow_the_same_way() -> None:
-    """One command but for its settings (stores, address), so that
-    test_head_mlflow_command_runs covers every file."""
+    """One setup command but for its settings (stores, address, TLS) and one start command, so
+    that test_head_mlflow_command_runs covers every file."""
     commands = {SETTING.sub("", mlflow_command(p)) for p in RAY_UP_FILES}
-    assert len(commands) == 1, commands
+    assert commands == {MLFLOW_USER}, commands
+    starts = {
+        c
+        for p in RAY_UP_FILES
+        for c in prepared(p.read_text())["head_start_ray_commands"]
+        if "mlflow" in c
+    }
+    assert starts == {START_MLFLOW}, starts
+
+
+def test_mlflow_user_script_allows_start_and_stop_only() -> None:
+    """The sudoers rule mlflow_user.sh writes names the wrapper with `start` and with `stop`,
+    nothing else (no wildcard, no other command, no SETENV), and is checked with visudo before
+    it is installed; the wrapper takes its settings from a root-owned file, not the caller."""
+    script = (CONFIGS / "mlflow_user.sh").read_text()
+    rules = re.findall(r"(?m)^\$ray_user ALL=.*$", script)
+    assert rules == [
+        "$ray_user ALL=(root) NOPASSWD: $prefix/bin/$name start, $prefix/bin/$name stop"
+    ]
+    assert "visudo -cqf" in script
+    assert "source $prefix/settings" in script
+    for secret in ("/.pgpass", "/mlflow/admin_password"):
+        assert f'move_secret "$ray_home{secret}"' in script
 
 
 @pytest.mark.slow  # starts an MLflow server and waits for it
@@ -948,7 +1062,7 @@ def test_head_mlflow_command_runs(tmp_path: Path) -> None:
     home.mkdir()
     (home / "raytrain").symlink_to(ROOT)  # the rsynced repository
     (home / "raytrain-venv").symlink_to(sys.prefix)  # the venv the command activates
-    command = SETTING.sub("", mlflow_command(CONFIGS / "gcp.yaml"))
+    command = WRAPPED
     command = command.replace(
         "bash ", f"MLFLOW_ARTIFACTS_DESTINATION={artifacts} MLFLOW_PORT={port} bash ", 1
     )
@@ -1007,5 +1121,84 @@ def test_head_mlflow_command_runs(tmp_path: Path) -> None:
         assert "already running at " + server.uri in again.stdout
         assert (folder / "server.pid").read_text() == first_pid
         assert [server.admin[1], server.jobs[1]] == passwords
+    finally:
+        stop_mlflow(home)
+
+
+@pytest.mark.slow  # starts an MLflow server and waits for it
+def test_head_mlflow_command_serves_tls(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """onprem.yaml's MLFLOW_TLS=1: the server answers HTTPS only, with a certificate of a CA made
+    on its first start; the CA's certificate (never a key) is ~/.mlflow/ca.pem, which raytrain
+    checks the server with and hands to Ray processes; a client that trusts only the system's
+    CAs, or another CA, is refused; `stop` ends the server."""
+    import pickle
+
+    import requests
+
+    from raytrain.tracking import check_reachable, credentials
+
+    home, port = tmp_path / "home", free_port()
+    home.mkdir()
+    (home / "raytrain").symlink_to(ROOT)
+    (home / "raytrain-venv").symlink_to(sys.prefix)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env |= {"HOME": str(home), "MLFLOW_WORKERS": "1", "MLFLOW_TLS": "1"}
+    env |= {"MLFLOW_HOST": "127.0.0.2", "MLFLOW_PORT": str(port)}
+    uri = f"https://127.0.0.2:{port}"
+    try:
+        subprocess.run(
+            ["bash", "-c", WRAPPED], env=env, check=True, timeout=300, capture_output=True
+        )
+        assert (home / "mlflow" / "tracking_uri").read_text().strip() == uri
+        ca = home / ".mlflow" / "ca.pem"
+        assert "BEGIN CERTIFICATE" in ca.read_text()
+        assert "PRIVATE KEY" not in ca.read_text()
+        tls = home / "mlflow" / "tls"
+        for key in ("ca.key", "server.key"):
+            assert (tls / key).stat().st_mode & 0o777 == 0o600, key
+        server = MlflowServer(uri, home)
+        search = f"{uri}/api/2.0/mlflow/experiments/search?max_results=1"
+        assert requests.get(search, auth=server.admin, verify=ca, timeout=60).status_code == 200
+        other = tmp_path / "other-ca.pem"
+        subprocess.run(
+            ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+             "-nodes", "-days", "1", "-subj", "/CN=another CA", "-keyout", str(tmp_path / "k"),
+             "-out", str(other)],
+            check=True, capture_output=True,
+        )  # fmt: skip
+        for verify in (True, other):  # the system's CAs; another CA
+            with pytest.raises(requests.exceptions.SSLError):
+                requests.get(search, auth=server.admin, verify=verify, timeout=60)
+        with pytest.raises(requests.exceptions.ConnectionError):  # no plain HTTP
+            requests.get(search.replace("https:", "http:"), auth=server.admin, timeout=60)
+
+        # raytrain on a node: ~/.mlflow/ca.pem found, set for MLflow's clients, sent along.
+        monkeypatch.setenv("HOME", str(home))
+        monkeypatch.delenv(credentials.CERT_ENV, raising=False)
+        for name in (credentials.USER_ENV, credentials.PASSWORD_ENV):
+            monkeypatch.delenv(name, raising=False)
+        signed_in = credentials.current()
+        assert signed_in is not None
+        assert signed_in.server_cert == str(ca)
+        assert os.environ[credentials.CERT_ENV] == str(ca)
+        check_reachable(uri)
+        monkeypatch.delenv(credentials.CERT_ENV)
+        pickle.loads(pickle.dumps(signed_in)).use()  # a Ray process
+        assert os.environ[credentials.CERT_ENV] == str(ca)
+        import mlflow
+
+        client = mlflow.MlflowClient(tracking_uri=uri)
+        assert client.search_experiments(max_results=1) is not None
+        monkeypatch.setenv(credentials.CERT_ENV, str(other))
+        monkeypatch.setenv("MLFLOW_HTTP_REQUEST_MAX_RETRIES", "0")
+        with pytest.raises(Exception, match=r"(?i)certificate|ssl"):
+            mlflow.MlflowClient(tracking_uri=uri).search_experiments(max_results=1)
+
+        stopped = subprocess.run(
+            ["bash", "-c", f"{WRAPPED} stop"], env=env, check=True, timeout=120, text=True,
+            capture_output=True,
+        )  # fmt: skip
+        assert "MLflow stopped" in stopped.stdout
+        assert not (home / "mlflow" / "server.pid").exists()
     finally:
         stop_mlflow(home)

@@ -175,6 +175,7 @@ def test_the_locks_are_there() -> None:
         "nodes-gcp.txt",  # a GCP head: the `gcp` extra
         "nodes-tpu.txt",  # TPU hosts: tensorflow-tpu and libtpu
         "tensorflow-tpu.txt",  # tensorflow-tpu alone, reinstalled last on TPU hosts
+        "mlflow-server.txt",  # the head's MLflow server, in its own venv
     }
 
 
@@ -243,6 +244,17 @@ def test_every_install_in_cluster_configs_is_a_lock_with_hashes() -> None:
     assert len([c for _, c in commands if "--require-hashes" in c]) >= 6
     problems = [f"{name}: {p}" for name, c in commands for p in install_problems(c)]
     assert problems == []
+
+
+def test_the_heads_mlflow_venv_installs_its_lock_with_hashes() -> None:
+    """mlflow_user.sh's venv (root's, for MLflow's own user) takes nothing but its lock, whose
+    every package a node's lock holds too (so an on-prem wheelhouse serves it)."""
+    script = (CONFIGS / "mlflow_user.sh").read_text()
+    (install,) = re.findall(r"pip=\((.*?)\)", script, re.S)
+    assert "--require-hashes" in install
+    assert re.search(r'-r "\$repo/requirements/mlflow-server.txt"', install), install
+    assert '"${pip[@]}"\n' in script  # nothing named beside the lock
+    assert lock("mlflow-server.txt").keys() <= lock("nodes.txt").keys()
 
 
 # The rules, fed what they must refuse.

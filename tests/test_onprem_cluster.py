@@ -7,6 +7,11 @@ header says, and every other step is the header's or docs/how-to/on-prem.md's: a
 cluster, Ray's token, `ray up`, `ray dashboard`, `raytrain submit`, `ray down`. The machines share
 one filesystem (their home folder, and the results folder the experiments use): a real cluster
 needs shared storage or gs:// for that, which a test below checks raytrain says.
+
+MLflow runs on the head as its own system user (cluster_configs/mlflow_user.sh) and serves HTTPS:
+the SSH user gets passwordless sudo for `ray up` only, as the header says, and loses it before
+any job runs. The machines share the host's /etc, /opt and /var/lib, so that user, its venv and
+its sudoers rule are made on the host and removed at the end (needs sudo: `make system-deps`).
 """
 
 from __future__ import annotations
@@ -35,6 +40,15 @@ CONFIG = REPO / "cluster_configs" / "onprem.yaml"
 BIN = Path(sys.executable).parent
 DASHBOARD = "http://127.0.0.1:8265"  # `ray dashboard`'s tunnel on the laptop
 RAY_PROCESSES = ("raylet", "gcs_server", "ray::", "dashboard", "mlflow", "log_monitor", "ray/")
+# What cluster_configs/mlflow_user.sh makes on the head (here on the host: the machines share it).
+MLFLOW_USER = "raytrain-mlflow"
+MLFLOW_HOME = Path("/var/lib/raytrain-mlflow")
+MLFLOW_VENV = Path("/opt/raytrain-mlflow")
+MLFLOW_SUDOERS = Path("/etc/sudoers.d/raytrain-mlflow")
+WRAPPER = f"sudo -n {MLFLOW_VENV}/bin/raytrain-mlflow"
+# A stand-in database password in the SSH user's ~/.pgpass (TRACKING in the header): the first
+# `ray up` moves it into MLflow's user's home, where no job can read it.
+DB_PASSWORD = "test-db-password-7f3a9c"
 
 
 @dataclass
@@ -47,10 +61,11 @@ class OnPrem:
     env: dict[str, str]  # the laptop's shell: its HOME (key, Ray's token) and the repo's venv
     tracking_uri: str
     docs_uri: str  # what the docs' MLFLOW_URI=$(ray exec ...) line gives
-    admin_password: str  # what the docs' `ray exec ... admin_password` line gives
+    admin_password: str  # read on the head as root, as the header says (`sudo cat ...`)
     shared: Path  # a folder both machines see: the experiments' storage
     experiments: Path
     up_s: float
+    ca: Path = Path()  # the cluster's CA certificate, fetched to the laptop as the header says
 
     def laptop(
         self, *args: str, timeout: float = 600, check: bool = True, stdin: str | None = None
@@ -68,6 +83,7 @@ class OnPrem:
         """
         signed_in = {"MLFLOW_TRACKING_USERNAME": "admin"}
         signed_in["MLFLOW_TRACKING_PASSWORD"] = self.admin_password
+        signed_in["MLFLOW_TRACKING_SERVER_CERT_PATH"] = str(self.ca)
         done = self.lan.on_laptop(
             [str(BIN / "python"), "-c", textwrap.dedent(code)],
             env={**self.env, **signed_in},
@@ -102,11 +118,25 @@ def _filled_in(text: str, head: str, worker: str, user: str, key: Path) -> str:
     return text
 
 
+def _remove_mlflow_user() -> None:
+    """What mlflow_user.sh made on the host (the machines share its /etc, /opt and /var/lib)."""
+    MLFLOW_SUDOERS.unlink(missing_ok=True)
+    subprocess.run(["userdel", MLFLOW_USER], capture_output=True)
+    subprocess.run(["groupdel", MLFLOW_USER], capture_output=True)
+    shutil.rmtree(MLFLOW_VENV, ignore_errors=True)
+    shutil.rmtree(MLFLOW_HOME, ignore_errors=True)
+
+
 @pytest.fixture(scope="module")
 def onprem() -> Iterator[OnPrem]:
     why = machines.available()
     if why:
         pytest.skip(why)
+    if not shutil.which("sudo") or not shutil.which("openssl"):
+        pytest.skip("needs sudo and openssl (MLflow's own user, TLS): make system-deps")
+    for made in (MLFLOW_VENV, MLFLOW_HOME, MLFLOW_SUDOERS):
+        if made.exists():
+            pytest.skip(f"{made} exists: another cluster's MLflow user is set up on this machine")
     # Namespaces have no route to a package index: the nodes install from the wheelhouse.
     subprocess.run(["make", "wheelhouse"], cwd=REPO, check=True, capture_output=True)
     root = Path(tempfile.mkdtemp(prefix="raytrain-lan-", dir="/var/tmp"))  # not /tmp: private
@@ -122,6 +152,7 @@ def onprem() -> Iterator[OnPrem]:
         "LANG": "C.UTF-8",
     }
     dashboard = None
+    setup_sudo = None
     try:
         with machines.Lan(root) as lan:
             key = home / ".ssh" / "raytrain_cluster"
@@ -146,6 +177,14 @@ def onprem() -> Iterator[OnPrem]:
                 assert check.stdout.startswith("Python 3.11"), check.stdout + check.stderr
             lan.on_laptop([str(BIN / "ray"), "get-auth-token", "--generate"], env=env)
             (home / ".ray" / "auth_token").chmod(0o600)
+            # The header's sudo for the first `ray up`, and TRACKING's ~/.pgpass on the head.
+            setup_sudo = Path(f"/etc/sudoers.d/raytrain-setup-{lan.user}")
+            setup_sudo.write_text(f"{lan.user} ALL=(ALL) NOPASSWD: ALL\n")
+            setup_sudo.chmod(0o440)
+            pgpass = lan.home / ".pgpass"
+            pgpass.write_text(f"POSTGRES_HOST:5432:*:mlflow:{DB_PASSWORD}\n")
+            shutil.chown(pgpass, lan.user)
+            pgpass.chmod(0o600)
             config = root / "onprem.yaml"
             config.write_text(
                 _filled_in(CONFIG.read_text(), head.address, worker.address, lan.user, key)
@@ -163,6 +202,7 @@ def onprem() -> Iterator[OnPrem]:
                 str(BIN / "ray"), "up", "-y", str(config), timeout=1500, check=False
             )
             cluster.up_s = time.monotonic() - start
+            setup_sudo.unlink()  # the header: right after the first `ray up`
             assert up.returncode == 0, _tail(up) + _logs(root)
             dashboard = subprocess.Popen(
                 lan.laptop_command([str(BIN / "ray"), "dashboard", str(config)]),
@@ -175,18 +215,24 @@ def onprem() -> Iterator[OnPrem]:
             # docs/how-to/on-prem.md's line, as written there (checked in a test of its own)
             read = f"ray exec {config} 'cat ~/mlflow/tracking_uri' | tr -d '\\r' | grep -m1 '^http'"
             cluster.docs_uri = cluster.laptop("bash", "-c", read).stdout.strip()
-            # docs/how-to/on-prem.md's line for the admin's password (the UI's sign-in)
-            read = (
-                f"ray exec {config} 'sed \"s/^/admin password: /\" ~/mlflow/admin_password'"
-                " | tr -d '\\r' | grep -m1 '^admin password: '"
+            # The admin's password (the UI's sign-in): on the head, as root (the header's
+            # `sudo cat`); the SSH user cannot read it.
+            admin_password = MLFLOW_HOME / "mlflow" / "admin_password"
+            cluster.admin_password = admin_password.read_text().strip()
+            # The header's line that fetches the cluster's CA to the laptop.
+            fetch = (
+                f"mkdir -p ~/.mlflow && ray rsync-down {config} '~/.mlflow/ca.pem' ~/.mlflow/ca.pem"
             )
-            shown = cluster.laptop("bash", "-c", read).stdout.strip()
-            cluster.admin_password = shown.removeprefix("admin password: ")
-            cluster.tracking_uri = f"http://{head.address}:5000"
+            cluster.laptop("bash", "-c", fetch)
+            cluster.ca = home / ".mlflow" / "ca.pem"
+            cluster.tracking_uri = f"https://{head.address}:5000"
             yield cluster
     finally:
         if dashboard is not None and dashboard.poll() is None:
             os.killpg(dashboard.pid, 9)
+        if setup_sudo is not None:
+            setup_sudo.unlink(missing_ok=True)
+        _remove_mlflow_user()
         shutil.rmtree(root, ignore_errors=True)
 
 
@@ -227,7 +273,8 @@ def _nodes(cluster: OnPrem, count: int, timeout: float = 240) -> list[dict[str, 
 def _mlflow_answers(cluster: OnPrem, timeout: float = 300) -> None:
     """Until the head's MLflow server answers: `ray up` starts it in the background, and it
     takes minutes to import on a loaded machine (a job's check allows it 5 s)."""
-    health = ["curl", "-sf", "--max-time", "5", f"{cluster.tracking_uri}/health"]
+    health = ["curl", "-sf", "--max-time", "5", "--cacert", str(cluster.ca)]
+    health.append(f"{cluster.tracking_uri}/health")
     deadline = time.monotonic() + timeout
     while cluster.laptop(*health, check=False).returncode != 0:
         assert time.monotonic() < deadline, f"MLflow did not answer in {timeout:.0f} s"
@@ -297,7 +344,7 @@ def _first_epoch_logged(cluster: OnPrem, experiment: str) -> bool:
     api = f"{cluster.tracking_uri}/api/2.0/mlflow"
 
     def call(*args: str) -> dict[str, object]:
-        curl = ("curl", "-sf", "--max-time", "10", "-K", "-", *args)
+        curl = ("curl", "-sf", "--max-time", "10", "--cacert", str(cluster.ca), "-K", "-", *args)
         done = cluster.laptop(*curl, check=False, stdin=auth)
         return json.loads(done.stdout) if done.returncode == 0 else {}
 
@@ -340,21 +387,89 @@ def test_the_docs_read_the_mlflow_uri(onprem: OnPrem) -> None:
     assert onprem.docs_uri == onprem.tracking_uri, repr(onprem.docs_uri)
 
 
-def test_mlflow_requires_signing_in_and_the_docs_read_the_admin_password(onprem: OnPrem) -> None:
+def test_mlflow_requires_signing_in(onprem: OnPrem) -> None:
     """Jobs sign in by themselves (the cluster's raytrain-jobs user: the tests below); anyone
-    else needs a user, here the admin whose password the docs' line read from the head."""
+    else needs a user, here the admin whose password root read on the head."""
     search = f"{onprem.tracking_uri}/api/2.0/mlflow/experiments/search?max_results=1"
     codes = onprem.python(
         f"""
         import json, os, requests
         admin = ("admin", os.environ["MLFLOW_TRACKING_PASSWORD"])
+        ca = os.environ["MLFLOW_TRACKING_SERVER_CERT_PATH"]
         print(json.dumps([
-            requests.get("{search}", auth=auth, timeout=30).status_code
+            requests.get("{search}", auth=auth, timeout=30, verify=ca).status_code
             for auth in (None, ("admin", "wrong"), admin)
         ]))
         """
     )
     assert codes == [401, 401, 200]
+
+
+def test_jobs_cannot_read_mlflow_passwords_and_clients_verify_its_tls(onprem: OnPrem) -> None:
+    """A job (any code a Ray token holder sends) runs as the SSH user: it can neither read the
+    MLflow admin's password, the database's password (moved from ~/.pgpass at `ray up`) nor the
+    TLS key, nor use sudo for more than starting and stopping MLflow. The laptop reaches MLflow
+    over HTTPS with the cluster's CA; without it (the system's CAs), with another CA, or over
+    plain HTTP, it does not."""
+    secret_files = [
+        MLFLOW_HOME / "mlflow" / "admin_password",
+        MLFLOW_HOME / ".pgpass",
+        MLFLOW_HOME / "mlflow" / "tls" / "ca.key",
+        MLFLOW_HOME / "mlflow" / "tls" / "server.key",
+    ]
+    for secret in secret_files:  # they are there, private to MLflow's user
+        assert secret.stat().st_mode & 0o077 == 0, secret
+        assert secret.owner() == MLFLOW_USER, secret
+    assert DB_PASSWORD in (MLFLOW_HOME / ".pgpass").read_text()
+    assert not (onprem.lan.home / ".pgpass").exists()
+    tries = [f"cat {f}" for f in [*secret_files, "~/.pgpass", "~/mlflow/admin_password"]]
+    tries += [f"sudo -n cat {secret_files[0]}", f"sudo -n -u {MLFLOW_USER} cat {secret_files[1]}"]
+    tries += ["sudo -n -i true", f"{WRAPPER} status", "ls /var/lib/raytrain-mlflow"]
+    script = "; ".join(
+        f"if {t} 2>&1; then echo 'READ: {t}'; else echo 'DENIED: {t}'; fi" for t in tries
+    )
+    done = onprem.laptop(
+        str(BIN / "ray"), "job", "submit", "--address", DASHBOARD, "--", "bash", "-c", script,
+        timeout=300, check=False,
+    )  # fmt: skip
+    said = done.stdout + done.stderr
+    assert done.returncode == 0, _tail(done)
+    # Lines of the job's own output (Ray also echoes the entrypoint, which names both words).
+    lines = set(said.splitlines())
+    for t in tries:
+        assert f"DENIED: {t}" in lines, said[-5000:]
+    assert not [line for line in lines if line.startswith("READ: ")], said[-5000:]
+    assert onprem.admin_password not in said
+    assert DB_PASSWORD not in said
+
+    other = onprem.experiments / "other-ca.pem"
+    subprocess.run(
+        ["openssl", "req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256",
+         "-nodes", "-days", "1", "-subj", "/CN=another CA", "-out", str(other), "-keyout",
+         str(onprem.experiments / "other-ca.key")],
+        check=True, capture_output=True,
+    )  # fmt: skip
+    search = f"{onprem.tracking_uri}/api/2.0/mlflow/experiments/search?max_results=1"
+    outcomes = onprem.python(
+        f"""
+        import json, os, requests
+        admin = ("admin", os.environ["MLFLOW_TRACKING_PASSWORD"])
+        def outcome(url, verify):
+            try:
+                return requests.get(url, auth=admin, timeout=30, verify=verify).status_code
+            except requests.exceptions.SSLError:
+                return "ssl-error"
+            except requests.exceptions.ConnectionError:
+                return "connection-error"
+        print(json.dumps([
+            outcome("{search}", "{onprem.ca}"),
+            outcome("{search}", True),
+            outcome("{search}", "{other}"),
+            outcome("{search.replace("https:", "http:")}", True),
+        ]))
+        """
+    )
+    assert outcomes == [200, "ssl-error", "ssl-error", "connection-error"], outcomes
 
 
 def test_two_workers_train_on_both_machines(onprem: OnPrem) -> None:
@@ -487,9 +602,7 @@ def test_a_lost_worker_machine_does_not_end_the_run(onprem: OnPrem) -> None:
 
 def test_ray_down_stops_ray_on_both_machines(onprem: OnPrem) -> None:
     # The header's TEAR DOWN, in its order.
-    onprem.laptop(
-        str(BIN / "ray"), "exec", str(onprem.config), "kill -- -$(cat ~/mlflow/server.pid)"
-    )
+    onprem.laptop(str(BIN / "ray"), "exec", str(onprem.config), f"{WRAPPER} stop")
     down = onprem.laptop(str(BIN / "ray"), "down", "-y", str(onprem.config))
     assert down.returncode == 0, _tail(down)
     deadline = time.monotonic() + 90

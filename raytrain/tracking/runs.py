@@ -108,6 +108,8 @@ def check_reachable(uri: str, *, timeout_s: float = 5.0) -> None:
                 f"{uri.rstrip('/')}/api/2.0/mlflow/experiments/search",
                 params={"max_results": 1},
                 auth=signed_in.auth if signed_in else None,
+                # The cluster's own CA for an HTTPS server (~/.mlflow/ca.pem), else the system's.
+                verify=credentials.server_cert() or True,
                 # Seconds to connect; a server that answers slowly (checking a password costs
                 # it CPU) is given longer.
                 timeout=(timeout_s, 60),
