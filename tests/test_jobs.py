@@ -35,7 +35,7 @@ from raytrain.config.loader import load_experiment
 from raytrain.config.locality import Locality
 from raytrain.errors import ClusterError, SpecError
 
-from .conftest import free_ports, write_yaml
+from .conftest import free_port, free_ports, write_yaml
 
 RAYTRAIN = [sys.executable, "-m", "raytrain"]
 RAY = str(Path(sys.executable).with_name("ray"))
@@ -523,3 +523,59 @@ def test_run_checks_locality_on_the_connected_cluster(ray_cluster: ClusterInfo) 
     check_locality(Locality())
     with pytest.raises(ClusterError, match="no node in the cluster has resource 'onprem'"):
         check_locality(Locality("onprem"))
+
+
+JOB_CANARY = "canary-Jb27qWx"  # a secret's value: must never show
+
+
+@pytest.mark.slow  # submits to the module's cluster
+def test_a_submitted_job_shows_no_secret(two_nodes: TwoNodes, tmp_path: Path) -> None:
+    """Secrets referenced by the experiment are resolved on the node: neither the job's record,
+    its entrypoint, its logs nor raytrain's listing carry them. (On this module's cluster, not
+    the session's Ray instance: with two test workers one of those has no job agent, as both
+    want Ray's default agent port.)"""
+    from ray.job_submission import JobSubmissionClient
+
+    from raytrain.cluster.jobs import _auth_headers, submit
+    from raytrain.config.references import deferred
+
+    secret_file = tmp_path / "password"  # on the node: the job resolves the references there
+    secret_file.write_text(JOB_CANARY)
+    folder = tmp_path / "experiment"
+    folder.mkdir()
+    path = write_yaml(
+        folder,
+        f"""
+        name: canary-job
+        scaling: {{num_workers: 1}}
+        tracking:
+          uri: http://raytrain:${{file:{secret_file}}}@127.0.0.1:{free_port()}
+          tags: {{MLFLOW_TRACKING_PASSWORD: "${{file:{secret_file}}}"}}
+        """,
+    )
+    with deferred():
+        secret = load_experiment(path, [f"tracking.tags.api_key={JOB_CANARY}"])
+        plain = load_experiment(path, ["train.epochs=1"])
+    with pytest.raises(ClusterError, match=r"--set tracking\.tags\.api_key=\*\*\*: a secret"):
+        submit(secret, address=two_nodes.url)
+    deadline = time.monotonic() + 120  # a fresh instance's job agent registers a moment late
+    while True:
+        try:
+            job = submit(plain, address=two_nodes.url)
+            break
+        except ClusterError as exc:
+            if "No available agent" not in str(exc):
+                raise
+            assert time.monotonic() < deadline, "the cluster's job agent never registered"
+            time.sleep(2)
+    client = JobSubmissionClient(two_nodes.url, headers=_auth_headers())
+    deadline = time.monotonic() + 120  # the job fails fast: its tracking server is not there
+    while not client.get_job_status(job.job_id).is_terminal() and time.monotonic() < deadline:
+        time.sleep(1)
+    stop_job(job.job_id, address=two_nodes.url)
+    info = client.get_job_info(job.job_id)
+    everything = [repr(d) for d in client.list_jobs()]
+    everything += [repr(info), client.get_job_logs(job.job_id)]
+    everything += [str(r) for r in list_jobs(address=two_nodes.url)]
+    assert info.entrypoint == "python -m raytrain run exp.yaml --set train.epochs=1"
+    assert all(JOB_CANARY not in text for text in everything)
