@@ -132,6 +132,39 @@ def test_abandoned_worker_groups_are_collected_and_occupied_ones_kept(
             remove_placement_group(group)
 
 
+def test_a_worker_group_whose_controller_died_is_collected_without_waiting(
+    ray_cluster: ClusterInfo, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Ray Train's controller, killed with its stopped trial just as it asked for the worker
+    # group, leaves the group with a dead creator: held for the whole grace period, it made the
+    # next trial of a 2-worker sweep wait 30 s. The race cannot be made on demand, so the GCS
+    # record of a real empty group is read with its creator marked dead, as Ray marks it.
+    from raytrain.shims import ray_core
+
+    abandoned = placement_group([{"CPU": 1.0}])
+    young = placement_group([{"CPU": 1.0}])  # empty too, made by this driver: only the grace
+    ray.get([abandoned.ready(), young.ready()], timeout=60)
+    table = ray_core.placement_group_table
+
+    def marked() -> list[Any]:
+        records = table()
+        for record in records:
+            if record.placement_group_id.hex() == abandoned.id.hex():
+                record.creator_actor_id = bytes([7]) * 16  # a Train controller's
+                record.creator_actor_dead = True
+        return records
+
+    monkeypatch.setattr(ray_core, "placement_group_table", marked)
+    try:
+        AbandonedGroupCollector({"CPU": 1.0}, grace_s=30.0, every_s=0.0).tick()
+        assert _state(abandoned) == "REMOVED"
+        assert _state(young) == "CREATED"
+    finally:
+        for group in (abandoned, young):
+            if _state(group) != "REMOVED":
+                remove_placement_group(group)
+
+
 def _state(group: PlacementGroup) -> str:
     return ray.util.placement_group_table(group)["state"]
 

@@ -30,6 +30,7 @@ from raytrain.data.dataset import Dataset, load_dataset
 from raytrain.errors import find_user_error
 from raytrain.plan.estimate import Profile, hardware_needed
 from raytrain.storage import forwarded_env
+from raytrain.train.session import Trained
 
 __all__ = ["PROFILE_EPOCHS", "PROFILE_STEPS", "hardware_here", "profile"]
 
@@ -51,8 +52,11 @@ def hardware_here(spec: Experiment) -> bool:
 
 
 def profile(spec: Experiment, *, base_dir: str, connect_s: float) -> Profile:
-    """Train ``PROFILE_EPOCHS`` short epochs of ``spec`` on the connected cluster and measure."""
+    """Train ``PROFILE_EPOCHS`` short epochs of ``spec`` on the connected cluster and measure,
+    the way the run trains (one actor for 1 worker, else Ray Train): their starts differ by
+    seconds."""
     from raytrain.train.loop import fit
+    from raytrain.train.process import fit_in_process
 
     check_locality(spec.data.locality_rule)
     check_feasible(
@@ -74,7 +78,8 @@ def profile(spec: Experiment, *, base_dir: str, connect_s: float) -> Profile:
         }
     )
     with tempfile.TemporaryDirectory(prefix="raytrain-plan-") as folder:
-        commits, began, ended = _timed_fit(fit, quick, short, folder, base_dir)
+        train = fit_in_process if spec.in_one_process else fit
+        commits, began, ended = _timed_fit(train, quick, short, folder, base_dir)
     times = [at for at, _ in commits]
     cycles = [b - a for a, b in itertools.pairwise(times)]
     cycle = statistics.median(cycles)
@@ -128,16 +133,18 @@ def _sliced(data: Dataset, *, rows: int, world: int) -> Dataset:
 
 
 def _timed_fit(
-    fit: Callable[..., object], spec: Experiment, data: Dataset, folder: str, base_dir: str
+    fit: Callable[..., Trained], spec: Experiment, data: Dataset, folder: str, base_dir: str
 ) -> tuple[list[tuple[float, dict[str, Any]]], float, float]:
     """Run ``fit`` with no tracking; each committed epoch with the time it reached this driver,
     when fit began and when it returned."""
+    from raytrain.train.process import release
+
     queue = ray.util.queue.Queue(actor_options={"num_cpus": 0})
     outcome: dict[str, Any] = {}
 
     def _fit() -> None:
         try:
-            fit(
+            trained = fit(
                 spec,
                 data_ref=ray.put(data.for_workers()),
                 datasets=data.ray_datasets,
@@ -147,6 +154,7 @@ def _timed_fit(
                 progress=queue,
                 base_dir=base_dir,
             )
+            release(trained)  # a 1-worker actor stays up for the model's logging otherwise
         except BaseException as exc:
             outcome["error"] = exc
         outcome["ended"] = time.monotonic()
