@@ -135,7 +135,7 @@ class AbandonedGroupCollector:
         bundle: dict[str, float],
         *,
         grace_s: float = 30.0,
-        every_s: float = 1.0,
+        every_s: float = 2.0,
         clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self.bundle = {k: float(v) for k, v in bundle.items() if v}
