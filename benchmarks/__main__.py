@@ -30,6 +30,7 @@ from benchmarks import (
     small_run,
     sweep_efficiency,
     sweep_overhead,
+    tracking_auth,
     train_overhead,
 )
 from raytrain.cluster.connection import WORKER_ENV, connect
@@ -46,6 +47,7 @@ BENCHMARKS = {
     "serve": serve.run,
     "gpu": gpu.run,  # one GPU; --dry-run checks it on the CPU
     "plan_accuracy": plan_accuracy.run,
+    "tracking_auth": tracking_auth.run,  # an MLflow server, no Ray
 }
 WITHOUT_RAY = {
     "collectives",
@@ -53,6 +55,7 @@ WITHOUT_RAY = {
     "sweep_overhead",
     "gpu",
     "plan_accuracy",
+    "tracking_auth",
 }  # each side starts its own
 RESULTS = Path(__file__).resolve().parent / "results"
 

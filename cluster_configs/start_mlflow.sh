@@ -30,6 +30,12 @@
 #   MLFLOW_ALLOWED_HOSTS          Host headers the server accepts. Default: MLFLOW_HOST and
 #                                 localhost (an SSH tunnel or port-forward)
 #   MLFLOW_WORKERS                server processes, 4 by default
+#   MLFLOW_AUTH_CACHE_TTL_S       seconds a server process trusts a password it checked: 60 by
+#                                 default, 0 to check every request. Each check is a scrypt hash
+#                                 (~0.1 s of CPU), and a run signs in on every request (its
+#                                 epochs, parameters, files, registry calls): without the cache
+#                                 the server's CPU went to hashing. A changed or deleted
+#                                 password can still work for up to this long.
 #   MLFLOW_SERVER_ENABLE_JOB_EXECUTION   MLflow's GenAI job runner: false by default (unused)
 #   MLFLOW_HOME                   the server's own files. Default ~/mlflow
 #   MLFLOW_AUTH_ADMIN_PASSWORD    the admin's password; default: generated once into
@@ -111,6 +117,7 @@ backend=${MLFLOW_BACKEND_STORE_URI:-sqlite:///$home/mlflow.db}
 auth_db=${MLFLOW_AUTH_DATABASE_URI:-sqlite:///$home/basic_auth.db}
 artifacts=${MLFLOW_ARTIFACTS_DESTINATION:-$home/artifacts}
 permission=${MLFLOW_DEFAULT_PERMISSION:-READ}
+auth_cache_ttl=${MLFLOW_AUTH_CACHE_TTL_S:-60}
 allowed=${MLFLOW_ALLOWED_HOSTS:-$host,$host:$port,localhost,localhost:*,127.0.0.1,127.0.0.1:*}
 jobs_user=raytrain-jobs
 credentials=$HOME/.mlflow/credentials
@@ -135,6 +142,12 @@ if [ -z "$host" ]; then
   echo "start_mlflow.sh: no address to listen on: set MLFLOW_HOST" >&2
   exit 1
 fi
+case $auth_cache_ttl in
+  '' | *[!0-9]*)
+    echo "start_mlflow.sh: MLFLOW_AUTH_CACHE_TTL_S must be a whole number of seconds," \
+      "not '$auth_cache_ttl'" >&2
+    exit 1 ;;
+esac
 for uri in "$backend" "$auth_db"; do
   case $uri in
     *://*:*@*) echo "start_mlflow.sh: a database URI holds a password: put it in ~/.pgpass" \
@@ -231,6 +244,7 @@ default_permission = $permission
 database_uri = $auth_db
 admin_username = admin
 authorization_function = mlflow.server.auth:authenticate_request_basic_auth
+auth_cache_ttl_seconds = $auth_cache_ttl
 EOF
 
 if healthy; then

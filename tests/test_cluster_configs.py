@@ -1052,6 +1052,25 @@ def test_mlflow_user_script_allows_start_and_stop_only() -> None:
         assert f'move_secret "$ray_home{secret}"' in script
 
 
+@pytest.mark.parametrize("ttl", ["1m", "-5", "60 s"])
+def test_a_password_cache_time_that_is_not_whole_seconds_is_refused_in_one_line(
+    tmp_path: Path, ttl: str
+) -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("MLFLOW_")}
+    env |= {"HOME": str(tmp_path), "MLFLOW_HOST": "127.0.0.1", "MLFLOW_AUTH_CACHE_TTL_S": ttl}
+    done = subprocess.run(
+        ["bash", str(ROOT / "cluster_configs" / "start_mlflow.sh")],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 1
+    assert done.stderr.count("\n") == 1, done.stderr
+    assert "MLFLOW_AUTH_CACHE_TTL_S" in done.stderr
+    assert list(tmp_path.iterdir()) == []  # refused before anything was written
+
+
 @pytest.mark.slow  # starts an MLflow server and waits for it
 def test_head_mlflow_command_runs(tmp_path: Path) -> None:
     """gcp.yaml's command, on this machine, with its stores swapped for local ones: it returns
@@ -1086,6 +1105,8 @@ def test_head_mlflow_command_runs(tmp_path: Path) -> None:
         passwords = [server.admin[1], server.jobs[1]]
         assert min(len(p) for p in passwords) >= 32
         assert not any(p in (folder / "basic_auth.ini").read_text() for p in passwords)
+        # MLflow checks a password with scrypt on every request unless it caches the check.
+        assert "auth_cache_ttl_seconds = 60\n" in (folder / "basic_auth.ini").read_text()
 
         assert server.create_experiment() == 401
         assert server.create_experiment(server.admin) == 200

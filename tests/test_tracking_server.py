@@ -252,7 +252,8 @@ def test_run_sweep_serve_and_export_signed_in_from_the_environment(
     ray_cluster: ClusterInfo, signed_in: Head, tmp_path: Path
 ) -> None:
     """The session's Ray instance was started without credentials: Ray Train's controller and
-    worker and the Serve replicas log and load only with what raytrain hands them."""
+    worker, the sweep's trial processes and the Serve replicas log and load only with what
+    raytrain hands them."""
     from ray import serve
     from ray.util.state import list_actors, list_jobs
 
@@ -262,7 +263,10 @@ def test_run_sweep_serve_and_export_signed_in_from_the_environment(
     from raytrain.serve import deploy, describe, stop
 
     uri = signed_in.uri
-    run = run_experiment(load_experiment(_experiment(tmp_path, uri)))
+    # As a Ray Train run (a 1-worker run trains in one actor by default): its controller logs.
+    run = run_experiment(
+        load_experiment(_experiment(tmp_path, uri), ["scaling.one_worker=ray_train"])
+    )
     client = mlflow.MlflowClient(tracking_uri=uri)
     history = client.get_metric_history(run.tracking.run_id, "val_loss")
     assert [m.step for m in history] == [1, 2]  # epochs, logged by Ray Train's controller
