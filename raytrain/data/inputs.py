@@ -31,14 +31,17 @@ def worker_input(
     rank: int,
     world: int,
     shard_of: Callable[[str], Any],
+    epochs: int = 1,
 ) -> tuple[Any, int]:
     """This worker's ``split`` as a tf.data pipeline, and the steps every worker runs per pass:
-    training batches shuffled (seeded per rank) and repeated, validation repeated (Keras keeps
-    one iterator for the whole fit), test once with every row (shorter shards padded with
-    empty batches)."""
+    training batches shuffled (seeded per rank) and repeated (streamed: for the ``epochs`` left
+    to train, no further), validation repeated (Keras keeps one iterator for the whole fit),
+    test once with every row (shorter shards padded with empty batches)."""
     batch = spec.per_worker_batch_size
     if data.streams is not None:
-        return _streamed(spec, data, split, rank=rank, world=world, shard_of=shard_of)
+        return _streamed(
+            spec, data, split, rank=rank, world=world, shard_of=shard_of, epochs=epochs
+        )
     if split == "test":
         return _test_in_memory(data, batch, rank=rank, world=world)
     x, y = (data.x_train, data.y_train) if split == "train" else (data.x_val, data.y_val)
@@ -71,6 +74,7 @@ def _streamed(
     rank: int,
     world: int,
     shard_of: Callable[[str], Any],
+    epochs: int,
 ) -> tuple[Any, int]:
     """Streamed rows: Ray Train's equal split leaves out up to ``world - 1`` rows of each."""
     from raytrain.data.streaming import worker_dataset
@@ -81,8 +85,7 @@ def _streamed(
     if split == "test":
         steps = max(1, math.ceil(data.info.num_test // world / batch))
         ds = worker_dataset(
-            **common, batch_size=batch, steps=steps, shuffle=False, seed=0, repeat=False,
-            drop_last=False,
+            **common, batch_size=batch, steps=steps, shuffle=False, seed=0, drop_last=False,
         )  # fmt: skip
         return ds, steps
     steps = data.info.num_train // world // batch
@@ -95,12 +98,10 @@ def _streamed(
     if split == "train":
         ds = worker_dataset(
             **common, batch_size=batch, steps=steps, shuffle=True, seed=spec.train.seed + rank,
-            repeat=True,
+            passes=epochs,
         )  # fmt: skip
         return ds, steps
     val_batch = min(batch, val_rows)
     val_steps = val_rows // val_batch
-    ds = worker_dataset(
-        **common, batch_size=val_batch, steps=val_steps, shuffle=False, seed=0, repeat=False
-    )
+    ds = worker_dataset(**common, batch_size=val_batch, steps=val_steps, shuffle=False, seed=0)
     return ds, val_steps

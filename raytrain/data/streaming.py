@@ -190,7 +190,7 @@ def worker_dataset(
     steps: int,
     shuffle: bool,
     seed: int,
-    repeat: bool,
+    passes: int = 1,
     drop_last: bool = True,
 ) -> Any:
     """A tf.data pipeline over this worker's shard: exactly ``steps`` batches per pass (the
@@ -198,11 +198,14 @@ def worker_dataset(
 
     Each pass is one epoch of Ray Data's split, which starts on every worker together (a barrier
     across workers), so each worker must open exactly one pass at a time. Keras keeps one
-    training iterator for the whole fit: ``repeat`` makes it pass after pass, and every pass
-    yields ``steps`` batches and reads (and drops) the rest, so that epochs stay aligned on all
-    workers. Keras opens a new validation iterator for every evaluation: that one must end after
-    one pass, or the abandoned iterator's read-ahead would start a second pass beside the new
-    one and the barrier would count one worker twice (seen: both workers waiting forever).
+    training iterator for the whole fit: it reads ``passes`` passes (the epochs left to train),
+    each yielding ``steps`` batches and reading (and dropping) the rest, so that epochs stay
+    aligned on all workers. No more: tf.data's read-ahead would open a pass after the last epoch
+    on some workers and not others, and wait at the barrier for good (seen: a 2-worker run that
+    had reported its 3 epochs hung there). Keras opens a new validation iterator for every
+    evaluation: that one must end after one pass, or the abandoned iterator's read-ahead would
+    start a second pass beside the new one and the barrier would count one worker twice (seen:
+    both workers waiting forever).
     """
     import tensorflow as tf
 
@@ -222,8 +225,8 @@ def worker_dataset(
                 taken += 1
                 yield streams.arrays(frame)
 
-    def passes() -> Iterator[tuple[np.ndarray, np.ndarray]]:
-        while True:
+    def all_passes() -> Iterator[tuple[np.ndarray, np.ndarray]]:
+        for _ in range(passes):
             yield from one_pass()
 
     rows = batch_size if drop_last else None
@@ -231,7 +234,7 @@ def worker_dataset(
         tf.TensorSpec([rows, *streams.shape], tf.float32),
         tf.TensorSpec([rows], label_dtype),
     )
-    ds = tf.data.Dataset.from_generator(passes if repeat else one_pass, output_signature=signature)
+    ds = tf.data.Dataset.from_generator(all_passes, output_signature=signature)
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
     # Nothing to tune in a Python generator; autotuning on would make the iterator's teardown

@@ -248,10 +248,8 @@ def train(config: dict[str, Any], session: Session) -> None:
     )
     batch = spec.per_worker_batch_size
     where: dict[str, Any] = {"rank": rank, "world": world, "shard_of": session.dataset_shard}
-    train_ds, steps = worker_input(spec, data, "train", **where)
     val_ds, val_steps = worker_input(spec, data, "val", **where)
     if world > 1:
-        train_ds = distributed(strategy, train_ds)
         val_ds = distributed(strategy, val_ds)
 
     # 4. Model: built and compiled inside the strategy's scope, so its variables are mirrored.
@@ -287,6 +285,13 @@ def train(config: dict[str, Any], session: Session) -> None:
         # train, but a sweep must still hear the final metrics (Tune rejects a metric-less end).
         session.report(history[-1], None)
         return
+    # The training input, for exactly the epochs left (a streamed split waits for every
+    # worker at each pass: a pass opened past the last epoch would wait for good).
+    train_ds, steps = worker_input(
+        spec, data, "train", **where, epochs=spec.train.epochs - start_epoch
+    )
+    if world > 1:
+        train_ds = distributed(strategy, train_ds)
     if tracked:  # where the workers run: what data.locality promises, checked after the fact
         nodes = os.environ[WORKER_NODES_ENV].split(",")
         tag_run(tracked, names.NODES_TAG, ", ".join(worker_nodes(nodes)))
