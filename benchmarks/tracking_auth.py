@@ -12,14 +12,13 @@ from __future__ import annotations
 
 import configparser
 import os
-import socket
 import subprocess
 import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
-from benchmarks.common import REPO
+from benchmarks.common import REPO, free_ports
 
 SCRIPT = REPO / "cluster_configs" / "start_mlflow.sh"
 
@@ -63,9 +62,7 @@ def _env(home: Path, ttl: str, port: int) -> dict[str, str]:
 
 
 def _start(home: Path, ttl: str) -> str:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    (port,) = free_ports(1)
     subprocess.run(["bash", str(SCRIPT)], env=_env(home, ttl, port), check=True,
                    capture_output=True, timeout=300)  # fmt: skip
     return (home / "mlflow" / "tracking_uri").read_text().strip()

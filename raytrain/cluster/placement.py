@@ -125,9 +125,9 @@ class AbandonedGroupCollector:
     forever (seen: a 2-worker group held both CPUs of a 2-CPU cluster). A group shaped like a
     worker group (``bundle`` per worker) with no live actor in it is abandoned at once when the
     actor that created it (the trial's Train controller) is dead, else after ``grace_s``: Ray
-    Train creates its workers in a group as soon as the group is ready. Before the first test
-    of the creator, every stopped trial of a 2-worker sweep held both CPUs for the whole grace
-    (30 s), and the next trial waited (benchmarks/README.md, plan_accuracy).
+    Train creates its workers in a group as soon as the group is ready. With the grace alone,
+    every stopped trial of a 2-worker sweep held both CPUs for 30 s, and the next trial waited
+    (benchmarks/README.md, plan_accuracy).
     """
 
     def __init__(
