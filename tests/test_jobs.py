@@ -158,7 +158,9 @@ def _cli(*args: str, env: dict[str, str], cwd: Path) -> subprocess.CompletedProc
     )
 
 
-def _experiment(folder: Path, *, epochs: int = 2, data: str = '{source: "builtin:digits"}') -> Path:
+def _experiment(
+    folder: Path, *, epochs: int = 2, workers: int = 2, data: str = '{source: "builtin:digits"}'
+) -> Path:
     """A tiny experiment whose results land in ``folder`` (both nodes share this disk)."""
     return write_yaml(
         folder,
@@ -168,7 +170,7 @@ def _experiment(folder: Path, *, epochs: int = 2, data: str = '{source: "builtin
         model: {{builder: mlp, params: {{hidden_units: [16]}}}}
         train: {{epochs: {epochs}, batch_size: 64}}
         scaling:
-          num_workers: 2
+          num_workers: {workers}
           resources_per_worker: {{CPU: 0.5}}
         storage: {folder / "results"}
         tracking: {{uri: "sqlite:///{folder / "mlflow.db"}", experiment: remote}}
@@ -303,9 +305,11 @@ def test_streamed_data_is_read_only_on_the_onprem_node(
 
 @pytest.mark.slow  # starts Ray (or joins it) in a subprocess
 def test_follow_detach_logs_and_stop(two_nodes: TwoNodes, tmp_path: Path) -> None:
-    """A long job, its driver on the head node: followed, left with Ctrl-C, read, stopped."""
+    """A long job, its driver on the head node: followed, left with Ctrl-C, read, stopped. One
+    worker: what is checked is the job's, and the run trains on both cores until it is stopped."""
+    experiment = _experiment(tmp_path, epochs=1000, workers=1)
     submitting = subprocess.Popen(
-        [*RAYTRAIN, "submit", str(_experiment(tmp_path, epochs=1000)), "--address", two_nodes.url],
+        [*RAYTRAIN, "submit", str(experiment), "--address", two_nodes.url],
         cwd=tmp_path,
         env={**two_nodes.env, "COLUMNS": "200", "NO_COLOR": "1"},
         stdout=subprocess.PIPE,
@@ -314,7 +318,7 @@ def test_follow_detach_logs_and_stop(two_nodes: TwoNodes, tmp_path: Path) -> Non
     )
     assert submitting.stderr is not None
     lines = _collect_lines(submitting)
-    header = "tiny-remote: mlp on builtin:digits, 2 worker(s), 1000 epochs"
+    header = "tiny-remote: mlp on builtin:digits, 1 worker(s), 1000 epochs"
     deadline = time.monotonic() + 60
     while not any(header in line for line in lines):  # streamed while the job runs
         assert submitting.poll() is None, lines

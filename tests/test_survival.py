@@ -162,7 +162,7 @@ def test_a_dead_server_never_holds_the_epoch_logger(monkeypatch: pytest.MonkeyPa
 # --- a driver killed mid-run -------------------------------------------------------------------
 
 
-# Three runs (minutes on a loaded machine; under a minute idle).
+# A run killed and resumed (minutes on a loaded machine; under a minute idle).
 @pytest.mark.timeout(1800)
 @pytest.mark.slow  # starts Ray (or joins it) in a subprocess
 def test_a_run_whose_driver_was_killed_resumes_in_the_same_mlflow_run(
@@ -172,31 +172,28 @@ def test_a_run_whose_driver_was_killed_resumes_in_the_same_mlflow_run(
     # Epochs of about a second, so that the run is still going when the driver's loss reaches its
     # Ray Train controller: tiny epochs (8 batches per call, ~0.2 s) had all finished by then.
     path = _experiment(workdir, uri, epochs=8, **SLOW_EPOCHS)
-    reference = run_experiment(load_experiment(path))
-    assert reference.tracking is not None
+    # The store and the experiment made before the run starts, so that polling it below never
+    # races the run's own first use of a new sqlite file (table creation).
+    client = mlflow.MlflowClient(tracking_uri=uri)
+    experiment_id = client.create_experiment(load_experiment(path).spec.experiment_name)
     raytrain = [sys.executable, "-m", "raytrain"]
     address = ["--address", ray_cluster.address]
     with open(workdir / "out.txt", "w") as out:
         proc = subprocess.Popen(
             [*raytrain, "run", str(path), *address], cwd=workdir, stdout=out, stderr=out
         )
-        client = mlflow.MlflowClient(tracking_uri=uri)
         killed = None
         deadline = time.monotonic() + 300
         while killed is None and time.monotonic() < deadline and proc.poll() is None:
             time.sleep(0.1)
-            running = client.search_runs(
-                [reference.tracking.experiment_id], "attributes.status = 'RUNNING'"
-            )
+            running = client.search_runs([experiment_id], "attributes.status = 'RUNNING'")
             if running and len(client.get_metric_history(running[0].info.run_id, "epoch")) >= 2:
                 os.kill(proc.pid, signal.SIGKILL)  # the driver, as a lost session would
                 killed = running[0].info.run_id
         proc.wait()
     assert killed, "the run ended before it could be killed"
     assert len(client.get_metric_history(killed, "epoch")) < 8
-    (folder,) = {p.parent for p in workdir.glob(f"results/tiny/*/{STATE_FILE}")} - {
-        Path(reference.storage_path)
-    }
+    (folder,) = {p.parent for p in workdir.glob(f"results/tiny/*/{STATE_FILE}")}
     assert f"raytrain resume {folder}" in (workdir / "out.txt").read_text()  # said at its start
 
     result = subprocess.run(
@@ -214,13 +211,11 @@ def test_a_run_whose_driver_was_killed_resumes_in_the_same_mlflow_run(
     # Killed after epoch 2 at the earliest; on a loaded machine, possibly after its last epoch
     # (then the resume only ends the run).
     assert int(run.data.tags["raytrain.resumed_from_epoch"]) >= 2
-    # One value per epoch, every epoch, as in the run that was never killed.
+    # One value per epoch, every epoch, as a run that was never killed logs them.
     steps = {k: [s for s, _ in v] for k, v in _history(uri, killed).items()}
-    expected = {k: [s for s, _ in v] for k, v in _history(uri, reference.tracking.run_id).items()}
-    assert steps == expected == {k: list(range(1, 9)) for k in TRAINED}
+    assert steps == {k: list(range(1, 9)) for k in TRAINED}
     assert "best_val_accuracy" in run.data.metrics
-    assert _registered(uri, reference.tracking.run_id) == ["1"]
-    assert _registered(uri, killed) == ["2"]
+    assert _registered(uri, killed) == ["1"]
     again = subprocess.run(
         [*raytrain, "resume", str(folder)], cwd=workdir, capture_output=True, text=True
     )
