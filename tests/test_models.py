@@ -66,3 +66,19 @@ def test_user_builder_raising(tmp_path: Path, digits) -> None:
     (tmp_path / "broken.py").write_text("def build(**kwargs):\n    raise ValueError('nope')\n")
     with pytest.raises(ModelBuildError, match="'broken:build' failed: ValueError: nope"):
         build_model(ModelSpec(builder="broken:build"), digits.info, loss=CE, base_dir=tmp_path)
+
+
+def test_each_experiment_gets_the_builder_of_its_own_folder(tmp_path: Path) -> None:
+    """One process, two experiments whose folders each hold a ``shared.py``: each gets its own
+    (a notebook, a reused trial process); the first one's stays the first one's."""
+    from raytrain.config.resolve import load_builder
+
+    for name in ("a", "b"):
+        (tmp_path / name / "pkg").mkdir(parents=True)
+        (tmp_path / name / "shared.py").write_text(f"def build(**kwargs):\n    return {name!r}\n")
+        (tmp_path / name / "pkg" / "__init__.py").write_text("")
+        (tmp_path / name / "pkg" / "mod.py").write_text(f"def build():\n    return {name!r}\n")
+    for name in ("a", "b", "a"):
+        for builder in ("shared:build", "pkg.mod:build"):
+            build = load_builder(builder, base_dir=tmp_path / name)
+            assert build() == name, (builder, name)  # type: ignore[operator]

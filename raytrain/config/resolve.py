@@ -48,9 +48,34 @@ def infer_format(source: str, declared: str) -> str | None:
 
 
 def load_builder(path: str, base_dir: Path | None = None) -> object:
-    """Import a user's ``package.module:function``; ``base_dir`` (the experiment's folder) first."""
+    """Import a user's ``package.module:function``; ``base_dir`` (the experiment's folder) first.
+
+    One process can build for several experiments (a notebook, a sweep trial's reused process,
+    a test session): a module of the same name that an earlier experiment imported from its own
+    folder is not this experiment's, so it is imported again from ``base_dir``."""
     module_name, _, attr = path.partition(":")
-    if base_dir is not None and str(base_dir) not in sys.path:
-        sys.path.insert(0, str(base_dir))
+    if base_dir is not None:
+        folder = str(base_dir)
+        if folder in sys.path:
+            sys.path.remove(folder)
+        sys.path.insert(0, folder)
+        _forget_if_imported_elsewhere(module_name.partition(".")[0], Path(folder))
     module = importlib.import_module(module_name)
     return getattr(module, attr)
+
+
+def _forget_if_imported_elsewhere(top: str, folder: Path) -> None:
+    """Drop ``top`` (and its submodules) from the import cache when ``folder`` holds a module
+    or package of that name and the cached one came from somewhere else."""
+    if not ((folder / f"{top}.py").is_file() or (folder / top / "__init__.py").is_file()):
+        return  # not the folder's: an installed package, say
+    cached = sys.modules.get(top)
+    if cached is None:
+        importlib.invalidate_caches()  # the file may be newer than the finder's listing
+        return
+    origins = [getattr(cached, "__file__", None), *getattr(cached, "__path__", [])]
+    if any(o and Path(o).resolve().is_relative_to(folder.resolve()) for o in origins):
+        return
+    for name in [n for n in sys.modules if n == top or n.startswith(f"{top}.")]:
+        del sys.modules[name]
+    importlib.invalidate_caches()
