@@ -70,7 +70,7 @@ def test_user_builder_raising(tmp_path: Path, digits) -> None:
 
 def test_each_experiment_gets_the_builder_of_its_own_folder(tmp_path: Path) -> None:
     """One process, two experiments whose folders each hold a ``shared.py``: each gets its own
-    (a notebook, a reused trial process); the first one's stays the first one's."""
+    (a notebook, a test session); the first one's stays the first one's."""
     from raytrain.config.resolve import load_builder
 
     for name in ("a", "b"):

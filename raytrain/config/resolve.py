@@ -50,9 +50,9 @@ def infer_format(source: str, declared: str) -> str | None:
 def load_builder(path: str, base_dir: Path | None = None) -> object:
     """Import a user's ``package.module:function``; ``base_dir`` (the experiment's folder) first.
 
-    One process can build for several experiments (a notebook, a sweep trial's reused process,
-    a test session): a module of the same name that an earlier experiment imported from its own
-    folder is not this experiment's, so it is imported again from ``base_dir``."""
+    One process can build for several experiments (a notebook, a test session): a module of
+    the same name that an earlier experiment imported from its own folder is not this
+    experiment's, so it is imported again from ``base_dir``."""
     module_name, _, attr = path.partition(":")
     if base_dir is not None:
         folder = str(base_dir)
@@ -73,8 +73,9 @@ def _forget_if_imported_elsewhere(top: str, folder: Path) -> None:
     if cached is None:
         importlib.invalidate_caches()  # the file may be newer than the finder's listing
         return
+    home = folder.resolve()
     origins = [getattr(cached, "__file__", None), *getattr(cached, "__path__", [])]
-    if any(o and Path(o).resolve().is_relative_to(folder.resolve()) for o in origins):
+    if any(o and Path(o).resolve().is_relative_to(home) for o in origins):
         return
     for name in [n for n in sys.modules if n == top or n.startswith(f"{top}.")]:
         del sys.modules[name]
