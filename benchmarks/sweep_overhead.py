@@ -11,7 +11,9 @@ after the other, timed from its start to its exit:
 - raytrain, 1-worker trials in their Tune trial's process (the default), 2 at a time;
 - raytrain, 1-worker trials as Ray Train runs (``scaling.one_worker: ray_train``: every trial before
   in-process trials), 2 at a time;
-- raytrain, 2-worker trials (Ray Train runs under MultiWorkerMirroredStrategy), 1 at a time.
+- raytrain, 2-worker trials under MultiWorkerMirroredStrategy, 1 at a time: on the worker group
+  the trial process keeps for the next trial (the default), and as Ray Train runs
+  (``scaling.trial_workers: ray_train``: every 2-worker trial before reused groups).
 
 A trial's epochs are 4 x the median time between two of its consecutive epoch results (epochs
 2-4, so tracing counts as overhead: plain Keras pays it too); its overhead is the rest of its
@@ -39,7 +41,11 @@ SIDES = {  # side -> (program, overrides of the experiment)
     "Ray Tune floor": ("tune_floor", {}),
     "raytrain in-process trials": ("raytrain", {}),
     "raytrain Ray Train trials": ("raytrain", {"one_worker": "ray_train"}),
-    "raytrain 2-worker trials": ("raytrain", {"num_workers": 2}),
+    "raytrain 2-worker trials on a reused group": ("raytrain", {"num_workers": 2}),
+    "raytrain 2-worker trials as Ray Train runs": (
+        "raytrain",
+        {"num_workers": 2, "trial_workers": "ray_train"},
+    ),
 }
 
 
@@ -78,6 +84,7 @@ def _spec(
     *,
     one_worker: str = "process",
     num_workers: int = 1,
+    trial_workers: str = "reused",
 ) -> Path:
     name = side.replace(" ", "-").replace("+", "").replace("--", "-")
     spec = {
@@ -85,7 +92,11 @@ def _spec(
         "data": {"source": "builtin:digits", "validation_split": 0.2},
         "model": {"builder": "mlp", "params": {"hidden_units": [64]}},
         "train": {"epochs": epochs, "batch_size": 64},
-        "scaling": {"num_workers": num_workers, "one_worker": one_worker},
+        "scaling": {
+            "num_workers": num_workers,
+            "one_worker": one_worker,
+            "trial_workers": trial_workers,
+        },
         "storage": str(folder / "results"),
         "tracking": {"uri": f"sqlite:///{folder / 'mlflow.db'}", "experiment": "bench-sweep"},
         "tune": {

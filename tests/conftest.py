@@ -211,6 +211,19 @@ def versions(registry: str) -> dict[str, Any]:
     return {v: describe(f"{SERVED}/{v}", tracking_uri=registry) for v in ("1", "2")}
 
 
+def group_workers() -> set[str]:
+    """The actor ids of every sweep trial's worker-group worker this Ray instance ever started
+    (alive or not): a reused group adds none."""
+    from ray.util.state import list_actors
+
+    from raytrain.cluster.connection import state_address
+
+    found = list_actors(
+        address=state_address(), filters=[("class_name", "=", "_GroupWorker")], limit=10_000
+    )
+    return {actor["actor_id"] for actor in found}
+
+
 def free_port() -> int:
     return free_ports(1)[0]
 

@@ -16,9 +16,10 @@ from raytrain.data.dataset import load_dataset
 from raytrain.data.streaming import _Split
 from raytrain.errors import DataError
 from raytrain.orchestration.run import run_experiment
+from raytrain.orchestration.sweep import run_sweep
 from raytrain.storage import EMULATOR_ENV, upload_folder
 
-from .conftest import BUCKET, write_tfrecord, write_yaml
+from .conftest import BUCKET, group_workers, write_tfrecord, write_yaml
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 CE = "sparse_categorical_crossentropy"
@@ -125,6 +126,49 @@ def test_one_streamed_worker_reads_every_split_through_its_own_process(workdir: 
     assert summary.final_metrics["epoch"] == 2
     assert summary.best_metrics["val_accuracy"] >= 0.6
     assert 0.6 <= summary.test_metrics["test_accuracy"] <= 1.0
+
+
+def test_a_streamed_sweep_of_two_worker_trials_splits_each_trial_over_its_reused_group(
+    workdir: Path,
+) -> None:
+    """Each 2-worker trial splits the streamed train, validation and test data over the group
+    its trial process keeps (as Ray Train would), the second trial on the group of the first."""
+    _digits_files(workdir)
+    test = workdir / "test"
+    test.mkdir()
+    (workdir / "digits-2.parquet").rename(test / "digits-2.parquet")
+    experiment = write_yaml(
+        workdir,
+        f"""
+        name: streamed-sweep
+        data:
+          source: digits-*.parquet
+          streaming: true
+          shape: [8, 8, 1]
+          test: {{source: test/digits-2.parquet}}
+        model: {{builder: mlp, params: {{hidden_units: [32]}}}}
+        train: {{epochs: 2, batch_size: 64, loss: {CE}}}
+        scaling: {{num_workers: 2}}
+        tracking: {{enabled: false}}
+        tune:
+          metric: val_accuracy
+          mode: max
+          max_concurrent_trials: 1
+          search: {{algorithm: grid}}
+          scheduler: {{name: none}}
+          space: {{train.optimizer.learning_rate: {{grid: [0.01, 0.02]}}}}
+        """,
+    )
+    loaded = load_experiment(experiment)
+    assert loaded.spec.in_reused_group
+    before = group_workers()
+    summary = run_sweep(loaded)
+    assert len(group_workers() - before) == 2  # one group, both trials
+    assert [row["status"] for row in summary.rows] == ["finished", "finished"]
+    for row in summary.rows:
+        assert row["epochs"] == 2
+        assert row["best_val_accuracy"] >= 0.6
+        assert 0.6 <= row["test_accuracy"] <= 1.0
 
 
 def test_streamed_tfrecords_in_gcs_are_read_by_ray_data_tasks(

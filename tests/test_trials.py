@@ -1,5 +1,7 @@
-"""1-worker sweep trials train in their Tune trial's own process, which Tune reuses: nothing of
-one trial may reach the next, and a trial's own error is not retried while a lost process is."""
+"""1-worker sweep trials train in their Tune trial's own process, 2-worker trials in a worker group
+that process keeps, and Tune reuses the process: nothing of one trial may reach the next, a
+stopped trial leaves the group ready for the next, and a trial's own error is not retried while a
+lost process or worker is."""
 
 from __future__ import annotations
 
@@ -13,18 +15,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from ray.util.state import list_actors
 
+from raytrain.cluster.connection import state_address
 from raytrain.config.loader import load_experiment
 from raytrain.orchestration.sweep import run_sweep
 from raytrain.train.checkpoint import MODEL_FILE
 from raytrain.train.session import CODE_ERROR_FILE
 
-from .conftest import REPO
+from .conftest import REPO, group_workers
 
 pytestmark = pytest.mark.usefixtures("ray_cluster")
 SWEEP = REPO / "experiments" / "sweep.yaml"
 ONE_AT_A_TIME = [
-    "scaling.num_workers=1",
     "train.epochs=2",
     "tune.max_concurrent_trials=1",
     "tune.search.algorithm=grid",
@@ -34,11 +37,12 @@ ONE_AT_A_TIME = [
 ]
 
 
-def _sweep(workdir: Path, name: str, rates: list[float], *more: str) -> dict:
+def _sweep(workdir: Path, name: str, rates: list[float], *more: str, workers: int = 1) -> dict:
     space = f"tune.space={{train.optimizer.learning_rate: {{grid: {json.dumps(rates)}}}}}"
     file = workdir / "sweep.yaml"  # beside the test's own builders
     file.write_text(SWEEP.read_text())
-    loaded = load_experiment(file, [*ONE_AT_A_TIME, space, f"tracking.run_name={name}", *more])
+    named = [space, f"tracking.run_name={name}", f"scaling.num_workers={workers}"]
+    loaded = load_experiment(file, [*ONE_AT_A_TIME, *named, *more])
     summary = run_sweep(loaded)
     return {row["train.optimizer.learning_rate"]: row for row in summary.rows}
 
@@ -49,14 +53,19 @@ def _weights(row: dict) -> list[np.ndarray]:
     return tf.keras.models.load_model(str(Path(row["checkpoint"], MODEL_FILE))).get_weights()
 
 
-def _pids(folder: Path) -> set[int]:
-    """The processes that trained a Tune experiment's trials (Tune records each result's pid)."""
-    return {
-        json.loads(line)["pid"]
+def _reports(folder: Path) -> list[dict]:
+    """Every result Tune recorded for a Tune experiment's trials, in order per trial."""
+    return [
+        json.loads(line)
         for result in folder.glob("*/result.json")
         for line in result.read_text().splitlines()
         if line.strip()
-    }
+    ]
+
+
+def _pids(folder: Path) -> set[int]:
+    """The processes that trained a Tune experiment's trials (Tune records each result's pid)."""
+    return {report["pid"] for report in _reports(folder)}
 
 
 def test_a_trial_whose_process_is_lost_resumes_from_its_checkpoint(workdir: Path) -> None:
@@ -104,11 +113,17 @@ def test_a_trial_whose_process_is_lost_resumes_from_its_checkpoint(workdir: Path
     assert min(after) > 1, after  # the new process resumed from a checkpoint
 
 
+@pytest.mark.parametrize("workers", [1, 2])
 def test_a_trial_after_another_in_the_same_process_trains_as_it_would_alone(
-    workdir: Path,
+    workdir: Path, workers: int
 ) -> None:
-    both = _sweep(workdir, "a-then-b", [0.02, 0.003])
-    alone = _sweep(workdir, "b-alone", [0.003])
+    """With 2 workers, the second trial trains on the group the first one started: the same
+    processes, their strategy's ports, TensorFlow imported."""
+    before = group_workers()
+    both = _sweep(workdir, "a-then-b", [0.02, 0.003], workers=workers)
+    if workers > 1:
+        assert len(group_workers() - before) == workers, "the group was not reused"
+    alone = _sweep(workdir, "b-alone", [0.003], workers=workers)
     storage = workdir / "raytrain_results" / "digits-mlp"
     assert len(_pids(storage / "a-then-b")) == 1, "Tune did not reuse the trial's process"
     assert both[0.003]["status"] == "finished"
@@ -123,7 +138,83 @@ def test_a_trial_after_another_in_the_same_process_trains_as_it_would_alone(
     assert sorted(p.name for p in trial.glob("checkpoint_*")) == ["checkpoint_000002"]
 
 
-def test_an_error_of_the_trials_code_fails_it_without_a_retry(workdir: Path) -> None:
+def test_a_trial_stopped_by_the_scheduler_leaves_its_group_to_the_next_trial(
+    workdir: Path,
+) -> None:
+    """ASHA stops trials after an epoch: every worker of the group leaves training at that
+    epoch, and the next trial trains on the same group (a worker left waiting in an all-reduce
+    would hang it)."""
+    before = group_workers()
+    rows = _sweep(
+        workdir,
+        "stopped",
+        [0.0001, 0.05, 0.0002, 0.03],  # two that learn little in 3 epochs, two that do
+        "train.epochs=3",
+        "tune.scheduler={name: asha, grace_period: 1, reduction_factor: 2}",
+        workers=2,
+    )
+    assert len(group_workers() - before) == 2, "a stopped trial cost the group"
+    statuses = {rate: row["status"] for rate, row in rows.items()}
+    assert "stopped_early" in statuses.values(), statuses
+    assert statuses[0.05] == statuses[0.03] == "finished", statuses
+    for row in rows.values():
+        trial = Path(row["checkpoint"]).parent
+        assert row["epochs"] == max(int(p.name.split("_")[1]) for p in trial.glob("checkpoint_*"))
+
+
+def test_a_trial_that_loses_a_worker_resumes_in_a_new_group(workdir: Path) -> None:
+    """A worker of the group is killed once the trial's first checkpoint is written: the group
+    is given up, Tune starts the trial again (failure.max_failures) in a new group, and it
+    resumes from its latest checkpoint."""
+    trials = workdir / "raytrain_results" / "digits-mlp" / "lost-worker-trials"
+    before = group_workers()
+    killed: list[int] = []
+
+    def kill_a_worker_after_the_first_checkpoint() -> None:
+        while not list(trials.glob("trial-*/checkpoint_*/raytrain_state.json")):
+            time.sleep(0.05)
+        # This trial's: an earlier test's group may not be gone yet.
+        while not (
+            workers := [
+                worker
+                for worker in list_actors(
+                    address=state_address(),
+                    filters=[("class_name", "=", "_GroupWorker"), ("state", "=", "ALIVE")],
+                    detail=True,
+                )
+                if worker.actor_id not in before
+            ]
+        ):
+            time.sleep(0.1)
+        os.kill(int(workers[-1].pid), signal.SIGKILL)
+        killed.append(int(workers[-1].pid))
+
+    killer = threading.Thread(target=kill_a_worker_after_the_first_checkpoint, daemon=True)
+    killer.start()
+    rows = _sweep(
+        workdir,
+        "lost-worker",
+        [0.01],
+        "train.epochs=12",
+        "train.batch_size=16",  # long enough epochs for the kill to land mid-run
+        "failure.max_failures=1",
+        workers=2,
+    )
+    killer.join(timeout=60)
+    assert killed, "the trial finished before a worker could be killed"
+    (row,) = rows.values()
+    assert row["status"] == "finished"
+    assert row["epochs"] == 12
+    assert len(group_workers() - before) == 4, "not one new group for the retry"
+    # The new group went on from the latest checkpoint: no epoch reported twice (from scratch,
+    # epoch 1 and on would come again).
+    epochs = [int(r["epoch"]) for r in _reports(trials.parent / "lost-worker")]
+    assert epochs == sorted(set(epochs)), epochs
+    assert (epochs[0], epochs[-1]) == (1, 12), epochs
+
+
+@pytest.mark.parametrize("workers", [1, 2])
+def test_an_error_of_the_trials_code_fails_it_without_a_retry(workdir: Path, workers: int) -> None:
     (workdir / "broken.py").write_text(
         "def build(**kwargs):\n    raise ValueError('no model today')\n"
     )
@@ -134,6 +225,7 @@ def test_an_error_of_the_trials_code_fails_it_without_a_retry(workdir: Path) -> 
         "model.builder=broken:build",
         "model.params={}",
         "failure.max_failures=-1",  # Tune would retry it forever
+        workers=workers,
     )
     (row,) = rows.values()
     assert row["status"] == "failed"

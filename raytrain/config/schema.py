@@ -344,6 +344,11 @@ class ScalingSpec(Section):
         description="How 1 worker trains: process (a run: one Ray actor; a sweep trial: its "
         "own reused Tune trial process; ~1 s to start) or ray_train (a Ray Train run, ~10 s).",
     )
+    trial_workers: Literal["reused", "ray_train"] = Field(
+        "reused",
+        description="How a sweep trial of 2+ workers trains: reused (a worker group kept, "
+        "TensorFlow imported, for the sweep's next trial) or ray_train (a Ray Train run each).",
+    )
     use_gpu: bool = Field(False, description="Give each worker one GPU.")
     accelerator: Literal["auto", "tpu"] = Field(
         "auto",
@@ -787,8 +792,29 @@ class Experiment(Section):
         """Whether training runs in one process without Ray Train: 1 worker with
         ``scaling.one_worker: process``, unless a sweep varies ``scaling`` (then each trial holds
         what its own configuration asks for, in a Ray Train run)."""
-        swept = self.tune is not None and any(k.split(".")[0] == "scaling" for k in self.tune.space)
-        return self.scaling.num_workers == 1 and self.scaling.one_worker == "process" and not swept
+        return (
+            self.scaling.num_workers == 1
+            and self.scaling.one_worker == "process"
+            and not self._scaling_swept
+        )
+
+    @property
+    def in_reused_group(self) -> bool:
+        """Whether each sweep trial of 2+ workers trains in a worker group its Tune trial process
+        keeps for the next trial (``train.group``), not a Ray Train run: with
+        ``scaling.trial_workers: reused``, on CPUs or GPUs (a TPU host trains alone), unless the
+        sweep varies ``scaling``."""
+        return (
+            self.tune is not None
+            and self.scaling.num_workers > 1
+            and self.scaling.trial_workers == "reused"
+            and self.scaling.accelerator != "tpu"
+            and not self._scaling_swept
+        )
+
+    @property
+    def _scaling_swept(self) -> bool:
+        return self.tune is not None and any(k.split(".")[0] == "scaling" for k in self.tune.space)
 
 
 def unknown_key_message(loc: tuple[str | int, ...]) -> str:

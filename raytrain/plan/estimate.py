@@ -54,7 +54,7 @@ class Profile:
     start_s: float  # a training run's start: worker group, model, first epoch's tracing
     epoch_s: float
     end_s: float  # the run's end after its last epoch
-    retrace_s: float  # a reused sweep trial process's start: model build and tracing
+    retrace_s: float  # a reused sweep trial process's (or group's) start: model, tracing
     slots: int  # workers of this experiment that fit here at once
     steps: int  # steps per epoch and worker, full data
     profiled_steps: int
@@ -140,7 +140,8 @@ def schedule(spec: Experiment, profile: Profile, slots: int) -> Schedule:
     fits = slots // spec.scaling.num_workers
     concurrent = max(1, min(tune.max_concurrent_trials or fits, fits))
     epochs = trial_epochs(spec, trials)
-    in_process = spec.scaling.num_workers == 1  # a reused Tune process: no worker group
+    # A reused Tune process (and its worker group): no new workers after a place's first trial.
+    reused = spec.in_one_process or spec.in_reused_group
     free = [(0.0, True)] * concurrent  # (when a place frees, whether its process is new)
     heapq.heapify(free)
     ended = 0.0
@@ -151,7 +152,7 @@ def schedule(spec: Experiment, profile: Profile, slots: int) -> Schedule:
         if tune.time_budget_s is not None and at >= tune.time_budget_s:
             capped = True
             break
-        begin = profile.start_s + profile.end_s if fresh or not in_process else profile.retrace_s
+        begin = profile.start_s + profile.end_s if fresh or not reused else profile.retrace_s
         end = at + TRIAL_OVERHEAD_S + begin + expected * profile.epoch_s
         if tune.time_budget_s is not None and end > tune.time_budget_s:
             end, capped = tune.time_budget_s, True

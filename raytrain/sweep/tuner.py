@@ -3,10 +3,12 @@
 Each trial is a Tune *function* trainable. A trial of 1 worker trains in that function's own
 process (``train.loop.train_in_trial``), and Tune reuses the process for the next trial: no
 Ray Train controller, placement group or worker process, TensorFlow imported once per process
-(benchmarks/README.md, sweep_overhead). A trial of N > 1 workers runs ``train.fit`` (a Ray Train
-run of N workers under MultiWorkerMirroredStrategy) and forwards every epoch to Tune with
-``TuneReportCallback``. Either way the scheduler sees each epoch and can stop a trial
-mid-training, and checkpoints land in ``<sweep>-trials/trial-<id>``. Everything MLflow sees goes
+(benchmarks/README.md, sweep_overhead). A trial of N > 1 workers trains on N workers under
+MultiWorkerMirroredStrategy that the function's process keeps for its next trial
+(``train.group``, ``scaling.trial_workers: reused``), or runs ``train.fit`` (a Ray Train run)
+and forwards every epoch to Tune with ``TuneReportCallback`` (``ray_train``). Either way the
+scheduler sees each epoch and can stop a trial mid-training, and checkpoints land in
+``<sweep>-trials/trial-<id>``. Everything MLflow sees goes
 through callbacks on this driver (``callbacks.py``): trials never talk to MLflow.
 """
 
@@ -84,10 +86,20 @@ def sweep(
     progress = SweepProgress(spec, sweep_name=setup.sweep_name)
     if on_event:
         EVENT_SINKS[setup.sweep_name] = on_event
-    in_process = spec.in_one_process
+    in_process, in_group = spec.in_one_process, spec.in_reused_group
+    own = {**TRIAL_RESOURCES, **spec.data.locality_rule.resources()}
+    if in_process:  # the trial holds its worker's resources (its GPU too)
+        resources: Any = spec.worker_resources()
+    elif in_group:  # the function ~nothing, its group's workers one bundle each
+        resources = tune.PlacementGroupFactory(
+            [own, *[spec.worker_resources()] * spec.scaling.num_workers]
+        )
+    else:  # a Ray Train trial's workers hold theirs, the function itself ~nothing
+        resources = own
+    reused = in_process or in_group
     trainable = tune.with_resources(
         tune.with_parameters(
-            _trial_in_process if in_process else _trial,
+            _reused_trial if reused else _trial,
             base=spec.model_dump(mode="json"),
             data_ref=data_ref,
             datasets=datasets,
@@ -97,13 +109,9 @@ def sweep(
             # Where an in-process trial samples its node's system metrics: its child run.
             **({"parent": setup.tracked, "signed_in": credentials.current()} if in_process else {}),
         ),
-        # An in-process trial holds its worker's resources (its GPU too); a Ray Train trial's
-        # workers hold theirs, and the function itself ~nothing.
-        spec.worker_resources()
-        if in_process
-        else {**TRIAL_RESOURCES, **spec.data.locality_rule.resources()},
+        resources,
     )
-    if in_process:  # no worker groups to lose track of; a code error is not retried
+    if reused:  # no Ray Train groups to lose track of; a code error is not retried
         collector: tune.Callback = _NoRetryAfterCodeErrors(
             trials_root(setup.storage_root, setup.sweep_name)
         )
@@ -132,7 +140,7 @@ def sweep(
             trainable,
             param_space=search_space(tune_spec),
             tune_config=tune_config(
-                tune_spec, spec.train.epochs, concurrent, extension, reuse_actors=in_process
+                tune_spec, spec.train.epochs, concurrent, extension, reuse_actors=reused
             ),
             run_config=tune.RunConfig(
                 name=extension.name if extension else setup.sweep_name,
@@ -141,9 +149,9 @@ def sweep(
                 stop=progress,
                 callbacks=callbacks,
                 # Ray Train restarts a lost worker group itself; Tune restarts a lost in-process
-                # trial (a code error is not retried: _NoRetryAfterCodeErrors).
+                # trial or group (a code error is not retried: _NoRetryAfterCodeErrors).
                 failure_config=tune.FailureConfig(
-                    max_failures=spec.failure.max_failures if in_process else 0
+                    max_failures=spec.failure.max_failures if reused else 0
                 ),
                 verbose=0,
             ),
@@ -205,7 +213,7 @@ def trials_root(storage_root: str, sweep_name: str) -> str:
     return f"{storage_root}/{sweep_name}-trials"
 
 
-def _trial_in_process(
+def _reused_trial(
     config: dict[str, Any],
     *,
     base: dict[str, Any],
@@ -214,15 +222,19 @@ def _trial_in_process(
     trials_root: str,
     base_dir: str,
     env: dict[str, str],
-    parent: TrackedRun | None,
-    signed_in: Credentials | None,
+    parent: TrackedRun | None = None,
+    signed_in: Credentials | None = None,
 ) -> None:
-    """One trial of 1 worker, trained in this process (which Tune reuses for the next trial).
+    """One trial in a process Tune reuses for the next trial: of 1 worker, trained in this
+    process; of N > 1, on the worker group this process keeps (``train.group``).
 
-    Tune retries a trial whose process or node was lost (``failure.max_failures``), from its
-    last checkpoint. An error of the trial's own code or data is recorded in its folder before
-    it is raised: ``_NoRetryAfterCodeErrors`` then gives the trial no further retry, and the one
-    attempt Tune has already scheduled raises the recorded error before training."""
+    Tune retries a trial whose process, worker or node was lost (``failure.max_failures``), from
+    its last checkpoint (in a new group). An error of the trial's own code or data is recorded
+    in its folder before it is raised: ``_NoRetryAfterCodeErrors`` then gives the trial no
+    further retry, and the one attempt Tune has already scheduled raises the recorded error
+    before training. ``parent``: the sweep's run, where a 1-worker trial samples its node's
+    system metrics into its child run."""
+    from raytrain.train.group import LostWorker, train_in_group
     from raytrain.train.loop import train_in_trial
 
     # The driver's storage settings (an emulator's address) first: the trial's folder may be
@@ -234,10 +246,17 @@ def _trial_in_process(
     if earlier is not None:
         raise earlier
     stop_watching = watch_trial(parent, trial_id, signed_in)
-    try:  # whatever this process raises is the trial's own: its configuration, code or data
+    inputs = {"data_ref": data_ref, "folder": folder, "base_dir": base_dir, "datasets": datasets}
+    # What this raises is the trial's own (its configuration, code or data), but a lost worker.
+    try:
         spec = apply_config(Experiment.model_validate(base), config)
-        train_in_trial(spec, data_ref=data_ref, folder=folder, base_dir=base_dir, datasets=datasets)
+        if spec.scaling.num_workers > 1:  # the sweep does not vary scaling: a reused group
+            train_in_group(spec, trial_id=trial_id, report=tune.report, **inputs)
+        else:
+            train_in_trial(spec, **inputs)
         _edge_hook(spec, folder, data_ref)
+    except LostWorker:
+        raise
     except Exception as exc:
         error = find_user_error(exc)
         record_code_error(folder, error)

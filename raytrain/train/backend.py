@@ -20,7 +20,7 @@ from ray.train.backend import Backend, BackendConfig
 
 from raytrain.shims.ray_train import TrainingFramework, worker_address
 
-__all__ = ["WORKER_NODES_ENV", "KerasBackendConfig"]
+__all__ = ["WORKER_NODES_ENV", "KerasBackendConfig", "place_worker", "set_tf_config"]
 
 # Each worker's environment: the Ray node IDs of all workers, by rank (comma-separated). Ray
 # Train tells a worker nothing about where its peers run; the backend knows when it starts them.
@@ -42,23 +42,23 @@ class KerasBackendConfig(BackendConfig):
 
 class _KerasBackend(Backend):
     def on_start(self, worker_group: Any, backend_config: BackendConfig) -> None:
-        places = worker_group.execute(_place)
+        places = worker_group.execute(place_worker)
         urls = [url for url, _ in places]
         nodes = ",".join(node for _, node in places)
         ray.get(
             [
-                worker_group.execute_single_async(i, _set_tf_config, urls, i, nodes)
+                worker_group.execute_single_async(i, set_tf_config, urls, i, nodes)
                 for i in range(len(worker_group))
             ]
         )
 
 
-def _place() -> tuple[str, str]:
+def place_worker() -> tuple[str, str]:
     """This worker's address for MultiWorkerMirroredStrategy, and its Ray node."""
     return worker_address(), ray.get_runtime_context().get_node_id()
 
 
-def _set_tf_config(urls: list[str], index: int, nodes: str) -> None:
+def set_tf_config(urls: list[str], index: int, nodes: str) -> None:
     """As Ray's backend: this worker's place in the cluster, and tf_keras as tf.keras; and where
     every worker runs (WORKER_NODES_ENV)."""
     cluster = {"cluster": {"worker": urls}, "task": {"type": "worker", "index": index}}

@@ -1,5 +1,6 @@
 """Where the training loop runs, behind one small interface: a worker of a Ray Train run, a
-1-worker run in one Ray actor, or a 1-worker sweep trial inside its own Ray Tune trial process.
+1-worker run in one Ray actor, a 1-worker sweep trial inside its own Ray Tune trial process, or a
+worker of a multi-worker sweep trial's reused group (``group.py``).
 
 The loop (``loop.py``) asks its session for its rank and world size, the checkpoint to resume
 from, a streamed dataset's shard, and hands it each epoch's metrics and checkpoint folder. Ray
@@ -27,11 +28,13 @@ __all__ = [
     "CHECKPOINT_PATH",
     "CODE_ERROR_FILE",
     "CheckpointFolder",
+    "GroupSession",
     "ProcessSession",
     "RayTrainSession",
     "Session",
     "Trained",
     "TrialSession",
+    "TrialStopped",
     "code_error",
 ]
 
@@ -224,6 +227,51 @@ class ProcessSession:
 
     def dataset_shard(self, name: str) -> Any:
         return self.datasets[name]
+
+
+class TrialStopped(Exception):
+    """The trial's scheduler stopped it at this epoch: every worker of its group leaves training
+    here, at the same epoch, so that none is left waiting in an all-reduce."""
+
+
+class GroupSession:
+    """A worker of a multi-worker sweep trial in a reused group (``group.py``). Rank 0 keeps the
+    checkpoints (``CheckpointFolder``) and sends each report to the trial (``send``); every
+    worker then waits for the trial's answer to that report (``answer``: continue or stop), so
+    that all of them stop at the same epoch when the scheduler stops the trial."""
+
+    def __init__(
+        self,
+        spec: Experiment,
+        folder: str,
+        *,
+        rank: int,
+        world: int,
+        local_rank: int,
+        shards: dict[str, Any],
+        send: Callable[[dict[str, Any]], None],
+        answer: Callable[[int], bool],
+    ) -> None:
+        self.rank, self.world, self.local_rank = rank, world, local_rank
+        self.checkpoints = CheckpointFolder(spec, folder)
+        self.shards, self.send, self.answer = shards, send, answer
+        self.reports = 0
+
+    def report(self, metrics: dict[str, float], folder: str | None) -> None:
+        if self.rank == 0:
+            saved: dict[str, Any] = dict(metrics)
+            if folder:  # the checkpoint's location, as Ray Train's TuneReportCallback sends it
+                saved[CHECKPOINT_PATH] = self.checkpoints.save(folder, metrics)
+            self.send(saved)
+        self.reports += 1
+        if not self.answer(self.reports):
+            raise TrialStopped(f"stopped after report {self.reports}")
+
+    def resume_from(self) -> Any:
+        return self.checkpoints.resume_from()
+
+    def dataset_shard(self, name: str) -> Any:
+        return self.shards[name]  # this worker's part of the trial's streaming_split
 
 
 def _checkpoints(folder: str) -> dict[int, dict[str, float]]:
