@@ -12,15 +12,17 @@ from typing import Any
 
 import pytest
 import yaml
+from ray.util.state import list_actors
 from typer.testing import CliRunner
 
 from raytrain.cli import app
+from raytrain.cluster.connection import state_address
 from raytrain.config.schema import Experiment
 from raytrain.plan.calibration import ACTUAL_WALL_TAG, PLAN_WALL_TAG, compare
 from raytrain.plan.clusters import load_cluster, shipped_configs
 from raytrain.plan.estimate import Profile, asha_epochs, config_cost, run_wall, schedule
 
-from .conftest import REPO
+from .conftest import REPO, group_workers
 
 CONFIGS = REPO / "cluster_configs"
 PROFILE = Profile(
@@ -150,10 +152,11 @@ def test_asha_expected_epochs_match_rays_bracket() -> None:
 def test_sweep_schedule_concurrency_and_budget() -> None:
     tune = {"num_samples": 4, "scheduler": {"name": "none"}, "max_concurrent_trials": 2}
     spec = _spec(scaling={"num_workers": 1}, tune=tune)
-    # two places; each trial: 1.5 s of Tune, its start (new process: 11 s, reused: 0.5 s), 10 s
+    # two places; each trial: Tune's share and its start (a new process: 1.5 + 11 s; a reused
+    # one: 0.4 + 0.5 s), then 10 s of epochs
     planned = schedule(spec, PROFILE, 2)
     assert (planned.trials, planned.concurrent) == (4, 2)
-    assert planned.trials_s == pytest.approx(2 * 1.5 + 11 + 0.5 + 2 * 10)
+    assert planned.trials_s == pytest.approx(1.5 + 11 + 0.4 + 0.5 + 2 * 10)
     budget = schedule(
         _spec(scaling={"num_workers": 1}, tune={**tune, "time_budget_s": 20}), PROFILE, 2
     )
@@ -162,6 +165,16 @@ def test_sweep_schedule_concurrency_and_budget() -> None:
     assert budget.budget_capped
     grid = {"search": {"algorithm": "grid"}, "space": {"train.batch_size": {"grid": [16, 32, 64]}}}
     assert schedule(_spec(tune=grid), PROFILE, 2).trials == 3
+
+
+def test_two_worker_trials_start_a_group_once_per_place_unless_they_are_ray_train_runs() -> None:
+    tune = {"num_samples": 3, "scheduler": {"name": "none"}}
+    reused = schedule(_spec(scaling={"num_workers": 2}, tune=tune), PROFILE, 2)
+    # one place of 2 workers: the first trial starts the group (10 s + 1 s), the others reuse it
+    assert reused.concurrent == 1
+    assert reused.trials_s == pytest.approx(1.5 + 11 + 2 * (0.4 + 0.5) + 3 * 10)
+    each = _spec(scaling={"num_workers": 2, "trial_workers": "ray_train"}, tune=tune)
+    assert schedule(each, PROFILE, 2).trials_s == pytest.approx(3 * (1.5 + 11 + 10))
 
 
 def test_plan_against_actual_in_one_line() -> None:
@@ -200,3 +213,24 @@ def test_plan_profiles_for_real_and_prints_json(ray_cluster: Any, workdir: Path)
     assert set(gcp) >= {"name", "node_hours", "on_demand_usd", "spot_usd"}
     assert gcp["on_demand_usd"] == pytest.approx(gcp["node_hours"] * 0.39, rel=1e-12)
     assert Path(plan["saved"]).exists()
+
+
+def test_a_sweep_of_two_worker_trials_is_profiled_on_a_group_it_then_ends(
+    ray_cluster: Any, workdir: Path
+) -> None:
+    """The profile trains the way the trials will, on a worker group (its start, then a reused
+    trial's retrace), and leaves no group holding the cluster's CPUs."""
+    sweep = str(REPO / "experiments" / "sweep.yaml")
+    args = ["plan", sweep, "--json", "--set", f"storage={workdir / 'results'}"]
+    before = group_workers()
+    result = CliRunner().invoke(app, [*args, "--set", "tracking.enabled=false"])
+    assert result.exit_code == 0, result.output
+    plan = json.loads(result.output.strip().splitlines()[-1])
+    assert (plan["trials"], plan["concurrent"]) == (6, 1)
+    assert plan["profile"]["start_s"] > plan["profile"]["retrace_s"] > 0
+    assert len(group_workers() - before) == 2
+    alive = list_actors(
+        address=state_address(),
+        filters=[("class_name", "=", "_GroupWorker"), ("state", "=", "ALIVE")],
+    )
+    assert not [a for a in alive if a["actor_id"] not in before]

@@ -53,8 +53,9 @@ def hardware_here(spec: Experiment) -> bool:
 
 def profile(spec: Experiment, *, base_dir: str, connect_s: float) -> Profile:
     """Train ``PROFILE_EPOCHS`` short epochs of ``spec`` on the connected cluster and measure,
-    the way the run trains (one actor for 1 worker, else Ray Train): their starts differ by
-    seconds."""
+    the way the run trains (one actor for 1 worker, a sweep's worker group for its trials of N > 1
+    workers, else Ray Train): their starts differ by seconds."""
+    from raytrain.train.group import fit_in_group
     from raytrain.train.loop import fit
     from raytrain.train.process import fit_in_process
 
@@ -78,7 +79,9 @@ def profile(spec: Experiment, *, base_dir: str, connect_s: float) -> Profile:
         }
     )
     with tempfile.TemporaryDirectory(prefix="raytrain-plan-") as folder:
-        train = fit_in_process if spec.in_one_process else fit
+        train = (
+            fit_in_process if spec.in_one_process else fit_in_group if spec.in_reused_group else fit
+        )
         commits, began, ended = _timed_fit(train, quick, short, folder, base_dir)
     times = [at for at, _ in commits]
     cycles = [b - a for a, b in itertools.pairwise(times)]

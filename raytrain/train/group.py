@@ -38,9 +38,9 @@ from raytrain.config.schema import Experiment
 from raytrain.tracking.runs import CLIENT_ENV
 from raytrain.train.backend import place_worker, set_tf_config
 from raytrain.train.loop import loop_config
-from raytrain.train.session import GroupSession, TrialStopped
+from raytrain.train.session import CheckpointFolder, GroupSession, Trained, TrialStopped
 
-__all__ = ["LostWorker", "train_in_group"]
+__all__ = ["LostWorker", "fit_in_group", "train_in_group"]
 
 # How long the workers of a stopped trial may take to leave training (a checkpoint being
 # written) before the group is given up and the next trial starts a new one.
@@ -80,7 +80,10 @@ def train_in_group(
     """Train one trial on this process's group (started first if it has none): rank 0's
     reports to ``report`` (Tune's), checkpoints to ``folder`` in Ray Train's layout. An error of
     a worker's code or data is raised as it is; a lost worker as ``LostWorker``."""
-    group = _group(spec)
+    try:
+        group = _group(spec)
+    except ray.exceptions.RayActorError as exc:  # a worker lost while the group started
+        raise LostWorker(f"a worker of the trial's group was lost: {exc}") from exc
     world = len(group.workers)
     shards: list[dict[str, Any]] = [{} for _ in range(world)]
     for name, dataset in (datasets or {}).items():  # as Ray Train's DataConfig splits them
@@ -112,6 +115,43 @@ def train_in_group(
         if not isinstance(exc, SystemExit):  # stopped: _stop kept the group, or gave it up
             _discard(group)
         raise
+
+
+def fit_in_group(
+    spec: Experiment,
+    *,
+    data_ref: ray.ObjectRef,
+    run_name: str,
+    storage_path: str,
+    tracking: None,
+    progress: Any,
+    base_dir: str,
+    datasets: dict[str, Any] | None = None,
+) -> Trained:
+    """One trial's training on a new group, outside Tune, each report to the ``progress`` queue
+    (``fit``'s signature): how ``raytrain plan`` profiles the trials of such a sweep. The group
+    ends with it: this process keeps none."""
+    folder = storage.join(storage_path, run_name)
+    last: dict[str, Any] = {}
+
+    def report(metrics: dict[str, Any]) -> None:
+        last.update(metrics)
+        progress.put(dict(metrics))
+
+    try:
+        train_in_group(
+            spec,
+            data_ref=data_ref,
+            folder=folder,
+            base_dir=base_dir,
+            trial_id=run_name,
+            report=report,
+            datasets=datasets,
+        )
+    finally:
+        for group in list(_KEPT.values()):
+            _discard(group)
+    return CheckpointFolder(spec, folder).trained(last)
 
 
 def _next_report(
