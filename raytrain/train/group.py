@@ -1,12 +1,13 @@
 """A multi-worker sweep trial's own worker group, kept for the next trial of its Tune process.
 
-A Ray Train run starts a controller and a new worker group: for a 2-worker trial 9.5-11 s beyond
-its epochs on 2 cores, 2.1 s on a reused group (benchmarks/README.md, sweep_overhead), most of it
-two processes importing TensorFlow and MultiWorkerMirroredStrategy's gRPC handshake. TensorFlow
-starts a process's collective-ops server once, on the ports ``TF_CONFIG`` names, and cannot
-start it again on others (``python -m benchmarks.mwms_reuse``: a second strategy on new ports
-hangs, on the same ports it trains). A group that trains the next trial must keep its processes
-and their ports; Ray Train has no API to hand a group to the next run, so raytrain keeps its own:
+A Ray Train run starts a controller and a new worker group, whose processes import TensorFlow
+and shake hands for MultiWorkerMirroredStrategy: a 2-worker trial costs 9.5-11 s beyond its
+epochs on 2 cores that way, 2.1 s on a reused group (benchmarks/README.md, sweep_overhead).
+TensorFlow starts a process's collective-ops server once, on the ports ``TF_CONFIG`` names, and
+cannot start it again on others (``python -m benchmarks.mwms_reuse``: a second strategy on new
+ports hangs, on the same ports it trains). A group that trains the next trial must keep its
+processes and their ports; Ray Train has no API to hand a group to the next run, so raytrain
+keeps its own:
 
     created:   by the trial's function (Tune reuses its process for the next trial), N actors
                in the trial's placement group (bundles 1..N), ``TF_CONFIG`` set once for good
