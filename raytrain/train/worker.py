@@ -10,6 +10,7 @@ paid by every process that imports it (benchmarks/README.md, small_run).
 from __future__ import annotations
 
 import math
+import os
 import tempfile
 import time
 import types
@@ -96,6 +97,14 @@ class Reporter(tf.keras.callbacks.Callback):
             self.session.report(metrics, folder)
 
 
+# A process's MultiWorkerMirroredStrategy, by TF_CONFIG and communication: built once. Each new
+# strategy enables collective ops again, which resets the process's collective groups; in a
+# reused group (``group.py``) a peer may already be resolving the next trial's group with it,
+# and fails ("group 1 not found. This normally means the server has restarted", seen in the
+# first trial after a stopped one on a loaded machine).
+_STRATEGIES: dict[tuple[str, str], Any] = {}
+
+
 def strategy_for(spec: Experiment, world: int) -> Any:
     if spec.scaling.accelerator == "tpu":
         # This worker holds the whole TPU VM host; its chips are local to it.
@@ -105,10 +114,15 @@ def strategy_for(spec: Experiment, world: int) -> Any:
         return tf.distribute.TPUStrategy(resolver)
     if world == 1:
         return tf.distribute.get_strategy()
-    impl = tf.distribute.experimental.CommunicationImplementation
-    chosen = {"auto": impl.AUTO, "ring": impl.RING, "nccl": impl.NCCL}[spec.scaling.communication]
-    options = tf.distribute.experimental.CommunicationOptions(implementation=chosen)
-    return tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    key = (os.environ.get("TF_CONFIG", ""), spec.scaling.communication)
+    if key not in _STRATEGIES:
+        impl = tf.distribute.experimental.CommunicationImplementation
+        chosen = {"auto": impl.AUTO, "ring": impl.RING, "nccl": impl.NCCL}
+        options = tf.distribute.experimental.CommunicationOptions(
+            implementation=chosen[spec.scaling.communication]
+        )
+        _STRATEGIES[key] = tf.distribute.MultiWorkerMirroredStrategy(communication_options=options)
+    return _STRATEGIES[key]
 
 
 def distributed(strategy: Any, dataset: Any) -> Any:
