@@ -281,7 +281,11 @@ def test_a_run_whose_mlflow_server_dies_finishes_and_is_logged_later(
     summary = run_experiment(loaded, on_epoch=kill_after_epoch_1)
     lost_s = time.monotonic() - started
     print(f"wall time: {reference_s:.1f} s with MLflow, {lost_s:.1f} s with MLflow killed")
-    assert lost_s <= 1.1 * reference_s + 10
+    # A dead server must not hold the run: MLflow's own client retries each call for minutes
+    # (7 retries, backoff 2: ~4 min); raytrain's bounded client gives up in seconds. The margin
+    # is wide because the other test worker loads this machine unevenly (CI once measured 22.6
+    # s against a 9.2 s reference), yet far below one unbounded call.
+    assert lost_s <= 2 * reference_s + 30
     assert summary.tracking is not None
     assert summary.registered_version is None
     assert summary.unlogged is not None
