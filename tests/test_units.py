@@ -510,3 +510,40 @@ def test_a_run_starts_only_the_helper_actors_it_needs(
     private = callbacks(None)
     assert PlacementGroupCleanerCallback.__name__ not in private
     assert DatasetsCallback.__name__ not in private
+
+
+def _epoch_folder(root: Path, epoch: int) -> str:
+    """What the loop hands its session for an epoch: a local folder with the state file."""
+    from raytrain.train.checkpoint import STATE_FILE
+
+    local = root / f"local-{epoch}"
+    local.mkdir(exist_ok=True)
+    (local / STATE_FILE).write_text(f'{{"metrics": {{"epoch": {epoch}, "val_loss": {epoch}}}}}')
+    return str(local)
+
+
+def test_a_checkpoint_counts_once_its_report_was_delivered(tmp_path: Path) -> None:
+    """A process lost after saving epoch 3 but before its report got through resumes from epoch
+    2 (epoch 3 is then reported once, not never); epoch 2, the latest delivered, is kept until 3
+    is delivered, however few checkpoint.keep keeps."""
+    from raytrain.train.session import CheckpointFolder
+
+    spec = Experiment(name="t", checkpoint={"keep": 1, "score": "val_loss", "mode": "max"})
+    trial = str(tmp_path / "trial")
+    for epoch in (1, 2):
+        metrics = {"epoch": epoch, "val_loss": epoch}
+        with CheckpointFolder(spec, trial).saving(_epoch_folder(tmp_path, epoch), metrics):
+            pass
+    assert CheckpointFolder(spec, trial).latest() == 2
+    lost = CheckpointFolder(spec, trial)
+    with pytest.raises(ConnectionError), lost.saving(_epoch_folder(tmp_path, 3), {"epoch": 3.0}):
+        raise ConnectionError("the report was not delivered")
+    again = CheckpointFolder(spec, trial)
+    assert again.latest() == 2
+    with again.resume_from() as folder:
+        assert folder is not None
+        assert '"epoch": 2' in (Path(folder) / "raytrain_state.json").read_text()
+    with again.saving(_epoch_folder(tmp_path, 3), {"epoch": 3, "val_loss": 3}) as location:
+        assert location.endswith("checkpoint_000003")
+    assert sorted(p.name for p in Path(trial).glob("checkpoint_*")) == ["checkpoint_000003"]
+    assert CheckpointFolder(spec, trial).latest() == 3

@@ -27,6 +27,7 @@ from raytrain.errors import TrainingError
 __all__ = [
     "CHECKPOINT_PATH",
     "CODE_ERROR_FILE",
+    "REPORTED_FILE",
     "CheckpointFolder",
     "GroupSession",
     "ProcessSession",
@@ -42,6 +43,10 @@ __all__ = [
 CHECKPOINT_PATH = "checkpoint_path"
 # A trial's record that its own code or data failed: Tune must not retry it (``code_error``).
 CODE_ERROR_FILE = "raytrain_code_error.json"
+# The latest epoch whose report was delivered (to Tune, or to the run's driver): a checkpoint
+# counts only once its report did, as Ray Train commits one with its report. A process lost
+# between the two resumes from the epoch before, and the epoch is reported once, not never.
+REPORTED_FILE = "raytrain_reported.json"
 _CHECKPOINT = re.compile(r"^checkpoint_(\d+)$")
 
 
@@ -125,16 +130,19 @@ class CheckpointFolder:
     def location(self, epoch: int) -> str:
         return storage.join(self.folder, f"checkpoint_{epoch:06d}")
 
-    def save(self, local: str, metrics: dict[str, float]) -> str:
-        """Store the checkpoint written to ``local`` for ``metrics["epoch"]``; let go of those
-        ``checkpoint.keep`` no longer keeps; return where it is."""
+    @contextmanager
+    def saving(self, local: str, metrics: dict[str, float]) -> Iterator[str]:
+        """Store the checkpoint written to ``local`` for ``metrics["epoch"]`` and give its
+        location to the block that reports it; once the block returns, the checkpoint is the
+        one to resume from, and those ``checkpoint.keep`` no longer keeps are let go."""
         epoch = int(metrics["epoch"])
         storage.upload_folder(Path(local), self.location(epoch))
+        yield self.location(epoch)
+        storage.write_text(storage.join(self.folder, REPORTED_FILE), json.dumps({"epoch": epoch}))
         self.kept[epoch] = dict(metrics)
         for old in self._surplus():
             _delete_checkpoint(self.location(old))
             del self.kept[old]
-        return self.location(epoch)
 
     def _surplus(self) -> list[int]:
         if self.keep is None:
@@ -188,7 +196,8 @@ class TrialSession:
         if folder is None:
             tune.report(dict(metrics))
             return
-        tune.report({**metrics, CHECKPOINT_PATH: self.checkpoints.save(folder, metrics)})
+        with self.checkpoints.saving(folder, metrics) as location:
+            tune.report({**metrics, CHECKPOINT_PATH: location})
 
     def resume_from(self) -> Any:
         return self.checkpoints.resume_from()
@@ -218,9 +227,9 @@ class ProcessSession:
         if folder is None:  # the final metrics (test metrics, or a run resumed when done)
             self.final = dict(metrics)
             return
-        self.checkpoints.save(folder, metrics)
-        self.final = dict(metrics)
-        self.on_epoch(dict(metrics))
+        with self.checkpoints.saving(folder, metrics):
+            self.final = dict(metrics)
+            self.on_epoch(dict(metrics))
 
     def resume_from(self) -> Any:
         return self.checkpoints.resume_from()
@@ -258,13 +267,16 @@ class GroupSession:
         self.reports = 0
 
     def report(self, metrics: dict[str, float], folder: str | None) -> None:
-        if self.rank == 0:
-            saved: dict[str, Any] = dict(metrics)
-            if folder:  # the checkpoint's location, as Ray Train's TuneReportCallback sends it
-                saved[CHECKPOINT_PATH] = self.checkpoints.save(folder, metrics)
-            self.send(saved)
         self.reports += 1
-        if not self.answer(self.reports):
+        if self.rank == 0 and folder:  # with the checkpoint's location, as Ray Train sends it
+            with self.checkpoints.saving(folder, metrics) as location:
+                self.send({**metrics, CHECKPOINT_PATH: location})
+                go = self.answer(self.reports)  # the trial reported it to Tune
+        else:
+            if self.rank == 0:
+                self.send(dict(metrics))
+            go = self.answer(self.reports)
+        if not go:
             raise TrialStopped(f"stopped after report {self.reports}")
 
     def resume_from(self) -> Any:
@@ -275,14 +287,20 @@ class GroupSession:
 
 
 def _checkpoints(folder: str) -> dict[int, dict[str, float]]:
-    """The checkpoints a trial's folder holds (epoch -> that epoch's metrics)."""
+    """The checkpoints a run's or trial's folder holds whose reports were delivered (epoch ->
+    that epoch's metrics). One saved after the last delivered report is left out: the epoch is
+    trained again, and the save then replaces its files."""
     from raytrain.train.checkpoint import STATE_FILE
 
+    names = storage.list_files(folder)
+    if REPORTED_FILE not in names:
+        return {}
+    reported = json.loads(storage.read_text(storage.join(folder, REPORTED_FILE)))["epoch"]
     found: dict[int, dict[str, float]] = {}
-    for name in storage.list_files(folder):
+    for name in names:
         parts = name.split("/")
         match = _CHECKPOINT.match(parts[0])
-        if match and parts[1:] == [STATE_FILE]:
+        if match and parts[1:] == [STATE_FILE] and int(match.group(1)) <= reported:
             state = json.loads(storage.read_text(storage.join(folder, name)))
             found[int(match.group(1))] = state["metrics"]
     return found
