@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import re
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -27,7 +27,6 @@ from raytrain.errors import TrainingError
 __all__ = [
     "CHECKPOINT_PATH",
     "CODE_ERROR_FILE",
-    "REPORTED_FILE",
     "CheckpointFolder",
     "GroupSession",
     "ProcessSession",
@@ -268,13 +267,11 @@ class GroupSession:
 
     def report(self, metrics: dict[str, float], folder: str | None) -> None:
         self.reports += 1
-        if self.rank == 0 and folder:  # with the checkpoint's location, as Ray Train sends it
-            with self.checkpoints.saving(folder, metrics) as location:
-                self.send({**metrics, CHECKPOINT_PATH: location})
-                go = self.answer(self.reports)  # the trial reported it to Tune
-        else:
-            if self.rank == 0:
-                self.send(dict(metrics))
+        keeps = folder if self.rank == 0 else None
+        saving = self.checkpoints.saving(keeps, metrics) if keeps else nullcontext(None)
+        with saving as location:  # delivered once the trial answers: it reported it to Tune
+            if self.rank == 0:  # with the checkpoint's location, as Ray Train sends it
+                self.send({**metrics, CHECKPOINT_PATH: location} if location else dict(metrics))
             go = self.answer(self.reports)
         if not go:
             raise TrialStopped(f"stopped after report {self.reports}")
