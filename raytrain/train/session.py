@@ -42,9 +42,9 @@ __all__ = [
 CHECKPOINT_PATH = "checkpoint_path"
 # A trial's record that its own code or data failed: Tune must not retry it (``code_error``).
 CODE_ERROR_FILE = "raytrain_code_error.json"
-# The latest epoch whose report was delivered (to Tune, or to the run's driver): a checkpoint
-# counts only once its report did, as Ray Train commits one with its report. A process lost
-# between the two resumes from the epoch before, and the epoch is reported once, not never.
+# The latest epoch whose checkpoint counts: a trial's, once its report reached Tune, as Ray
+# Train commits one with its report (a process lost between the two resumes from the epoch
+# before, and the epoch is reported once, not never); a 1-worker run's, once stored.
 REPORTED_FILE = "raytrain_reported.json"
 _CHECKPOINT = re.compile(r"^checkpoint_(\d+)$")
 
@@ -143,6 +143,11 @@ class CheckpointFolder:
             _delete_checkpoint(self.location(old))
             del self.kept[old]
 
+    def save(self, local: str, metrics: dict[str, float]) -> str:
+        """``saving`` with nothing to deliver first: the checkpoint counts at once."""
+        with self.saving(local, metrics) as location:
+            return location
+
     def _surplus(self) -> list[int]:
         if self.keep is None:
             return []
@@ -226,9 +231,11 @@ class ProcessSession:
         if folder is None:  # the final metrics (test metrics, or a run resumed when done)
             self.final = dict(metrics)
             return
-        with self.checkpoints.saving(folder, metrics):
-            self.final = dict(metrics)
-            self.on_epoch(dict(metrics))
+        # It counts before it is sent: the run's end logs the epochs MLflow lacks from the
+        # checkpoint's history, and a driver lost meanwhile takes this actor with it.
+        self.checkpoints.save(folder, metrics)
+        self.final = dict(metrics)
+        self.on_epoch(dict(metrics))
 
     def resume_from(self) -> Any:
         return self.checkpoints.resume_from()
