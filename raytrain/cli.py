@@ -164,8 +164,7 @@ def run(
 ) -> None:
     """Train an experiment on Ray and track it in MLflow."""
     spec = (loaded := _load(file, overrides, quiet=not verbose)).spec
-    # This process needs TensorFlow only to log or export the model (seconds to import).
-    display.quiet_tensorflow(not verbose, load=spec.tracking.enabled or spec.export is not None)
+    display.quiet_tensorflow(not verbose)
     out.print(display.headline(spec))
     if spec.tune is not None:
         from raytrain.orchestration.sweep import run_sweep
@@ -232,7 +231,7 @@ def plan(
     and node-hours and cost (on demand, spot) per cluster config, from the prices in
     cluster_configs/prices/. A price or a hardware kind it cannot know is said, never guessed."""
     loaded = _load(file, overrides)
-    display.quiet_tensorflow(load=False)
+    display.quiet_tensorflow()
     from raytrain.display.plan import print_plan
     from raytrain.plan import make_plan
 

@@ -42,6 +42,14 @@ os.environ[STRICT_ENV] = "1"
 # MLflow 3's GenAI job runner (a runner and three huey consumer processes per `mlflow server`)
 # serves nothing raytrain uses: the test servers start without it, as start_mlflow.sh's does.
 os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
+# Every Ray instance the tests start (the sessions', the CLI subprocesses' private ones) without
+# Ray's own metrics (each Ray process reports them every few seconds; nothing here reads them)
+# and without the idle workers Ray starts ahead for a first driver, which raytrain's actors, with
+# a runtime environment of their own, never take: test_train.py alone took 3.4 % less CPU,
+# 200.6 CPU-s against 207.6 (two runs each, alternating, 2026-12-07). Machines of `ray up` keep
+# Ray's defaults.
+os.environ.setdefault("RAY_enable_metrics_collection", "0")
+os.environ.setdefault("RAY_prestart_worker_first_driver", "0")
 
 REPO = Path(__file__).resolve().parent.parent
 BUCKET = "raytrain-test"  # created by the gcs_emulator fixture
