@@ -3,6 +3,7 @@
     python -m benchmarks                     # all but gpu (about 40 minutes on 2 cores)
     python -m benchmarks gpu [--dry-run]     # one GPU (--dry-run: the same sides on the CPU)
     python -m benchmarks train_overhead      # one of them
+    python -m benchmarks fixed_costs         # what a Ray process costs before any work
     python -m benchmarks --quick scaling     # smaller data, fewer epochs (a smoke run)
 
 Results also go to benchmarks/results/<name>.json.
@@ -23,6 +24,7 @@ from benchmarks import (
     collectives,
     edge_sweep,
     export,
+    fixed_costs,
     gpu,
     plan_accuracy,
     scaling,
@@ -37,6 +39,7 @@ from raytrain.cluster.connection import WORKER_ENV, connect
 
 BENCHMARKS = {
     "collectives": collectives.run,  # first: it measures with no Ray processes running
+    "fixed_costs": fixed_costs.run,  # its own instance, on an otherwise idle machine
     "small_run": small_run.run,  # each side starts its own Ray, or joins one this starts
     "train_overhead": train_overhead.run,
     "scaling": scaling.run,
@@ -51,6 +54,7 @@ BENCHMARKS = {
 }
 WITHOUT_RAY = {
     "collectives",
+    "fixed_costs",
     "small_run",
     "sweep_overhead",
     "gpu",
