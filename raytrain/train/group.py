@@ -39,7 +39,14 @@ from raytrain.config.schema import Experiment
 from raytrain.tracking.runs import CLIENT_ENV
 from raytrain.train.backend import place_worker, set_tf_config
 from raytrain.train.loop import loop_config
-from raytrain.train.session import CheckpointFolder, GroupSession, Trained, TrialStopped
+from raytrain.train.session import (
+    CHECKPOINT_PATH,
+    CheckpointFolder,
+    GroupSession,
+    Trained,
+    TrialStopped,
+    mark_delivered,
+)
 
 __all__ = ["LostWorker", "fit_in_group", "train_in_group"]
 
@@ -107,6 +114,11 @@ def train_in_group(
             except BaseException:  # the scheduler stopped the trial (Tune raises SystemExit)
                 _stop(group, attempt, sent, pending)
                 raise
+            if CHECKPOINT_PATH in metrics:
+                # Tune has the report: its checkpoint counts now, not once rank 0 hears the
+                # answer (a worker lost in between would have the retry train the epoch again,
+                # and report it twice; seen once in CI).
+                mark_delivered(folder, int(metrics["epoch"]))
             _answer(group, attempt, sent, go=True)
         ray.get(pending)
     except ray.exceptions.RayActorError as exc:

@@ -36,6 +36,7 @@ __all__ = [
     "TrialSession",
     "TrialStopped",
     "code_error",
+    "mark_delivered",
 ]
 
 # The metric that carries an epoch's checkpoint location to Tune (Ray Train's own key for it).
@@ -137,7 +138,7 @@ class CheckpointFolder:
         epoch = int(metrics["epoch"])
         storage.upload_folder(Path(local), self.location(epoch))
         yield self.location(epoch)
-        storage.write_text(storage.join(self.folder, REPORTED_FILE), json.dumps({"epoch": epoch}))
+        mark_delivered(self.folder, epoch)
         self.kept[epoch] = dict(metrics)
         for old in self._surplus():
             _delete_checkpoint(self.location(old))
@@ -308,6 +309,11 @@ def _checkpoints(folder: str) -> dict[int, dict[str, float]]:
             state = json.loads(storage.read_text(storage.join(folder, name)))
             found[int(match.group(1))] = state["metrics"]
     return found
+
+
+def mark_delivered(folder: str, epoch: int) -> None:
+    """``epoch``'s checkpoint in ``folder`` counts from now on: its report was delivered."""
+    storage.write_text(storage.join(folder, REPORTED_FILE), json.dumps({"epoch": epoch}))
 
 
 def _delete_checkpoint(location: str) -> None:
