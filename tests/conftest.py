@@ -112,7 +112,7 @@ def _no_ray_in_the_fast_lane(request: pytest.FixtureRequest) -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
-def ray_cluster() -> Iterator[ClusterInfo]:
+def ray_context() -> Iterator[Any]:
     """A real local Ray instance with 2 CPUs (tests count on exactly 2 concurrent workers or
     trials) and the dashboard on (Train V2 needs its State API), shared by every test.
 
@@ -134,8 +134,23 @@ def ray_cluster() -> Iterator[ClusterInfo]:
     )
     dashboard = f"http://{ctx.dashboard_url}" if ctx.dashboard_url else None
     assert dashboard == f"http://127.0.0.1:{port}", f"the dashboard took another port: {dashboard}"
-    yield ClusterInfo(ctx.address_info["gcs_address"], dashboard)
+    yield ctx
     ray.shutdown()
+
+
+@pytest.fixture(scope="session")
+def ray_cluster(ray_context: Any) -> ClusterInfo:
+    """The session's Ray instance as raytrain addresses it."""
+    return ClusterInfo(
+        ray_context.address_info["gcs_address"], f"http://{ray_context.dashboard_url}"
+    )
+
+
+@pytest.fixture(scope="session")
+def ray_session_dir(ray_context: Any) -> Path:
+    """The session folder of the session's Ray instance: where Tune's driver writes a sweep's
+    files (result.json among them) before it copies them to the storage path."""
+    return Path(ray_context.address_info["session_dir"])
 
 
 @pytest.fixture(scope="session")

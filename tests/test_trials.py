@@ -68,25 +68,34 @@ def _pids(folder: Path) -> set[int]:
     return {report["pid"] for report in _reports(folder)}
 
 
-def test_a_trial_whose_process_is_lost_resumes_from_its_checkpoint(workdir: Path) -> None:
+def test_a_trial_whose_process_is_lost_resumes_from_its_checkpoint(
+    workdir: Path, ray_session_dir: Path
+) -> None:
     """The trial's process is killed once its first checkpoint is written: Tune starts it again
     (failure.max_failures), and it resumes from its latest checkpoint, not from epoch 0."""
     experiment = workdir / "raytrain_results" / "digits-mlp" / "lost"
     trials = experiment.parent / "lost-trials"
-    killed: list[int] = []
+    killed: dict[int, int] = {}  # the process killed -> the last epoch Tune had from it
 
     def kill_after_the_first_checkpoint() -> None:
-        while not list(trials.glob("trial-*/checkpoint_*/raytrain_state.json")):
+        while not (states := list(trials.glob("trial-*/checkpoint_*/raytrain_state.json"))):
             time.sleep(0.05)
-        # The process that reported it, as Tune records it (Ray's State API lists a new actor
-        # seconds late on a loaded machine: the trial could finish first).
-        while not (reports := list(experiment.glob("*/result.json"))) or not (
-            lines := reports[0].read_text().split("\n")[:-1]  # whole lines only
+        trial_id = states[0].parents[1].name.removeprefix("trial-")
+        # The process that reported it, as Tune's driver records it. Not the copy under the
+        # storage path: Tune copies it there every 10 s or more, when the trial may be over
+        # (Ray's State API, for its part, lists a new actor seconds late on a loaded machine).
+        pattern = f"artifacts/*/lost/driver_artifacts/*{trial_id}*/result.json"
+        while not (
+            lines := [
+                json.loads(line)
+                for result in ray_session_dir.glob(pattern)
+                for line in result.read_text().split("\n")[:-1]  # whole lines only
+            ]
         ):
             time.sleep(0.05)
-        pid = int(json.loads(lines[0])["pid"])
+        pid = int(lines[0]["pid"])
         os.kill(pid, signal.SIGKILL)
-        killed.append(pid)
+        killed[pid] = lines[-1]["epoch"]
 
     killer = threading.Thread(target=kill_after_the_first_checkpoint, daemon=True)
     killer.start()
@@ -95,20 +104,16 @@ def test_a_trial_whose_process_is_lost_resumes_from_its_checkpoint(workdir: Path
         "lost",
         [0.01],
         "train.epochs=40",
-        "train.batch_size=4",  # ~0.3 s epochs: the kill lands mid-run, the state API slow too
+        "train.batch_size=4",  # ~0.3 s epochs: the kill lands mid-run
         "failure.max_failures=1",
     )
     killer.join(timeout=60)
     assert killed, "the trial finished before its process could be killed"
+    assert max(killed.values()) < 40, f"killed after its last epoch: {killed}"
     (row,) = rows.values()
     assert row["status"] == "finished"
     assert row["epochs"] == 40
-    reports = [
-        json.loads(line)
-        for result in experiment.glob("*/result.json")
-        for line in result.read_text().splitlines()
-    ]
-    after = [r["epoch"] for r in reports if r["pid"] not in killed]
+    after = [r["epoch"] for r in _reports(experiment) if r["pid"] not in killed]
     assert after, "no other process reported"
     assert min(after) > 1, after  # the new process resumed from a checkpoint
 
