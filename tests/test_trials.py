@@ -104,7 +104,7 @@ def test_a_trial_whose_process_is_lost_resumes_from_its_checkpoint(
         "lost",
         [0.01],
         "train.epochs=40",
-        "train.batch_size=4",  # ~0.3 s epochs: the kill lands mid-run
+        "train.batch_size=4",  # 40 epochs of ~0.15-0.3 s: the kill (at epoch 1) lands mid-run
         "failure.max_failures=1",
     )
     killer.join(timeout=60)
