@@ -523,17 +523,19 @@ def _epoch_folder(root: Path, epoch: int) -> str:
 
 
 def test_a_checkpoint_counts_once_its_report_was_delivered(tmp_path: Path) -> None:
-    """A process lost after saving epoch 3 but before its report got through resumes from epoch
-    2 (epoch 3 is then reported once, not never); epoch 2, the latest delivered, is kept until 3
-    is delivered, however few checkpoint.keep keeps."""
-    from raytrain.train.session import CheckpointFolder
+    """A checkpoint counts once the receiver of its report marks it (the sweep's driver): a
+    process lost after saving epoch 3 but before its report arrived resumes from epoch 2 (epoch 3
+    is then reported once, not never); one lost after the arrival, before it heard of it, resumes
+    from 3 (reported once, not twice). The latest delivered is kept however few checkpoint.keep
+    keeps."""
+    from raytrain.train.session import CHECKPOINT_PATH, CheckpointFolder, mark_delivered
 
     spec = Experiment(name="t", checkpoint={"keep": 1, "score": "val_loss", "mode": "max"})
     trial = str(tmp_path / "trial")
     for epoch in (1, 2):
         metrics = {"epoch": epoch, "val_loss": epoch}
-        with CheckpointFolder(spec, trial).saving(_epoch_folder(tmp_path, epoch), metrics):
-            pass
+        with CheckpointFolder(spec, trial).saving(_epoch_folder(tmp_path, epoch), metrics) as at:
+            mark_delivered(trial, {**metrics, CHECKPOINT_PATH: at})
     assert CheckpointFolder(spec, trial).latest() == 2
     lost = CheckpointFolder(spec, trial)
     with pytest.raises(ConnectionError), lost.saving(_epoch_folder(tmp_path, 3), {"epoch": 3.0}):
@@ -543,7 +545,21 @@ def test_a_checkpoint_counts_once_its_report_was_delivered(tmp_path: Path) -> No
     with again.resume_from() as folder:
         assert folder is not None
         assert '"epoch": 2' in (Path(folder) / "raytrain_state.json").read_text()
-    with again.saving(_epoch_folder(tmp_path, 3), {"epoch": 3, "val_loss": 3}) as location:
-        assert location.endswith("checkpoint_000003")
-    assert sorted(p.name for p in Path(trial).glob("checkpoint_*")) == ["checkpoint_000003"]
+    third = {"epoch": 3, "val_loss": 3}
+
+    def arrives_then_the_process_is_lost(location: str) -> None:
+        mark_delivered(trial, {**third, CHECKPOINT_PATH: location})
+        raise ConnectionError("lost before it heard that the report arrived")
+
+    with pytest.raises(ConnectionError), again.saving(_epoch_folder(tmp_path, 3), third) as at:
+        arrives_then_the_process_is_lost(at)
+    resumed = CheckpointFolder(spec, trial)
+    assert resumed.latest() == 3
+    mark_delivered(trial, {"epoch": 4})  # a report without a checkpoint changes nothing
     assert CheckpointFolder(spec, trial).latest() == 3
+    fourth = {"epoch": 4, "val_loss": 4}
+    with resumed.saving(_epoch_folder(tmp_path, 4), fourth) as at:
+        assert at.endswith("checkpoint_000004")
+        mark_delivered(trial, {**fourth, CHECKPOINT_PATH: at})
+    assert sorted(p.name for p in Path(trial).glob("checkpoint_*")) == ["checkpoint_000004"]
+    assert CheckpointFolder(spec, trial).latest() == 4

@@ -43,7 +43,7 @@ from raytrain.tracking.credentials import Credentials
 from raytrain.tracking.runs import TrackedRun
 from raytrain.tracking.system import watch_trial
 from raytrain.train.loop import ray_train_settings
-from raytrain.train.session import code_error, record_code_error
+from raytrain.train.session import code_error, mark_delivered, record_code_error
 
 __all__ = ["SweepOutcome", "sweep"]
 
@@ -111,13 +111,14 @@ def sweep(
         ),
         resources,
     )
-    if reused:  # no Ray Train groups to lose track of; a code error is not retried
-        collector: tune.Callback = _NoRetryAfterCodeErrors(
+    if reused:  # no Ray Train groups to lose track of
+        keeper: tune.Callback = _ReusedTrialFolders(
             trials_root(setup.storage_root, setup.sweep_name)
         )
     else:
-        collector = _CollectAbandonedGroups(AbandonedGroupCollector(spec.worker_resources()))
-    callbacks = [c for c in (tracker, progress, collector) if c is not None]
+        keeper = _CollectAbandonedGroups(AbandonedGroupCollector(spec.worker_resources()))
+    # The keeper first: a report's checkpoint counts before anything else hears of it.
+    callbacks = [c for c in (keeper, tracker, progress) if c is not None]
     # Tune's own console output would print over our progress display; the old engine at
     # verbose=0 prints nothing (the new one ignores verbose=0 for its header).
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
@@ -149,7 +150,7 @@ def sweep(
                 stop=progress,
                 callbacks=callbacks,
                 # Ray Train restarts a lost worker group itself; Tune restarts a lost in-process
-                # trial or group (a code error is not retried: _NoRetryAfterCodeErrors).
+                # trial or group (a code error is not retried: _ReusedTrialFolders).
                 failure_config=tune.FailureConfig(
                     max_failures=spec.failure.max_failures if reused else 0
                 ),
@@ -230,7 +231,7 @@ def _reused_trial(
 
     Tune retries a trial whose process, worker or node was lost (``failure.max_failures``), from
     its last checkpoint (in a new group). An error of the trial's own code or data is recorded
-    in its folder before it is raised: ``_NoRetryAfterCodeErrors`` then gives the trial no
+    in its folder before it is raised: ``_ReusedTrialFolders`` then gives the trial no
     further retry, and the one attempt Tune has already scheduled raises the recorded error
     before training. ``parent``: the sweep's run, where a 1-worker trial samples its node's
     system metrics into its child run."""
@@ -272,16 +273,29 @@ def _edge_hook(spec: Experiment, folder: str, data_ref: ray.ObjectRef) -> None:
         report_edge_metrics(spec, folder, ray.get(data_ref))
 
 
-class _NoRetryAfterCodeErrors(tune.Callback):
-    """A trial whose own code or data failed (its folder says so) gets no retry: Tune retries
-    every failed trial alike, and only a lost process deserves one."""
+class _ReusedTrialFolders(tune.Callback):
+    """What this driver keeps in the folders of trials that train outside Ray Train.
+
+    A report's checkpoint counts as it arrives here, as Ray Train commits one with its report:
+    the trial's process hears of the arrival only at its next step, and a process lost in
+    between would have its retry train and report that epoch again. A trial whose own code or
+    data failed (its folder says so) gets no retry: Tune retries every failed trial alike, and
+    only a lost process deserves one."""
 
     def __init__(self, root: str) -> None:
         self.root = root
 
+    def on_trial_result(
+        self, iteration: int, trials: list[Any], trial: Any, result: dict[str, Any], **info: Any
+    ) -> None:
+        mark_delivered(self._folder(trial), result)
+
     def on_trial_recover(self, iteration: int, trials: list[Any], trial: Any, **info: Any) -> None:
-        if code_error(f"{self.root}/trial-{trial.trial_id}") is not None:
+        if code_error(self._folder(trial)) is not None:
             trial.max_failures = 0
+
+    def _folder(self, trial: Any) -> str:
+        return f"{self.root}/trial-{trial.trial_id}"
 
 
 class _CollectAbandonedGroups(tune.Callback):

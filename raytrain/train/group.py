@@ -40,7 +40,6 @@ from raytrain.tracking.runs import CLIENT_ENV
 from raytrain.train.backend import place_worker, set_tf_config
 from raytrain.train.loop import loop_config
 from raytrain.train.session import (
-    CHECKPOINT_PATH,
     CheckpointFolder,
     GroupSession,
     Trained,
@@ -86,7 +85,8 @@ def train_in_group(
     datasets: dict[str, Any] | None = None,
 ) -> None:
     """Train one trial on this process's group (started first if it has none): rank 0's
-    reports to ``report`` (Tune's), checkpoints to ``folder`` in Ray Train's layout. An error of
+    reports to ``report`` (Tune's), checkpoints to ``folder`` in Ray Train's layout, each to
+    count once the report's receiver marks it (``mark_delivered``). An error of
     a worker's code or data is raised as it is; a lost worker as ``LostWorker``."""
     try:
         group = _group(spec)
@@ -114,11 +114,6 @@ def train_in_group(
             except BaseException:  # the scheduler stopped the trial (Tune raises SystemExit)
                 _stop(group, attempt, sent, pending)
                 raise
-            if CHECKPOINT_PATH in metrics:
-                # Tune has the report: its checkpoint counts now, not once rank 0 hears the
-                # answer (a worker lost in between would have the retry train the epoch again,
-                # and report it twice; seen once in CI).
-                mark_delivered(folder, int(metrics["epoch"]))
             _answer(group, attempt, sent, go=True)
         ray.get(pending)
     except ray.exceptions.RayActorError as exc:
@@ -150,6 +145,7 @@ def fit_in_group(
     def report(metrics: dict[str, Any]) -> None:
         last.update(metrics)
         progress.put(dict(metrics))
+        mark_delivered(folder, metrics)  # in a sweep, Tune's driver marks it on arrival
 
     try:
         train_in_group(

@@ -43,9 +43,8 @@ __all__ = [
 CHECKPOINT_PATH = "checkpoint_path"
 # A trial's record that its own code or data failed: Tune must not retry it (``code_error``).
 CODE_ERROR_FILE = "raytrain_code_error.json"
-# The latest epoch whose checkpoint counts: a trial's, once its report reached Tune, as Ray
-# Train commits one with its report (a process lost between the two resumes from the epoch
-# before, and the epoch is reported once, not never); a 1-worker run's, once stored.
+# The latest epoch whose checkpoint counts: a trial's, once Tune's driver has its report (the
+# sweep's driver marks it, ``mark_delivered``); a 1-worker run's, once stored.
 REPORTED_FILE = "raytrain_reported.json"
 _CHECKPOINT = re.compile(r"^checkpoint_(\d+)$")
 
@@ -133,12 +132,12 @@ class CheckpointFolder:
     @contextmanager
     def saving(self, local: str, metrics: dict[str, float]) -> Iterator[str]:
         """Store the checkpoint written to ``local`` for ``metrics["epoch"]`` and give its
-        location to the block that reports it; once the block returns, the checkpoint is the
-        one to resume from, and those ``checkpoint.keep`` no longer keeps are let go."""
+        location to the block that reports it. It counts once whoever receives the report marks
+        it (``mark_delivered``); once the block returns, those ``checkpoint.keep`` no longer
+        keeps are let go."""
         epoch = int(metrics["epoch"])
         storage.upload_folder(Path(local), self.location(epoch))
         yield self.location(epoch)
-        mark_delivered(self.folder, epoch)
         self.kept[epoch] = dict(metrics)
         for old in self._surplus():
             _delete_checkpoint(self.location(old))
@@ -147,6 +146,7 @@ class CheckpointFolder:
     def save(self, local: str, metrics: dict[str, float]) -> str:
         """``saving`` with nothing to deliver first: the checkpoint counts at once."""
         with self.saving(local, metrics) as location:
+            mark_delivered(self.folder, {**metrics, CHECKPOINT_PATH: location})
             return location
 
     def _surplus(self) -> list[int]:
@@ -187,7 +187,8 @@ class CheckpointFolder:
 
 class TrialSession:
     """A 1-worker sweep trial training in its Tune trial's process: each epoch to Tune with its
-    checkpoint's location, as Ray Train's ``TuneReportCallback`` does."""
+    checkpoint's location, as Ray Train's ``TuneReportCallback`` does (the sweep's driver
+    marks it delivered when the report arrives)."""
 
     rank, world, local_rank = 0, 1, 0
 
@@ -277,7 +278,7 @@ class GroupSession:
         self.reports += 1
         keeps = folder if self.rank == 0 else None
         saving = self.checkpoints.saving(keeps, metrics) if keeps else nullcontext(None)
-        with saving as location:  # delivered once the trial answers: it reported it to Tune
+        with saving as location:  # it counts once Tune's driver has the report
             if self.rank == 0:  # with the checkpoint's location, as Ray Train sends it
                 self.send({**metrics, CHECKPOINT_PATH: location} if location else dict(metrics))
             go = self.answer(self.reports)
@@ -311,9 +312,13 @@ def _checkpoints(folder: str) -> dict[int, dict[str, float]]:
     return found
 
 
-def mark_delivered(folder: str, epoch: int) -> None:
-    """``epoch``'s checkpoint in ``folder`` counts from now on: its report was delivered."""
-    storage.write_text(storage.join(folder, REPORTED_FILE), json.dumps({"epoch": epoch}))
+def mark_delivered(folder: str, report: dict[str, Any]) -> None:
+    """The checkpoint ``report`` carries, if it carries one, counts from now on: the report was
+    delivered. Whoever receives the report marks it, as Ray Train commits a checkpoint when its
+    report arrives: a process lost just after resumes from it, and no epoch is reported twice."""
+    if CHECKPOINT_PATH in report:
+        epoch = json.dumps({"epoch": int(report["epoch"])})
+        storage.write_text(storage.join(folder, REPORTED_FILE), epoch)
 
 
 def _delete_checkpoint(location: str) -> None:
